@@ -1,0 +1,63 @@
+# c4 router: setup, run and test on a Debian 12 machine.
+#   make run [MODE=kemi|http] [LISTEN=udp:127.0.0.1:5060] [TABLE=...]
+#   make test
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Kamailio's app_python3 embeds Debian's Python, so the venv is made with it:
+# one venv serves the CLI, the tests, c4http and the embedded interpreter.
+PYTHON_SYSTEM := /usr/bin/python3
+VENV := .venv
+MODULES_DIR := build/modules
+MODE ?= kemi
+LISTEN ?= udp:127.0.0.1:5060
+TABLE ?= c4kemi/examples/example.json
+API_PORT ?= 8080
+
+DEBIAN_PACKAGES := kamailio kamailio-python3-modules kamailio-json-modules \
+	kamailio-extra-modules kamailio-utils-modules sip-tester python3-venv \
+	libcurl4-openssl-dev libevent-dev dpkg-dev build-essential bison flex \
+	postgresql
+
+.PHONY: help setup debian-packages module venv run test bench clean
+
+help:
+	@echo "make run    start the router (KEMI mode, example table)"
+	@echo "make test   run the whole test suite"
+
+setup: debian-packages module venv
+
+debian-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+module: debian-packages
+	@kamailio/build-http-async-client.sh $(MODULES_DIR)
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON_SYSTEM) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --upgrade pip
+	@$(VENV)/bin/pip install -q -e '.[test]'
+	@touch $@
+
+venv: debian-packages $(VENV)/.installed
+
+run: setup
+ifeq ($(MODE),http)
+	$(VENV)/bin/c4 kamailio --mode http --table $(TABLE) --listen $(LISTEN) --serve-api --api http://127.0.0.1:$(API_PORT)
+else
+	$(VENV)/bin/c4 kamailio --mode kemi --table $(TABLE) --listen $(LISTEN)
+endif
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+bench: setup
+	$(VENV)/bin/python benchmarks/decision.py
+
+clean:
+	rm -rf $(VENV) build

@@ -1,0 +1,117 @@
+"""The ``c4`` command line.
+
+    c4 check FILE                          validate a routing document
+    c4 route --table FILE [REQUEST_JSON]   dry-run decisions (stdin: one per line)
+    c4 kamailio --mode kemi|http ...       run Kamailio with the router
+    c4 serve --table FILE ...              run the c4http service
+
+Subcommands that need heavy imports (aiohttp) import them when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import orjson
+
+from .decision import RequestError, decide, encode
+from .document import COLLECTIONS, DocumentError, load_document
+from .table import compile_table, load_table
+
+EXAMPLE_TABLE = Path(__file__).parent / "examples" / "example.json"
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        document = load_document(args.file)
+        table = compile_table(document)
+    except DocumentError as exc:
+        for error in exc.errors:
+            print(f"{args.file}: {error}", file=sys.stderr)
+        print(f"{args.file}: refused, {len(exc.errors)} error(s)", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{len(document[name])} {name}" for name in COLLECTIONS)
+    print(f"{args.file}: ok, version {table.version}: {counts}")
+    return 0
+
+
+def route_line(table, line: bytes | str) -> bytes:
+    """One reply line for one request line; a bad request gives {"error": ...}."""
+    try:
+        query = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return orjson.dumps({"error": f"malformed JSON: {exc}"})
+    try:
+        return encode(decide(table, query))
+    except RequestError as exc:
+        return orjson.dumps({"error": str(exc)})
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    try:
+        table = load_table(args.table)
+    except DocumentError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    out = sys.stdout.buffer
+    if args.request is not None:
+        reply = route_line(table, args.request)
+        out.write(reply + b"\n")
+        return 1 if reply.startswith(b'{"error"') else 0
+    for line in sys.stdin.buffer:
+        if line.strip():
+            out.write(route_line(table, line) + b"\n")
+            out.flush()
+    return 0
+
+
+def cmd_kamailio(args: argparse.Namespace) -> int:
+    from .launcher import run_kamailio
+
+    return run_kamailio(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from c4http.server import run_server
+
+    return run_server(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="c4", description="c4 class-4 SIP router for Kamailio")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check", help="validate a routing document (.json or .toml)")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check)
+
+    route = sub.add_parser("route", help="print the routing reply for requests (dry run)")
+    route.add_argument("--table", required=True, help="routing document (.json or .toml)")
+    route.add_argument("request", nargs="?", help="one JSON request; without it, one request per line on stdin")
+    route.set_defaults(func=cmd_route)
+
+    from .launcher import add_arguments as add_kamailio_arguments
+
+    kamailio = sub.add_parser("kamailio", help="run Kamailio with the router in the foreground")
+    add_kamailio_arguments(kamailio)
+    kamailio.set_defaults(func=cmd_kamailio)
+
+    serve = sub.add_parser("serve", help="run the c4http routing service")
+    serve.add_argument("--table", required=True, help="routing document (.json or .toml)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--access-log", action="store_true", help="log every request (off by default)")
+    serve.add_argument("--max-body", type=int, default=64 * 1024, help="largest accepted request body in bytes")
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The routing decision: a request and a compiled table in, an rtjson reply out.
+
+Pure: no I/O, no Kamailio, no clock. KEMI mode, the c4http service and the
+``c4 route`` dry run all call ``route_json`` (or ``decide``), so the same
+request against the same table gives the same bytes everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Mapping
+
+import orjson
+
+from .numbers import is_digits, replace_user, strip_separators, uri_host, uri_user
+from .table import Endpoint, RouteChoice, RoutingTable
+
+__all__ = ["RequestError", "Request", "decide", "route_json", "encode", "refusal", "trunk_order"]
+
+RTJSON_VERSION = "1.0"
+
+
+class RequestError(ValueError):
+    """A routing request is malformed; the message names the member."""
+
+
+def refusal(code: int, reason: str) -> dict:
+    return {"rtjson": {"success": False, "code": code, "reason": reason}}
+
+
+FORBIDDEN = 403, "Forbidden"
+NO_ROUTE = 404, "No Route"
+
+
+class Request:
+    """The members of a routing query that the decision uses, checked."""
+
+    __slots__ = ("source_ip", "call_id", "ruri", "from_name", "from_uri", "to_name", "to_uri")
+
+    REQUIRED = ("source_ip", "from_uri", "to_uri")
+    OPTIONAL = ("call_id", "ruri", "from_name", "to_name")
+
+    def __init__(self, query: Any) -> None:
+        if not isinstance(query, Mapping):
+            raise RequestError(f"request must be a JSON object, not {type(query).__name__}")
+        for name in self.REQUIRED:
+            value = query.get(name)
+            if value is None:
+                raise RequestError(f"missing required member {name!r}")
+            if not isinstance(value, str):
+                raise RequestError(f"member {name!r} must be a string, not {type(value).__name__}")
+            setattr(self, name, value)
+        for name in self.OPTIONAL:
+            value = query.get(name)
+            if value is None:  # absent, or null as a config may send for an empty pv
+                value = ""
+            elif not isinstance(value, str):
+                raise RequestError(f"member {name!r} must be a string, not {type(value).__name__}")
+            setattr(self, name, value)
+
+
+def decide(table: RoutingTable, query: Any) -> dict:
+    """The reply ``{"rtjson": {...}}`` for one routing query.
+
+    Raises RequestError for a malformed query.
+    """
+    request = Request(query)
+    try:
+        sender = table.sources.lookup(request.source_ip)
+    except ValueError as exc:
+        raise RequestError(f"member 'source_ip': {exc}") from None
+    if sender is None:
+        return refusal(*FORBIDDEN)
+
+    # Rule 2: numbers to E.164 with the sender's profile.
+    called = strip_separators(uri_user(request.ruri) or uri_user(request.to_uri))
+    calling_raw = uri_user(request.from_uri)
+    calling = strip_separators(calling_raw)
+    profile = sender.profile
+    if profile is not None:
+        called, calling = profile.to_e164(called), profile.to_e164(calling)
+    else:
+        called, calling = called.removeprefix("+"), calling.removeprefix("+")
+    if not is_digits(called):
+        return refusal(*NO_ROUTE)
+    calling_is_number = is_digits(calling)
+    if not calling_is_number:
+        calling = calling_raw  # 'anonymous' and the like pass untouched
+
+    # Rules 3 and 4: where the call goes.
+    if sender.kind == "trunk":
+        did = table.find_did(called, sender.tenant)
+        if did is None:
+            return refusal(*NO_ROUTE)
+        destinations = [did.ipbx]
+    else:
+        did = table.find_did(called, sender.tenant)
+        if did is not None:
+            destinations = [did.ipbx]
+        else:
+            route = table.find_route(sender.tenant, called)
+            if route is None:
+                return refusal(*NO_ROUTE)
+            destinations = trunk_order(route, request.call_id)
+
+    # Rule 5: one rtjson route per target.
+    if calling_is_number:
+        host = uri_host(request.from_uri)
+        pai = f"P-Asserted-Identity: <sip:+{calling}@{host}>\r\n" if host else f"P-Asserted-Identity: <tel:+{calling}>\r\n"
+    else:
+        pai = ""
+    routes = []
+    for endpoint in destinations:
+        profile = endpoint.profile
+        if profile is None:
+            out_called, out_calling = called, calling
+        else:
+            out_called = profile.from_e164(called)
+            out_calling = profile.from_e164(calling) if calling_is_number else calling
+        headers = {
+            "from": {"display": request.from_name, "uri": replace_user(request.from_uri, out_calling)},
+            "to": {"display": request.to_name, "uri": replace_user(request.to_uri, out_called)},
+            "extra": pai,
+        }
+        for target in endpoint.targets:
+            branch = {
+                "uri": target.request_uri(out_called),
+                "dst_uri": target.uri,
+                "path": "",
+                "socket": "",
+                "headers": headers,
+                "branch_flags": endpoint.branch_flags,
+                "fr_timer": endpoint.fr_timer,
+                "fr_inv_timer": endpoint.fr_inv_timer,
+            }
+            if endpoint.auth is not None:
+                branch["auth"] = endpoint.auth
+            routes.append(branch)
+    return {"rtjson": {"version": RTJSON_VERSION, "routing": "serial", "success": True, "routes": routes}}
+
+
+def trunk_order(route: RouteChoice, call_id: str) -> list[Endpoint]:
+    """The trunks of a route in the order to try them for this call.
+
+    Priority groups in ascending order; within a group, a weighted random
+    order (Efraimidis-Spirakis: sort by u ** (1 / weight)) where each trunk's
+    u is a hash of (call_id, trunk name). The same call always gets the same
+    order, whatever the order the trunks are listed in, and over many calls
+    a trunk comes first with probability weight / total weight. Weight 0
+    puts a trunk after the weighted ones of its group.
+    """
+    order: list[Endpoint] = []
+    seed = call_id.encode() + b"\x00"
+    for group in route.groups:
+        if len(group) == 1:
+            order.append(group[0][0])
+            continue
+        keyed = []
+        for endpoint, weight in group:
+            digest = hashlib.blake2b(seed + endpoint.hash_key, digest_size=8).digest()
+            if weight > 0:
+                u = (int.from_bytes(digest, "big") + 0.5) / 18446744073709551616.0  # (0, 1)
+                key = math.log(u) / weight  # log of u ** (1 / weight): same order, no underflow
+            else:
+                key = -math.inf
+            keyed.append((key, endpoint))
+        keyed.sort(key=lambda item: item[0], reverse=True)
+        order.extend(endpoint for _, endpoint in keyed)
+    return order
+
+
+def encode(reply: Mapping) -> bytes:
+    """The reply as the bytes every mode serves."""
+    return orjson.dumps(reply)
+
+
+def route_json(table: RoutingTable, query: Any) -> bytes:
+    """``decide`` and ``encode`` in one call."""
+    return encode(decide(table, query))

@@ -1,0 +1,133 @@
+"""Numbers and URIs: user parts, visual separators, E.164 normalization.
+
+Pure string work on the hot path, written with str methods rather than a
+general URI parser: a routing decision parses three URIs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+__all__ = ["Profile", "uri_user", "uri_host", "replace_user", "strip_separators", "is_digits"]
+
+_SEPARATORS = str.maketrans("", "", " -.()")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+
+
+def is_digits(number: str) -> bool:
+    """True for a non-empty string of ASCII digits (str.isdigit takes '²')."""
+    return _ASCII_DIGITS.fullmatch(number) is not None
+
+
+def strip_separators(number: str) -> str:
+    """Remove the visual separators space, '-', '.', '(' and ')'."""
+    return number.translate(_SEPARATORS)
+
+
+def _split(uri: str) -> tuple[str, str, str]:
+    """Split a URI into (scheme with ':', user part, rest).
+
+    ``rest`` starts with '@' when there is a user part in a SIP URI; for a
+    tel: URI it holds the parameters (';phone-context=...').
+    """
+    scheme, colon, after = uri.partition(":")
+    if not colon:
+        return "", "", uri
+    scheme += ":"
+    if scheme.lower() == "tel:":
+        number, semi, params = after.partition(";")
+        return scheme, number, semi + params
+    user, at, host = after.rpartition("@")
+    if not at:
+        return scheme, "", after
+    return scheme, user, at + host
+
+
+def uri_user(uri: str) -> str:
+    """The user part of a SIP URI without user parameters, or a tel: number."""
+    user = _split(uri)[1]
+    return user.partition(";")[0]
+
+
+def uri_host(uri: str) -> str:
+    """The host of a SIP URI (IPv6 references keep their brackets); '' for tel:."""
+    scheme, user, rest = _split(uri)
+    if scheme.lower() == "tel:":
+        return ""
+    hostport = rest[1:] if rest.startswith("@") else rest
+    if hostport.startswith("["):
+        return hostport[: hostport.find("]") + 1]
+    end = len(hostport)
+    for stop in ":;?>":
+        index = hostport.find(stop)
+        if index != -1 and index < end:
+            end = index
+    return hostport[:end]
+
+
+def replace_user(uri: str, user: str) -> str:
+    """The URI with its user part (or tel: number) replaced by ``user``."""
+    scheme, old, rest = _split(uri)
+    if not scheme:
+        return uri
+    if scheme.lower() == "tel:" or rest.startswith("@"):
+        return scheme + user + rest
+    return scheme + user + "@" + rest if user else uri
+
+
+class Profile:
+    """A compiled normalization profile (see DESIGN.md, Decision rule 2)."""
+
+    __slots__ = ("name", "country_code", "intl_prefix", "ld_prefix", "always_plus", "to_rules", "from_rules")
+
+    def __init__(
+        self,
+        name: str,
+        country_code: str = "",
+        intl_prefix: str = "",
+        ld_prefix: str = "",
+        always_plus: bool = False,
+        to_e164: Sequence[dict] = (),
+        from_e164: Sequence[dict] = (),
+    ) -> None:
+        self.name = name
+        self.country_code = country_code
+        self.intl_prefix = intl_prefix
+        self.ld_prefix = ld_prefix
+        self.always_plus = always_plus
+        self.to_rules = tuple((re.compile(r["match"]), r["replace"]) for r in to_e164)
+        self.from_rules = tuple((re.compile(r["match"]), r["replace"]) for r in from_e164)
+
+    def to_e164(self, number: str) -> str:
+        """A number as the sender wrote it, to E.164 digits (without '+')."""
+        converted = _apply_first(self.to_rules, number)
+        if converted is not None:
+            return converted
+        if number.startswith("+"):
+            return number[1:]
+        if self.intl_prefix and number.startswith(self.intl_prefix):
+            return number[len(self.intl_prefix):]
+        if self.ld_prefix and number.startswith(self.ld_prefix):
+            return self.country_code + number[len(self.ld_prefix):]
+        return number
+
+    def from_e164(self, number: str) -> str:
+        """An E.164 number as the receiver wants it."""
+        converted = _apply_first(self.from_rules, number)
+        if converted is None:
+            converted = number
+        return "+" + converted if self.always_plus else converted
+
+
+def _apply_first(rules: tuple, number: str) -> str | None:
+    """Apply the first rule whose pattern matches at the start.
+
+    Equal to ``re.sub(match, replace, number, count=1)`` once ``re.match``
+    has matched: the leftmost match is the one at position 0.
+    """
+    for pattern, replace in rules:
+        found = pattern.match(number)
+        if found is not None:
+            return found.expand(replace) + number[found.end():]
+    return None

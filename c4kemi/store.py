@@ -1,0 +1,81 @@
+"""Where compiled tables come from, and how they are swapped on change.
+
+``FileTableSource`` watches a .json/.toml routing document. ``current()`` is
+cheap enough for every call: at most once per ``check_interval`` it stats the
+file, and when the file changed it compiles the new document and swaps the
+table whole. A document that fails to load is logged and refused, and the
+last good table keeps serving. Synchronous on purpose: Kamailio workers
+(KEMI mode) have no running threads or event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from .document import DocumentError
+from .table import RoutingTable, load_table
+
+__all__ = ["FileTableSource"]
+
+log = logging.getLogger("c4.store")
+
+
+class FileTableSource:
+    def __init__(
+        self,
+        path: str | Path,
+        check_interval: float = 1.0,
+        on_reload: Callable[[RoutingTable], None] | None = None,
+        on_error: Callable[[DocumentError], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.check_interval = check_interval
+        self.on_reload = on_reload
+        self.on_error = on_error
+        self.loaded_at = time.time()
+        self.reloads = 0
+        self.failed_reloads = 0
+        self._stamp = self._stat()
+        self._table = load_table(self.path)  # the first load must succeed
+        self._next_check = time.monotonic() + check_interval
+
+    def _stat(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def current(self) -> RoutingTable:
+        """The table to route with now (reloaded first if the file changed)."""
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self.check_interval
+            self.refresh()
+        return self._table
+
+    def refresh(self) -> bool:
+        """Reload if the file changed; True if a new table is now in use."""
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return False
+        self._stamp = stamp  # a bad document is refused once, not every second
+        try:
+            table = load_table(self.path)
+        except DocumentError as exc:
+            self.failed_reloads += 1
+            log.error("routing table %s refused, still serving version %s: %s", self.path, self._table.version, exc)
+            if self.on_error:
+                self.on_error(exc)
+            return False
+        self._table = table
+        self.loaded_at = time.time()
+        self.reloads += 1
+        log.info("routing table %s reloaded: version %s", self.path, table.version)
+        if self.on_reload:
+            self.on_reload(table)
+        return True
