@@ -107,25 +107,25 @@ class _Checker:
                 items = []
             lists[name] = items
 
+        # References are checked against every entity that has a valid name,
+        # even one with errors of its own, so one mistake is reported once.
         doc: dict[str, Any] = {}
-        doc["tenants"] = self.named(lists, "tenants", self.tenant)
-        tenants = {t["name"] for t in doc["tenants"]}
-        doc["normalization_profiles"] = self.named(lists, "normalization_profiles", self.profile)
-        profiles = {p["name"] for p in doc["normalization_profiles"]}
-        doc["carriers"] = self.named(lists, "carriers", lambda w, e: self.carrier(w, e, tenants))
-        carriers = {c["name"]: c for c in doc["carriers"]}
-        doc["ipbxs"] = self.named(lists, "ipbxs", lambda w, e: self.ipbx(w, e, tenants, profiles))
-        ipbxs = {i["name"]: i for i in doc["ipbxs"]}
-        doc["trunks"] = self.named(lists, "trunks", lambda w, e: self.trunk(w, e, carriers, profiles))
-        trunks = {t["name"]: t for t in doc["trunks"]}
+        doc["tenants"], tenants = self.named(lists, "tenants", self.tenant)
+        doc["normalization_profiles"], profiles = self.named(lists, "normalization_profiles", self.profile)
+        doc["carriers"], carriers = self.named(lists, "carriers", lambda w, e: self.carrier(w, e, tenants))
+        doc["ipbxs"], ipbxs = self.named(lists, "ipbxs", lambda w, e: self.ipbx(w, e, tenants, profiles))
+        doc["trunks"], trunks = self.named(lists, "trunks", lambda w, e: self.trunk(w, e, carriers, profiles))
         doc["dids"] = self.dids(lists["dids"], tenants, ipbxs)
         doc["routes"] = self.routes(lists["routes"], tenants, trunks, carriers)
         self.unique_sources(doc)
         return doc
 
-    def named(self, lists: dict, collection: str, check: Callable[[str, dict], dict | None]) -> list[dict]:
-        """Check a collection of named entities; names must be unique."""
-        out, seen = [], set()
+    def named(self, lists: dict, collection: str, check: Callable[[str, dict], dict | None]) -> tuple[list[dict], dict]:
+        """Check a collection of named entities; names must be unique.
+
+        Returns the checked entities and every entity by name (as written).
+        """
+        out, seen = [], {}
         for index, entity in enumerate(lists[collection]):
             name = entity.get("name") if isinstance(entity, dict) else None
             where = f"{collection}[{name}]" if isinstance(name, str) and name else f"{collection}[{index}]"
@@ -138,11 +138,11 @@ class _Checker:
             if name in seen:
                 self.error(f"{where}.name", f"duplicate name {name!r}")
                 continue
-            seen.add(name)
+            seen[name] = entity
             checked = check(where, entity)
             if checked is not None:
                 out.append(checked)
-        return out
+        return out, seen
 
     def fields(self, where: str, entity: dict, required: set[str], optional: set[str]) -> bool:
         ok = True
@@ -314,8 +314,9 @@ class _Checker:
                 ok &= self.reference(f"{where}.tenant", tenant, tenants, "tenant")
             ipbx = entity.get("ipbx")
             if "ipbx" in entity and self.reference(f"{where}.ipbx", ipbx, ipbxs, "IPBX"):
-                if tenant in tenants and ipbxs[ipbx]["tenant"] != tenant:
-                    self.error(f"{where}.ipbx", f"IPBX {ipbx!r} belongs to tenant {ipbxs[ipbx]['tenant']!r}, not {tenant!r}")
+                owner = ipbxs[ipbx].get("tenant")
+                if isinstance(tenant, str) and tenant in tenants and isinstance(owner, str) and owner != tenant:
+                    self.error(f"{where}.ipbx", f"IPBX {ipbx!r} belongs to tenant {owner!r}, not {tenant!r}")
                     ok = False
             elif "ipbx" in entity:
                 ok = False
@@ -390,15 +391,16 @@ class _Checker:
         field = f"{where}.trunk" if isinstance(entry, dict) else where
         if not self.reference(field, choice["trunk"], trunks, "trunk"):
             return None
-        carrier = carriers.get(trunks[choice["trunk"]]["carrier"])
-        if carrier and carrier["tenant"] is not None and carrier["tenant"] != tenant:
-            self.error(field, f"trunk {choice['trunk']!r} belongs to carrier {carrier['name']!r} of tenant {carrier['tenant']!r}")
+        carrier_name = trunks[choice["trunk"]].get("carrier")
+        owner = carriers[carrier_name].get("tenant") if isinstance(carrier_name, str) and carrier_name in carriers else None
+        if owner is not None and owner != tenant:
+            self.error(field, f"trunk {choice['trunk']!r} belongs to carrier {carrier_name!r} of tenant {owner!r}")
             return None
         return choice
 
     def unique_sources(self, doc: dict) -> None:
         owners: dict = {}
-        for collection in ("trunks", "ipbxs"):
+        for collection in ("ipbxs", "trunks"):
             for entity in doc[collection]:
                 for network in entity["sources"]:
                     here = f"{collection}[{entity['name']}]"
