@@ -1,0 +1,190 @@
+"""The c4http aiohttp application: the routing decision over HTTP.
+
+    POST /kamailio/rtjson   routing query in, ``{"rtjson": ...}`` out, the same
+                            bytes as ``c4 route`` gives for the same table
+    GET  /health            table version, entity counts, uptime, reloads
+    GET  /metrics           Prometheus text format
+
+Bad input is a 4xx with a JSON body ``{"error": "..."}`` naming the problem,
+never a 500, and the service keeps serving. Refusals (403/404 decisions) and
+bad requests are logged as one ``key=value`` line each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from c4kemi.decision import RequestError, decide, encode
+
+from .logfmt import log_event
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+
+__all__ = ["make_app", "SOURCE", "METRICS", "DEFAULT_MAX_BODY", "RTJSON_PATH"]
+
+log = logging.getLogger("c4.http")
+
+RTJSON_PATH = "/kamailio/rtjson"
+DEFAULT_MAX_BODY = 64 * 1024
+JSON = "application/json"
+UTF8 = ("utf-8", "utf8")
+
+SOURCE = web.AppKey("source", object)
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def error_response(status: int, message: str, headers: Any = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps({"error": message}), content_type=JSON, headers=headers)
+
+
+def make_app(source: Any, *, max_body: int = DEFAULT_MAX_BODY, refresh_interval: float | None = None) -> web.Application:
+    """The application serving decisions from ``source.current()``.
+
+    With ``refresh_interval``, a background task calls ``source.refresh()``
+    that often (in a worker thread, so compiling a large table does not stall
+    the event loop), and reloads happen whether or not traffic comes in.
+    Give such a source an infinite ``check_interval`` so only that task
+    reloads.
+    """
+    if max_body < 1:
+        raise ValueError("max_body must be positive")
+    metrics = Metrics(source)
+    app = web.Application(client_max_size=max_body, middlewares=[json_errors])
+    app[SOURCE] = source
+    app[METRICS] = metrics
+
+    count_request = metrics.requests.inc
+    count_decision = metrics.decisions.inc
+    observe = metrics.decision_seconds.observe
+    bad_counters = metrics.bad_requests
+    refusal_counter = metrics.refusal
+    current = source.current
+    clock = time.perf_counter
+    loads = orjson.loads
+    JSONDecodeError = orjson.JSONDecodeError
+
+    def bad_request(request: web.Request, status: int, reason: str, message: str) -> web.Response:
+        bad_counters[reason].inc()
+        log_event(log, logging.WARNING, "bad_request", status=status, reason=reason, remote=request.remote, error=message)
+        return error_response(status, message)
+
+    async def rtjson(request: web.Request) -> web.Response:
+        count_request()
+        if request.content_type != JSON or (request.charset is not None and request.charset.lower() not in UTF8):
+            if "Content-Type" not in request.headers:
+                message = "missing Content-Type: send application/json"
+            else:
+                message = f"unsupported Content-Type {request.headers['Content-Type']!r}: send application/json (UTF-8)"
+            return bad_request(request, 415, "unsupported_media_type", message)
+        length = request.content_length
+        if length is not None and length > max_body:
+            return bad_request(request, 413, "body_too_large", f"request body of {length} bytes exceeds the limit of {max_body} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return bad_request(request, 413, "body_too_large", f"request body exceeds the limit of {max_body} bytes")
+        try:
+            query = loads(body)
+        except JSONDecodeError as exc:
+            return bad_request(request, 400, "malformed_json", f"malformed JSON: {exc}")
+        if type(query) is not dict:
+            return bad_request(request, 400, "not_object", f"request must be a JSON object, not {type(query).__name__}")
+
+        table = current()
+        start = clock()
+        try:
+            reply = decide(table, query)
+        except RequestError as exc:
+            return bad_request(request, 400, "invalid_request", str(exc))
+        data = encode(reply)
+        observe(clock() - start)
+        count_decision()
+
+        rt = reply["rtjson"]
+        if not rt["success"]:
+            code = rt["code"]
+            refusal_counter(code).inc()
+            log_event(
+                log,
+                logging.INFO,
+                "refusal",
+                code=code,
+                reason=rt["reason"],
+                source_ip=query.get("source_ip"),
+                call_id=query.get("call_id"),
+                ruri=query.get("ruri"),
+                from_uri=query.get("from_uri"),
+                table=table.version,
+            )
+        return web.Response(body=data, content_type=JSON)
+
+    async def health(request: web.Request) -> web.Response:
+        table = current()
+        body = {
+            "status": "ok",
+            "table": {"version": table.version, "counts": dict(table.counts), "loaded_at": getattr(source, "loaded_at", None)},
+            "uptime_seconds": round(time.monotonic() - metrics.started, 3),
+            "reloads": getattr(source, "reloads", 0),
+            "failed_reloads": getattr(source, "failed_reloads", 0),
+        }
+        return web.Response(body=orjson.dumps(body), content_type=JSON)
+
+    async def prometheus(request: web.Request) -> web.Response:
+        response = web.Response(body=metrics.exposition())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    app.router.add_post(RTJSON_PATH, rtjson)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", prometheus)
+    if refresh_interval is not None:
+        app.cleanup_ctx.append(_refresher(source, refresh_interval))
+    return app
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Unknown paths, wrong methods and anything unforeseen as JSON errors."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            message = f"no such resource: {request.path}"
+        elif exc.status == 405:
+            allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
+            message = f"method {request.method} not allowed on {request.path}" + (f"; use {allowed}" if allowed else "")
+        else:
+            message = exc.reason
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, message, headers)
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(500, "internal error")
+
+
+def _refresher(source: Any, interval: float):
+    async def refresh_task(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(_refresh_loop(source, interval), name="c4-table-refresh")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return refresh_task
+
+
+async def _refresh_loop(source: Any, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(source.refresh)
+        except Exception:  # the source logs refused documents itself; this is anything else
+            log.exception("routing table refresh failed; still serving the previous table")
