@@ -111,25 +111,29 @@ def decide(table: RoutingTable, query: Any) -> dict:
     else:
         pai = ""
     routes = []
+    headers_by_profile: dict = {}  # trunks of one route often share a profile
     for endpoint in destinations:
         profile = endpoint.profile
-        if profile is None:
-            out_called, out_calling = called, calling
-        else:
-            out_called = profile.from_e164(called)
-            out_calling = profile.from_e164(calling) if calling_is_number else calling
-        headers = {
-            "from": {"display": request.from_name, "uri": replace_user(request.from_uri, out_calling)},
-            "to": {"display": request.to_name, "uri": replace_user(request.to_uri, out_called)},
-            "extra": pai,
-        }
+        headers = headers_by_profile.get(profile)
+        if headers is None:
+            if profile is None:
+                out_called, out_calling = called, calling
+            else:
+                out_called = profile.from_e164(called)
+                out_calling = profile.from_e164(calling) if calling_is_number else calling
+            headers = headers_by_profile[profile] = (out_called, {
+                "from": {"display": request.from_name, "uri": replace_user(request.from_uri, out_calling)},
+                "to": {"display": request.to_name, "uri": replace_user(request.to_uri, out_called)},
+                "extra": pai,
+            })
+        out_called, branch_headers = headers
         for target in endpoint.targets:
             branch = {
                 "uri": target.request_uri(out_called),
                 "dst_uri": target.uri,
                 "path": "",
                 "socket": "",
-                "headers": headers,
+                "headers": branch_headers,
                 "branch_flags": endpoint.branch_flags,
                 "fr_timer": endpoint.fr_timer,
                 "fr_inv_timer": endpoint.fr_inv_timer,

@@ -96,8 +96,8 @@ class Profile:
         self.intl_prefix = intl_prefix
         self.ld_prefix = ld_prefix
         self.always_plus = always_plus
-        self.to_rules = tuple((re.compile(r["match"]), r["replace"]) for r in to_e164)
-        self.from_rules = tuple((re.compile(r["match"]), r["replace"]) for r in from_e164)
+        self.to_rules = tuple(_Rule(r["match"], r["replace"]) for r in to_e164)
+        self.from_rules = tuple(_Rule(r["match"], r["replace"]) for r in from_e164)
 
     def to_e164(self, number: str) -> str:
         """A number as the sender wrote it, to E.164 digits (without '+')."""
@@ -121,13 +121,51 @@ class Profile:
 
 
 def _apply_first(rules: tuple, number: str) -> str | None:
-    """Apply the first rule whose pattern matches at the start.
-
-    Equal to ``re.sub(match, replace, number, count=1)`` once ``re.match``
-    has matched: the leftmost match is the one at position 0.
-    """
-    for pattern, replace in rules:
-        found = pattern.match(number)
+    """Apply the first rule that matches, or return None."""
+    for rule in rules:
+        found = rule.pattern.match(number)
         if found is not None:
-            return found.expand(replace) + number[found.end():]
+            return rule.apply(found, number)
     return None
+
+
+_TEMPLATE_PART = re.compile(r"\\(?:g<([0-9]+|[A-Za-z_][A-Za-z0-9_]*)>|([1-9][0-9]?)|(\\))|([^\\]+)")
+
+
+class _Rule:
+    """A ``{match, replace}`` rule, applied as re.sub(match, replace, number, count=1).
+
+    Once ``re.match`` has matched, the leftmost match is the one at 0, so the
+    result is the expanded replacement plus the rest of the number. Simple
+    replacements (literals, group references, '\\\\') are parsed once here;
+    anything else (other escapes) goes through ``Pattern.sub`` itself.
+    """
+
+    __slots__ = ("pattern", "replace", "parts")
+
+    def __init__(self, match: str, replace: str) -> None:
+        self.pattern = re.compile(match)
+        self.replace = replace
+        parts: list[str | int] | None = []
+        position = 0
+        for part in _TEMPLATE_PART.finditer(replace):
+            if part.start() != position:
+                parts = None
+                break
+            position = part.end()
+            group, number, backslash, literal = part.groups()
+            if literal is not None or backslash is not None:
+                parts.append(literal if literal is not None else "\\")
+            else:
+                name = group or number
+                parts.append(int(name) if name.isdigit() else self.pattern.groupindex[name])
+        if parts is not None and position != len(replace):
+            parts = None
+        self.parts = tuple(parts) if parts is not None else None
+
+    def apply(self, found: re.Match, number: str) -> str:
+        if self.parts is None:
+            return self.pattern.sub(self.replace, number, count=1)
+        out = [part if part.__class__ is str else (found.group(part) or "") for part in self.parts]
+        out.append(number[found.end():])
+        return "".join(out)
