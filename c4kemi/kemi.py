@@ -1,0 +1,324 @@
+"""KEMI entry point: the object Kamailio's ``app_python3`` loads.
+
+``kamailio/kamailio-kemi.cfg`` points ``app_python3``'s ``load`` parameter
+at this file and sets ``cfgengine "python"``; ``mod_init()`` returns the
+handler whose ``ksr_*`` methods are the routing blocks.
+
+Every Kamailio worker is a forked process with its own interpreter state
+and no running threads (``threads_mode=0``), so each worker keeps its own
+``FileTableSource`` (path from the ``C4_TABLE`` environment variable, set by
+``c4 kamailio``), loaded in ``child_init`` or on first use. A call looks at
+the file at most once a second and swaps in a changed table; a broken
+document is logged and the last good table keeps serving.
+
+Imports stay lean (no aiohttp): this runs inside every SIP worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+import orjson
+
+import KSR  # provided by app_python3
+
+from c4kemi.decision import RequestError, decide
+from c4kemi.document import DocumentError
+from c4kemi.store import FileTableSource
+
+__all__ = ["mod_init", "Router"]
+
+TABLE_ENV = "C4_TABLE"
+# Transaction flag: the 401/407 of the current rtjson route was answered.
+FLT_AUTH = 1
+# AVPs named in kamailio-kemi.cfg for uac_auth().
+AUTH_USERNAME_AVP = "$avp(c4_auth_username)"
+AUTH_PASSWORD_AVP = "$avp(c4_auth_password)"
+AUTH_REALM_AVP = "$avp(c4_auth_realm)"
+
+BRANCH_ROUTE = "ksr_branch_route"
+FAILURE_ROUTE = "ksr_failure_route"
+
+
+class KamailioLogHandler(logging.Handler):
+    """Python logging (the store's reload messages) into Kamailio's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record).replace("\n", " | ") + "\n"
+            if record.levelno >= logging.ERROR:
+                KSR.err(text)
+            elif record.levelno >= logging.WARNING:
+                KSR.warn(text)
+            elif record.levelno >= logging.INFO:
+                KSR.info(text)
+            else:
+                KSR.dbg(text)
+        except Exception:  # never let logging break a route
+            pass
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("c4")
+    if not any(isinstance(h, KamailioLogHandler) for h in logger.handlers):
+        handler = KamailioLogHandler()
+        handler.setFormatter(logging.Formatter("c4: %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _log_exception(where: str) -> None:
+    text = "".join(traceback.format_exception(*sys.exc_info()))
+    KSR.err(f"c4: exception in {where}: " + text.replace("\n", "\n    ").rstrip() + "\n")
+
+
+def _pv(name: str) -> str | None:
+    value = KSR.pv.get(name)
+    return None if value is None else str(value)
+
+
+class Router:
+    """The routing blocks. One instance per process (created pre-fork)."""
+
+    def __init__(self) -> None:
+        self.table_path = os.environ.get(TABLE_ENV, "")
+        self._source: FileTableSource | None = None
+        self._pid = 0
+
+    # -- table ---------------------------------------------------------
+
+    def source(self) -> FileTableSource:
+        """This worker's table source, created on first use after fork."""
+        if self._source is None or self._pid != os.getpid():
+            if not self.table_path:
+                raise RuntimeError(f"environment variable {TABLE_ENV} is not set: no routing table")
+            self._source = FileTableSource(self.table_path)
+            self._pid = os.getpid()
+            KSR.info(f"c4: routing table {self.table_path} loaded: version {self._source.current().version}\n")
+        return self._source
+
+    def child_init(self, rank: int) -> int:
+        _setup_logging()
+        if rank > 0:  # SIP workers; timer/main processes route nothing
+            try:
+                self.source()
+            except (DocumentError, OSError, RuntimeError) as exc:
+                # Not fatal: the worker retries on its first call and answers 500 until the file is good.
+                KSR.err(f"c4: cannot load routing table in child {rank}: {exc}\n")
+        return 0
+
+    # -- request route -------------------------------------------------
+
+    def ksr_request_route(self, msg) -> int:
+        try:
+            self._request(msg)
+        except Exception:
+            _log_exception("request_route")
+            self._internal_error()
+        return 1
+
+    def _request(self, msg) -> None:
+        if KSR.maxfwd.process_maxfwd(10) < 0:
+            KSR.sl.sl_send_reply(483, "Too Many Hops")
+            return
+        if KSR.sanity.sanity_check(17895, 7) < 0:  # replies itself to a bad request
+            KSR.err(f"c4: malformed SIP message from {_pv('$si')}:{_pv('$sp')}\n")
+            return
+
+        if KSR.is_CANCEL():
+            if KSR.tm.t_check_trans() > 0:
+                self._relay()
+            return  # t_check_trans() does not end the script in KEMI
+
+        if KSR.siputils.has_totag() > 0:
+            self._in_dialog()
+            return
+
+        # Initial requests from here on.
+        if KSR.is_OPTIONS():
+            KSR.sl.sl_send_reply(200, "OK")
+            return
+        if KSR.is_REGISTER():
+            KSR.sl.sl_send_reply(405, "Method Not Allowed")
+            return
+        if KSR.is_ACK():
+            # An ACK without a To tag matches nothing we sent: absorb a stray one.
+            if KSR.tm.t_check_trans() > 0:
+                self._relay()
+            return
+
+        # Retransmissions: absorbed (t_check_trans resends the last reply).
+        if KSR.tmx.t_precheck_trans() > 0:
+            KSR.tm.t_check_trans()
+            return
+        if KSR.tm.t_check_trans() == 0:
+            return
+
+        if not KSR.is_INVITE():
+            KSR.sl.sl_send_reply(405, "Method Not Allowed")
+            return
+
+        KSR.hdr.remove("Route")  # no preloaded routes through the router
+        self._route_invite()
+
+    def _in_dialog(self) -> None:
+        if KSR.rr.loose_route() > 0:
+            self._relay()
+            return
+        if KSR.is_ACK():
+            if KSR.tm.t_check_trans() > 0:
+                # ACK of a negative reply, hop by hop.
+                self._relay()
+            # else: an ACK matching nothing: absorbed.
+            return
+        KSR.sl.sl_send_reply(404, "Not here")
+
+    def _route_invite(self) -> None:
+        query = {
+            "event": "sip-routing",
+            "source_ip": _pv("$si"),
+            "source_port": KSR.pv.get("$sp"),
+            "auth": 0,
+            "call_id": _pv("$ci"),
+            "ruri": _pv("$ru"),
+            "from_name": _pv("$fn"),
+            "from_uri": _pv("$fu"),
+            "from_tag": _pv("$ft"),
+            "to_name": _pv("$tn"),
+            "to_uri": _pv("$tu"),
+            "to_tag": _pv("$tt"),
+        }
+        try:
+            table = self.source().current()
+        except (DocumentError, OSError, RuntimeError) as exc:
+            KSR.err(f"c4: no routing table: {exc}\n")
+            KSR.sl.sl_send_reply(500, "No Routing Table")
+            return
+        try:
+            reply = decide(table, query)
+        except RequestError as exc:
+            KSR.notice(f"c4: bad routing request from {query['source_ip']}: {exc}\n")
+            KSR.sl.sl_send_reply(400, "Bad Request")
+            return
+        rtjson = reply["rtjson"]
+        if not rtjson.get("success"):
+            KSR.sl.sl_send_reply(int(rtjson.get("code", 500)), str(rtjson.get("reason", "Server Error")))
+            return
+
+        KSR.rr.record_route()
+        if KSR.rtjson.init_routes(orjson.dumps(rtjson).decode()) < 0 or KSR.rtjson.push_routes() < 0:
+            KSR.err("c4: rtjson refused the routing document\n")
+            KSR.sl.sl_send_reply(500, "Routing Error")
+            return
+        self._relay()
+
+    def _relay(self) -> None:
+        """Relay statefully; for INVITE arm the branch and failure routes."""
+        if KSR.is_INVITE():
+            KSR.tm.t_on_branch(BRANCH_ROUTE)
+            KSR.tm.t_on_failure(FAILURE_ROUTE)
+        if KSR.tm.t_relay() < 0:
+            KSR.sl.sl_reply_error()
+
+    # -- branch and failure routes -----------------------------------------
+
+    def ksr_branch_route(self, msg) -> int:
+        try:
+            if KSR.siputils.has_totag() < 0 and KSR.rtjson.update_branch() < 0:
+                KSR.warn("c4: rtjson update_branch failed\n")
+        except Exception:
+            _log_exception("branch_route")
+            KSR.set_drop()  # drop this branch; the relay then fails and is answered
+        return 1
+
+    def ksr_failure_route(self, msg) -> int:
+        try:
+            self._failure()
+        except Exception:
+            _log_exception("failure_route")
+            self._internal_error()
+        return 1
+
+    def _failure(self) -> None:
+        if KSR.tm.t_is_canceled() > 0:
+            return
+        code = KSR.tm.t_get_status_code()
+        if code in (401, 407) and self._answer_challenge():
+            return
+        timeout = KSR.tm.t_branch_timeout() > 0 or KSR.tm.t_any_timeout() > 0
+        if code == 408 or 500 <= code <= 599 or timeout:
+            KSR.resetflag(FLT_AUTH)
+            if KSR.rtjson.next_route() > 0:
+                KSR.info(f"c4: branch failed with {code}, trying next route for {_pv('$ci')}\n")
+                self._relay_again()
+        # Anything else (4xx such as 486/404, 6xx, or no route left) goes back to the caller.
+
+    def _relay_again(self) -> None:
+        KSR.tm.t_on_branch(BRANCH_ROUTE)
+        KSR.tm.t_on_failure(FAILURE_ROUTE)
+        if KSR.tm.t_relay() < 0:
+            KSR.err(f"c4: relay to the next route failed for {_pv('$ci')}\n")
+            KSR.tm.t_reply(500, "Relay Failed")
+
+    def _current_route(self) -> dict | None:
+        """The rtjson route of the failed branch (rtjson's idx is one past it)."""
+        doc = KSR.pv.get("$xavp(rtjson=>json)")
+        idx = KSR.pv.get("$xavp(rtjson=>idx)")
+        if doc is None or idx is None:
+            return None
+        routes = orjson.loads(doc).get("routes") or []
+        idx = int(idx)
+        if 1 <= idx <= len(routes):
+            return routes[idx - 1]
+        return None
+
+    def _answer_challenge(self) -> bool:
+        """Answer a 401/407 once with the current route's credentials."""
+        if KSR.isflagset(FLT_AUTH):
+            return False
+        route = self._current_route()
+        auth = route.get("auth") if route else None
+        if not auth:
+            return False
+        KSR.pv.sets(AUTH_USERNAME_AVP, str(auth.get("username", "")))
+        KSR.pv.sets(AUTH_PASSWORD_AVP, str(auth.get("password", "")))
+        KSR.pv.sets(AUTH_REALM_AVP, str(auth.get("realm") or ""))
+        if KSR.uac.uac_auth() < 0:
+            KSR.warn(f"c4: cannot answer the challenge for {_pv('$ci')}\n")
+            return False
+        KSR.setflag(FLT_AUTH)
+        # The failure route sees the first route's URIs: aim at the challenging one again.
+        KSR.pv.sets("$ru", route["uri"])
+        if route.get("dst_uri"):
+            KSR.pv.sets("$du", route["dst_uri"])
+        self._relay_again()
+        return True
+
+    # -- replies, onsend, errors ----------------------------------------------
+
+    def ksr_reply_route(self, msg) -> int:
+        return 1
+
+    def ksr_onsend_route(self, msg) -> int:
+        return 1
+
+    def _internal_error(self) -> None:
+        """Answer 500 so that no transaction is left hanging."""
+        try:
+            if KSR.is_ACK():
+                return
+            if KSR.tmx.t_is_failure_route() > 0:
+                KSR.tm.t_reply(500, "Server Internal Error")
+            else:
+                KSR.sl.send_reply(500, "Server Internal Error")  # stateful if a transaction exists
+        except Exception:
+            _log_exception("error reply")
+
+
+def mod_init() -> Router:
+    _setup_logging()
+    return Router()
