@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import orjson
 
-from .numbers import is_digits, replace_user, strip_separators, uri_host, uri_user
+from .numbers import is_digits, parse_uri, strip_separators
 from .table import Endpoint, RouteChoice, RoutingTable
 
 __all__ = ["RequestError", "Request", "decide", "route_json", "encode", "refusal", "trunk_order"]
@@ -42,7 +42,7 @@ class Request:
     OPTIONAL = ("call_id", "ruri", "from_name", "to_name")
 
     def __init__(self, query: Any) -> None:
-        if not isinstance(query, Mapping):
+        if not isinstance(query, dict):  # an ABC check (Mapping) costs more than the lookups
             raise RequestError(f"request must be a JSON object, not {type(query).__name__}")
         for name in self.REQUIRED:
             value = query.get(name)
@@ -74,8 +74,9 @@ def decide(table: RoutingTable, query: Any) -> dict:
         return refusal(*FORBIDDEN)
 
     # Rule 2: numbers to E.164 with the sender's profile.
-    called = strip_separators(uri_user(request.ruri) or uri_user(request.to_uri))
-    calling_raw = uri_user(request.from_uri)
+    from_uri, to_uri = parse_uri(request.from_uri), parse_uri(request.to_uri)
+    called = strip_separators(parse_uri(request.ruri).number or to_uri.number)
+    calling_raw = from_uri.number
     calling = strip_separators(calling_raw)
     profile = sender.profile
     if profile is not None:
@@ -106,7 +107,7 @@ def decide(table: RoutingTable, query: Any) -> dict:
 
     # Rule 5: one rtjson route per target.
     if calling_is_number:
-        host = uri_host(request.from_uri)
+        host = from_uri.host
         pai = f"P-Asserted-Identity: <sip:+{calling}@{host}>\r\n" if host else f"P-Asserted-Identity: <tel:+{calling}>\r\n"
     else:
         pai = ""
@@ -122,8 +123,8 @@ def decide(table: RoutingTable, query: Any) -> dict:
                 out_called = profile.from_e164(called)
                 out_calling = profile.from_e164(calling) if calling_is_number else calling
             headers = headers_by_profile[profile] = (out_called, {
-                "from": {"display": request.from_name, "uri": replace_user(request.from_uri, out_calling)},
-                "to": {"display": request.to_name, "uri": replace_user(request.to_uri, out_called)},
+                "from": {"display": request.from_name, "uri": from_uri.with_user(out_calling)},
+                "to": {"display": request.to_name, "uri": to_uri.with_user(out_called)},
                 "extra": pai,
             })
         out_called, branch_headers = headers

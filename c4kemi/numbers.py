@@ -7,9 +7,9 @@ general URI parser: a routing decision parses three URIs.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
-__all__ = ["Profile", "uri_user", "uri_host", "replace_user", "strip_separators", "is_digits"]
+__all__ = ["Profile", "Uri", "parse_uri", "uri_user", "uri_host", "replace_user", "strip_separators", "is_digits"]
 
 _SEPARATORS = str.maketrans("", "", " -.()")
 _ASCII_DIGITS = re.compile(r"[0-9]+")
@@ -25,55 +25,73 @@ def strip_separators(number: str) -> str:
     return number.translate(_SEPARATORS)
 
 
-def _split(uri: str) -> tuple[str, str, str]:
-    """Split a URI into (scheme with ':', user part, rest).
+class Uri(NamedTuple):
+    """A SIP or tel: URI split around its user part, parsed once per call.
 
-    ``rest`` starts with '@' when there is a user part in a SIP URI; for a
-    tel: URI it holds the parameters (';phone-context=...').
+    ``head + user + tail`` is the URI. ``tail`` starts with '@' when a SIP
+    URI has a user part; for tel: it holds the parameters.
     """
+
+    text: str
+    head: str  # scheme and ':'
+    user: str  # the whole user part (a tel: URI's number)
+    tail: str
+    is_tel: bool
+
+    @property
+    def number(self) -> str:
+        """The user part without user parameters (';npdi', ';isub=...')."""
+        return self.user.partition(";")[0]
+
+    @property
+    def host(self) -> str:
+        """The host (IPv6 references keep their brackets); '' for tel: or no scheme."""
+        if self.is_tel or not self.head:
+            return ""
+        hostport = self.tail[1:] if self.tail.startswith("@") else self.tail
+        if hostport.startswith("["):
+            return hostport[: hostport.find("]") + 1]
+        end = len(hostport)
+        for stop in ":;?>":
+            index = hostport.find(stop, 0, end)
+            if index != -1:
+                end = index
+        return hostport[:end]
+
+    def with_user(self, user: str) -> str:
+        """The URI with its user part (or tel: number) replaced by ``user``."""
+        if not self.head:
+            return self.text
+        if self.is_tel or self.tail.startswith("@"):
+            return self.head + user + self.tail
+        return self.head + user + "@" + self.tail if user else self.text
+
+
+def parse_uri(uri: str) -> Uri:
     scheme, colon, after = uri.partition(":")
     if not colon:
-        return "", "", uri
-    scheme += ":"
-    if scheme.lower() == "tel:":
+        return Uri(uri, "", "", uri, False)
+    head = scheme + ":"
+    if scheme.lower() == "tel":
         number, semi, params = after.partition(";")
-        return scheme, number, semi + params
+        return Uri(uri, head, number, semi + params, True)
     user, at, host = after.rpartition("@")
     if not at:
-        return scheme, "", after
-    return scheme, user, at + host
+        return Uri(uri, head, "", after, False)
+    return Uri(uri, head, user, at + host, False)
 
 
 def uri_user(uri: str) -> str:
     """The user part of a SIP URI without user parameters, or a tel: number."""
-    user = _split(uri)[1]
-    return user.partition(";")[0]
+    return parse_uri(uri).number
 
 
 def uri_host(uri: str) -> str:
-    """The host of a SIP URI (IPv6 references keep their brackets); '' for tel:."""
-    scheme, user, rest = _split(uri)
-    if scheme.lower() == "tel:":
-        return ""
-    hostport = rest[1:] if rest.startswith("@") else rest
-    if hostport.startswith("["):
-        return hostport[: hostport.find("]") + 1]
-    end = len(hostport)
-    for stop in ":;?>":
-        index = hostport.find(stop)
-        if index != -1 and index < end:
-            end = index
-    return hostport[:end]
+    return parse_uri(uri).host
 
 
 def replace_user(uri: str, user: str) -> str:
-    """The URI with its user part (or tel: number) replaced by ``user``."""
-    scheme, old, rest = _split(uri)
-    if not scheme:
-        return uri
-    if scheme.lower() == "tel:" or rest.startswith("@"):
-        return scheme + user + rest
-    return scheme + user + "@" + rest if user else uri
+    return parse_uri(uri).with_user(user)
 
 
 class Profile:
