@@ -1,0 +1,412 @@
+"""End-to-end harness: a real Kamailio (through ``c4 kamailio``) and real sipp.
+
+Everything listens on loopback (the whole 127.0.0.0/8 is local): the router
+on 127.0.0.1, callers and callees on their own 127.0.0.x address so the
+routing table can tell trunks from IPBXs by source address. Ports are picked
+free at run time. Every process is started in its own session (process
+group) and killed by group when the test ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+SIPP = "sipp"
+
+
+def free_udp_port(address: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def udp_port_taken(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
+def write_json_atomically(path: Path, document) -> None:
+    """Write then rename, as an operator should: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    tmp.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, path)
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the process group, then SIGKILL it if it lingers."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:  # the group may outlive its leader (forked workers)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if proc.poll() is None:
+        proc.wait(timeout=5)
+
+
+class Processes:
+    """Every process a test started, killed at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], log: Path, **kwargs) -> subprocess.Popen:
+        out = open(log, "ab")
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+            )
+        finally:
+            out.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            kill_group(proc)
+        self.procs.clear()
+
+
+# ---------------------------------------------------------------- SIP messages
+
+
+@dataclass
+class SipMessage:
+    direction: str  # "sent" / "received"
+    text: str
+
+    @property
+    def first_line(self) -> str:
+        return self.text.split("\n", 1)[0].strip()
+
+    @property
+    def is_request(self) -> bool:
+        return not self.first_line.startswith("SIP/2.0")
+
+    @property
+    def method(self) -> str:
+        if self.is_request:
+            return self.first_line.split(" ", 1)[0]
+        return self.cseq_method
+
+    @property
+    def status(self) -> int | None:
+        if self.is_request:
+            return None
+        return int(self.first_line.split(" ", 2)[1])
+
+    @property
+    def request_uri(self) -> str:
+        return self.first_line.split(" ")[1]
+
+    @property
+    def cseq_method(self) -> str:
+        return (self.header("CSeq") or " ").split()[-1]
+
+    def headers(self, name: str) -> list[str]:
+        values = []
+        wanted = name.lower()
+        for line in self.text.split("\n")[1:]:
+            line = line.rstrip("\r")
+            if not line.strip():
+                break
+            key, sep, value = line.partition(":")
+            if sep and key.strip().lower() == wanted:
+                values.append(value.strip())
+        return values
+
+    def header(self, name: str) -> str | None:
+        values = self.headers(name)
+        return values[0] if values else None
+
+
+SEPARATOR = re.compile(r"^-{20,}.*$", re.MULTILINE)
+
+
+def parse_message_log(text: str) -> list[SipMessage]:
+    """sipp's -trace_msg log as a list of messages."""
+    messages = []
+    for chunk in SEPARATOR.split(text):
+        chunk = chunk.strip("\n")
+        if not chunk.strip():
+            continue
+        head, _, body = chunk.partition("\n")
+        if "message sent" in head:
+            direction = "sent"
+        elif "message received" in head:
+            direction = "received"
+        else:
+            continue
+        body = body.lstrip("\n").lstrip()
+        if body:
+            messages.append(SipMessage(direction, body))
+    return messages
+
+
+def user_of(uri_or_header: str) -> str:
+    """The user part of the first SIP URI in a header value or URI."""
+    match = re.search(r"(?:sips?|tel):([^@;>]+)", uri_or_header)
+    return match.group(1) if match else ""
+
+
+# ---------------------------------------------------------------- sipp
+
+
+@dataclass
+class Sipp:
+    """One sipp process and its message log."""
+
+    name: str
+    proc: subprocess.Popen
+    message_log: Path
+    screen_log: Path
+    address: str
+    port: int
+
+    @property
+    def uri(self) -> str:
+        return f"sip:{self.address}:{self.port}"
+
+    def wait(self, timeout: float = 30) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(self.proc)
+            raise AssertionError(f"sipp {self.name} did not finish within {timeout}s\n{self.describe()}") from None
+
+    def messages(self) -> list[SipMessage]:
+        if not self.message_log.exists():
+            return []
+        return parse_message_log(self.message_log.read_text(errors="replace"))
+
+    def received(self, method_or_status=None) -> list[SipMessage]:
+        out = []
+        for msg in self.messages():
+            if msg.direction != "received":
+                continue
+            if method_or_status is None:
+                out.append(msg)
+            elif isinstance(method_or_status, int):
+                if msg.status == method_or_status:
+                    out.append(msg)
+            elif msg.is_request and msg.method == method_or_status:
+                out.append(msg)
+        return out
+
+    def received_finals(self) -> list[int]:
+        return [m.status for m in self.received() if not m.is_request and m.status >= 200 and m.cseq_method == "INVITE"]
+
+    def describe(self) -> str:
+        screen = self.screen_log.read_text(errors="replace")[-3000:] if self.screen_log.exists() else ""
+        flow = "\n".join(f"  {m.direction:8} {m.first_line}" for m in self.messages())
+        return f"--- sipp {self.name} (rc={self.proc.poll()}) message flow:\n{flow}\n--- screen/errors tail:\n{screen}"
+
+
+class SippFactory:
+    """Starts sipp UAS (carriers, IPBXs) and UAC (callers) for one test."""
+
+    def __init__(self, processes: Processes, workdir: Path) -> None:
+        self.processes = processes
+        self.workdir = workdir
+        self.count = 0
+        self.all: list[Sipp] = []
+
+    def scenario(self, name: str, **values) -> Path:
+        """A scenario from tests/e2e/scenarios with its @NAME@ placeholders filled."""
+        text = (SCENARIOS / name).read_text()
+        for key, value in values.items():
+            text = text.replace(f"@{key.upper()}@", str(value))
+        left = re.findall(r"@[A-Z_]+@", text)
+        if left:
+            raise ValueError(f"scenario {name}: no value for {sorted(set(left))}")
+        self.count += 1
+        path = self.workdir / f"{self.count:02d}-{name}"
+        path.write_text(text)
+        return path
+
+    def _start(self, role: str, scenario: Path, address: str, port: int, extra: list[str], timeout: int) -> Sipp:
+        name = f"{role}-{address}-{port}"
+        message_log = self.workdir / f"{name}.msg.log"
+        screen_log = self.workdir / f"{name}.screen.log"
+        argv = [
+            SIPP, "-sf", str(scenario),
+            "-i", str(address), "-p", str(port),
+            "-m", "1",
+            "-nostdin",
+            "-timeout", f"{timeout}s", "-timeout_error",
+            "-max_retrans", "5",
+            "-trace_msg", "-message_file", str(message_log),
+            "-trace_err", "-error_file", str(screen_log),
+        ] + extra
+        proc = self.processes.start(argv, self.workdir / f"{name}.stdout.log", cwd=self.workdir)
+        sipp = Sipp(name, proc, message_log, screen_log, address, port)
+        self.all.append(sipp)
+        return sipp
+
+    def uas(self, scenario: str, address: str, timeout: int = 30, **values) -> Sipp:
+        """A callee listening on ADDRESS:free-port; returns once it is bound."""
+        port = free_udp_port(address)
+        sipp = self._start("uas", self.scenario(scenario, **values), address, port, [], timeout)
+        deadline = time.monotonic() + 10
+        while not udp_port_taken(address, port):
+            if sipp.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"sipp UAS did not start on {address}:{port}\n{sipp.describe()}")
+            time.sleep(0.02)
+        return sipp
+
+    def uac(
+        self,
+        scenario: str,
+        target: str,
+        address: str,
+        called: str = "",
+        caller: str = "0611111111",
+        caller_name: str = "Alice",
+        timeout: int = 30,
+        wait: bool = True,
+        **values,
+    ) -> Sipp:
+        """A caller from ADDRESS to the router TARGET (host:port); waits for it unless wait=False."""
+        port = free_udp_port(address)
+        extra = [
+            "-s", called or "s",
+            "-key", "caller", caller,
+            "-key", "caller_name", caller_name,
+            "-default_behaviors", "all,-abortunexp",
+            target,
+        ]
+        values.setdefault("answer_timeout", 10000)
+        sipp = self._start("uac", self.scenario(scenario, **values), address, port, extra, timeout)
+        if wait:
+            sipp.wait(timeout + 10)
+        return sipp
+
+    def describe_all(self) -> str:
+        return "\n".join(s.describe() for s in self.all)
+
+
+# ---------------------------------------------------------------- the router
+
+
+def sip_options_ok(address: str, port: int, timeout: float = 0.5) -> bool:
+    """True if the router answers an out-of-dialog OPTIONS with 200."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        local_port = sock.getsockname()[1]
+        call_id = uuid.uuid4().hex
+        request = (
+            f"OPTIONS sip:{address}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{local_port};branch=z9hG4bK{call_id[:16]}\r\n"
+            f"From: <sip:probe@127.0.0.1>;tag={call_id[:8]}\r\n"
+            f"To: <sip:{address}:{port}>\r\n"
+            f"Call-ID: {call_id}@probe\r\n"
+            "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        sock.settimeout(timeout)
+        try:
+            sock.sendto(request.encode(), (address, port))
+            data, _ = sock.recvfrom(65535)
+        except OSError:
+            return False
+        return data.startswith(b"SIP/2.0 200")
+
+
+@dataclass
+class Router:
+    """One running router (Kamailio, plus the API in HTTP mode)."""
+
+    mode: str
+    address: str
+    port: int
+    table_path: Path
+    log: Path
+    proc: subprocess.Popen
+    extra_procs: list = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        """host:port for sipp's remote address."""
+        return f"{self.address}:{self.port}"
+
+    def update_table(self, document) -> None:
+        write_json_atomically(self.table_path, document)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class RouterFactory:
+    """Starts the router in one mode with a per-test routing table.
+
+    ``start(document)`` writes the document to the test's tmp dir, runs
+    ``c4 kamailio --mode MODE`` on a free 127.0.0.1 port and returns once the
+    router answers OPTIONS. Mode-specific pieces (the c4http service and
+    ``--api`` for HTTP mode) belong in ``_mode_arguments``.
+    """
+
+    def __init__(self, mode: str, processes: Processes, workdir: Path) -> None:
+        self.mode = mode
+        self.processes = processes
+        self.workdir = workdir
+        self.routers: list[Router] = []
+
+    def _mode_arguments(self, table_path: Path) -> list[str]:
+        if self.mode == "kemi":
+            return ["--table", str(table_path)]
+        # HTTP mode: start `c4 serve --table ... --port free` here (self.processes.start),
+        # wait for it, and return ["--table", ..., "--api", "http://127.0.0.1:PORT"].
+        raise NotImplementedError(f"router mode {self.mode!r} is not wired into the e2e harness yet")
+
+    def start(self, document, workers: int = 2, shm: int = 64, ready_timeout: float = 20.0) -> Router:
+        table_path = self.workdir / "table.json"
+        write_json_atomically(table_path, document)
+        address = "127.0.0.1"
+        port = free_udp_port(address)
+        log = self.workdir / f"router-{self.mode}-{port}.log"
+        argv = [
+            sys.executable, "-m", "c4kemi.cli", "kamailio",
+            "--mode", self.mode,
+            "--listen", f"udp:{address}:{port}",
+            "--workers", str(workers),
+            "--shm", str(shm),
+            "--pkg", "16",
+        ] + self._mode_arguments(table_path)
+        proc = self.processes.start(argv, log, cwd=REPO_ROOT)
+        router = Router(self.mode, address, port, table_path, log, proc)
+        self.routers.append(router)
+        deadline = time.monotonic() + ready_timeout
+        while not sip_options_ok(address, port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"router ({self.mode}) did not come up on {address}:{port}:\n{router.log_text()[-5000:]}")
+            time.sleep(0.1)
+        return router

@@ -1,0 +1,227 @@
+"""Calls through a real router: routing, number conversion, failover, dialogs, CANCEL."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+
+import pytest
+
+from .documents import (
+    CALLER_E164,
+    CALLER_NATIONAL,
+    DID_E164,
+    DID_NATIONAL,
+    NO_DID_NATIONAL,
+    OUT_CALLED_E164,
+    OUT_CALLED_NATIONAL,
+    PBX,
+    STRANGER,
+    TRUNK_A,
+    TRUNK_B,
+    routing_document,
+)
+from .harness import user_of
+
+
+def assert_ok(sipp_proc, sipp):
+    rc = sipp_proc.wait()
+    assert rc == 0, f"sipp {sipp_proc.name} failed (rc={rc})\n{sipp.describe_all()}"
+
+
+def only(messages, what):
+    assert len(messages) == 1, f"expected one {what}, got {len(messages)}: {[m.first_line for m in messages]}"
+    return messages[0]
+
+
+def test_inbound_call_reaches_ipbx_with_converted_numbers(router, sipp):
+    pbx = sipp.uas("uas_answer.xml", PBX)
+    r = router.start(routing_document(pbx_port=pbx.port))
+
+    caller = sipp.uac("uac_call.xml", r.target, TRUNK_A, called=DID_NATIONAL, caller=CALLER_NATIONAL)
+
+    assert_ok(caller, sipp)
+    assert_ok(pbx, sipp)
+    invite = only(pbx.received("INVITE"), "INVITE at the IPBX")
+    assert invite.request_uri == f"sip:{DID_E164}@{PBX}:{pbx.port}"
+    assert user_of(invite.header("From")) == CALLER_E164
+    assert user_of(invite.header("To")) == DID_E164
+    assert invite.header("P-Asserted-Identity") == f"<sip:+{CALLER_E164}@{TRUNK_A}>"
+    assert any(r.target in rr for rr in invite.headers("Record-Route")), invite.headers("Record-Route")
+    # The caller's side of the dialog keeps its own numbers (uac restore).
+    answer = only(caller.received(200)[:1], "200 for the INVITE")
+    assert user_of(answer.header("From")) == CALLER_NATIONAL
+    assert user_of(answer.header("To")) == DID_NATIONAL
+
+
+def test_full_dialog_goes_through_the_router(router, sipp):
+    pbx = sipp.uas("uas_answer.xml", PBX)
+    r = router.start(routing_document(pbx_port=pbx.port))
+
+    caller = sipp.uac("uac_call.xml", r.target, TRUNK_A, called=DID_NATIONAL, caller=CALLER_NATIONAL)
+
+    assert_ok(caller, sipp)
+    assert_ok(pbx, sipp)
+    ack = only(pbx.received("ACK"), "ACK at the IPBX")
+    bye = only(pbx.received("BYE"), "BYE at the IPBX")
+    for request in (ack, bye):
+        # Sent along the Record-Route set: the router is in the Via path...
+        assert any(r.target in via for via in request.headers("Via")), request.text
+        # ...and the IPBX sees the dialog with its converted From/To (uac restore in-dialog).
+        assert user_of(request.header("From")) == CALLER_E164, request.text
+        assert user_of(request.header("To")) == DID_E164, request.text
+    assert caller.received(200)[-1].cseq_method == "BYE"
+
+
+def test_outbound_failover_503_then_200(router, sipp):
+    first = sipp.uas("uas_reject.xml", TRUNK_A, code=503, reason="Service Unavailable")
+    second = sipp.uas("uas_answer.xml", TRUNK_B)
+    r = router.start(routing_document(trunk_a_port=first.port, trunk_b_port=second.port))
+
+    caller = sipp.uac("uac_call.xml", r.target, PBX, called=OUT_CALLED_E164, caller=CALLER_E164)
+
+    assert_ok(caller, sipp)
+    assert_ok(first, sipp)
+    assert_ok(second, sipp)
+    tried = only(first.received("INVITE"), "INVITE at the first trunk")
+    assert tried.request_uri == f"sip:{OUT_CALLED_NATIONAL}@{TRUNK_A}:{first.port}"
+    invite = only(second.received("INVITE"), "INVITE at the second trunk")
+    assert invite.request_uri == f"sip:{OUT_CALLED_NATIONAL}@{TRUNK_B}:{second.port}"
+    assert user_of(invite.header("From")) == CALLER_NATIONAL
+    assert user_of(invite.header("To")) == OUT_CALLED_NATIONAL
+    assert invite.header("P-Asserted-Identity") == f"<sip:+{CALLER_E164}@{PBX}>"
+    assert len(second.received("BYE")) == 1
+
+
+def test_outbound_busy_is_not_failed_over(router, sipp):
+    first = sipp.uas("uas_reject.xml", TRUNK_A, code=486, reason="Busy Here")
+    second = sipp.uas("uas_answer.xml", TRUNK_B, timeout=15)
+    r = router.start(routing_document(trunk_a_port=first.port, trunk_b_port=second.port))
+
+    caller = sipp.uac("uac_final.xml", r.target, PBX, called=OUT_CALLED_E164, caller=CALLER_E164, code=486)
+
+    assert_ok(caller, sipp)
+    assert_ok(first, sipp)
+    assert caller.received_finals() == [486]
+    time.sleep(0.3)
+    assert second.received() == [], "a 486 must go back to the caller, not to the next trunk"
+
+
+def test_outbound_no_answer_fails_over_after_fr_timer(router, sipp):
+    first = sipp.uas("uas_silent.xml", TRUNK_A, silence=4000)
+    second = sipp.uas("uas_answer.xml", TRUNK_B)
+    r = router.start(routing_document(trunk_a_port=first.port, trunk_b_port=second.port, fr_timer=1000))
+
+    started = time.monotonic()
+    caller = sipp.uac("uac_call.xml", r.target, PBX, called=OUT_CALLED_E164, caller=CALLER_E164)
+    elapsed = time.monotonic() - started
+
+    assert_ok(caller, sipp)
+    assert_ok(second, sipp)
+    assert len(first.received("INVITE")) >= 1, "the first trunk never saw the call"
+    assert len(second.received("INVITE")) == 1
+    assert elapsed >= 1.0, f"failed over after {elapsed:.2f}s, before the 1000 ms fr_timer"
+    assert elapsed < 4.0, f"failover took {elapsed:.2f}s with a 1000 ms fr_timer"
+
+
+def test_unknown_source_is_forbidden(router, sipp):
+    pbx = sipp.uas("uas_answer.xml", PBX, timeout=15)
+    r = router.start(routing_document(pbx_port=pbx.port))
+
+    caller = sipp.uac("uac_final.xml", r.target, STRANGER, called=DID_NATIONAL, code=403)
+
+    assert_ok(caller, sipp)
+    assert caller.received_finals() == [403]
+    assert pbx.received() == []
+
+
+def test_unroutable_number_is_not_found(router, sipp):
+    pbx = sipp.uas("uas_answer.xml", PBX, timeout=15)
+    r = router.start(routing_document(pbx_port=pbx.port))
+
+    caller = sipp.uac("uac_final.xml", r.target, TRUNK_A, called=NO_DID_NATIONAL, code=404)
+
+    assert_ok(caller, sipp)
+    assert caller.received_finals() == [404]
+    assert pbx.received() == []
+
+
+def test_cancel_before_answer_cancels_the_branch(router, sipp):
+    pbx = sipp.uas("uas_ring_cancel.xml", PBX)
+    r = router.start(routing_document(pbx_port=pbx.port))
+
+    caller = sipp.uac("uac_cancel.xml", r.target, TRUNK_A, called=DID_NATIONAL)
+
+    assert_ok(caller, sipp)
+    assert_ok(pbx, sipp)
+    assert len(pbx.received("CANCEL")) == 1
+    assert caller.received_finals() == [487]
+    assert [m.cseq_method for m in caller.received(200)] == ["CANCEL"]
+
+
+
+CHALLENGES = {401: ("Unauthorized", "WWW-Authenticate", "Authorization"), 407: ("Proxy Authentication Required", "Proxy-Authenticate", "Proxy-Authorization")}
+
+
+def digest_params(value: str) -> dict:
+    assert value.startswith("Digest "), value
+    return {k: v.strip('"') for k, v in re.findall(r'(\w+)=("[^"]*"|[^,\s]+)', value[len("Digest "):])}
+
+
+def expected_digest_response(params: dict, password: str, method: str = "INVITE") -> str:
+    md5 = lambda text: hashlib.md5(text.encode()).hexdigest()  # noqa: E731
+    ha1 = md5(f"{params['username']}:{params['realm']}:{password}")
+    ha2 = md5(f"{method}:{params['uri']}")
+    return md5(f"{ha1}:{params['nonce']}:{params['nc']}:{params['cnonce']}:{params['qop']}:{ha2}")
+
+
+@pytest.mark.parametrize("code", [401, 407])
+def test_auth_challenge_answered_with_trunk_credentials(router, sipp, code):
+    reason, challenge, answer = CHALLENGES[code]
+    auth = {"username": "c4user", "password": "s3cret", "realm": "carrier-a.test"}
+    carrier = sipp.uas("uas_auth.xml", TRUNK_A, code=code, reason=reason, challenge=challenge, realm=auth["realm"])
+    r = router.start(routing_document(trunk_a_port=carrier.port, trunk_a_auth=auth))
+
+    caller = sipp.uac("uac_call.xml", r.target, PBX, called=OUT_CALLED_E164, caller=CALLER_E164)
+
+    assert_ok(caller, sipp)
+    assert_ok(carrier, sipp)
+    invites = carrier.received("INVITE")
+    assert len(invites) == 2, "expected the INVITE and one authenticated retry"
+    assert invites[0].header(answer) is None
+    params = digest_params(invites[1].header(answer) or "Digest ")
+    assert params["username"] == auth["username"] and params["realm"] == auth["realm"]
+    assert params["response"] == expected_digest_response(params, auth["password"]), "wrong digest"
+    assert invites[1].request_uri == f"sip:{OUT_CALLED_NATIONAL}@{TRUNK_A}:{carrier.port}"
+    assert user_of(invites[1].header("From")) == CALLER_NATIONAL
+    assert invites[1].header("P-Asserted-Identity") == f"<sip:+{CALLER_E164}@{PBX}>"
+    assert caller.received_finals() == [200]
+
+
+def test_auth_challenge_is_answered_only_once(router, sipp):
+    reason, challenge, _ = CHALLENGES[407]
+    auth = {"username": "c4user", "password": "wrong", "realm": "carrier-a.test"}
+    carrier = sipp.uas("uas_auth_twice.xml", TRUNK_A, code=407, reason=reason, challenge=challenge, realm=auth["realm"])
+    second = sipp.uas("uas_answer.xml", TRUNK_B, timeout=15)
+    r = router.start(routing_document(trunk_a_port=carrier.port, trunk_b_port=second.port, trunk_a_auth=auth))
+
+    caller = sipp.uac("uac_final.xml", r.target, PBX, called=OUT_CALLED_E164, caller=CALLER_E164, code=407)
+
+    assert_ok(caller, sipp)
+    assert_ok(carrier, sipp)
+    assert caller.received_finals() == [407]
+    assert len(carrier.received("INVITE")) == 2
+    assert second.received() == [], "a 4xx must not fail over"
+
+
+def test_auth_challenge_without_credentials_goes_back_to_caller(router, sipp):
+    reason, challenge, _ = CHALLENGES[407]
+    carrier = sipp.uas("uas_auth_twice.xml", TRUNK_A, code=407, reason=reason, challenge=challenge, realm="carrier-a.test", timeout=15)
+    r = router.start(routing_document(trunk_a_port=carrier.port))
+
+    caller = sipp.uac("uac_final.xml", r.target, PBX, called=OUT_CALLED_E164, caller=CALLER_E164, code=407)
+
+    assert_ok(caller, sipp)
+    assert caller.received_finals() == [407]
+    assert len(carrier.received("INVITE")) == 1
