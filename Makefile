@@ -19,11 +19,12 @@ DEBIAN_PACKAGES := kamailio kamailio-python3-modules kamailio-json-modules \
 	libcurl4-openssl-dev libevent-dev dpkg-dev build-essential bison flex \
 	postgresql
 
-.PHONY: help setup debian-packages module venv run test bench clean
+.PHONY: help setup debian-packages module venv run test test-e2e bench clean
 
 help:
 	@echo "make run    start the router (KEMI mode, example table)"
 	@echo "make test   run the whole test suite"
+	@echo "make test-e2e  only the end-to-end tests (Kamailio + sipp)"
 
 setup: debian-packages module venv
 
@@ -46,7 +47,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: debian-packages $(VENV)/.installed
 
-run: setup
+# KEMI mode needs the Debian packages and the venv; HTTP mode also needs the
+# http_async_client module.
+run: $(if $(filter http,$(MODE)),setup,debian-packages venv)
 ifeq ($(MODE),http)
 	$(VENV)/bin/c4 kamailio --mode http --table $(TABLE) --listen $(LISTEN) --serve-api --api http://127.0.0.1:$(API_PORT)
 else
@@ -55,6 +58,10 @@ endif
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+# Only the end-to-end tests (real Kamailio and sipp on loopback).
+test-e2e: setup
+	$(VENV)/bin/python -m pytest -q tests/e2e
 
 bench: setup
 	$(VENV)/bin/python benchmarks/decision.py

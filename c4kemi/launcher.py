@@ -118,19 +118,31 @@ def python_path() -> str:
     return os.pathsep.join(paths)
 
 
-def call_hint(document: dict, listen: str) -> str:
-    """A sipp command that places a test call through the router."""
-    _, _, hostport = listen.partition(":") if listen.count(":") >= 2 else ("", "", listen)
-    source = "127.0.0.10"
+def call_hint(document: dict, listen: str) -> list[str]:
+    """sipp commands that place a test call through the router.
+
+    The scenarios (tests/e2e/scenarios) follow Record-Route, so ACK and BYE
+    go through the router too (sipp's built-in uac/uas do not).
+    """
+    hostport = listen.split(":", 1)[1] if listen.count(":") >= 2 else listen
+    scenarios = REPO_ROOT / "tests" / "e2e" / "scenarios"
+    source, callee = "127.0.0.10", None
     for ipbx in document.get("ipbxs", []):
-        for cidr in ipbx.get("sources", []):
-            if "/" not in cidr or cidr.endswith("/32"):
-                source = cidr.split("/")[0]
-                break
-        else:
-            continue
-        break
-    return f"sipp -sn uac -i {source} -p 0 -s 0612345678 -m 1 {hostport}"
+        hosts = [cidr.split("/")[0] for cidr in ipbx.get("sources", []) if "/" not in cidr or cidr.endswith(("/32", "/128"))]
+        if hosts:
+            source = hosts[0]
+            targets = ipbx.get("targets") or []
+            callee = targets[0].split(":", 1)[1] if targets else None
+            break
+    lines = []
+    if callee and ":" in callee and not callee.startswith("["):
+        host, port = callee.rsplit(":", 1)
+        lines.append(f"callee: sipp -sf {scenarios / 'uas_answer.xml'} -i {host} -p {port} -m 1")
+    lines.append(
+        f"caller: sipp -sf {scenarios / 'uac_call.xml'} -i {source} -p 0 -s 0612345678 "
+        f"-key caller 0611111111 -key caller_name Alice -m 1 {hostport}"
+    )
+    return lines
 
 
 def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
@@ -145,7 +157,8 @@ def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
     launch.env["PYTHONPATH"] = python_path()
     launch.env["PYTHONDONTWRITEBYTECODE"] = "1"
     launch.banner.append(f"routing table {table_path}: version {info['version']} (reloaded on change, checked at most once a second per worker)")
-    launch.banner.append("place a test call: " + call_hint(info["document"], args.listen[0]))
+    launch.banner.append("place a test call (called number from the example table):")
+    launch.banner.extend("  " + line for line in call_hint(info["document"], args.listen[0]))
 
 
 def prepare_http(args: argparse.Namespace, launch: Launch) -> None:

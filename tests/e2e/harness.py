@@ -302,7 +302,6 @@ class SippFactory:
             "-default_behaviors", "all,-abortunexp",
             target,
         ]
-        values.setdefault("answer_timeout", 10000)
         sipp = self._start("uac", self.scenario(scenario, **values), address, port, extra, timeout)
         if wait:
             sipp.wait(timeout + 10)
