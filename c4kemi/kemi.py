@@ -313,8 +313,11 @@ class Router:
                 return
             if KSR.tmx.t_is_failure_route() > 0:
                 KSR.tm.t_reply(500, "Server Internal Error")
-            else:
-                KSR.sl.send_reply(500, "Server Internal Error")  # stateful if a transaction exists
+                return
+            if KSR.is_INVITE() and KSR.tmx.t_is_request_route() > 0:
+                # A transaction absorbs the retransmissions instead of failing again on each.
+                KSR.tm.t_newtran()
+            KSR.sl.send_reply(500, "Server Internal Error")  # stateful when a transaction exists
         except Exception:
             _log_exception("error reply")
 
