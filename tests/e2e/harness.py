@@ -314,27 +314,38 @@ class SippFactory:
 # ---------------------------------------------------------------- the router
 
 
-def sip_options_ok(address: str, port: int, timeout: float = 0.5) -> bool:
-    """True if the router answers an out-of-dialog OPTIONS with 200."""
+def sip_request(address: str, port: int, method: str = "OPTIONS", user: str = "", headers: str = "",
+                max_forwards: int = 70, source: str = "127.0.0.1", to_tag: str = "", timeout: float = 0.5) -> str | None:
+    """Send one out-of-dialog request over UDP; the first line of the first reply, or None."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((source, 0))
         local_port = sock.getsockname()[1]
         call_id = uuid.uuid4().hex
+        ruri = f"sip:{user + '@' if user else ''}{address}:{port}"
         request = (
-            f"OPTIONS sip:{address}:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{local_port};branch=z9hG4bK{call_id[:16]}\r\n"
-            f"From: <sip:probe@127.0.0.1>;tag={call_id[:8]}\r\n"
-            f"To: <sip:{address}:{port}>\r\n"
+            f"{method} {ruri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {source}:{local_port};branch=z9hG4bK{call_id[:16]}\r\n"
+            f"From: <sip:probe@{source}>;tag={call_id[:8]}\r\n"
+            f"To: <{ruri}>{';tag=' + to_tag if to_tag else ''}\r\n"
             f"Call-ID: {call_id}@probe\r\n"
-            "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            f"CSeq: 1 {method}\r\nMax-Forwards: {max_forwards}\r\n{headers}Content-Length: 0\r\n\r\n"
         )
         sock.settimeout(timeout)
         try:
             sock.sendto(request.encode(), (address, port))
-            data, _ = sock.recvfrom(65535)
+            while True:
+                data, _ = sock.recvfrom(65535)
+                line = data.split(b"\r\n", 1)[0].decode(errors="replace")
+                if not line.startswith("SIP/2.0 1"):  # skip provisional replies
+                    return line
         except OSError:
-            return False
-        return data.startswith(b"SIP/2.0 200")
+            return None
+
+
+def sip_options_ok(address: str, port: int, timeout: float = 0.5) -> bool:
+    """True if the router answers an out-of-dialog OPTIONS with 200."""
+    line = sip_request(address, port, "OPTIONS", timeout=timeout)
+    return bool(line and line.startswith("SIP/2.0 200"))
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from .documents import CALLER_NATIONAL, DID_NATIONAL, PBX, PBX2, TRUNK_A, routing_document
-from .harness import user_of
+from .harness import sip_request, user_of
 
 # FileTableSource looks at the file at most once a second per worker.
 RELOAD_WAIT = 1.3
@@ -72,3 +72,17 @@ def test_register_is_rejected(router, sipp):
     probe = sipp.uac("uac_request.xml", r.target, PBX, method="REGISTER", ruri_user="", code=405)
     assert probe.wait() == 0, sipp.describe_all()
     assert [m.status for m in probe.received() if m.status and m.status >= 200] == [405]
+
+
+def test_requests_the_router_refuses_itself(router):
+    r = router.start(routing_document())
+    # Max-Forwards exhausted: 483, before any routing.
+    line = sip_request(r.address, r.port, "INVITE", user=DID_NATIONAL, max_forwards=0, source=TRUNK_A)
+    assert line and line.startswith("SIP/2.0 483"), line
+    # Out-of-dialog methods other than INVITE/OPTIONS are not routed.
+    line = sip_request(r.address, r.port, "MESSAGE", user=DID_NATIONAL, source=TRUNK_A)
+    assert line and line.startswith("SIP/2.0 405"), line
+    # An in-dialog request the router has no Record-Route for.
+    line = sip_request(r.address, r.port, "BYE", user=DID_NATIONAL, source=TRUNK_A, to_tag="nodialog")
+    assert line and line.startswith("SIP/2.0 404"), line
+    assert r.alive()
