@@ -1,8 +1,11 @@
 """KEMI entry point: the object Kamailio's ``app_python3`` loads.
 
-``kamailio/kamailio-kemi.cfg`` points ``app_python3``'s ``load`` parameter
-at this file and sets ``cfgengine "python"``; ``mod_init()`` returns the
-handler whose ``ksr_*`` methods are the routing blocks.
+``kamailio/kamailio-kemi.cfg`` sets ``cfgengine "python"`` and points
+``app_python3``'s ``load`` parameter at ``kamailio/c4_kemi.py``, a shim that
+imports this module as part of the package (loading this file directly would
+put ``c4kemi/`` first on ``sys.path`` and shadow the standard library's
+``numbers``). ``mod_init()`` returns the handler whose ``ksr_*`` methods are
+the routing blocks.
 
 Every Kamailio worker is a forked process with its own interpreter state
 and no running threads (``threads_mode=0``), so each worker keeps its own

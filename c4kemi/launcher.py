@@ -39,7 +39,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 CONFIG_DIR = REPO_ROOT / "kamailio"
 MODULES_BUILD_DIR = REPO_ROOT / "build" / "modules"
-KEMI_SCRIPT = PACKAGE_DIR / "kemi.py"
+KEMI_SCRIPT = CONFIG_DIR / "c4_kemi.py"  # a shim importing c4kemi.kemi, see there
 DEFAULT_LISTEN = "udp:127.0.0.1:5060"
 
 
