@@ -74,8 +74,9 @@ def test_full_dialog_goes_through_the_router(router, sipp):
     assert caller.received(200)[-1].cseq_method == "BYE"
 
 
-def test_outbound_failover_503_then_200(router, sipp):
-    first = sipp.uas("uas_reject.xml", TRUNK_A, code=503, reason="Service Unavailable")
+@pytest.mark.parametrize("code,reason", [(503, "Service Unavailable"), (500, "Server Internal Error"), (408, "Request Timeout")])
+def test_outbound_failover_on_5xx_and_408(router, sipp, code, reason):
+    first = sipp.uas("uas_reject.xml", TRUNK_A, code=code, reason=reason)
     second = sipp.uas("uas_answer.xml", TRUNK_B)
     r = router.start(routing_document(trunk_a_port=first.port, trunk_b_port=second.port))
 
@@ -94,18 +95,19 @@ def test_outbound_failover_503_then_200(router, sipp):
     assert len(second.received("BYE")) == 1
 
 
-def test_outbound_busy_is_not_failed_over(router, sipp):
-    first = sipp.uas("uas_reject.xml", TRUNK_A, code=486, reason="Busy Here")
+@pytest.mark.parametrize("code,reason", [(486, "Busy Here"), (404, "Not Found"), (603, "Decline")])
+def test_outbound_4xx_6xx_are_not_failed_over(router, sipp, code, reason):
+    first = sipp.uas("uas_reject.xml", TRUNK_A, code=code, reason=reason)
     second = sipp.uas("uas_answer.xml", TRUNK_B, timeout=15)
     r = router.start(routing_document(trunk_a_port=first.port, trunk_b_port=second.port))
 
-    caller = sipp.uac("uac_final.xml", r.target, PBX, called=OUT_CALLED_E164, caller=CALLER_E164, code=486)
+    caller = sipp.uac("uac_final.xml", r.target, PBX, called=OUT_CALLED_E164, caller=CALLER_E164, code=code)
 
     assert_ok(caller, sipp)
     assert_ok(first, sipp)
-    assert caller.received_finals() == [486]
+    assert caller.received_finals() == [code]
     time.sleep(0.3)
-    assert second.received() == [], "a 486 must go back to the caller, not to the next trunk"
+    assert second.received() == [], f"a {code} must go back to the caller, not to the next trunk"
 
 
 def test_outbound_no_answer_fails_over_after_fr_timer(router, sipp):
