@@ -217,11 +217,11 @@ class Router:
             KSR.err("c4: rtjson refused the routing document\n")
             KSR.sl.sl_send_reply(500, "Routing Error")
             return
-        self._relay()
+        self._relay(initial=True)
 
-    def _relay(self) -> None:
-        """Relay statefully; for INVITE arm the branch and failure routes."""
-        if KSR.is_INVITE():
+    def _relay(self, initial: bool = False) -> None:
+        """Relay statefully; for an initial INVITE arm the rtjson branch and failure routes."""
+        if initial:
             KSR.tm.t_on_branch(BRANCH_ROUTE)
             KSR.tm.t_on_failure(FAILURE_ROUTE)
         if KSR.tm.t_relay() < 0:
