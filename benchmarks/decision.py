@@ -52,8 +52,11 @@ def make_document(n_dids: int, n_routes: int, rng: random.Random) -> dict:
     routes = []
     per_tenant = max(1, n_routes // TENANTS)
     for t in tenants:
-        prefixes = {""} | {str(rng.randrange(10**(k - 1), 10**k)) for k in rng.choices(range(2, 8), k=per_tenant - 1)}
-        for prefix in sorted(prefixes)[:per_tenant]:
+        prefixes = {""}
+        while len(prefixes) < per_tenant:
+            k = rng.randrange(2, 8)
+            prefixes.add(str(rng.randrange(10 ** (k - 1), 10**k)))
+        for prefix in sorted(prefixes):
             picked = rng.sample(range(6), 3)
             routes.append({"tenant": t, "prefix": prefix, "trunks": [
                 {"trunk": f"trunk-{picked[0]}", "priority": 0, "weight": 2},

@@ -140,7 +140,7 @@ def decide(table: RoutingTable, query: Any) -> dict:
                 "fr_inv_timer": endpoint.fr_inv_timer,
             }
             if endpoint.auth is not None:
-                branch["auth"] = endpoint.auth
+                branch["auth"] = dict(endpoint.auth)
             routes.append(branch)
     return {"rtjson": {"version": RTJSON_VERSION, "routing": "serial", "success": True, "routes": routes}}
 

@@ -10,8 +10,8 @@ the cost does not grow with the number of DIDs, routes or sources:
   number, longest first;
 - routes: per tenant, the same.
 
-Reloading builds a new table and swaps it whole; nothing here is mutated
-after ``compile_table`` returns.
+Reloading builds a new table and swaps it whole. A table is immutable:
+frozen dataclasses, tuples and read-only mapping proxies all the way down.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
 import orjson
@@ -91,7 +92,7 @@ class PrefixIndex:
 
     @classmethod
     def build(cls, entries: dict[str, Any]) -> "PrefixIndex":
-        return cls(entries, tuple(sorted({len(p) for p in entries}, reverse=True)))
+        return cls(MappingProxyType(entries), tuple(sorted({len(p) for p in entries}, reverse=True)))
 
     def candidates(self, number: str):
         """Entries whose prefix starts ``number``, longest prefix first."""
@@ -119,7 +120,7 @@ class SourceIndex:
 
         def levels(version: int, bits: int):
             return tuple(
-                (length, ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1), nets)
+                (length, ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1), MappingProxyType(nets))
                 for length, nets in sorted(families[version].items(), reverse=True)
             )
 
@@ -188,7 +189,7 @@ def compile_table(document: Mapping[str, Any]) -> RoutingTable:
             fr_timer=entity["fr_timer"],
             fr_inv_timer=entity["fr_inv_timer"],
             branch_flags=entity["branch_flags"],
-            auth=dict(entity["auth"]) if entity.get("auth") else None,
+            auth=MappingProxyType(dict(entity["auth"])) if entity.get("auth") else None,
             hash_key=entity["name"].encode(),
         )
 
@@ -221,9 +222,9 @@ def compile_table(document: Mapping[str, Any]) -> RoutingTable:
     return RoutingTable(
         sources=SourceIndex.build(networks),
         dids=PrefixIndex.build(dids),
-        routes={tenant: PrefixIndex.build(entries) for tenant, entries in routes.items()},
+        routes=MappingProxyType({tenant: PrefixIndex.build(entries) for tenant, entries in routes.items()}),
         version=hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12],
-        counts={name: len(items) for name, items in document.items()},
+        counts=MappingProxyType({name: len(items) for name, items in document.items()}),
     )
 
 
