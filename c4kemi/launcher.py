@@ -15,9 +15,18 @@ swaps in the new table when the file changed. A broken document is logged
 and the last good table keeps serving. Write the new file atomically
 (write a temp file and rename it over the old one).
 
+HTTP mode runs ``kamailio-http.cfg`` against the c4http service at
+``--api`` (base URL; the routing endpoint is ``/kamailio/rtjson`` under it)
+with ``http_async_client`` loaded by absolute path from ``build/modules``
+(built by ``make setup``). ``--api-timeout`` (ms, below the 5000 ms
+``fr_timer``) bounds each query, ``--max-inflight`` the queries waiting for
+the API (past it new INVITEs get a fast 503), ``--api-workers`` the
+http_async_client workers. With ``--serve-api`` (and ``--table``) the
+launcher also runs ``c4 serve`` on the host and port of ``--api``, waits for
+its ``/health``, and stops it with Kamailio; c4 serve reloads the table.
+
 Modes plug in through ``MODES``: a mode names its config file and prepares
-its defines, environment and banner. HTTP mode (``kamailio-http.cfg``,
-``--api URL``, ``http_async_client`` from ``build/modules``) is not done yet.
+its defines, environment, banner and helper processes.
 """
 
 from __future__ import annotations
@@ -31,9 +40,13 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -41,6 +54,11 @@ CONFIG_DIR = REPO_ROOT / "kamailio"
 MODULES_BUILD_DIR = REPO_ROOT / "build" / "modules"
 KEMI_SCRIPT = CONFIG_DIR / "c4_kemi.py"  # a shim importing c4kemi.kemi, see there
 DEFAULT_LISTEN = "udp:127.0.0.1:5060"
+HTTP_ASYNC_MODULE = MODULES_BUILD_DIR / "http_async_client.so"
+RTJSON_PATH = "/kamailio/rtjson"  # c4http.app.RTJSON_PATH (not imported: no aiohttp here)
+# tm's fr_timer in kamailio-http.cfg: the API must answer (or time out) before it.
+CFG_FR_TIMER_MS = 5000
+API_START_TIMEOUT = 20.0  # seconds for c4 serve to answer /health
 
 
 class LaunchError(Exception):
@@ -56,7 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pkg", type=int, default=32, help="private memory per process in MiB")
     parser.add_argument("--api", default="http://127.0.0.1:8080", help="c4http base URL (HTTP mode)")
     parser.add_argument("--log-level", type=int, default=2, help="Kamailio debug level (2: info)")
-    parser.add_argument("--serve-api", action="store_true", help="HTTP mode: also run c4 serve (not yet)")
+    parser.add_argument("--api-timeout", type=int, default=1000, help="HTTP mode: ms to wait for the API before answering 503 (< 5000)")
+    parser.add_argument("--max-inflight", type=int, default=200, help="HTTP mode: API queries in flight before new INVITEs get 503")
+    parser.add_argument("--api-workers", type=int, default=4, help="HTTP mode: http_async_client workers (they also run the resume route)")
+    parser.add_argument("--serve-api", action="store_true", help="HTTP mode: also run `c4 serve --table FILE` on the --api host and port")
     parser.add_argument("--kamailio", default=None, help="Kamailio binary (default: kamailio on PATH or /usr/sbin)")
     parser.add_argument("--dry-run", action="store_true", help="print the Kamailio command and environment, do not start")
 
@@ -69,6 +90,8 @@ class Launch:
     defines: dict[str, str | int | None] = field(default_factory=dict)  # -A NAME=VALUE (None: just NAME)
     env: dict[str, str] = field(default_factory=dict)
     banner: list[str] = field(default_factory=list)
+    # Started before Kamailio, stopped after it: (argv, probe URL answering once it is ready).
+    helpers: list[tuple[list[str], str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -161,11 +184,53 @@ def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
     launch.banner.extend("  " + line for line in call_hint(info["document"], args.listen[0]))
 
 
+def api_endpoint(api: str) -> tuple[str, str, int]:
+    """--api base URL -> (routing endpoint URL, host, port)."""
+    parts = urlsplit(api)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LaunchError(f"--api {api!r}: expected a base URL such as http://127.0.0.1:8080")
+    if parts.query or parts.fragment:
+        raise LaunchError(f"--api {api!r}: no query or fragment, just the base URL")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise LaunchError(f"--api {api!r}: bad port") from None
+    url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}{RTJSON_PATH}"
+    return url, parts.hostname, port
+
+
 def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
-    raise LaunchError(
-        "--mode http is not yet implemented: it will run kamailio/kamailio-http.cfg with "
-        f"http_async_client from {MODULES_BUILD_DIR} against --api {args.api}; use --mode kemi for now"
+    url, host, port = api_endpoint(args.api)
+    if not 1 <= args.api_timeout < CFG_FR_TIMER_MS:
+        raise LaunchError(f"--api-timeout must be between 1 and {CFG_FR_TIMER_MS - 1} ms (below fr_timer, {CFG_FR_TIMER_MS} ms)")
+    if args.max_inflight < 1 or args.api_workers < 1:
+        raise LaunchError("--max-inflight and --api-workers must be >= 1")
+    if not HTTP_ASYNC_MODULE.is_file():
+        raise LaunchError(
+            f"{HTTP_ASYNC_MODULE} is missing: HTTP mode needs the http_async_client module, "
+            "which Debian does not ship; run `make setup` to build it"
+        )
+    launch.defines["C4_API_URL"] = quoted(url)
+    launch.defines["C4_API_TIMEOUT"] = args.api_timeout
+    launch.defines["C4_API_WORKERS"] = args.api_workers
+    launch.defines["C4_MAX_INFLIGHT"] = args.max_inflight
+    launch.defines["C4_HTTP_ASYNC_MODULE"] = quoted(HTTP_ASYNC_MODULE)
+    launch.banner.append(
+        f"routing API {url}: {args.api_timeout} ms timeout, at most {args.max_inflight} queries in flight, "
+        f"{args.api_workers} http_async_client workers"
     )
+    if args.serve_api:
+        if urlsplit(args.api).scheme != "http" or urlsplit(args.api).path.strip("/"):
+            raise LaunchError(f"--serve-api runs c4 serve at the root of a plain http URL, not {args.api!r}")
+        table_path, info = check_table(args.table)
+        argv = [sys.executable, "-m", "c4kemi.cli", "serve", "--table", str(table_path), "--host", host, "--port", str(port)]
+        health = f"http://{urlsplit(args.api).netloc}/health"
+        launch.helpers.append((argv, health))
+        launch.banner.append(f"c4 serve on {host}:{port}, routing table {table_path}: version {info['version']} (reloaded on change)")
+        launch.banner.append("place a test call (called number from the example table):")
+        launch.banner.extend("  " + line for line in call_hint(info["document"], args.listen[0]))
+    elif args.table:
+        raise LaunchError("--table is read by c4 serve in HTTP mode: add --serve-api, or run c4 serve yourself")
 
 
 MODES: dict[str, Mode] = {
@@ -240,15 +305,58 @@ def _run(args: argparse.Namespace) -> int:
         if args.dry_run:
             for name, value in launch.env.items():
                 print(f"{name}={value}")
+            for argv, _health in launch.helpers:
+                print(" ".join(argv) + " &")
             print(" ".join(command))
             return 0
         for line in launch.banner:
             print(f"c4 kamailio: {line}")
         print(f"c4 kamailio: {args.mode} mode, listening on {', '.join(args.listen)}, {args.workers} workers, {args.shm} MiB shm")
         print("c4 kamailio: Ctrl-C or SIGTERM stops Kamailio", flush=True)
-        return _supervise(command, env)
+        helpers = []
+        try:
+            for argv, health in launch.helpers:
+                helpers.append(_start_helper(argv, health))
+            return _supervise(command, env)
+        finally:
+            for helper in reversed(helpers):
+                _stop_helper(helper)
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+def _start_helper(argv: list[str], health: str) -> subprocess.Popen:
+    """Start a helper (c4 serve) and wait until HEALTH answers 200."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    deadline = time.monotonic() + API_START_TIMEOUT
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise LaunchError(f"{' '.join(argv[2:4])} exited with code {code} before answering {health}; Kamailio not started")
+        try:
+            with urllib.request.urlopen(health, timeout=1) as response:
+                if response.status == 200:
+                    break
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            _stop_helper(proc)
+            raise LaunchError(f"{health} did not answer within {API_START_TIMEOUT:.0f}s; Kamailio not started")
+        time.sleep(0.1)
+    if proc.poll() is not None:  # something else answered on that port
+        raise LaunchError(f"{' '.join(argv[2:4])} exited with code {proc.returncode}; is {health} already taken?")
+    print(f"c4 kamailio: {health} is up (pid {proc.pid})", flush=True)
+    return proc
+
+
+def _stop_helper(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _supervise(command: list[str], env: dict[str, str]) -> int:

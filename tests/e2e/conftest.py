@@ -12,7 +12,7 @@
   failure the router log tail and every sipp message flow are printed.
 
 To add a mode: append it to ``ROUTER_MODES`` and teach
-``RouterFactory._mode_arguments`` (harness.py) to start what it needs.
+``RouterFactory.start`` (harness.py) to start what it needs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 
 from .harness import Processes, RouterFactory, SippFactory
 
-ROUTER_MODES = ["kemi"]
+ROUTER_MODES = ["kemi", "http"]
 
 
 def pytest_collection_modifyitems(items):

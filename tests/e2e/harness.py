@@ -17,6 +17,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,20 @@ def free_udp_port(address: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((address, 0))
         return sock.getsockname()[1]
+
+
+def free_tcp_port(address: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def http_ok(url: str, timeout: float = 0.5) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def udp_port_taken(address: str, port: int) -> bool:
@@ -358,21 +374,42 @@ class Router:
     table_path: Path
     log: Path
     proc: subprocess.Popen
-    extra_procs: list = field(default_factory=list)
+    factory: "RouterFactory"
+    api_url: str | None = None  # HTTP mode: the --api base URL
+    api_proc: subprocess.Popen | None = None  # the c4 serve the harness runs for it, if any
+    api_logs: list = field(default_factory=list)
 
     @property
     def target(self) -> str:
         """host:port for sipp's remote address."""
         return f"{self.address}:{self.port}"
 
+    @property
+    def api_port(self) -> int | None:
+        return int(self.api_url.rsplit(":", 1)[1]) if self.api_url else None
+
     def update_table(self, document) -> None:
         write_json_atomically(self.table_path, document)
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        """Kamailio's log, then (HTTP mode) the logs of every c4 serve it used."""
+        parts = [path.read_text(errors="replace") for path in [self.log, *self.api_logs] if path.exists()]
+        return "\n".join(parts)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def start_api(self) -> subprocess.Popen:
+        """HTTP mode: run c4 serve on this router's --api port (again)."""
+        assert self.api_url and (self.api_proc is None or self.api_proc.poll() is not None), "c4 serve already running"
+        self.api_proc, log = self.factory.serve(self.table_path, self.api_port)
+        self.api_logs.append(log)
+        return self.api_proc
+
+    def stop_api(self) -> None:
+        if self.api_proc is not None:
+            kill_group(self.api_proc)
+            self.api_proc = None
 
 
 class RouterFactory:
@@ -380,8 +417,10 @@ class RouterFactory:
 
     ``start(document)`` writes the document to the test's tmp dir, runs
     ``c4 kamailio --mode MODE`` on a free 127.0.0.1 port and returns once the
-    router answers OPTIONS. Mode-specific pieces (the c4http service and
-    ``--api`` for HTTP mode) belong in ``_mode_arguments``.
+    router answers OPTIONS. In HTTP mode it first runs ``c4 serve`` on a free
+    TCP port (the harness owns it, so a test can stop and restart the API:
+    ``Router.stop_api()`` / ``start_api()``); ``api=None`` leaves that port
+    empty (API down), ``api=URL`` points Kamailio at something else.
     """
 
     def __init__(self, mode: str, processes: Processes, workdir: Path) -> None:
@@ -390,19 +429,48 @@ class RouterFactory:
         self.workdir = workdir
         self.routers: list[Router] = []
 
-    def _mode_arguments(self, table_path: Path) -> list[str]:
-        if self.mode == "kemi":
-            return ["--table", str(table_path)]
-        # HTTP mode: start `c4 serve --table ... --port free` here (self.processes.start),
-        # wait for it, and return ["--table", ..., "--api", "http://127.0.0.1:PORT"].
-        raise NotImplementedError(f"router mode {self.mode!r} is not wired into the e2e harness yet")
+    def serve(self, table_path: Path, port: int, timeout: float = 20.0) -> tuple[subprocess.Popen, Path]:
+        """c4 serve on 127.0.0.1:PORT; returns once /health answers."""
+        log = self.workdir / f"c4serve-{port}-{len(self.processes.procs)}.log"
+        argv = [sys.executable, "-m", "c4kemi.cli", "serve", "--table", str(table_path), "--host", "127.0.0.1", "--port", str(port)]
+        proc = self.processes.start(argv, log, cwd=REPO_ROOT)
+        deadline = time.monotonic() + timeout
+        while not http_ok(f"http://127.0.0.1:{port}/health"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                text = log.read_text(errors="replace") if log.exists() else ""
+                raise AssertionError(f"c4 serve did not come up on port {port} (rc={proc.poll()}):\n{text[-3000:]}")
+            time.sleep(0.05)
+        return proc, log
 
-    def start(self, document, workers: int = 2, shm: int = 64, ready_timeout: float = 20.0) -> Router:
+    def start(
+        self,
+        document,
+        workers: int = 2,
+        shm: int = 64,
+        ready_timeout: float = 20.0,
+        api: str | None = "serve",
+        extra_args: list[str] | tuple = (),
+    ) -> Router:
         table_path = self.workdir / "table.json"
         write_json_atomically(table_path, document)
         address = "127.0.0.1"
         port = free_udp_port(address)
         log = self.workdir / f"router-{self.mode}-{port}.log"
+        api_url = api_proc = None
+        api_logs = []
+        if self.mode == "kemi":
+            mode_args = ["--table", str(table_path)]
+        elif self.mode == "http":
+            if api is None or api == "serve":
+                api_url = f"http://127.0.0.1:{free_tcp_port()}"
+            else:
+                api_url = api
+            if api == "serve":
+                api_proc, api_log = self.serve(table_path, int(api_url.rsplit(":", 1)[1]))
+                api_logs.append(api_log)
+            mode_args = ["--api", api_url]
+        else:
+            raise NotImplementedError(f"router mode {self.mode!r} is not wired into the e2e harness")
         argv = [
             sys.executable, "-m", "c4kemi.cli", "kamailio",
             "--mode", self.mode,
@@ -410,9 +478,9 @@ class RouterFactory:
             "--workers", str(workers),
             "--shm", str(shm),
             "--pkg", "16",
-        ] + self._mode_arguments(table_path)
+        ] + mode_args + list(extra_args)
         proc = self.processes.start(argv, log, cwd=REPO_ROOT)
-        router = Router(self.mode, address, port, table_path, log, proc)
+        router = Router(self.mode, address, port, table_path, log, proc, self, api_url, api_proc, api_logs)
         self.routers.append(router)
         deadline = time.monotonic() + ready_timeout
         while not sip_options_ok(address, port):
