@@ -22,7 +22,7 @@ DEBIAN_PACKAGES := kamailio kamailio-python3-modules kamailio-json-modules \
 .PHONY: help setup debian-packages module venv run test test-e2e bench clean
 
 help:
-	@echo "make run    start the router (KEMI mode, example table)"
+	@echo "make run    start the router (KEMI mode, example table); MODE=http: c4 serve + Kamailio"
 	@echo "make test   run the whole test suite"
 	@echo "make test-e2e  only the end-to-end tests (Kamailio + sipp)"
 
@@ -47,9 +47,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: debian-packages $(VENV)/.installed
 
-# KEMI mode needs the Debian packages and the venv; HTTP mode also needs the
-# http_async_client module.
-run: $(if $(filter http,$(MODE)),setup,debian-packages venv)
+# Both modes run the full setup first (the README's two commands do; HTTP
+# mode needs the http_async_client module it builds).
+run: setup
 ifeq ($(MODE),http)
 	$(VENV)/bin/c4 kamailio --mode http --table $(TABLE) --listen $(LISTEN) --serve-api --api http://127.0.0.1:$(API_PORT)
 else
