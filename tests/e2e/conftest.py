@@ -8,6 +8,8 @@
   starts a callee on a free port of ADDRESS (``.port``, ``.uri``);
   ``sipp.uac(scenario, router.target, address, called=..., ...)`` runs a caller
   and waits for it.
+- ``http_router``: a ``RouterFactory`` for HTTP mode only, for the tests of
+  what only HTTP mode has (the API down or slow, admission control).
 - Processes are per test and killed (by process group) at teardown; on a
   failure the router log tail and every sipp message flow are printed.
 
@@ -65,6 +67,17 @@ def sipp(processes, tmp_path):
 @pytest.fixture(params=ROUTER_MODES)
 def router(request, processes, sipp, tmp_path):
     factory = RouterFactory(request.param, processes, tmp_path)
+    yield factory
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for running in factory.routers:
+            print(f"=== router {running.mode} on {running.target} log tail:\n{running.log_text()[-6000:]}")
+        print(sipp.describe_all())
+
+
+@pytest.fixture
+def http_router(request, processes, sipp, tmp_path):
+    factory = RouterFactory("http", processes, tmp_path)
     yield factory
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:

@@ -450,6 +450,7 @@ class RouterFactory:
         ready_timeout: float = 20.0,
         api: str | None = "serve",
         extra_args: list[str] | tuple = (),
+        env: dict[str, str] | None = None,
     ) -> Router:
         table_path = self.workdir / "table.json"
         write_json_atomically(table_path, document)
@@ -479,7 +480,7 @@ class RouterFactory:
             "--shm", str(shm),
             "--pkg", "16",
         ] + mode_args + list(extra_args)
-        proc = self.processes.start(argv, log, cwd=REPO_ROOT)
+        proc = self.processes.start(argv, log, cwd=REPO_ROOT, env={**os.environ, **(env or {})})
         router = Router(self.mode, address, port, table_path, log, proc, self, api_url, api_proc, api_logs)
         self.routers.append(router)
         deadline = time.monotonic() + ready_timeout
@@ -488,3 +489,159 @@ class RouterFactory:
                 raise AssertionError(f"router ({self.mode}) did not come up on {address}:{port}:\n{router.log_text()[-5000:]}")
             time.sleep(0.1)
         return router
+
+
+# ---------------------------------------------------------------- API stand-in
+
+
+@dataclass
+class ApiStub:
+    """tests/e2e/api_stub.py: a slow and/or recording HTTP server in front of c4 serve."""
+
+    proc: subprocess.Popen
+    port: int
+    record: Path | None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def set_delay(self, seconds: float) -> None:
+        request = urllib.request.Request(f"{self.url}/_delay", data=orjson.dumps({"delay": seconds}), method="POST")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/_stats", timeout=5) as response:
+            return orjson.loads(response.read())
+
+    def exchanges(self) -> list[dict]:
+        if self.record is None or not self.record.exists():
+            return []
+        return [orjson.loads(line) for line in self.record.read_bytes().splitlines() if line]
+
+
+def start_api_stub(processes: Processes, workdir: Path, upstream_port: int | None = None, delay: float = 0.0,
+                   record: bool = False, timeout: float = 20.0) -> ApiStub:
+    port = free_tcp_port()
+    record_path = workdir / f"api-stub-{port}.jsonl" if record else None
+    argv = [sys.executable, str(Path(__file__).resolve().parent / "api_stub.py"), "--port", str(port), "--delay", str(delay)]
+    if upstream_port is not None:
+        argv += ["--upstream", f"http://127.0.0.1:{upstream_port}/kamailio/rtjson"]
+    if record_path is not None:
+        argv += ["--record", str(record_path)]
+    log = workdir / f"api-stub-{port}.log"
+    proc = processes.start(argv, log, cwd=REPO_ROOT)
+    deadline = time.monotonic() + timeout
+    while not http_ok(f"http://127.0.0.1:{port}/health"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"API stub did not come up on {port}:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.05)
+    return ApiStub(proc, port, record_path)
+
+
+# ---------------------------------------------------------------- raw SIP peers
+
+
+@dataclass
+class Final:
+    """The final reply a raw INVITE got (code None: nothing within the timeout)."""
+
+    code: int | None
+    reason: str
+    elapsed: float
+
+
+def sip_invite(address: str, port: int, source: str, ruri: str, from_header: str, to_header: str,
+               call_id: str | None = None, timeout: float = 10.0) -> Final:
+    """One INVITE from SOURCE to the router, with free-form R-URI, From and To.
+
+    Waits for the final reply and ACKs it if negative (hop by hop, as a UAC
+    must), so the router's transaction ends cleanly. Provisional replies are
+    skipped; the INVITE is not retransmitted (loopback does not lose packets).
+    """
+    call_id = call_id or f"{uuid.uuid4().hex}@raw"
+    branch = f"z9hG4bK{uuid.uuid4().hex[:16]}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        local = f"{source}:{sock.getsockname()[1]}"
+        via = f"Via: SIP/2.0/UDP {local};branch={branch};rport\r\n"
+        invite = (
+            f"INVITE {ruri} SIP/2.0\r\n{via}From: {from_header}\r\nTo: {to_header}\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+            f"Contact: <sip:raw@{local}>\r\nContent-Length: 0\r\n\r\n"
+        )
+        started = time.monotonic()
+        sock.sendto(invite.encode(), (address, port))
+        deadline = started + timeout
+        while True:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data, _ = sock.recvfrom(65535)
+            except (socket.timeout, OSError):
+                return Final(None, "", time.monotonic() - started)
+            text = data.decode(errors="replace")
+            first = text.split("\r\n", 1)[0]
+            if not first.startswith("SIP/2.0 ") or first.startswith("SIP/2.0 1"):
+                continue
+            code, _, reason = first[8:].partition(" ")
+            elapsed = time.monotonic() - started
+            if int(code) >= 300:
+                reply = SipMessage("received", text.replace("\r\n", "\n"))
+                ack = (
+                    f"ACK {ruri} SIP/2.0\r\n{via}From: {from_header}\r\nTo: {reply.header('To')}\r\n"
+                    f"Call-ID: {call_id}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+                )
+                sock.sendto(ack.encode(), (address, port))
+            return Final(int(code), reason, elapsed)
+
+
+class BusyPeers:
+    """UDP peers on several loopback addresses answering every INVITE 486 Busy Here.
+
+    A 4xx ends the call without failover, so a call the router relayed comes
+    back to the caller as 486 at once, whatever route it took. ``invites``
+    holds every INVITE request line received.
+    """
+
+    def __init__(self, addresses: list[str]) -> None:
+        import selectors
+        import threading
+
+        self.selector = selectors.DefaultSelector()
+        self.ports: dict[str, int] = {}
+        self.invites: list[str] = []
+        for address in addresses:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((address, 0))
+            sock.setblocking(False)
+            self.ports[address] = sock.getsockname()[1]
+            self.selector.register(sock, selectors.EVENT_READ)
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, name="busy-peers", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.running:
+            for key, _ in self.selector.select(timeout=0.1):
+                try:
+                    data, peer = key.fileobj.recvfrom(65535)
+                except OSError:
+                    continue
+                message = SipMessage("received", data.decode(errors="replace").replace("\r\n", "\n"))
+                if not message.is_request or message.method != "INVITE":
+                    continue  # ACKs of our 486, anything else
+                self.invites.append(message.first_line)
+                lines = [f"Via: {via}" for via in message.headers("Via")]
+                lines += [f"From: {message.header('From')}", f"To: {message.header('To')};tag=busy",
+                          f"Call-ID: {message.header('Call-ID')}", f"CSeq: {message.header('CSeq')}", "Content-Length: 0"]
+                reply = "SIP/2.0 486 Busy Here\r\n" + "\r\n".join(lines) + "\r\n\r\n"
+                key.fileobj.sendto(reply.encode(), peer)
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(timeout=5)
+        for key in list(self.selector.get_map().values()):
+            self.selector.unregister(key.fileobj)
+            key.fileobj.close()
+        self.selector.close()

@@ -1,0 +1,121 @@
+"""What only HTTP mode has: the routing API down or slow, and admission control.
+
+The router is a real Kamailio with kamailio-http.cfg; the API is the real
+``c4 serve``, reached directly or through tests/e2e/api_stub.py (a real
+aiohttp server that delays, counts and forwards). Kamailio gives a caller
+503 when the API does not answer in time, and refuses new INVITEs with a
+fast 503 past ``--max-inflight`` queries waiting for the API.
+"""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from .documents import CALLER_NATIONAL, DID_NATIONAL, NO_DID_NATIONAL, PBX, TRUNK_A, routing_document
+from .harness import free_tcp_port, sip_invite, sip_options_ok, start_api_stub, write_json_atomically
+
+# "Promptly": far below the caller's INVITE timer B (32 s) and tm's fr_inv_timer
+# (30 s), which is what a stuck transaction would take. Not a speed benchmark.
+PROMPT = 5.0
+
+
+def invite(r, called: str, source: str = TRUNK_A, timeout: float = 15.0):
+    """A raw INVITE to the router, as a carrier at SOURCE would send it."""
+    tag = uuid.uuid4().hex[:8]
+    return sip_invite(
+        r.address, r.port, source,
+        ruri=f"sip:{called}@{r.target}",
+        from_header=f'"Alice" <sip:{CALLER_NATIONAL}@{source}>;tag={tag}',
+        to_header=f"<sip:{called}@{r.target}>",
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def call_did(r, sipp, pbx):
+    caller = sipp.uac("uac_call.xml", r.target, TRUNK_A, called=DID_NATIONAL, caller=CALLER_NATIONAL)
+    assert caller.wait() == 0, f"call failed\n{sipp.describe_all()}"
+    assert pbx.wait() == 0, f"IPBX {pbx.name} failed\n{sipp.describe_all()}"
+    assert caller.received_finals() == [200]
+    assert len(pbx.received("INVITE")) == 1
+
+
+def test_api_down_gives_503_promptly_and_calls_resume_when_it_is_up(http_router, sipp):
+    pbx = sipp.uas("uas_answer.xml", PBX)
+    # Nothing listens on the --api port. One slot in flight: a failed query
+    # that did not give its slot back would make the last call a 503 too.
+    r = http_router.start(routing_document(pbx_port=pbx.port), api=None, extra_args=["--max-inflight", "1"])
+
+    for _ in range(3):
+        final = invite(r, DID_NATIONAL)
+        assert (final.code, final.reason) == (503, "Service Unavailable"), final
+        assert final.elapsed < PROMPT, f"503 after {final.elapsed:.1f}s"
+    assert sip_options_ok(r.address, r.port), "Kamailio stopped answering OPTIONS"
+    assert "routing API unavailable" in r.log_text()
+    assert pbx.received() == []
+
+    r.start_api()
+    call_did(r, sipp, pbx)
+    assert r.alive()
+
+
+def test_api_too_slow_gives_503_not_a_stuck_transaction(http_router, sipp, processes, tmp_path):
+    pbx = sipp.uas("uas_answer.xml", PBX)
+    document = routing_document(pbx_port=pbx.port)
+    table = tmp_path / "table.json"
+    write_json_atomically(table, document)
+    serve_proc, serve_log = http_router.serve(table, port := free_tcp_port())
+    # The stub holds every query far longer than the 500 ms API timeout.
+    stub = start_api_stub(processes, tmp_path, upstream_port=port, delay=60)
+    r = http_router.start(document, api=stub.url, extra_args=["--api-timeout", "500", "--max-inflight", "1"])
+    r.api_logs.append(serve_log)
+
+    for _ in range(2):
+        final = invite(r, DID_NATIONAL)
+        assert (final.code, final.reason) == (503, "Service Unavailable"), final
+        # After the API timeout (so it was the timeout), well before a transaction timer.
+        assert 0.4 <= final.elapsed < PROMPT, f"503 after {final.elapsed:.2f}s with a 500 ms API timeout"
+    assert stub.stats()["requests"] == 2, "Kamailio did not even ask the API"
+    assert sip_options_ok(r.address, r.port), "Kamailio stopped answering OPTIONS"
+    assert "routing API unavailable" in r.log_text()
+
+    stub.set_delay(0)  # the API is fast again: calls go through, the slot was given back
+    call_did(r, sipp, pbx)
+    assert r.alive() and serve_proc.poll() is None
+
+
+def test_admission_control_refuses_past_max_inflight_and_recovers(http_router, processes, tmp_path):
+    document = routing_document()
+    table = tmp_path / "table.json"
+    write_json_atomically(table, document)
+    _, serve_log = http_router.serve(table, port := free_tcp_port())
+    # Each query takes 1.5 s; Kamailio waits up to 4 s for it.
+    stub = start_api_stub(processes, tmp_path, upstream_port=port, delay=1.5)
+    r = http_router.start(document, api=stub.url, extra_args=["--max-inflight", "2", "--api-timeout", "4000"])
+    r.api_logs.append(serve_log)
+
+    def burst(size):
+        with ThreadPoolExecutor(size) as pool:
+            return list(pool.map(lambda _: invite(r, NO_DID_NATIONAL), range(size)))
+
+    # A burst of 6: two get the API's answer (404 No Route for this number),
+    # the four past the bound a 503 without waiting for the API.
+    finals = burst(6)
+    codes = sorted(f.code for f in finals)
+    assert codes == [404, 404, 503, 503, 503, 503], finals
+    answered = [f for f in finals if f.code == 404]
+    refused = [f for f in finals if f.code == 503]
+    assert all(f.reason == "No Route" for f in answered), answered
+    assert max(f.elapsed for f in refused) < min(f.elapsed for f in answered), "the 503s waited for the API"
+    stats = stub.stats()
+    assert stats["requests"] == 2 and stats["peak"] <= 2, stats
+    assert r.log_text().count("refusing call") == 4
+
+    # No leaked slot: exactly max-inflight concurrent slow queries are all admitted again.
+    finals = burst(2)
+    assert [f.code for f in finals] == [404, 404], finals
+    stub.set_delay(0)
+    assert invite(r, NO_DID_NATIONAL).code == 404
+    assert stub.stats()["requests"] == 5
+    assert sip_options_ok(r.address, r.port) and r.alive()
+
