@@ -15,6 +15,12 @@ the file at most once a second and swaps in a changed table; a broken
 document is logged and the last good table keeps serving.
 
 Imports stay lean (no aiohttp): this runs inside every SIP worker.
+
+Debugging and parity checks: with ``C4_RTJSON_DUMP=DIR`` in Kamailio's
+environment, each worker appends one line per decision to
+``DIR/rtjson-PID.tsv``: the query as JSON, a tab, and the exact rtjson bytes
+the handler hands to ``rtjson`` (or answers a refusal from). Off (the
+default), it costs one attribute test per call.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from c4kemi.store import FileTableSource
 __all__ = ["mod_init", "Router"]
 
 TABLE_ENV = "C4_TABLE"
+DUMP_ENV = "C4_RTJSON_DUMP"
 # Transaction flag: the 401/407 of the current rtjson route was answered.
 FLT_AUTH = 1
 # AVPs named in kamailio-kemi.cfg for uac_auth().
@@ -91,6 +98,9 @@ class Router:
         self.table_path = os.environ.get(TABLE_ENV, "")
         self._source: FileTableSource | None = None
         self._pid = 0
+        self.dump_dir = os.environ.get(DUMP_ENV) or None
+        self._dump = None  # this worker's dump file, opened on first use after fork
+        self._dump_pid = 0
 
     # -- table ---------------------------------------------------------
 
@@ -208,16 +218,31 @@ class Router:
             KSR.sl.sl_send_reply(400, "Bad Request")
             return
         rtjson = reply["rtjson"]
+        data = orjson.dumps(rtjson)
+        if self.dump_dir is not None:
+            self._dump_decision(query, data)
         if not rtjson.get("success"):
             KSR.sl.sl_send_reply(int(rtjson.get("code", 500)), str(rtjson.get("reason", "Server Error")))
             return
 
         KSR.rr.record_route()
-        if KSR.rtjson.init_routes(orjson.dumps(rtjson).decode()) < 0 or KSR.rtjson.push_routes() < 0:
+        if KSR.rtjson.init_routes(data.decode()) < 0 or KSR.rtjson.push_routes() < 0:
             KSR.err("c4: rtjson refused the routing document\n")
             KSR.sl.sl_send_reply(500, "Routing Error")
             return
         self._relay(initial=True)
+
+    def _dump_decision(self, query: dict, data: bytes) -> None:
+        """One line to this worker's dump file: query JSON, tab, rtjson bytes."""
+        try:
+            if self._dump is None or self._dump_pid != os.getpid():
+                path = os.path.join(self.dump_dir, f"rtjson-{os.getpid()}.tsv")
+                self._dump = open(path, "ab", buffering=0)
+                self._dump_pid = os.getpid()
+            self._dump.write(orjson.dumps(query) + b"\t" + data + b"\n")
+        except OSError as exc:
+            KSR.err(f"c4: cannot write the rtjson dump to {self.dump_dir}: {exc}\n")
+            self.dump_dir = None
 
     def _relay(self, initial: bool = False) -> None:
         """Relay statefully; for an initial INVITE arm the rtjson branch and failure routes."""
