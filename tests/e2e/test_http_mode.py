@@ -9,11 +9,16 @@ fast 503 past ``--max-inflight`` queries waiting for the API.
 
 from __future__ import annotations
 
+import signal
+import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from .documents import CALLER_NATIONAL, DID_NATIONAL, NO_DID_NATIONAL, PBX, TRUNK_A, routing_document
-from .harness import free_tcp_port, sip_invite, sip_options_ok, start_api_stub, write_json_atomically
+from .harness import (
+    REPO_ROOT, free_tcp_port, free_udp_port, http_ok, sip_invite, sip_options_ok, start_api_stub, write_json_atomically,
+)
 
 # "Promptly": far below the caller's INVITE timer B (32 s) and tm's fr_inv_timer
 # (30 s), which is what a stuck transaction would take. Not a speed benchmark.
@@ -119,3 +124,30 @@ def test_admission_control_refuses_past_max_inflight_and_recovers(http_router, p
     assert stub.stats()["requests"] == 5
     assert sip_options_ok(r.address, r.port) and r.alive()
 
+
+
+def test_launcher_serve_api_runs_c4_serve_and_stops_it_with_kamailio(processes, sipp, tmp_path):
+    """`c4 kamailio --mode http --serve-api` (what `make run MODE=http` runs): one command, both processes."""
+    pbx = sipp.uas("uas_answer.xml", PBX)
+    table = tmp_path / "table.json"
+    write_json_atomically(table, routing_document(pbx_port=pbx.port))
+    port, api_port = free_udp_port("127.0.0.1"), free_tcp_port()
+    log = tmp_path / "launcher.log"
+    launcher = processes.start(
+        [sys.executable, "-m", "c4kemi.cli", "kamailio", "--mode", "http", "--serve-api", "--table", str(table),
+         "--api", f"http://127.0.0.1:{api_port}", "--listen", f"udp:127.0.0.1:{port}", "--workers", "2", "--shm", "64"],
+        log, cwd=REPO_ROOT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not sip_options_ok("127.0.0.1", port):
+        assert launcher.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.1)
+    assert http_ok(f"http://127.0.0.1:{api_port}/health")
+
+    caller = sipp.uac("uac_call.xml", f"127.0.0.1:{port}", TRUNK_A, called=DID_NATIONAL, caller=CALLER_NATIONAL)
+    assert caller.wait() == 0 and pbx.wait() == 0, sipp.describe_all()
+
+    launcher.send_signal(signal.SIGTERM)  # the launcher alone, not its group: it must stop both itself
+    assert launcher.wait(timeout=20) == 0, log.read_text(errors="replace")[-3000:]
+    assert not http_ok(f"http://127.0.0.1:{api_port}/health"), "c4 serve outlived the launcher"
+    assert not sip_options_ok("127.0.0.1", port), "Kamailio outlived the launcher"
