@@ -81,7 +81,11 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--record")
     args = parser.parse_args()
-    web.run_app(make_app(args.upstream, args.delay, args.record), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    web.run_app(
+        make_app(args.upstream, args.delay, args.record),
+        host="127.0.0.1", port=args.port, print=None, access_log=None,
+        shutdown_timeout=0.5,  # do not wait for the held (slow) queries on SIGTERM
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
