@@ -10,6 +10,7 @@ fast 503 past ``--max-inflight`` queries waiting for the API.
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -17,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .documents import CALLER_NATIONAL, DID_NATIONAL, NO_DID_NATIONAL, PBX, TRUNK_A, routing_document
 from .harness import (
-    REPO_ROOT, free_tcp_port, free_udp_port, http_ok, sip_invite, sip_options_ok, start_api_stub, write_json_atomically,
+    REPO_ROOT, BusyPeers, SipMessage, free_tcp_port, free_udp_port, http_ok, sip_invite, sip_options_ok, start_api_stub, write_json_atomically,
 )
 
 # "Promptly": far below the caller's INVITE timer B (32 s) and tm's fr_inv_timer
@@ -151,3 +152,65 @@ def test_launcher_serve_api_runs_c4_serve_and_stops_it_with_kamailio(processes, 
     assert launcher.wait(timeout=20) == 0, log.read_text(errors="replace")[-3000:]
     assert not http_ok(f"http://127.0.0.1:{api_port}/health"), "c4 serve outlived the launcher"
     assert not sip_options_ok("127.0.0.1", port), "Kamailio outlived the launcher"
+
+
+def test_cancel_while_waiting_for_the_api(http_router, processes, tmp_path):
+    """A CANCEL while the query is out: 487 at once, the late answer relays nothing, the slot is freed.
+
+    tm answers 487 itself and ends the transaction, so http_async_client
+    finds no transaction to resume and the response route never runs.
+    """
+    peers = BusyPeers([PBX])
+    try:
+        document = routing_document(pbx_port=peers.ports[PBX])
+        table = tmp_path / "table.json"
+        write_json_atomically(table, document)
+        _, serve_log = http_router.serve(table, port := free_tcp_port())
+        stub = start_api_stub(processes, tmp_path, upstream_port=port, delay=1.0)
+        # One slot: a cancelled query that kept its slot would refuse every later call.
+        r = http_router.start(document, api=stub.url, extra_args=["--api-timeout", "3000", "--max-inflight", "1"])
+        r.api_logs.append(serve_log)
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((TRUNK_A, 0))
+            sock.settimeout(0.2)
+            local = f"{TRUNK_A}:{sock.getsockname()[1]}"
+            common = (
+                f"Via: SIP/2.0/UDP {local};branch=z9hG4bK{uuid.uuid4().hex[:16]};rport\r\n"
+                f"From: <sip:{CALLER_NATIONAL}@{TRUNK_A}>;tag=c4cancel\r\nTo: <sip:{DID_NATIONAL}@{r.target}>\r\n"
+                f"Call-ID: {uuid.uuid4().hex}@cancel\r\nMax-Forwards: 70\r\n"
+            )
+            ruri = f"sip:{DID_NATIONAL}@{r.target}"
+
+            def send(method, extra=""):
+                message = f"{method} {ruri} SIP/2.0\r\n{common}CSeq: 1 {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+                sock.sendto(message.encode(), (r.address, r.port))
+
+            send("INVITE", f"Contact: <sip:raw@{local}>\r\n")
+            time.sleep(0.3)  # the query is out (the stub holds it for 1 s)
+            send("CANCEL")
+            finals = []
+            deadline = time.monotonic() + 3.0  # past the stub's answer: a late relay would show
+            while time.monotonic() < deadline:
+                try:
+                    data, _ = sock.recvfrom(65535)
+                except socket.timeout:
+                    continue
+                reply = SipMessage("received", data.decode(errors="replace").replace("\r\n", "\n"))
+                if reply.status >= 200:
+                    finals.append((reply.status, reply.cseq_method))
+                    if reply.cseq_method == "INVITE":
+                        to = reply.header("To")
+                        ack = common.replace(f"To: <sip:{DID_NATIONAL}@{r.target}>", f"To: {to}")
+                        sock.sendto(f"ACK {ruri} SIP/2.0\r\n{ack}CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n".encode(), (r.address, r.port))
+        assert sorted(finals) == [(200, "CANCEL"), (487, "INVITE")], finals
+        assert stub.stats()["answered"] == 1, "the API never answered: the test proves nothing"
+        assert peers.invites == [], "the call was relayed after it was cancelled"
+        assert sip_options_ok(r.address, r.port) and r.alive()
+        # The slot came back: the next call is routed (to the busy IPBX), not refused.
+        stub.set_delay(0)
+        final = invite(r, DID_NATIONAL)
+        assert final.code == 486, f"{final}: the cancelled query kept its in-flight slot"
+        assert len(peers.invites) == 1
+    finally:
+        peers.close()
