@@ -16,7 +16,7 @@ import orjson
 from .numbers import is_digits, parse_uri, strip_separators
 from .table import Endpoint, RouteChoice, RoutingTable
 
-__all__ = ["RequestError", "Request", "decide", "route_json", "encode", "refusal", "trunk_order"]
+__all__ = ["RequestError", "decide", "route_json", "encode", "refusal", "trunk_order"]
 
 RTJSON_VERSION = "1.0"
 
@@ -33,49 +33,47 @@ FORBIDDEN = 403, "Forbidden"
 NO_ROUTE = 404, "No Route"
 
 
-class Request:
-    """The members of a routing query that the decision uses, checked."""
+def _required(query: dict, name: str) -> str:
+    value = query.get(name)
+    if value is None:
+        raise RequestError(f"missing required member {name!r}")
+    if value.__class__ is not str:
+        raise RequestError(f"member {name!r} must be a string, not {type(value).__name__}")
+    return value
 
-    __slots__ = ("source_ip", "call_id", "ruri", "from_name", "from_uri", "to_name", "to_uri")
 
-    REQUIRED = ("source_ip", "from_uri", "to_uri")
-    OPTIONAL = ("call_id", "ruri", "from_name", "to_name")
-
-    def __init__(self, query: Any) -> None:
-        if not isinstance(query, dict):  # an ABC check (Mapping) costs more than the lookups
-            raise RequestError(f"request must be a JSON object, not {type(query).__name__}")
-        for name in self.REQUIRED:
-            value = query.get(name)
-            if value is None:
-                raise RequestError(f"missing required member {name!r}")
-            if not isinstance(value, str):
-                raise RequestError(f"member {name!r} must be a string, not {type(value).__name__}")
-            setattr(self, name, value)
-        for name in self.OPTIONAL:
-            value = query.get(name)
-            if value is None:  # absent, or null as a config may send for an empty pv
-                value = ""
-            elif not isinstance(value, str):
-                raise RequestError(f"member {name!r} must be a string, not {type(value).__name__}")
-            setattr(self, name, value)
+def _optional(query: dict, name: str) -> str:
+    value = query.get(name)
+    if value is None:  # absent, or null as a config may send for an empty pv
+        return ""
+    if value.__class__ is not str:
+        raise RequestError(f"member {name!r} must be a string, not {type(value).__name__}")
+    return value
 
 
 def decide(table: RoutingTable, query: Any) -> dict:
     """The reply ``{"rtjson": {...}}`` for one routing query.
 
-    Raises RequestError for a malformed query.
+    Raises RequestError for a malformed query: not an object, a required
+    member (source_ip, from_uri, to_uri) missing or not a string, an
+    optional one (call_id, ruri, from_name, to_name) not a string.
+    Other members are ignored.
     """
-    request = Request(query)
+    if query.__class__ is not dict:
+        raise RequestError(f"request must be a JSON object, not {type(query).__name__}")
+    source_ip = _required(query, "source_ip")
+    from_uri, to_uri = parse_uri(_required(query, "from_uri")), parse_uri(_required(query, "to_uri"))
     try:
-        sender = table.sources.lookup(request.source_ip)
+        sender = table.sources.lookup(source_ip)
     except ValueError as exc:
         raise RequestError(f"member 'source_ip': {exc}") from None
+    call_id, ruri = _optional(query, "call_id"), _optional(query, "ruri")
+    from_name, to_name = _optional(query, "from_name"), _optional(query, "to_name")
     if sender is None:
         return refusal(*FORBIDDEN)
 
     # Rule 2: numbers to E.164 with the sender's profile.
-    from_uri, to_uri = parse_uri(request.from_uri), parse_uri(request.to_uri)
-    called = strip_separators(parse_uri(request.ruri).number or to_uri.number)
+    called = strip_separators(parse_uri(ruri).number or to_uri.number)
     calling_raw = from_uri.number
     calling = strip_separators(calling_raw)
     profile = sender.profile
@@ -89,21 +87,15 @@ def decide(table: RoutingTable, query: Any) -> dict:
     if not calling_is_number:
         calling = calling_raw  # 'anonymous' and the like pass untouched
 
-    # Rules 3 and 4: where the call goes.
-    if sender.kind == "trunk":
-        did = table.find_did(called, sender.tenant)
-        if did is None:
-            return refusal(*NO_ROUTE)
+    # Rules 3 and 4: a DID in the sender's scope (on-net for an IPBX), else
+    # for an IPBX the tenant's route.
+    did = table.find_did(called, sender.tenant)
+    if did is not None:
         destinations = [did.ipbx]
+    elif sender.kind == "ipbx" and (route := table.find_route(sender.tenant, called)) is not None:
+        destinations = trunk_order(route, call_id)
     else:
-        did = table.find_did(called, sender.tenant)
-        if did is not None:
-            destinations = [did.ipbx]
-        else:
-            route = table.find_route(sender.tenant, called)
-            if route is None:
-                return refusal(*NO_ROUTE)
-            destinations = trunk_order(route, request.call_id)
+        return refusal(*NO_ROUTE)
 
     # Rule 5: one rtjson route per target.
     if calling_is_number:
@@ -123,8 +115,8 @@ def decide(table: RoutingTable, query: Any) -> dict:
                 out_called = profile.from_e164(called)
                 out_calling = profile.from_e164(calling) if calling_is_number else calling
             headers = headers_by_profile[profile] = (out_called, {
-                "from": {"display": request.from_name, "uri": from_uri.with_user(out_calling)},
-                "to": {"display": request.to_name, "uri": to_uri.with_user(out_called)},
+                "from": {"display": from_name, "uri": from_uri.with_user(out_calling)},
+                "to": {"display": to_name, "uri": to_uri.with_user(out_called)},
                 "extra": pai,
             })
         out_called, branch_headers = headers
