@@ -74,14 +74,18 @@ def make_document(n_dids: int, n_routes: int, rng: random.Random) -> dict:
     }, numbers
 
 
+# Request i is of kind KINDS[i % 10]: half inbound, 40 % outbound, 10 % refused.
+KINDS = ["inbound"] * 5 + ["outbound"] * 4 + ["refused"]
+
+
 def make_requests(numbers: list[int], count: int, rng: random.Random) -> list[dict]:
     requests = []
     for i in range(count):
-        kind = i % 10
-        if kind < 5:  # inbound to a DID, national format from an Italian carrier
+        kind = KINDS[i % 10]
+        if kind == "inbound":  # to a DID, in E.164 from a carrier
             did = str(rng.choice(numbers))
             source, called = f"192.0.2.{rng.randrange(1, 7)}", "+" + did
-        elif kind < 9:  # outbound from an IPBX
+        elif kind == "outbound":  # from an IPBX, national format, 3 trunks in 2 priorities
             source, called = f"10.{rng.randrange(TENANTS)}.0.{rng.randrange(1, 255)}", "0" + str(rng.randrange(10**8, 10**9))
         else:  # unknown source
             source, called = "203.0.113.9", "0612345678"
@@ -116,6 +120,7 @@ def measure(n_dids: int, n_routes: int, n_requests: int) -> dict:
         route_json(table, query)
         timings.append(clock() - t0)
     gc.enable()
+    by_kind = {kind: sorted(t for i, t in enumerate(timings) if KINDS[i % 10] == kind) for kind in set(KINDS)}
     timings.sort()
     return {
         "dids": n_dids,
@@ -124,6 +129,7 @@ def measure(n_dids: int, n_routes: int, n_requests: int) -> dict:
         "table_mb": table_mb,
         "median_us": statistics.median(timings) / 1000,
         "p99_us": timings[int(len(timings) * 0.99)] / 1000,
+        **{f"{kind}_us": statistics.median(values) / 1000 for kind, values in by_kind.items()},
     }
 
 
@@ -135,12 +141,14 @@ def main() -> None:
     args = parser.parse_args()
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d')}")
-    print("| DIDs | routes | validate+compile (s) | table memory (MiB) | decision median (µs) | decision p99 (µs) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| DIDs | routes | validate+compile (s) | table memory (MiB) | decision median (µs) | p99 (µs) "
+          "| inbound median (µs) | outbound median (µs) | refused median (µs) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in (int(s) for s in args.sizes.split(",")):
         r = measure(size, args.routes, args.requests)
         print(f"| {r['dids']:,} | {r['routes']:,} | {r['compile_s']:.2f} | {r['table_mb']:.0f} | "
-              f"{r['median_us']:.2f} | {r['p99_us']:.2f} |", flush=True)
+              f"{r['median_us']:.2f} | {r['p99_us']:.2f} | {r['inbound_us']:.2f} | {r['outbound_us']:.2f} | "
+              f"{r['refused_us']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
