@@ -9,8 +9,8 @@ caller placing ``--calls`` full calls (INVITE, 200, ACK, BYE through the
 router) at ``--rate`` calls/s from the IPBX's address. It records:
 
 - calls completed and failed (sipp's own counters),
-- call setup time, INVITE sent to 200 received, per call (sipp's response
-  time trace, whole milliseconds): mean and p99,
+- call setup time, INVITE sent to 200 received, per call (the scenario
+  logs gettimeofday at both ends): median and p99,
 - CPU time per call of the router's processes (Kamailio, plus c4 serve in
   HTTP mode), from /proc, so the two modes' costs compare directly.
 
@@ -131,7 +131,7 @@ def run_round(mode: str, args: argparse.Namespace, workdir: Path) -> dict:
         caller = subprocess.run(
             ["sipp", "-sf", str(SCENARIOS / "uac_bench.xml"), "-i", CALLER, "-p", "0", "-s", "0612345678",
              "-r", str(args.rate), "-m", str(args.calls), "-l", str(args.rate * 5), "-nostdin",
-             "-default_behaviors", "all,-abortunexp", "-trace_rtt", "-rtt_freq", "1",
+             "-default_behaviors", "all,-abortunexp", "-trace_logs",
              "-trace_stat", "-fd", "3600", "-timeout", str(args.calls // args.rate + 30),
              f"{ROUTER}:{router_port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir, timeout=args.calls / args.rate + 60)
@@ -143,16 +143,15 @@ def run_round(mode: str, args: argparse.Namespace, workdir: Path) -> dict:
         stop(router)
         log.close()
     stats = read_stat(workdir)
-    rtts = read_rtt(workdir)
+    setup_times = read_setup_times(workdir)
     return {
         "mode": mode,
         "exit": caller.returncode,
         "ok": stats["SuccessfulCall(C)"],
         "failed": stats["FailedCall(C)"],
         "elapsed_s": elapsed,
-        # sipp reports whole milliseconds: the mean of many calls is finer than their median.
-        "setup_mean_ms": statistics.fmean(rtts) if rtts else float("nan"),
-        "setup_p99_ms": sorted(rtts)[int(len(rtts) * 0.99)] if rtts else float("nan"),
+        "setup_median_ms": statistics.median(setup_times) if setup_times else float("nan"),
+        "setup_p99_ms": sorted(setup_times)[int(len(setup_times) * 0.99)] if setup_times else float("nan"),
         "cpu_ms_per_call": cpu * 1000 / max(1, stats["SuccessfulCall(C)"] + stats["FailedCall(C)"]),
     }
 
@@ -167,14 +166,16 @@ def read_stat(workdir: Path) -> dict:
     return {key: int(value) for key, value in zip(header, last) if value.isdigit()}
 
 
-def read_rtt(workdir: Path) -> list[float]:
-    """Per-call setup times (ms) from sipp's -trace_rtt file(s)."""
+def read_setup_times(workdir: Path) -> list[float]:
+    """Per-call setup times (ms): the scenario logs gettimeofday before the
+    INVITE and at the 200 ("setup SENT_S SENT_US OK_S OK_US")."""
     values = []
-    for path in workdir.glob("uac_bench_*_rtt.csv"):
-        for line in path.read_text().splitlines()[1:]:
-            parts = line.split(";")
-            if len(parts) >= 3:
-                values.append(float(parts[2]))
+    for path in workdir.glob("uac_bench_*_logs.log"):
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 5 and parts[0] == "setup":
+                sent_s, sent_us, ok_s, ok_us = map(float, parts[1:])
+                values.append((ok_s - sent_s) * 1000 + (ok_us - sent_us) / 1000)
         path.unlink()
     return values
 
@@ -190,7 +191,7 @@ def main() -> None:
     modes = args.modes.split(",")
     print(f"# {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {args.rate} calls/s, {args.calls} calls "
           f"per round, {args.workers} workers, sipp on the same machine")
-    print("| round | mode | ok | failed | setup mean (ms) | setup p99 (ms) | router CPU per call (ms) |")
+    print("| round | mode | ok | failed | setup median (ms) | setup p99 (ms) | router CPU per call (ms) |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     results: dict[str, list[dict]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory(prefix="c4-bench-sip-") as tmp:
@@ -198,14 +199,14 @@ def main() -> None:
             for mode in modes:
                 r = run_round(mode, args, Path(tmp))
                 results[mode].append(r)
-                print(f"| {number} | {mode} | {r['ok']} | {r['failed']} | {r['setup_mean_ms']:.2f} | "
+                print(f"| {number} | {mode} | {r['ok']} | {r['failed']} | {r['setup_median_ms']:.2f} | "
                       f"{r['setup_p99_ms']:.2f} | {r['cpu_ms_per_call']:.3f} |", flush=True)
     print()
-    print("| mode | failed (total) | setup mean, median of rounds (ms) | CPU per call, median (ms) |")
+    print("| mode | failed (total) | setup median, median of rounds (ms) | CPU per call, median (ms) |")
     print("|---|---:|---:|---:|")
     summary = {}
     for mode, rows in results.items():
-        summary[mode] = (statistics.median(r["setup_mean_ms"] for r in rows),
+        summary[mode] = (statistics.median(r["setup_median_ms"] for r in rows),
                          statistics.median(r["cpu_ms_per_call"] for r in rows))
         print(f"| {mode} | {sum(r['failed'] for r in rows)} | {summary[mode][0]:.2f} | {summary[mode][1]:.3f} |")
     if "kemi" in summary and "http" in summary:
