@@ -6,10 +6,10 @@ http_async_client workers do (one query in flight per connection, no
 pipelining), and prints requests/s and latency percentiles.
 
     c4 serve --table c4kemi/examples/example.json --port 8080 &
-    python benchmarks/http.py --url http://127.0.0.1:8080 -c 16 -d 10
+    python benchmarks/http_api.py --url http://127.0.0.1:8080 -c 16 -d 10
 
     # or let the script start and stop the server itself:
-    python benchmarks/http.py --serve c4kemi/examples/example.json -d 10
+    python benchmarks/http_api.py --serve c4kemi/examples/example.json -d 10
 
 The Python client costs about as much CPU per request as the server; on a
 small machine use ``--processes`` so the client is not the bottleneck (and
@@ -18,15 +18,6 @@ keep in mind both share the cores).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This file is named http.py: run as a script, its folder comes first on
-# sys.path and would shadow the standard library's http package, which
-# aiohttp imports. Drop that folder before importing anything else.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
 import argparse
 import asyncio
 import multiprocessing
@@ -34,11 +25,13 @@ import os
 import signal
 import socket
 import statistics
+import sys
 import subprocess
 import time
+from pathlib import Path
 
-import aiohttp  # noqa: E402
-import orjson  # noqa: E402
+import aiohttp
+import orjson
 
 RTJSON_PATH = "/kamailio/rtjson"
 
