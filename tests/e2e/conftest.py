@@ -64,23 +64,22 @@ def sipp(processes, tmp_path):
     return SippFactory(processes, workdir)
 
 
-@pytest.fixture(params=ROUTER_MODES)
-def router(request, processes, sipp, tmp_path):
-    factory = RouterFactory(request.param, processes, tmp_path)
+def _router_factory(mode, request, processes, sipp, tmp_path):
+    """A RouterFactory whose routers' logs are printed when the test fails."""
+    factory = RouterFactory(mode, processes, tmp_path)
     yield factory
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         for running in factory.routers:
             print(f"=== router {running.mode} on {running.target} log tail:\n{running.log_text()[-6000:]}")
         print(sipp.describe_all())
+
+
+@pytest.fixture(params=ROUTER_MODES)
+def router(request, processes, sipp, tmp_path):
+    yield from _router_factory(request.param, request, processes, sipp, tmp_path)
 
 
 @pytest.fixture
 def http_router(request, processes, sipp, tmp_path):
-    factory = RouterFactory("http", processes, tmp_path)
-    yield factory
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        for running in factory.routers:
-            print(f"=== router {running.mode} on {running.target} log tail:\n{running.log_text()[-6000:]}")
-        print(sipp.describe_all())
+    yield from _router_factory("http", request, processes, sipp, tmp_path)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 
+from tables import IT_PROFILE  # tests/tables.py: the same profile as the unit tests
+
 ROUTER = "127.0.0.1"
 TRUNK_A = "127.0.0.2"
 TRUNK_B = "127.0.0.3"
@@ -30,16 +32,6 @@ OUT_CALLED_E164 = "39298765432"  # outbound, as the IPBX dials it
 OUT_CALLED_NATIONAL = "0298765432"  # what the carrier should receive
 
 UNUSED = 9  # discard port: a target no test calls
-
-IT_PROFILE = {
-    "name": "it",
-    "country_code": "39",
-    "intl_prefix": "00",
-    "ld_prefix": "0",
-    "always_plus": False,
-    "to_e164": [{"match": "^0([1-9][0-9]+)$", "replace": "39\\1"}],
-    "from_e164": [{"match": "^39([0-9]+)$", "replace": "0\\1"}],
-}
 
 
 def routing_document(
