@@ -18,7 +18,7 @@ import orjson
 
 from .decision import RequestError, decide, encode
 from .document import COLLECTIONS, DocumentError, load_document
-from .table import compile_table, load_table
+from .table import compile_validated, load_table
 
 EXAMPLE_TABLE = Path(__file__).parent / "examples" / "example.json"
 
@@ -26,7 +26,7 @@ EXAMPLE_TABLE = Path(__file__).parent / "examples" / "example.json"
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         document = load_document(args.file)
-        table = compile_table(document)
+        table = compile_validated(document)
     except DocumentError as exc:
         for error in exc.errors:
             print(f"{args.file}: {error}", file=sys.stderr)

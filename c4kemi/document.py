@@ -5,7 +5,7 @@ module checks it completely and reports *every* problem, each naming the
 entity (collection and name, or index when the entity has no name) and the
 field, e.g. ``trunks[carrier-a-1].sources[2]: '10.0.0.300' is not an IP
 network``. It returns a normalised copy in which optional fields carry their
-defaults, ready for ``c4kemi.table.compile_table``.
+defaults, ready for ``c4kemi.table.compile_validated``.
 """
 
 from __future__ import annotations

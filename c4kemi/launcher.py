@@ -111,7 +111,7 @@ def quoted(value: str | Path) -> str:
 def check_table(path: str | None) -> tuple[Path, dict]:
     """``c4 check`` semantics: the document must load and compile."""
     from .document import DocumentError, load_document
-    from .table import compile_table
+    from .table import compile_validated
 
     if not path:
         raise LaunchError("--table FILE is required")
@@ -120,7 +120,7 @@ def check_table(path: str | None) -> tuple[Path, dict]:
         raise LaunchError(f"{path}: no such file")
     try:
         document = load_document(table_path)
-        table = compile_table(document)
+        table = compile_validated(document)
     except DocumentError as exc:
         lines = [f"{path}: {error}" for error in exc.errors]
         lines.append(f"{path}: refused, {len(exc.errors)} error(s); Kamailio not started")

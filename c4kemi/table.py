@@ -27,10 +27,10 @@ from typing import Any, Mapping
 
 import orjson
 
-from .document import load_document, parse_document, validate_document
+from .document import load_document, validate_document
 from .numbers import Profile
 
-__all__ = ["Endpoint", "Target", "Did", "RouteChoice", "RoutingTable", "compile_table", "load_table"]
+__all__ = ["Endpoint", "Target", "Did", "RouteChoice", "RoutingTable", "compile_table", "compile_validated", "load_table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +174,16 @@ class RoutingTable:
         return next(index.candidates(number), None)
 
 
-def compile_table(document: Mapping[str, Any]) -> RoutingTable:
-    """Compile a *validated* routing document (see ``c4kemi.document``)."""
+def compile_table(document: Any) -> RoutingTable:
+    """Validate a routing document (parsed JSON/TOML) and compile it.
+
+    Raises DocumentError naming every problem.
+    """
+    return compile_validated(validate_document(document))
+
+
+def compile_validated(document: Mapping[str, Any]) -> RoutingTable:
+    """Compile a document already returned by ``c4kemi.document`` (validated, defaults filled in)."""
     profiles = {p["name"]: Profile(**p) for p in document["normalization_profiles"]}
     carriers = {c["name"]: c for c in document["carriers"]}
 
@@ -230,13 +238,4 @@ def compile_table(document: Mapping[str, Any]) -> RoutingTable:
 
 def load_table(path: str | Path) -> RoutingTable:
     """Load, validate and compile a routing document file."""
-    return compile_table(load_document(path))
-
-
-def table_from_document(document: Any) -> RoutingTable:
-    """Validate and compile a document given as parsed data."""
-    return compile_table(validate_document(document))
-
-
-def table_from_bytes(data: bytes, fmt: str = "json") -> RoutingTable:
-    return compile_table(parse_document(data, fmt))
+    return compile_validated(load_document(path))

@@ -11,7 +11,7 @@ import pytest
 
 from c4kemi.cli import EXAMPLE_TABLE
 from c4kemi.decision import decide, encode
-from c4kemi.table import table_from_document
+from c4kemi.table import compile_table
 from tables import BASE_DOCUMENT, document, request
 
 
@@ -72,7 +72,7 @@ def test_route_one_request(table_file):
     query = request("192.0.2.1", "0612345678")
     result = c4("route", "--table", str(table_file), json.dumps(query))
     assert result.returncode == 0
-    assert result.stdout == encode(decide(table_from_document(BASE_DOCUMENT), query)) + b"\n"
+    assert result.stdout == encode(decide(compile_table(BASE_DOCUMENT), query)) + b"\n"
 
 
 def test_route_corpus_on_stdin_agrees_with_the_rules(table_file):
@@ -85,7 +85,7 @@ def test_route_corpus_on_stdin_agrees_with_the_rules(table_file):
     assert len(replies) == len(CORPUS) + 2
     assert replies.pop(5) == {"error": "missing required member 'from_uri'"}
     assert replies.pop(3)["error"].startswith("malformed JSON")
-    table = table_from_document(BASE_DOCUMENT)
+    table = compile_table(BASE_DOCUMENT)
     for (name, query, destinations, code), reply, raw in zip(CORPUS, replies, [
         line for i, line in enumerate(result.stdout.splitlines()) if i not in (3, 5)
     ]):

@@ -8,10 +8,10 @@ import orjson
 import pytest
 
 from c4kemi.decision import RequestError, decide, encode, route_json
-from c4kemi.table import table_from_document
+from c4kemi.table import compile_table
 from tables import BASE_DOCUMENT, document, request
 
-TABLE = table_from_document(BASE_DOCUMENT)
+TABLE = compile_table(BASE_DOCUMENT)
 
 
 def routes_of(reply: dict) -> list[dict]:
@@ -35,7 +35,7 @@ def test_most_specific_cidr_names_the_sender():
     doc = document()
     # 10.0.1.0/24 is acme-branch; a /32 inside it belongs to a trunk.
     doc["trunks"][2]["sources"] = ["10.0.1.77/32"]
-    table = table_from_document(doc)
+    table = compile_table(doc)
     # The trunk's call goes to a DID, the IPBX's on acme's "44" route.
     from_trunk = decide(table, request("10.0.1.77", "+39612345678"))
     from_ipbx = decide(table, request("10.0.1.78", "+44201234"))
@@ -115,7 +115,7 @@ def test_ld_prefix_becomes_country_code():
     doc = document()
     doc["normalization_profiles"][1]["ld_prefix"] = "9"
     doc["dids"].append({"tenant": "acme", "prefix": "1555", "ipbx": "acme-branch"})
-    table = table_from_document(doc)
+    table = compile_table(doc)
     reply = decide(table, request("198.51.100.20", "95551234"))
     assert uris(reply) == ["sip:15551234@10.0.1.10"]
 
@@ -126,7 +126,7 @@ def test_first_matching_to_e164_rule_wins():
         {"match": "^1([0-9]+)", "replace": "3961234\\1"},
         {"match": "^1", "replace": "44"},
     ]
-    table = table_from_document(doc)
+    table = compile_table(doc)
     reply = decide(table, request("192.0.2.1", "15678"))
     assert uris(reply)[0] == "sip:061234" + "5678@10.0.0.10:5060"
 
@@ -184,7 +184,7 @@ def test_inbound_did_scope_is_the_carriers_tenant():
 def test_did_scope_skips_other_tenants_longer_prefix():
     doc = document()
     doc["dids"].append({"tenant": "globex", "prefix": "396123456", "ipbx": "globex-pbx"})
-    table = table_from_document(doc)
+    table = compile_table(doc)
     # From acme's carrier-b, globex's longer DID is out of scope: acme's 39612345 wins.
     assert uris(decide(table, request("198.51.100.20", "+39612345678")))[0] == "sip:0612345678@10.0.0.10:5060"
     # From the shared carrier, the longest prefix wins across tenants.
@@ -219,7 +219,7 @@ def test_outbound_longest_route_prefix_and_list_order():
 def test_outbound_no_route_is_404():
     doc = document()
     doc["routes"] = [r for r in doc["routes"] if r["prefix"] != ""]
-    table = table_from_document(doc)
+    table = compile_table(doc)
     assert decide(table, request("10.0.0.10", "001212555"))["rtjson"]["code"] == 404
 
 
@@ -250,7 +250,7 @@ def test_weighted_order_follows_weights():
 def test_weight_zero_goes_last_in_its_group():
     doc = document()
     doc["routes"][2]["trunks"][0]["weight"] = 0
-    table = table_from_document(doc)
+    table = compile_table(doc)
     for i in range(50):
         reply = decide(table, request("10.0.0.10", "0044201234", call_id=f"c{i}"))
         assert [r["dst_uri"] for r in routes_of(reply)][:2] == ["sip:198.51.100.20:5060;transport=tcp", "sip:192.0.2.10:5060"]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from c4kemi.decision import RequestError, decide
 from c4kemi.document import DocumentError, validate_document
 from c4kemi.numbers import Profile, strip_separators
-from c4kemi.table import PrefixIndex, SourceIndex, table_from_document
+from c4kemi.table import PrefixIndex, SourceIndex, compile_table
 from tables import document
 
 digits = st.text(alphabet="0123456789", max_size=12)
@@ -138,7 +138,7 @@ def test_any_corruption_gives_document_error_not_a_crash(collection, index, fiel
 @given(st.dictionaries(st.sampled_from(["source_ip", "from_uri", "to_uri", "ruri", "call_id", "from_name", "to_name"]),
                        json_values, max_size=7))
 def test_any_request_gives_a_reply_or_request_error(query):
-    table = table_from_document(document())
+    table = compile_table(document())
     try:
         reply = decide(table, query)
     except RequestError:
@@ -149,7 +149,7 @@ def test_any_request_gives_a_reply_or_request_error(query):
 @given(st.one_of(st.text(max_size=30), st.text(alphabet="+0123456789 -()", max_size=14).map(lambda u: f"sip:{u}@h")),
        st.text(max_size=30))
 def test_any_uri_text_routes_or_refuses(ruri, from_uri):
-    table = table_from_document(document())
+    table = compile_table(document())
     reply = decide(table, {"source_ip": "192.0.2.1", "ruri": ruri, "from_uri": from_uri, "to_uri": ruri})
     rtjson = reply["rtjson"]
     if rtjson["success"]:
