@@ -76,11 +76,12 @@ def make_app(source: Any, *, max_body: int = DEFAULT_MAX_BODY, refresh_interval:
 
     async def rtjson(request: web.Request) -> web.Response:
         count_request()
-        if request.content_type != JSON or (request.charset is not None and request.charset.lower() not in UTF8):
-            if "Content-Type" not in request.headers:
-                message = "missing Content-Type: send application/json"
-            else:
-                message = f"unsupported Content-Type {request.headers['Content-Type']!r}: send application/json (UTF-8)"
+        # A body without Content-Type is read as JSON; one that says it is
+        # something else (a form, text, another charset) is refused.
+        if "Content-Type" in request.headers and (
+            request.content_type != JSON or (request.charset is not None and request.charset.lower() not in UTF8)
+        ):
+            message = f"unsupported Content-Type {request.headers['Content-Type']!r}: send application/json (UTF-8)"
             return bad_request(request, 415, "unsupported_media_type", message)
         length = request.content_length
         if length is not None and length > max_body:
