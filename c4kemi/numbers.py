@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple, Sequence
 
-__all__ = ["Profile", "Uri", "parse_uri", "uri_user", "uri_host", "replace_user", "strip_separators", "is_digits"]
+__all__ = ["Profile", "Uri", "parse_uri", "strip_separators", "is_digits"]
 
 _SEPARATORS = str.maketrans("", "", " -.()")
 _ASCII_DIGITS = re.compile(r"[0-9]+")
@@ -79,19 +79,6 @@ def parse_uri(uri: str) -> Uri:
     if not at:
         return Uri(uri, head, "", after, False)
     return Uri(uri, head, user, at + host, False)
-
-
-def uri_user(uri: str) -> str:
-    """The user part of a SIP URI without user parameters, or a tel: number."""
-    return parse_uri(uri).number
-
-
-def uri_host(uri: str) -> str:
-    return parse_uri(uri).host
-
-
-def replace_user(uri: str, user: str) -> str:
-    return parse_uri(uri).with_user(user)
 
 
 class Profile:
