@@ -127,25 +127,19 @@ def test_outbound_no_answer_fails_over_after_fr_timer(router, sipp):
     assert elapsed < 4.0, f"failover took {elapsed:.2f}s with a 1000 ms fr_timer"
 
 
-def test_unknown_source_is_forbidden(router, sipp):
+@pytest.mark.parametrize(
+    "source, called, code",
+    [(STRANGER, DID_NATIONAL, 403), (TRUNK_A, NO_DID_NATIONAL, 404)],
+    ids=["unknown-source-forbidden", "unroutable-number-not-found"],
+)
+def test_refusal_reaches_the_caller_and_nobody_else(router, sipp, source, called, code):
     pbx = sipp.uas("uas_answer.xml", PBX, timeout=15)
     r = router.start(routing_document(pbx_port=pbx.port))
 
-    caller = sipp.uac("uac_final.xml", r.target, STRANGER, called=DID_NATIONAL, code=403)
+    caller = sipp.uac("uac_final.xml", r.target, source, called=called, code=code)
 
     assert_ok(caller, sipp)
-    assert caller.received_finals() == [403]
-    assert pbx.received() == []
-
-
-def test_unroutable_number_is_not_found(router, sipp):
-    pbx = sipp.uas("uas_answer.xml", PBX, timeout=15)
-    r = router.start(routing_document(pbx_port=pbx.port))
-
-    caller = sipp.uac("uac_final.xml", r.target, TRUNK_A, called=NO_DID_NATIONAL, code=404)
-
-    assert_ok(caller, sipp)
-    assert caller.received_finals() == [404]
+    assert caller.received_finals() == [code]
     assert pbx.received() == []
 
 

@@ -46,6 +46,17 @@ def call_did(r, sipp, pbx):
     assert len(pbx.received("INVITE")) == 1
 
 
+def start_behind_stub(http_router, processes, tmp_path, document, delay, extra_args):
+    """Kamailio asking c4 serve through the api_stub, which holds each query DELAY seconds."""
+    table = tmp_path / "table.json"
+    write_json_atomically(table, document)
+    serve_proc, serve_log = http_router.serve(table, port := free_tcp_port())
+    stub = start_api_stub(processes, tmp_path, upstream_port=port, delay=delay)
+    r = http_router.start(document, api=stub.url, extra_args=extra_args)
+    r.api_logs.append(serve_log)
+    return r, stub, serve_proc
+
+
 def test_api_down_gives_503_promptly_and_calls_resume_when_it_is_up(http_router, sipp):
     pbx = sipp.uas("uas_answer.xml", PBX)
     # Nothing listens on the --api port. One slot in flight: a failed query
@@ -67,14 +78,11 @@ def test_api_down_gives_503_promptly_and_calls_resume_when_it_is_up(http_router,
 
 def test_api_too_slow_gives_503_not_a_stuck_transaction(http_router, sipp, processes, tmp_path):
     pbx = sipp.uas("uas_answer.xml", PBX)
-    document = routing_document(pbx_port=pbx.port)
-    table = tmp_path / "table.json"
-    write_json_atomically(table, document)
-    serve_proc, serve_log = http_router.serve(table, port := free_tcp_port())
     # The stub holds every query far longer than the 500 ms API timeout.
-    stub = start_api_stub(processes, tmp_path, upstream_port=port, delay=60)
-    r = http_router.start(document, api=stub.url, extra_args=["--api-timeout", "500", "--max-inflight", "1"])
-    r.api_logs.append(serve_log)
+    r, stub, serve_proc = start_behind_stub(
+        http_router, processes, tmp_path, routing_document(pbx_port=pbx.port),
+        delay=60, extra_args=["--api-timeout", "500", "--max-inflight", "1"],
+    )  # fmt: skip
 
     for _ in range(2):
         final = invite(r, DID_NATIONAL)
@@ -91,14 +99,11 @@ def test_api_too_slow_gives_503_not_a_stuck_transaction(http_router, sipp, proce
 
 
 def test_admission_control_refuses_past_max_inflight_and_recovers(http_router, processes, tmp_path):
-    document = routing_document()
-    table = tmp_path / "table.json"
-    write_json_atomically(table, document)
-    _, serve_log = http_router.serve(table, port := free_tcp_port())
     # Each query takes 1.5 s; Kamailio waits up to 4 s for it.
-    stub = start_api_stub(processes, tmp_path, upstream_port=port, delay=1.5)
-    r = http_router.start(document, api=stub.url, extra_args=["--max-inflight", "2", "--api-timeout", "4000"])
-    r.api_logs.append(serve_log)
+    r, stub, _ = start_behind_stub(
+        http_router, processes, tmp_path, routing_document(),
+        delay=1.5, extra_args=["--max-inflight", "2", "--api-timeout", "4000"],
+    )  # fmt: skip
 
     def burst(size):
         with ThreadPoolExecutor(size) as pool:
@@ -124,7 +129,6 @@ def test_admission_control_refuses_past_max_inflight_and_recovers(http_router, p
     assert invite(r, NO_DID_NATIONAL).code == 404
     assert stub.stats()["requests"] == 5
     assert sip_options_ok(r.address, r.port) and r.alive()
-
 
 
 def test_launcher_serve_api_runs_c4_serve_and_stops_it_with_kamailio(processes, sipp, tmp_path):
@@ -162,14 +166,11 @@ def test_cancel_while_waiting_for_the_api(http_router, processes, tmp_path):
     """
     peers = BusyPeers([PBX])
     try:
-        document = routing_document(pbx_port=peers.ports[PBX])
-        table = tmp_path / "table.json"
-        write_json_atomically(table, document)
-        _, serve_log = http_router.serve(table, port := free_tcp_port())
-        stub = start_api_stub(processes, tmp_path, upstream_port=port, delay=1.0)
         # One slot: a cancelled query that kept its slot would refuse every later call.
-        r = http_router.start(document, api=stub.url, extra_args=["--api-timeout", "3000", "--max-inflight", "1"])
-        r.api_logs.append(serve_log)
+        r, stub, _ = start_behind_stub(
+            http_router, processes, tmp_path, routing_document(pbx_port=peers.ports[PBX]),
+            delay=1.0, extra_args=["--api-timeout", "3000", "--max-inflight", "1"],
+        )  # fmt: skip
 
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind((TRUNK_A, 0))
