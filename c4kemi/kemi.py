@@ -247,10 +247,15 @@ class Router:
     def _relay(self, initial: bool = False) -> None:
         """Relay statefully; for an initial INVITE arm the rtjson branch and failure routes."""
         if initial:
-            KSR.tm.t_on_branch(BRANCH_ROUTE)
-            KSR.tm.t_on_failure(FAILURE_ROUTE)
+            self._arm_rtjson_routes()
         if KSR.tm.t_relay() < 0:
             KSR.sl.sl_reply_error()
+
+    @staticmethod
+    def _arm_rtjson_routes() -> None:
+        """Branch route: update_branch per rtjson route; failure route: the next one."""
+        KSR.tm.t_on_branch(BRANCH_ROUTE)
+        KSR.tm.t_on_failure(FAILURE_ROUTE)
 
     # -- branch and failure routes -----------------------------------------
 
@@ -286,8 +291,7 @@ class Router:
         # Anything else (4xx such as 486/404, 6xx, or no route left) goes back to the caller.
 
     def _relay_again(self) -> None:
-        KSR.tm.t_on_branch(BRANCH_ROUTE)
-        KSR.tm.t_on_failure(FAILURE_ROUTE)
+        self._arm_rtjson_routes()
         if KSR.tm.t_relay() < 0:
             KSR.err(f"c4: relay to the next route failed for {_pv('$ci')}\n")
             KSR.tm.t_reply(500, "Relay Failed")
