@@ -5,7 +5,17 @@
 imports this module as part of the package (loading this file directly would
 put ``c4kemi/`` first on ``sys.path`` and shadow the standard library's
 ``numbers``). ``mod_init()`` returns the handler whose ``ksr_*`` methods are
-the routing blocks.
+the routing blocks, named after the blocks of ``kamailio/kamailio-http.cfg``
+they mirror, so the two read side by side:
+
+- ``request_route``: ``ksr_request_route``
+- ``route[WITHINDLG]``: ``ksr_route_withindlg``
+- ``route[RELAY]``: ``ksr_route_relay``
+- ``route[RELAY_API]`` and ``route[RELAY_API_RESPONSE]`` (ask c4http):
+  ``ksr_route_decide`` (decide in process)
+- ``route[RELAY_ROUTES]``: ``ksr_route_relay_routes``
+- ``branch_route[MANAGE_BRANCH]``: ``ksr_branch_manage``
+- ``failure_route[MANAGE_FAILURE]``: ``ksr_failure_manage``
 
 Every Kamailio worker is a forked process with its own interpreter state
 and no running threads (``threads_mode=0``), so each worker keeps its own
@@ -49,8 +59,9 @@ AUTH_USERNAME_AVP = "$avp(c4_auth_username)"
 AUTH_PASSWORD_AVP = "$avp(c4_auth_password)"
 AUTH_REALM_AVP = "$avp(c4_auth_realm)"
 
-BRANCH_ROUTE = "ksr_branch_route"
-FAILURE_ROUTE = "ksr_failure_route"
+# KEMI names the branch and failure routes by method name.
+BRANCH_ROUTE = "ksr_branch_manage"
+FAILURE_ROUTE = "ksr_failure_manage"
 
 
 class KamailioLogHandler(logging.Handler):
@@ -144,11 +155,11 @@ class Router:
 
         if KSR.is_CANCEL():
             if KSR.tm.t_check_trans() > 0:
-                self._relay()
+                self.ksr_route_relay(msg)
             return  # t_check_trans() does not end the script in KEMI
 
         if KSR.siputils.has_totag() > 0:
-            self._in_dialog()
+            self.ksr_route_withindlg(msg)
             return
 
         # Initial requests from here on.
@@ -161,7 +172,7 @@ class Router:
         if KSR.is_ACK():
             # An ACK without a To tag matches nothing we sent: absorb a stray one.
             if KSR.tm.t_check_trans() > 0:
-                self._relay()
+                self.ksr_route_relay(msg)
             return
 
         # Retransmissions: absorbed (t_check_trans resends the last reply).
@@ -176,21 +187,38 @@ class Router:
             return
 
         KSR.hdr.remove("Route")  # no preloaded routes through the router
-        self._route_invite()
+        self.ksr_route_decide(msg)
 
-    def _in_dialog(self) -> None:
+    def ksr_route_withindlg(self, msg) -> int:
+        """route[WITHINDLG]: in-dialog requests follow their route set."""
         if KSR.rr.loose_route() > 0:
-            self._relay()
-            return
+            self.ksr_route_relay(msg)
+            return 1
         if KSR.is_ACK():
             if KSR.tm.t_check_trans() > 0:
                 # ACK of a negative reply, hop by hop.
-                self._relay()
+                self.ksr_route_relay(msg)
             # else: an ACK matching nothing: absorbed.
-            return
+            return 1
         KSR.sl.sl_send_reply(404, "Not here")
+        return 1
 
-    def _route_invite(self) -> None:
+    def ksr_route_relay(self, msg) -> int:
+        """route[RELAY]: a CANCEL, an ACK or an in-dialog request, statefully.
+
+        No rtjson branch or failure route here (they are for initial INVITEs
+        only). tm's own error reply is off, so a request that cannot be sent
+        gets exactly one final reply, a stateful 500.
+        """
+        KSR.tm.t_set_disable_internal_reply(1)
+        if KSR.tm.t_relay() < 0:
+            KSR.warn(f"c4: cannot relay {_pv('$rm')} for {_pv('$ci')}\n")
+            if not (KSR.is_ACK() or KSR.is_CANCEL()):
+                KSR.tm.t_reply(500, "Relay Failed")
+        return 1
+
+    def ksr_route_decide(self, msg) -> int:
+        """The routing decision, in process (HTTP mode: route[RELAY_API] and its response route)."""
         query = {
             "event": "sip-routing",
             "source_ip": _pv("$si"),
@@ -210,27 +238,27 @@ class Router:
         except (DocumentError, OSError, RuntimeError) as exc:
             KSR.err(f"c4: no routing table: {exc}\n")
             KSR.sl.sl_send_reply(500, "No Routing Table")
-            return
+            return 1
         try:
             reply = decide(table, query)
         except RequestError as exc:
             KSR.notice(f"c4: bad routing request from {query['source_ip']}: {exc}\n")
             KSR.sl.sl_send_reply(400, "Bad Request")
-            return
+            return 1
         rtjson = reply["rtjson"]
         data = orjson.dumps(rtjson)
         if self.dump_dir is not None:
             self._dump_decision(query, data)
         if not rtjson.get("success"):
             KSR.sl.sl_send_reply(int(rtjson.get("code", 500)), str(rtjson.get("reason", "Server Error")))
-            return
+            return 1
 
         KSR.rr.record_route()
         if KSR.rtjson.init_routes(data.decode()) < 0 or KSR.rtjson.push_routes() < 0:
             KSR.err("c4: rtjson refused the routing document\n")
             KSR.sl.sl_send_reply(500, "Routing Error")
-            return
-        self._relay(initial=True)
+            return 1
+        return self.ksr_route_relay_routes(msg)
 
     def _dump_decision(self, query: dict, data: bytes) -> None:
         """One line to this worker's dump file: query JSON, tab, rtjson bytes."""
@@ -244,12 +272,25 @@ class Router:
             KSR.err(f"c4: cannot write the rtjson dump to {self.dump_dir}: {exc}\n")
             self.dump_dir = None
 
-    def _relay(self, initial: bool = False) -> None:
-        """Relay statefully; for an initial INVITE arm the rtjson branch and failure routes."""
-        if initial:
+    def ksr_route_relay_routes(self, msg) -> int:
+        """route[RELAY_ROUTES]: an initial INVITE to its current rtjson route.
+
+        From the decision, a 401/407 answered in the failure route, or
+        failover. A route that cannot even be sent (a host that does not
+        resolve, an address family Kamailio does not listen on, a request too
+        large) is skipped like a 503 and the next one tried; with none left
+        the caller gets one 500 (tm's own error reply is off).
+        """
+        KSR.tm.t_set_disable_internal_reply(1)
+        self._arm_rtjson_routes()
+        while KSR.tm.t_relay() < 0:
+            if KSR.rtjson.next_route() < 0:
+                KSR.warn(f"c4: cannot send to {_pv('$du')} for {_pv('$ci')}, no route left\n")
+                KSR.tm.t_reply(500, "Relay Failed")
+                return 1
+            KSR.warn(f"c4: cannot send to the route before {_pv('$du')} for {_pv('$ci')}, trying it\n")
             self._arm_rtjson_routes()
-        if KSR.tm.t_relay() < 0:
-            KSR.sl.sl_reply_error()
+        return 1
 
     @staticmethod
     def _arm_rtjson_routes() -> None:
@@ -259,7 +300,8 @@ class Router:
 
     # -- branch and failure routes -----------------------------------------
 
-    def ksr_branch_route(self, msg) -> int:
+    def ksr_branch_manage(self, msg) -> int:
+        """branch_route[MANAGE_BRANCH]: apply the rtjson route to the branch."""
         try:
             if KSR.siputils.has_totag() < 0 and KSR.rtjson.update_branch() < 0:
                 KSR.warn("c4: rtjson update_branch failed\n")
@@ -268,33 +310,28 @@ class Router:
             KSR.set_drop()  # drop this branch; the relay then fails and is answered
         return 1
 
-    def ksr_failure_route(self, msg) -> int:
+    def ksr_failure_manage(self, msg) -> int:
+        """failure_route[MANAGE_FAILURE]: answer a challenge once, or fail over."""
         try:
-            self._failure()
+            self._failure(msg)
         except Exception:
             _log_exception("failure_route")
             self._internal_error()
         return 1
 
-    def _failure(self) -> None:
+    def _failure(self, msg) -> None:
         if KSR.tm.t_is_canceled() > 0:
             return
         code = KSR.tm.t_get_status_code()
-        if code in (401, 407) and self._answer_challenge():
+        if code in (401, 407) and self._answer_challenge(msg):
             return
         timeout = KSR.tm.t_branch_timeout() > 0 or KSR.tm.t_any_timeout() > 0
         if code == 408 or 500 <= code <= 599 or timeout:
             KSR.resetflag(FLT_AUTH)
             if KSR.rtjson.next_route() > 0:
                 KSR.info(f"c4: branch failed with {code}, trying next route for {_pv('$ci')}\n")
-                self._relay_again()
+                self.ksr_route_relay_routes(msg)
         # Anything else (4xx such as 486/404, 6xx, or no route left) goes back to the caller.
-
-    def _relay_again(self) -> None:
-        self._arm_rtjson_routes()
-        if KSR.tm.t_relay() < 0:
-            KSR.err(f"c4: relay to the next route failed for {_pv('$ci')}\n")
-            KSR.tm.t_reply(500, "Relay Failed")
 
     def _current_route(self) -> dict | None:
         """The rtjson route of the failed branch (rtjson's idx is one past it)."""
@@ -308,7 +345,7 @@ class Router:
             return routes[idx - 1]
         return None
 
-    def _answer_challenge(self) -> bool:
+    def _answer_challenge(self, msg) -> bool:
         """Answer a 401/407 once with the current route's credentials."""
         if KSR.isflagset(FLT_AUTH):
             return False
@@ -327,7 +364,7 @@ class Router:
         KSR.pv.sets("$ru", route["uri"])
         if route.get("dst_uri"):
             KSR.pv.sets("$du", route["dst_uri"])
-        self._relay_again()
+        self.ksr_route_relay_routes(msg)
         return True
 
     # -- replies, onsend, errors ----------------------------------------------

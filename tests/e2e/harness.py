@@ -550,16 +550,29 @@ class Final:
     code: int | None
     reason: str
     elapsed: float
+    # Every final reply received (with linger: also those after the first).
+    finals: list[int] = field(default_factory=list)
+    message: "SipMessage | None" = None  # the first final reply
 
 
 def sip_invite(address: str, port: int, source: str, ruri: str, from_header: str, to_header: str,
-               call_id: str | None = None, timeout: float = 10.0) -> Final:
+               call_id: str | None = None, timeout: float = 10.0, headers: str | bytes = "",
+               linger: float = 0.0, method: str = "INVITE") -> Final:
     """One INVITE from SOURCE to the router, with free-form R-URI, From and To.
 
-    Waits for the final reply and ACKs it if negative (hop by hop, as a UAC
-    must), so the router's transaction ends cleanly. Provisional replies are
-    skipped; the INVITE is not retransmitted (loopback does not lose packets).
+    ``headers`` are extra header lines ("Name: value\\r\\n" each). Any of
+    the texts may be ``bytes`` to send bytes that are not UTF-8 (an old PBX's
+    ISO-8859-1). Waits for the final reply and ACKs it if negative (hop by
+    hop, as a UAC must), so the router's transaction ends cleanly; with
+    ``linger`` it then listens that many seconds more and records every
+    further final reply in ``finals`` (a request must get exactly one).
+    Provisional replies are skipped; the INVITE is not retransmitted
+    (loopback does not lose packets). ``method`` sends another method the
+    same way (no ACK then).
     """
+    def raw(value) -> bytes:
+        return value if isinstance(value, bytes) else value.encode()
+
     call_id = call_id or f"{uuid.uuid4().hex}@raw"
     branch = f"z9hG4bK{uuid.uuid4().hex[:16]}"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -567,33 +580,45 @@ def sip_invite(address: str, port: int, source: str, ruri: str, from_header: str
         local = f"{source}:{sock.getsockname()[1]}"
         via = f"Via: SIP/2.0/UDP {local};branch={branch};rport\r\n"
         invite = (
-            f"INVITE {ruri} SIP/2.0\r\n{via}From: {from_header}\r\nTo: {to_header}\r\n"
-            f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
-            f"Contact: <sip:raw@{local}>\r\nContent-Length: 0\r\n\r\n"
+            raw(f"{method} ") + raw(ruri) + raw(f" SIP/2.0\r\n{via}From: ") + raw(from_header) + b"\r\nTo: " + raw(to_header)
+            + b"\r\nCall-ID: " + raw(call_id) + raw(f"\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\n")
+            + raw(f"Contact: <sip:raw@{local}>\r\n") + raw(headers) + b"Content-Length: 0\r\n\r\n"
         )
         started = time.monotonic()
-        sock.sendto(invite.encode(), (address, port))
+        sock.sendto(invite, (address, port))
         deadline = started + timeout
+        result = None
+        seen = set()
         while True:
             sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 data, _ = sock.recvfrom(65535)
             except (socket.timeout, OSError):
-                return Final(None, "", time.monotonic() - started)
+                return result or Final(None, "", time.monotonic() - started)
+            if data in seen:  # a retransmission of a reply already counted
+                continue
+            seen.add(data)
             text = data.decode(errors="replace")
             first = text.split("\r\n", 1)[0]
             if not first.startswith("SIP/2.0 ") or first.startswith("SIP/2.0 1"):
                 continue
             code, _, reason = first[8:].partition(" ")
             elapsed = time.monotonic() - started
-            if int(code) >= 300:
-                reply = SipMessage("received", text.replace("\r\n", "\n"))
+            reply = SipMessage("received", text.replace("\r\n", "\n"))
+            if int(code) >= 300 and method == "INVITE":
                 ack = (
-                    f"ACK {ruri} SIP/2.0\r\n{via}From: {from_header}\r\nTo: {reply.header('To')}\r\n"
-                    f"Call-ID: {call_id}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+                    b"ACK " + raw(ruri) + raw(f" SIP/2.0\r\n{via}From: ") + raw(from_header)
+                    + raw(f"\r\nTo: {reply.header('To')}\r\nCall-ID: ") + raw(call_id)
+                    + b"\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
                 )
-                sock.sendto(ack.encode(), (address, port))
-            return Final(int(code), reason, elapsed)
+                sock.sendto(ack, (address, port))
+            if result is None:
+                result = Final(int(code), reason, elapsed, [int(code)], reply)
+                if linger <= 0:
+                    return result
+                deadline = time.monotonic() + linger
+            else:
+                result.finals.append(int(code))
 
 
 class BusyPeers:

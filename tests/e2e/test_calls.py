@@ -22,7 +22,7 @@ from .documents import (
     TRUNK_B,
     routing_document,
 )
-from .harness import user_of
+from .harness import sip_invite, user_of
 
 
 def assert_ok(sipp_proc, sipp):
@@ -221,3 +221,78 @@ def test_auth_challenge_without_credentials_goes_back_to_caller(router, sipp):
     assert_ok(caller, sipp)
     assert caller.received_finals() == [407]
     assert len(carrier.received("INVITE")) == 1
+
+
+@pytest.mark.parametrize("code,reason", [(200, "OK"), (500, "Server Internal Error")])
+def test_reinvite_goes_through_the_router_without_rtjson(router, sipp, code, reason):
+    """A re-INVITE follows the route set; the rtjson branch/failure routes are not armed for it."""
+    pbx = sipp.uas("uas_reinvite.xml", PBX, reinvite_code=code, reinvite_reason=reason)
+    r = router.start(routing_document(pbx_port=pbx.port))
+
+    caller = sipp.uac("uac_reinvite.xml", r.target, TRUNK_A, called=DID_NATIONAL, caller=CALLER_NATIONAL,
+                      reinvite_code=code, reinvite_ack_branch="[branch]" if code < 300 else "[branch-3]")
+
+    assert_ok(caller, sipp)
+    assert_ok(pbx, sipp)
+    reinvite = pbx.received("INVITE")[1]
+    assert reinvite.header("Subject") == "c4 re-INVITE"
+    assert user_of(reinvite.header("From")) == CALLER_E164, reinvite.text  # uac restore, not rtjson
+    assert [m.status for m in caller.received() if not m.is_request and m.status >= 200 and m.header("CSeq") == "2 INVITE"] == [code]
+    # rtjson's routes belong to the initial INVITE: a failure route armed for
+    # the re-INVITE would run rtjson_next_route on a transaction without any.
+    assert "no json for routing" not in r.log_text()
+
+
+def add_trunk(document: dict, name: str, target: str, position: int) -> dict:
+    """A third trunk (carrier-b's) at POSITION in the outbound route."""
+    document["trunks"].append({"name": name, "carrier": "carrier-b", "target": target, "sources": [f"127.0.0.{50 + len(document['trunks'])}"],
+                               "normalization": "it", "fr_timer": 2000, "fr_inv_timer": 10000})
+    document["routes"][0]["trunks"].insert(position, name)
+    return document
+
+
+UNSENDABLE = {
+    "ipv6-while-listening-on-ipv4": "sip:[::1]:5060",
+    "unresolvable-host": "sip:no-such-host.invalid:5060",
+}
+
+
+@pytest.mark.parametrize("target", UNSENDABLE.values(), ids=UNSENDABLE.keys())
+def test_relay_that_fails_inside_failover_moves_on(router, sipp, target):
+    """503 from the first trunk, the second cannot even be sent: the third answers."""
+    first = sipp.uas("uas_reject.xml", TRUNK_A, code=503, reason="Service Unavailable")
+    third = sipp.uas("uas_answer.xml", TRUNK_B)
+    r = router.start(add_trunk(routing_document(trunk_a_port=first.port, trunk_b_port=third.port), "carrier-c-1", target, 1))
+
+    caller = sipp.uac("uac_call.xml", r.target, PBX, called=OUT_CALLED_E164, caller=CALLER_E164)
+
+    assert_ok(caller, sipp)
+    assert_ok(third, sipp)
+    assert caller.received_finals() == [200]
+
+
+@pytest.mark.parametrize("target", UNSENDABLE.values(), ids=UNSENDABLE.keys())
+def test_first_route_that_cannot_be_sent_moves_on(router, sipp, target):
+    second = sipp.uas("uas_answer.xml", TRUNK_A)
+    r = router.start(add_trunk(routing_document(trunk_a_port=second.port), "carrier-c-1", target, 0))
+
+    caller = sipp.uac("uac_call.xml", r.target, PBX, called=OUT_CALLED_E164, caller=CALLER_E164)
+
+    assert_ok(caller, sipp)
+    assert_ok(second, sipp)
+    assert caller.received_finals() == [200]
+
+
+def test_no_route_can_be_sent_gives_exactly_one_final(router, sipp):
+    first = sipp.uas("uas_reject.xml", TRUNK_A, code=503, reason="Service Unavailable")
+    document = routing_document(trunk_a_port=first.port)
+    document["routes"][0]["trunks"] = ["carrier-a-1"]
+    add_trunk(document, "carrier-c-1", UNSENDABLE["ipv6-while-listening-on-ipv4"], 1)
+    add_trunk(document, "carrier-d-1", UNSENDABLE["unresolvable-host"], 2)
+    r = router.start(document)
+
+    final = sip_invite(r.address, r.port, PBX, f"sip:{OUT_CALLED_E164}@{r.target}", f"<sip:{CALLER_E164}@{PBX}>;tag=x1",
+                       f"<sip:{OUT_CALLED_E164}@{r.target}>", linger=1.0)
+
+    assert final.finals == [500], final.finals
+    assert len(first.received("INVITE")) == 1
