@@ -1,0 +1,262 @@
+"""The KEMI handler (c4kemi/kemi.py) against a fake KSR: its branches, fast.
+
+The end-to-end suite runs the same handler inside Kamailio; these tests pin
+the decisions of each route block (failover codes, the challenge answered
+once, internal errors answered once) without starting anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+import textwrap
+
+import orjson
+import pytest
+
+from fake_ksr import FakeKSR
+from tables import BASE_DOCUMENT
+
+PBX_SOURCE = "10.0.0.10"  # acme-pbx in tables.BASE_DOCUMENT
+TRUNK_AUTH = {"username": "u", "password": "p", "realm": "carrier-a.net"}
+
+
+@pytest.fixture
+def ksr(monkeypatch):
+    fake = FakeKSR()
+    monkeypatch.setitem(sys.modules, "KSR", fake)
+    return fake
+
+
+@pytest.fixture
+def kemi(ksr, monkeypatch, tmp_path):
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps(BASE_DOCUMENT))
+    monkeypatch.setenv("C4_TABLE", str(table))
+    monkeypatch.delenv("C4_RTJSON_DUMP", raising=False)
+    module = importlib.import_module("c4kemi.kemi")
+    monkeypatch.setattr(module, "KSR", ksr)
+    return module
+
+
+@pytest.fixture
+def router(kemi):
+    return kemi.mod_init()
+
+
+def invite(ksr: FakeKSR, source: str = PBX_SOURCE, called: str = "39298765432", **pvs) -> None:
+    """An initial INVITE's pseudo-variables."""
+    ksr.pv_values.update({
+        "$rm": "INVITE", "$si": source, "$sp": 5060, "$ci": "call-1@test", "$ru": f"sip:{called}@c4.test",
+        "$fn": "Alice", "$fu": "sip:39611111111@pbx.test", "$ft": "ft1", "$tn": None,
+        "$tu": f"sip:{called}@c4.test", "$tt": None,
+    })
+    ksr.pv_values.update(pvs)
+    ksr.returns.update({"siputils.has_totag": -1, "tmx.t_precheck_trans": -1, "tm.t_check_trans": -1,
+                        "tmx.t_is_failure_route": -1, "tmx.t_is_request_route": 1})
+
+
+def failure(ksr: FakeKSR, code: int, routes: list[dict] | None = None, idx: int = 1, timeout: bool = False) -> None:
+    """The failure route's view: the failed branch's code and the rtjson xavps."""
+    routes = routes if routes is not None else [{"uri": "sip:a@192.0.2.10", "dst_uri": "sip:192.0.2.10"}]
+    ksr.pv_values.update({"$rm": "INVITE", "$ci": "call-1@test",
+                          "$xavp(rtjson=>json)": orjson.dumps({"routes": routes}).decode(),
+                          "$xavp(rtjson=>idx)": idx})
+    ksr.returns.update({"tm.t_is_canceled": -1, "tm.t_get_status_code": code,
+                        "tm.t_branch_timeout": 1 if timeout else -1, "tm.t_any_timeout": 1 if timeout else -1,
+                        "tmx.t_is_failure_route": 1, "tmx.t_is_request_route": -1})
+
+
+# -- failure route: which codes fail over ------------------------------------
+
+
+@pytest.mark.parametrize("code", [408, 500, 503, 599])
+def test_408_and_5xx_try_the_next_route(router, ksr, code):
+    failure(ksr, code)
+    router.ksr_failure_manage(None)
+    assert ksr.called("rtjson.next_route") == [()]
+    assert ksr.called("tm.t_relay") == [()]
+    assert ksr.called("tm.t_on_failure") == [("ksr_failure_manage",)]
+    assert ksr.called("tm.t_on_branch") == [("ksr_branch_manage",)]
+    assert ksr.called("tm.t_reply") == []
+
+
+def test_no_answer_before_fr_timer_tries_the_next_route(router, ksr):
+    failure(ksr, 408, timeout=True)
+    router.ksr_failure_manage(None)
+    assert ksr.called("rtjson.next_route") == [()]
+
+
+@pytest.mark.parametrize("code", [404, 486, 487, 603])
+def test_4xx_and_6xx_go_back_to_the_caller(router, ksr, code):
+    failure(ksr, code)
+    router.ksr_failure_manage(None)
+    assert "rtjson.next_route" not in ksr.names()
+    assert "tm.t_relay" not in ksr.names()
+    assert ksr.called("tm.t_reply") == []  # tm relays the branch's reply
+
+
+def test_no_route_left_lets_tm_send_the_best_reply(router, ksr):
+    failure(ksr, 503)
+    ksr.returns["rtjson.next_route"] = -1
+    router.ksr_failure_manage(None)
+    assert "tm.t_relay" not in ksr.names() and ksr.called("tm.t_reply") == []
+
+
+def test_a_canceled_transaction_is_left_alone(router, ksr):
+    failure(ksr, 503)
+    ksr.returns["tm.t_is_canceled"] = 1
+    router.ksr_failure_manage(None)
+    assert ksr.names() == ["tm.t_is_canceled"]
+
+
+# -- relay: a route that cannot be sent ----------------------------------------
+
+
+def test_unsendable_route_moves_to_the_next_one(router, ksr):
+    failure(ksr, 503)
+    ksr.returns["tm.t_relay"] = [-1, 1]
+    router.ksr_failure_manage(None)
+    assert len(ksr.called("tm.t_relay")) == 2
+    assert len(ksr.called("rtjson.next_route")) == 2  # after the 503, after the send failure
+    assert len(ksr.called("tm.t_on_failure")) == 2  # armed again for the new branch
+    assert ksr.called("tm.t_reply") == []
+    assert ksr.called("tm.t_set_disable_internal_reply") == [(1,)]  # tm must not answer 477/478 itself
+
+
+def test_no_sendable_route_gives_one_500(router, ksr):
+    failure(ksr, 503)
+    ksr.returns["tm.t_relay"] = -1
+    ksr.returns["rtjson.next_route"] = [1, 1, -1]
+    router.ksr_failure_manage(None)
+    assert len(ksr.called("tm.t_relay")) == 2
+    assert ksr.called("tm.t_reply") == [(500, "Relay Failed")]
+    assert "sl.sl_reply_error" not in ksr.names() and "sl.send_reply" not in ksr.names()
+
+
+def test_in_dialog_relay_failure_gives_one_stateful_500(router, ksr):
+    ksr.pv_values.update({"$rm": "BYE", "$ci": "call-1@test"})
+    ksr.returns["tm.t_relay"] = -1
+    router.ksr_route_relay(None)
+    assert ksr.called("tm.t_reply") == [(500, "Relay Failed")]
+    assert "tm.t_on_branch" not in ksr.names() and "tm.t_on_failure" not in ksr.names()
+
+
+def test_ack_relay_failure_is_not_answered(router, ksr):
+    ksr.pv_values.update({"$rm": "ACK", "$ci": "call-1@test"})
+    ksr.returns["tm.t_relay"] = -1
+    router.ksr_route_relay(None)
+    assert ksr.called("tm.t_reply") == []
+
+
+# -- 401/407: answered once -------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [401, 407])
+def test_challenge_is_answered_with_the_route_credentials(router, ksr, code):
+    routes = [{"uri": "sip:0298765432@192.0.2.10:5060", "dst_uri": "sip:192.0.2.10:5060", "auth": TRUNK_AUTH},
+              {"uri": "sip:0298765432@198.51.100.20", "dst_uri": "sip:198.51.100.20"}]
+    failure(ksr, code, routes, idx=1)
+    router.ksr_failure_manage(None)
+    assert ksr.called("uac.uac_auth") == [()]
+    assert ksr.pv_values["$avp(c4_auth_username)"] == "u"
+    assert ksr.pv_values["$avp(c4_auth_password)"] == "p"
+    assert ksr.pv_values["$avp(c4_auth_realm)"] == "carrier-a.net"
+    assert ksr.pv_values["$ru"] == routes[0]["uri"] and ksr.pv_values["$du"] == routes[0]["dst_uri"]
+    assert 1 in ksr.flags  # FLT_AUTH
+    assert ksr.called("tm.t_relay") == [()]
+    assert "rtjson.next_route" not in ksr.names()
+
+
+def test_second_challenge_goes_back_to_the_caller(router, ksr):
+    failure(ksr, 407, [{"uri": "sip:x@192.0.2.10", "dst_uri": "sip:192.0.2.10", "auth": TRUNK_AUTH}])
+    ksr.flags.add(1)  # already answered once on this route
+    router.ksr_failure_manage(None)
+    assert "uac.uac_auth" not in ksr.names()
+    assert "tm.t_relay" not in ksr.names()
+
+
+def test_challenge_without_credentials_goes_back_to_the_caller(router, ksr):
+    failure(ksr, 401, [{"uri": "sip:x@192.0.2.10", "dst_uri": "sip:192.0.2.10"}])
+    router.ksr_failure_manage(None)
+    assert "uac.uac_auth" not in ksr.names() and "tm.t_relay" not in ksr.names()
+
+
+def test_failover_resets_the_challenge_flag(router, ksr):
+    failure(ksr, 503)
+    ksr.flags.add(1)
+    router.ksr_failure_manage(None)
+    assert 1 not in ksr.flags
+
+
+# -- internal errors: one 500, nothing left hanging -----------------------------
+
+
+def test_exception_in_the_request_route_gives_a_stateful_500(router, ksr, monkeypatch, kemi):
+    invite(ksr)
+    monkeypatch.setattr(kemi, "decide", lambda table, query: 1 / 0)
+    router.ksr_request_route(None)
+    assert ksr.called("tm.t_newtran") == [()]
+    assert ksr.called("sl.send_reply") == [(500, "Server Internal Error")]
+    assert any("ZeroDivisionError" in text for level, text in ksr.logs if level == "err")
+
+
+def test_exception_in_the_failure_route_gives_t_reply_500(router, ksr):
+    failure(ksr, 503)
+    ksr.returns["rtjson.next_route"] = lambda: 1 / 0
+    router.ksr_failure_manage(None)
+    assert ksr.called("tm.t_reply") == [(500, "Server Internal Error")]
+
+
+def test_exception_in_the_branch_route_drops_the_branch(router, ksr):
+    ksr.returns["siputils.has_totag"] = -1
+    ksr.returns["rtjson.update_branch"] = lambda: 1 / 0
+    router.ksr_branch_manage(None)
+    assert "set_drop" in ksr.names()
+
+
+def test_no_table_gives_500(router, ksr, monkeypatch):
+    invite(ksr)
+    router.table_path = "/nonexistent/table.json"
+    router.ksr_request_route(None)
+    assert ksr.called("sl.sl_send_reply") == [(500, "No Routing Table")]
+
+
+# -- initial INVITE ---------------------------------------------------------------
+
+
+def test_initial_invite_is_routed_with_rtjson(router, ksr):
+    invite(ksr)
+    router.ksr_request_route(None)
+    assert ksr.called("hdr.remove")[0] == ("Route",)
+    (document,) = ksr.called("rtjson.init_routes")[0]
+    assert orjson.loads(document)["success"] is True
+    assert ksr.called("rr.record_route") or ksr.called("rr.record_route_params")
+    assert ksr.called("tm.t_relay") == [()]
+    assert ksr.called("tm.t_on_failure") == [("ksr_failure_manage",)]
+
+
+def test_refusal_is_answered_with_its_code(router, ksr):
+    invite(ksr, source="203.0.113.99")
+    router.ksr_request_route(None)
+    assert ksr.called("sl.sl_send_reply") == [(403, "Forbidden")]
+    assert "tm.t_relay" not in ksr.names()
+
+
+# -- the KEMI import path stays lean -----------------------------------------------
+
+
+def test_kemi_entry_imports_neither_aiohttp_nor_asyncpg():
+    """In a fresh interpreter (other tests' imports would mask it), with a fake KSR."""
+    code = textwrap.dedent("""
+        import sys, types
+        sys.modules["KSR"] = types.ModuleType("KSR")
+        import c4kemi.kemi
+        heavy = sorted(name for name in sys.modules if name.split(".")[0] in ("aiohttp", "asyncpg", "c4http"))
+        print(",".join(heavy))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"the KEMI entry imported {result.stdout.strip()}"
