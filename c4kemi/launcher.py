@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
+from .secret import SECRET_ENV
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 CONFIG_DIR = REPO_ROOT / "kamailio"
@@ -80,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serve-api", action="store_true", help="HTTP mode: also run `c4 serve --table FILE` on the --api host and port")
     parser.add_argument("--kamailio", default=None, help="Kamailio binary (default: kamailio on PATH or /usr/sbin)")
     parser.add_argument("--dry-run", action="store_true", help="print the Kamailio command and environment, do not start")
+    parser.add_argument("--secret-file", default=None,
+                        help="deployment secret (uac restore and dialog keys), created 0600 if missing "
+                             "(default: $C4_SECRET_FILE, $C4_STATE_DIR/secret, /var/lib/c4/secret as root)")
 
 
 @dataclass
@@ -294,6 +299,7 @@ def _run(args: argparse.Namespace) -> int:
         raise LaunchError("--workers must be >= 1, --shm >= 16 MiB, --pkg >= 4 MiB")
     launch = Launch(config=CONFIG_DIR / mode.config_name)
     mode.prepare(args, launch)
+    _add_secret_keys(args, launch)
     if not launch.config.is_file():
         raise LaunchError(f"{launch.config}: config file missing")
 
@@ -304,7 +310,7 @@ def _run(args: argparse.Namespace) -> int:
         env.update(launch.env)
         if args.dry_run:
             for name, value in launch.env.items():
-                print(f"{name}={value}")
+                print(f"{name}={'(from the secret file)' if name in SECRET_ENV else value}")
             for argv, _health in launch.helpers:
                 print(" ".join(argv) + " &")
             print(" ".join(command))
@@ -323,6 +329,16 @@ def _run(args: argparse.Namespace) -> int:
                 _stop_helper(helper)
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+def _add_secret_keys(args: argparse.Namespace, launch: Launch) -> None:
+    """The keys derived from the deployment secret, in Kamailio's environment (see c4kemi/secret.py)."""
+    from .secret import SecretError, kamailio_env, load_or_create
+
+    try:
+        launch.env.update(kamailio_env(load_or_create(getattr(args, "secret_file", None))))
+    except SecretError as exc:
+        raise LaunchError(f"deployment secret: {exc}") from None
 
 
 def _start_helper(argv: list[str], health: str) -> subprocess.Popen:

@@ -50,6 +50,21 @@ def _e2e_tools():
         pytest.fail(f"end-to-end tests need {', '.join(missing)} (make setup)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _state_dir(tmp_path_factory):
+    """Every router of the run keeps its deployment secret in a temporary state dir, not /var/lib/c4."""
+    import os
+
+    path = tmp_path_factory.mktemp("c4-state")
+    previous = os.environ.get("C4_STATE_DIR")
+    os.environ["C4_STATE_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("C4_STATE_DIR", None)
+    else:
+        os.environ["C4_STATE_DIR"] = previous
+
+
 @pytest.fixture
 def processes(request):
     procs = Processes()
