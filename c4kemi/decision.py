@@ -56,7 +56,8 @@ def decide(table: RoutingTable, query: Any) -> dict:
 
     Raises RequestError for a malformed query: not an object, a required
     member (source_ip, from_uri, to_uri) missing or not a string, an
-    optional one (call_id, ruri, from_name, to_name) not a string.
+    optional one (call_id, ruri, from_name, to_name, identity_uri, privacy)
+    not a string.
     Other members are ignored.
     """
     if query.__class__ is not dict:
@@ -69,6 +70,10 @@ def decide(table: RoutingTable, query: Any) -> dict:
         raise RequestError(f"member 'source_ip': {exc}") from None
     call_id, ruri = _optional(query, "call_id"), _optional(query, "ruri")
     from_name, to_name = _optional(query, "from_name"), _optional(query, "to_name")
+    # Optional, absent = the behaviour before they existed: the identity the
+    # peer claims for the caller (its P-Asserted-Identity, else
+    # P-Preferred-Identity) and its Privacy header.
+    identity_uri, privacy = _optional(query, "identity_uri"), _optional(query, "privacy")
     if sender is None:
         return refusal(*FORBIDDEN)
 
@@ -99,8 +104,9 @@ def decide(table: RoutingTable, query: Any) -> dict:
 
     # Rule 5: one rtjson route per target.
     if calling_is_number:
-        host = from_uri.host
-        pai = f"P-Asserted-Identity: <sip:+{calling}@{host}>\r\n" if host else f"P-Asserted-Identity: <tel:+{calling}>\r\n"
+        pai = _asserted_identity(calling, from_uri.host)
+    elif identity_uri:
+        pai = _anonymous_identity(identity_uri, privacy, profile)
     else:
         pai = ""
     routes = []
@@ -135,6 +141,29 @@ def decide(table: RoutingTable, query: Any) -> dict:
                 branch["auth"] = dict(endpoint.auth)
             routes.append(branch)
     return {"rtjson": {"version": RTJSON_VERSION, "routing": "serial", "success": True, "routes": routes}}
+
+
+def _asserted_identity(e164: str, host: str) -> str:
+    return f"P-Asserted-Identity: <sip:+{e164}@{host}>\r\n" if host else f"P-Asserted-Identity: <tel:+{e164}>\r\n"
+
+
+def _anonymous_identity(identity_uri: str, privacy: str, profile) -> str:
+    """An anonymous caller's identity, still asserted to the next hop, marked private.
+
+    The number of the identity the peer claims (normalized with the sender's
+    profile, as a calling number) is asserted like any calling number, with
+    ``Privacy: id`` unless the request has a Privacy header of its own (which
+    the router passes on). Not a number, or not one clean URI: nothing.
+    """
+    if "\r" in identity_uri or "\n" in identity_uri:
+        return ""
+    uri = parse_uri(identity_uri)
+    number = strip_separators(uri.number)
+    number = profile.to_e164(number) if profile is not None else number.removeprefix("+")
+    host = uri.host
+    if not is_digits(number) or any(c in host for c in "<>\"\\ \t,"):
+        return ""
+    return _asserted_identity(number, host) + ("" if privacy else "Privacy: id\r\n")
 
 
 def trunk_order(route: RouteChoice, call_id: str) -> list[Endpoint]:

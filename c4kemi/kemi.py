@@ -46,6 +46,7 @@ import KSR  # provided by app_python3
 
 from c4kemi.decision import RequestError, decide
 from c4kemi.document import DocumentError
+from c4kemi.secret import DIALOG_ENV, dialog_mac
 from c4kemi.store import FileTableSource
 
 __all__ = ["mod_init", "Router"]
@@ -97,9 +98,37 @@ def _log_exception(where: str) -> None:
     KSR.err(f"c4: exception in {where}: " + text.replace("\n", "\n    ").rstrip() + "\n")
 
 
+# The R-URI sent to the decision when the caller's is not UTF-8: its number
+# is refused (404), where leaving ruri out would route on the To user.
+# kamailio-http.cfg sends the same.
+NOT_UTF8_RURI = "sip:not-utf-8@invalid"
+# Identity headers a peer may send; the router asserts identity itself.
+IDENTITY_HEADERS = ("P-Asserted-Identity", "P-Preferred-Identity", "Remote-Party-ID")
+
+
 def _pv(name: str) -> str | None:
-    value = KSR.pv.get(name)
+    """A pseudo-variable as text; None when unset or not UTF-8.
+
+    app_python3 decodes strictly and raises UnicodeDecodeError on bytes that
+    are not UTF-8 (an old PBX's ISO-8859-1 "Zoé"). Such a value cannot be a
+    JSON string either: HTTP mode's jansson_set leaves it out, and so does
+    this (a display name then goes out untouched, byte for byte).
+    """
+    try:
+        value = KSR.pv.get(name)
+    except UnicodeDecodeError:
+        return None
     return None if value is None else str(value)
+
+
+def _pv_bytes(name: str) -> bytes:
+    """A pseudo-variable's raw bytes ('$ci' -> b'...'), whatever their encoding."""
+    try:
+        value = KSR.pv.get(name)
+    except UnicodeDecodeError:
+        value = bytes.fromhex(KSR.pv.get(f"$({name[1:]}{{s.encode.hexa}})") or "")
+        return value
+    return b"" if value is None else str(value).encode()
 
 
 class Router:
@@ -110,6 +139,9 @@ class Router:
         self._source: FileTableSource | None = None
         self._pid = 0
         self.dump_dir = os.environ.get(DUMP_ENV) or None
+        # Signs the router's Record-Route (c4d); from the deployment secret
+        # (c4kemi/secret.py). Without it no in-dialog request is relayed.
+        self.dialog_key = os.environ.get(DIALOG_ENV, "")
         self._dump = None  # this worker's dump file, opened on first use after fork
         self._dump_pid = 0
 
@@ -190,8 +222,19 @@ class Router:
         self.ksr_route_decide(msg)
 
     def ksr_route_withindlg(self, msg) -> int:
-        """route[WITHINDLG]: in-dialog requests follow their route set."""
+        """route[WITHINDLG]: in-dialog requests follow their route set.
+
+        Only within dialogs this router record-routed: the Route it consumed
+        must be its own and carry the c4d signature of this Call-ID.
+        Anything else (a forged To-tag with a Route to a carrier or a third
+        party) gets 403 and goes nowhere.
+        """
         if KSR.rr.loose_route() > 0:
+            if not self._within_our_dialog():
+                KSR.warn(f"c4: {_pv('$rm')} from {_pv('$si')}:{_pv('$sp')} is not within a dialog of ours: refused\n")
+                KSR.sl.sl_send_reply(403, "Forbidden")
+                return 1
+            self._strip_identity()
             self.ksr_route_relay(msg)
             return 1
         if KSR.is_ACK():
@@ -202,6 +245,21 @@ class Router:
             return 1
         KSR.sl.sl_send_reply(404, "Not here")
         return 1
+
+    def _dialog_mac(self) -> str:
+        """route[DIALOG_MAC]: the signature of this Call-ID's dialogs."""
+        return dialog_mac(self.dialog_key, _pv_bytes("$ci"))
+
+    def _within_our_dialog(self) -> bool:
+        if not self.dialog_key or KSR.rr.check_route_param("c4d=") < 0:
+            return False
+        return _pv("$(route_uri{uri.param,c4d})") == self._dialog_mac()
+
+    @staticmethod
+    def _strip_identity() -> None:
+        """route[STRIP_IDENTITY]: peers' identity headers are removed; Privacy stays."""
+        for name in IDENTITY_HEADERS:
+            KSR.hdr.remove(name)
 
     def ksr_route_relay(self, msg) -> int:
         """route[RELAY]: a CANCEL, an ACK or an in-dialog request, statefully.
@@ -225,7 +283,7 @@ class Router:
             "source_port": KSR.pv.get("$sp"),
             "auth": 0,
             "call_id": _pv("$ci"),
-            "ruri": _pv("$ru"),
+            "ruri": _pv("$ru") or NOT_UTF8_RURI,
             "from_name": _pv("$fn"),
             "from_uri": _pv("$fu"),
             "from_tag": _pv("$ft"),
@@ -233,6 +291,16 @@ class Router:
             "to_uri": _pv("$tu"),
             "to_tag": _pv("$tt"),
         }
+        # The identity the peer claims for the caller (used only for an
+        # anonymous caller) and its Privacy; absent members are left out, as
+        # HTTP mode does.
+        identity = _pv("$ai") or _pv("$pu")
+        if identity:
+            query["identity_uri"] = identity
+        privacy = _pv("$hdr(Privacy)")
+        if privacy:
+            query["privacy"] = privacy
+        self._strip_identity()
         try:
             table = self.source().current()
         except (DocumentError, OSError, RuntimeError) as exc:
@@ -253,7 +321,7 @@ class Router:
             KSR.sl.sl_send_reply(int(rtjson.get("code", 500)), str(rtjson.get("reason", "Server Error")))
             return 1
 
-        KSR.rr.record_route()
+        KSR.rr.record_route_params(";c4d=" + self._dialog_mac())
         if KSR.rtjson.init_routes(data.decode()) < 0 or KSR.rtjson.push_routes() < 0:
             KSR.err("c4: rtjson refused the routing document\n")
             KSR.sl.sl_send_reply(500, "Routing Error")

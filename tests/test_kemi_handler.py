@@ -260,3 +260,80 @@ def test_kemi_entry_imports_neither_aiohttp_nor_asyncpg():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"the KEMI entry imported {result.stdout.strip()}"
+
+
+# -- the SIP edge: foreign bytes, identity, in-dialog requests -------------------------
+
+
+def decided_query(router, ksr, monkeypatch, kemi) -> dict:
+    seen = {}
+    real = kemi.decide
+    monkeypatch.setattr(kemi, "decide", lambda table, query: seen.setdefault("q", query) and real(table, query))
+    router.ksr_request_route(None)
+    return seen["q"]
+
+
+def test_values_that_are_not_utf8_are_left_out_like_http_mode(router, ksr, monkeypatch, kemi):
+    invite(ksr, **{"$fn": b'"Zo\xe9"', "$tn": b"Bj\xf6rn", "$ci": b"c\xe9@x"})
+    query = decided_query(router, ksr, monkeypatch, kemi)
+    assert query["from_name"] is None and query["to_name"] is None and query["call_id"] is None
+    assert ksr.called("rtjson.init_routes"), "the call is still routed"
+    assert "sl.send_reply" not in ksr.names()  # no 500
+
+
+def test_a_ruri_that_is_not_utf8_is_refused_not_routed_on_the_to_user(router, ksr, monkeypatch, kemi):
+    invite(ksr, **{"$ru": b"sip:3929876543\xe9@c4.test"})
+    query = decided_query(router, ksr, monkeypatch, kemi)
+    assert query["ruri"] == kemi.NOT_UTF8_RURI
+    assert ksr.called("sl.sl_send_reply") == [(404, "No Route")]
+
+
+def test_identity_headers_are_read_then_removed(router, ksr, monkeypatch, kemi):
+    invite(ksr, **{"$fu": "sip:anonymous@anonymous.invalid", "$ai": "sip:+39611111111@pbx.test", "$hdr(Privacy)": "id"})
+    query = decided_query(router, ksr, monkeypatch, kemi)
+    assert query["identity_uri"] == "sip:+39611111111@pbx.test" and query["privacy"] == "id"
+    removed = {args[0] for args in ksr.called("hdr.remove")}
+    assert {"P-Asserted-Identity", "P-Preferred-Identity", "Remote-Party-ID"} <= removed
+    assert "Privacy" not in removed
+
+
+def test_initial_invite_record_route_is_signed(router, ksr, monkeypatch):
+    monkeypatch.setattr(router, "dialog_key", "k" * 64)
+    invite(ksr)
+    router.ksr_request_route(None)
+    ((params,),) = ksr.called("rr.record_route_params")
+    from c4kemi.secret import dialog_mac
+    assert params == ";c4d=" + dialog_mac("k" * 64, b"call-1@test")
+
+
+@pytest.mark.parametrize("param_ok, signature", [(-1, None), (1, "0" * 32), (1, None)])
+def test_in_dialog_request_without_our_signature_is_refused(router, ksr, monkeypatch, param_ok, signature):
+    monkeypatch.setattr(router, "dialog_key", "k" * 64)
+    ksr.pv_values.update({"$rm": "INVITE", "$ci": "call-1@test", "$(route_uri{uri.param,c4d})": signature})
+    ksr.returns.update({"rr.loose_route": 1, "rr.check_route_param": param_ok})
+    router.ksr_route_withindlg(None)
+    assert ksr.called("sl.sl_send_reply") == [(403, "Forbidden")]
+    assert "tm.t_relay" not in ksr.names()
+
+
+def test_in_dialog_request_with_our_signature_is_relayed(router, ksr, monkeypatch):
+    from c4kemi.secret import dialog_mac
+    monkeypatch.setattr(router, "dialog_key", "k" * 64)
+    ksr.pv_values.update({"$rm": "BYE", "$ci": b"c\xe9@x", "$(route_uri{uri.param,c4d})": dialog_mac("k" * 64, b"c\xe9@x")})
+    ksr.returns.update({"rr.loose_route": 1, "rr.check_route_param": 1})
+    router.ksr_route_withindlg(None)
+    assert ksr.called("tm.t_relay") == [()]
+    assert ksr.called("sl.sl_send_reply") == []
+
+
+def test_no_dialog_key_relays_no_in_dialog_request(router, ksr, monkeypatch):
+    monkeypatch.setattr(router, "dialog_key", "")
+    ksr.pv_values.update({"$rm": "BYE", "$ci": "c@x", "$(route_uri{uri.param,c4d})": dialog_mac_of_empty()})
+    ksr.returns.update({"rr.loose_route": 1, "rr.check_route_param": 1})
+    router.ksr_route_withindlg(None)
+    assert ksr.called("sl.sl_send_reply") == [(403, "Forbidden")]
+
+
+def dialog_mac_of_empty() -> str:
+    from c4kemi.secret import dialog_mac
+    return dialog_mac("", b"c@x")

@@ -621,30 +621,46 @@ def sip_invite(address: str, port: int, source: str, ruri: str, from_header: str
                 result.finals.append(int(code))
 
 
-class BusyPeers:
-    """UDP peers on several loopback addresses answering every INVITE 486 Busy Here.
+class UdpPeers:
+    """Raw UDP SIP peers (carriers, IPBXs) on several loopback addresses, recording what they receive.
 
-    A 4xx ends the call without failover, so a call the router relayed comes
-    back to the caller as 486 at once, whatever route it took. ``invites``
-    holds every INVITE request line received.
+    ``received`` holds every request as raw bytes (what the router sent, byte
+    for byte) with the address it reached; ``invites`` the INVITE request
+    lines. An INVITE is answered ``answer`` (default 486 Busy Here: a 4xx
+    ends the call without failover, so a relayed call comes back to the
+    caller at once); any other request but ACK gets 200 OK.
     """
 
-    def __init__(self, addresses: list[str]) -> None:
+    def __init__(self, addresses: list[str], answer: tuple[int, str] = (486, "Busy Here")) -> None:
         import selectors
         import threading
 
+        self.answer = answer
         self.selector = selectors.DefaultSelector()
         self.ports: dict[str, int] = {}
         self.invites: list[str] = []
+        self.received: list[tuple[str, bytes]] = []
         for address in addresses:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.bind((address, 0))
             sock.setblocking(False)
             self.ports[address] = sock.getsockname()[1]
-            self.selector.register(sock, selectors.EVENT_READ)
+            self.selector.register(sock, selectors.EVENT_READ, address)
         self.running = True
-        self.thread = threading.Thread(target=self._serve, name="busy-peers", daemon=True)
+        self.thread = threading.Thread(target=self._serve, name="udp-peers", daemon=True)
         self.thread.start()
+
+    def requests(self, method: str | None = None, address: str | None = None) -> list[SipMessage]:
+        """What was received (requests only), parsed; bytes that are not UTF-8 show as U+FFFD."""
+        out = []
+        for where, data in list(self.received):
+            message = SipMessage("received", data.decode(errors="replace").replace("\r\n", "\n"))
+            if message.is_request and (method is None or message.method == method) and (address is None or where == address):
+                out.append(message)
+        return out
+
+    def raw_requests(self, method: str) -> list[bytes]:
+        return [data for _, data in list(self.received) if data.startswith(method.encode() + b" ")]
 
     def _serve(self) -> None:
         while self.running:
@@ -654,14 +670,22 @@ class BusyPeers:
                 except OSError:
                     continue
                 message = SipMessage("received", data.decode(errors="replace").replace("\r\n", "\n"))
-                if not message.is_request or message.method != "INVITE":
-                    continue  # ACKs of our 486, anything else
-                self.invites.append(message.first_line)
+                if not message.is_request:
+                    continue
+                self.received.append((key.data, data))
+                if message.method == "ACK":
+                    continue
+                if message.method == "INVITE":
+                    self.invites.append(message.first_line)
+                    code, reason = self.answer
+                else:
+                    code, reason = 200, "OK"
+                to = message.header("To") or ""
                 lines = [f"Via: {via}" for via in message.headers("Via")]
-                lines += [f"From: {message.header('From')}", f"To: {message.header('To')};tag=busy",
+                lines += [f"From: {message.header('From')}", f"To: {to}{'' if ';tag=' in to else ';tag=peer'}",
                           f"Call-ID: {message.header('Call-ID')}", f"CSeq: {message.header('CSeq')}", "Content-Length: 0"]
-                reply = "SIP/2.0 486 Busy Here\r\n" + "\r\n".join(lines) + "\r\n\r\n"
-                key.fileobj.sendto(reply.encode(), peer)
+                reply = f"SIP/2.0 {code} {reason}\r\n" + "\r\n".join(lines) + "\r\n\r\n"
+                key.fileobj.sendto(reply.encode(errors="surrogateescape"), peer)
 
     def close(self) -> None:
         self.running = False
@@ -670,3 +694,7 @@ class BusyPeers:
             self.selector.unregister(key.fileobj)
             key.fileobj.close()
         self.selector.close()
+
+
+class BusyPeers(UdpPeers):
+    """UDP peers answering every INVITE 486 Busy Here (see UdpPeers)."""

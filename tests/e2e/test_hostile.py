@@ -1,0 +1,218 @@
+"""The router tried as a hostile peer would: raw SIP over UDP, both modes.
+
+Forged in-dialog requests (toll fraud through the router), caller-supplied
+identity headers, bytes that are not UTF-8. UdpPeers play the carriers and
+the IPBX and record, byte for byte, whatever the router sends them. That
+real dialogs (re-INVITE, BYE, CANCEL) still work is tested in test_calls.py.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from .documents import (
+    CALLER_E164,
+    CALLER_NATIONAL,
+    DID_NATIONAL,
+    OUT_CALLED_E164,
+    OUT_CALLED_NATIONAL,
+    PBX,
+    STRANGER,
+    TRUNK_A,
+    TRUNK_B,
+    routing_document,
+)
+from .harness import UdpPeers, sip_invite
+
+THIRD_PARTY = "127.0.0.77"  # in no table: a premium number, another network...
+SETTLE = 0.5  # seconds for a relayed request to reach a peer
+
+
+@pytest.fixture
+def peers():
+    udp = UdpPeers([TRUNK_A, TRUNK_B, PBX, THIRD_PARTY])
+    yield udp
+    udp.close()
+
+
+@pytest.fixture
+def r(router, peers):
+    """A router whose trunks and IPBX are the recording peers."""
+    return router.start(routing_document(pbx_port=peers.ports[PBX], trunk_a_port=peers.ports[TRUNK_A],
+                                         trunk_b_port=peers.ports[TRUNK_B]))
+
+
+def outbound(r, headers: str | bytes = "", from_header: str | bytes = f'"Alice" <sip:{CALLER_E164}@{PBX}>;tag=out1',
+             to_header: str | bytes = f"<sip:{OUT_CALLED_E164}@c4.test>", ruri: str | bytes | None = None,
+             call_id: str | bytes | None = None, source: str = PBX, **kwargs):
+    """An INVITE from the IPBX to an outbound number (the first trunk answers 486)."""
+    return sip_invite(r.address, r.port, source, ruri or f"sip:{OUT_CALLED_E164}@{r.target}", from_header, to_header,
+                      call_id=call_id, headers=headers, **kwargs)
+
+
+def header_line(raw: bytes, name: bytes) -> bytes:
+    for line in raw.split(b"\r\n")[1:]:
+        if line.lower().startswith(name.lower() + b":"):
+            return line
+    raise AssertionError(f"no {name!r} header in {raw!r}")
+
+
+# ------------------------------------------------------------ forged in-dialog requests
+
+
+def forged_in_dialog(r, peers, source: str, route: str, method: str = "INVITE", target: str | None = None,
+                     call_id: str | None = None, to_tag: str = "forged"):
+    target = target or f"sip:{OUT_CALLED_NATIONAL}@{TRUNK_A}:{peers.ports[TRUNK_A]}"
+    return sip_invite(r.address, r.port, source, target, f"<sip:{CALLER_E164}@{source}>;tag=f1",
+                      f"<sip:{OUT_CALLED_NATIONAL}@{TRUNK_A}>;tag={to_tag}", call_id=call_id,
+                      headers=f"Route: {route}\r\n", method=method, linger=0.3)
+
+
+@pytest.mark.parametrize("source", [STRANGER, PBX], ids=["stranger", "known-ipbx"])
+def test_forged_reinvite_routed_to_a_carrier_is_refused(r, peers, source):
+    carrier = f"{TRUNK_A}:{peers.ports[TRUNK_A]}"
+    final = forged_in_dialog(r, peers, source, f"<sip:{r.target};lr>, <sip:{carrier};lr>")
+    assert final.finals == [403], final.finals
+    time.sleep(SETTLE)
+    assert peers.requests() == [], "a forged in-dialog INVITE reached a carrier"
+
+
+@pytest.mark.parametrize("method", ["INVITE", "MESSAGE", "BYE"])
+def test_forged_route_to_a_third_party_is_refused(r, peers, method):
+    third = f"{THIRD_PARTY}:{peers.ports[THIRD_PARTY]}"
+    final = forged_in_dialog(r, peers, STRANGER, f"<sip:{third};lr>", method=method, target=f"sip:premium@{third}")
+    assert final.finals == [403], final.finals
+    time.sleep(SETTLE)
+    assert peers.requests() == [], f"a forged in-dialog {method} was relayed to a third party"
+
+
+def test_forged_signature_is_refused(r, peers):
+    carrier = f"{TRUNK_A}:{peers.ports[TRUNK_A]}"
+    final = forged_in_dialog(r, peers, STRANGER, f"<sip:{r.target};lr;c4d={'0' * 32}>, <sip:{carrier};lr>")
+    assert final.finals == [403], final.finals
+    time.sleep(SETTLE)
+    assert peers.requests() == []
+
+
+def test_a_real_dialog_signature_works_for_its_call_only(r, peers):
+    """The router's own Record-Route opens its dialog (same Call-ID), and nothing else."""
+    call_id = f"{uuid.uuid4().hex}@real"
+    assert outbound(r, call_id=call_id).code == 486
+    (invite,) = peers.requests("INVITE", TRUNK_A)
+    record_route = invite.header("Record-Route")
+    assert "c4d=" in record_route, record_route
+    peers.received.clear()
+
+    final = forged_in_dialog(r, peers, PBX, record_route, method="MESSAGE", call_id=f"{uuid.uuid4().hex}@other")
+    assert final.finals == [403], "a signature was accepted for another Call-ID"
+    time.sleep(SETTLE)
+    assert peers.requests() == []
+
+    final = forged_in_dialog(r, peers, PBX, record_route, method="MESSAGE", call_id=call_id, to_tag="peer")
+    assert final.finals == [200], final.finals
+    (message,) = peers.requests("MESSAGE", TRUNK_A)
+    assert message.header("Call-ID") == call_id
+
+
+# ------------------------------------------------------------ identity
+
+
+FORGED = "<sip:+18005551212@bank.example>"
+
+
+def test_caller_supplied_identity_is_replaced_by_the_routers(r, peers):
+    headers = (f"P-Asserted-Identity: {FORGED}\r\nP-Preferred-Identity: {FORGED}\r\n"
+               f"Remote-Party-ID: {FORGED};party=calling;screen=yes;privacy=off\r\n")
+    assert outbound(r, headers).code == 486
+    (invite,) = peers.requests("INVITE", TRUNK_A)
+    assert invite.headers("P-Asserted-Identity") == [f"<sip:+{CALLER_E164}@{PBX}>"]
+    assert invite.headers("P-Preferred-Identity") == []
+    assert invite.headers("Remote-Party-ID") == []
+    assert invite.headers("Privacy") == []
+
+
+def test_identity_headers_from_a_carrier_are_replaced_too(r, peers):
+    final = sip_invite(r.address, r.port, TRUNK_A, f"sip:{DID_NATIONAL}@{r.target}", f"<sip:{CALLER_NATIONAL}@{TRUNK_A}>;tag=in1",
+                       f"<sip:{DID_NATIONAL}@c4.test>", headers=f"P-Asserted-Identity: {FORGED}\r\n")
+    assert final.code == 486
+    (invite,) = peers.requests("INVITE", PBX)
+    assert invite.headers("P-Asserted-Identity") == [f"<sip:+{CALLER_E164}@{TRUNK_A}>"]
+
+
+ANONYMOUS = '"Anonymous" <sip:anonymous@anonymous.invalid>;tag=anon1'
+# As the IPBX writes it; the router asserts it normalized (separators removed).
+CLAIMED = f"<sip:+{CALLER_E164[:2]}-{CALLER_E164[2:5]}-{CALLER_E164[5:]}@pbx.acme.test>"
+
+
+@pytest.mark.parametrize("privacy", ["id", "id;header", None])
+def test_anonymous_caller_identity_is_asserted_and_kept_private(r, peers, privacy):
+    headers = f"P-Asserted-Identity: {CLAIMED}\r\n" + (f"Privacy: {privacy}\r\n" if privacy else "")
+    assert outbound(r, headers, from_header=ANONYMOUS).code == 486
+    (invite,) = peers.requests("INVITE", TRUNK_A)
+    assert invite.headers("P-Asserted-Identity") == [f"<sip:+{CALLER_E164}@pbx.acme.test>"]
+    assert invite.headers("Privacy") == [privacy or "id"]  # the caller's own, or id: never disclosed
+    assert "anonymous" in invite.header("From")
+
+
+def test_anonymous_caller_with_a_preferred_identity(r, peers):
+    assert outbound(r, f"P-Preferred-Identity: {CLAIMED}\r\nPrivacy: id\r\n", from_header=ANONYMOUS).code == 486
+    (invite,) = peers.requests("INVITE", TRUNK_A)
+    assert invite.headers("P-Asserted-Identity") == [f"<sip:+{CALLER_E164}@pbx.acme.test>"]
+    assert invite.headers("P-Preferred-Identity") == []
+    assert invite.headers("Privacy") == ["id"]
+
+
+def test_anonymous_caller_with_an_identity_that_is_not_a_number(r, peers):
+    assert outbound(r, "P-Asserted-Identity: <sip:bank@bank.example>\r\nPrivacy: id\r\n", from_header=ANONYMOUS).code == 486
+    (invite,) = peers.requests("INVITE", TRUNK_A)
+    assert invite.headers("P-Asserted-Identity") == []
+    assert invite.headers("Privacy") == ["id"]
+
+
+# ------------------------------------------------------------ bytes that are not UTF-8
+
+LATIN1_NAME = b"Zo\xe9"  # "Zoé" in ISO-8859-1, as old PBXs send it
+UTF8_NAME = "Zoé".encode()
+
+
+@pytest.mark.parametrize("name", [LATIN1_NAME, UTF8_NAME], ids=["latin-1", "utf-8"])
+def test_from_display_name_goes_out_byte_for_byte(r, peers, name):
+    final = outbound(r, from_header=b'"' + name + f'" <sip:{CALLER_E164}@{PBX}>;tag=n1'.encode())
+    assert final.code == 486, final
+    (raw,) = peers.raw_requests("INVITE")
+    assert header_line(raw, b"From").startswith(b'From: "' + name + b'" <sip:'), raw
+    assert f"<sip:{CALLER_NATIONAL}@{PBX}>".encode() in header_line(raw, b"From"), raw  # the number still converted
+
+
+@pytest.mark.parametrize("name", [LATIN1_NAME, UTF8_NAME], ids=["latin-1", "utf-8"])
+def test_to_display_name_goes_out_byte_for_byte(r, peers, name):
+    final = outbound(r, to_header=b'"' + name + f'" <sip:{OUT_CALLED_E164}@c4.test>'.encode())
+    assert final.code == 486, final
+    (raw,) = peers.raw_requests("INVITE")
+    assert header_line(raw, b"To").startswith(b'To: "' + name + b'" <sip:'), raw
+    assert f"<sip:{OUT_CALLED_NATIONAL}@c4.test>".encode() in header_line(raw, b"To"), raw
+
+
+def test_call_id_that_is_not_utf8_is_routed(r, peers):
+    call_id = b"zo\xe9-" + uuid.uuid4().hex.encode() + b"@raw"
+    final = outbound(r, call_id=call_id)
+    assert final.code == 486, final
+    (raw,) = peers.raw_requests("INVITE")
+    assert header_line(raw, b"Call-ID") == b"Call-ID: " + call_id
+
+
+def test_called_number_that_is_not_utf8_is_refused_not_replaced(r, peers):
+    """The To user is a routable number: the R-URI's must not be silently swapped for it."""
+    final = outbound(r, ruri=f"sip:{OUT_CALLED_E164[:-1]}".encode() + b"\xe9@" + r.target.encode(), linger=0.3)
+    assert final.finals == [404], final.finals
+    time.sleep(SETTLE)
+    assert peers.requests() == []
+
+
+def test_from_uri_that_is_not_utf8_is_a_bad_request(r, peers):
+    final = outbound(r, from_header=f"<sip:{CALLER_E164}".encode() + b"\xe9@" + PBX.encode() + b">;tag=b1", linger=0.3)
+    assert final.finals == [400], final.finals
+    assert peers.requests() == []
