@@ -399,6 +399,11 @@ class Router:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def stop(self) -> None:
+        """Stop Kamailio (and the c4 serve the harness runs for it)."""
+        kill_group(self.proc)
+        self.stop_api()
+
     def start_api(self) -> subprocess.Popen:
         """HTTP mode: run c4 serve on this router's --api port (again)."""
         assert self.api_url and (self.api_proc is None or self.api_proc.poll() is not None), "c4 serve already running"
@@ -451,11 +456,12 @@ class RouterFactory:
         api: str | None = "serve",
         extra_args: list[str] | tuple = (),
         env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> Router:
         table_path = self.workdir / "table.json"
         write_json_atomically(table_path, document)
         address = "127.0.0.1"
-        port = free_udp_port(address)
+        port = port or free_udp_port(address)
         log = self.workdir / f"router-{self.mode}-{port}.log"
         api_url = api_proc = None
         api_logs = []

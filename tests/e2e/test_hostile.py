@@ -216,3 +216,29 @@ def test_from_uri_that_is_not_utf8_is_a_bad_request(r, peers):
     final = outbound(r, from_header=f"<sip:{CALLER_E164}".encode() + b"\xe9@" + PBX.encode() + b">;tag=b1", linger=0.3)
     assert final.finals == [400], final.finals
     assert peers.requests() == []
+
+
+# ------------------------------------------------------------ the deployment secret
+
+
+def test_a_dialog_outlives_a_restart(router, sipp, tmp_path):
+    """Same secret file after the restart: the BYE passes the c4d check and uac still restores From/To."""
+    from .documents import DID_E164
+
+    state = {"C4_STATE_DIR": str(tmp_path / "state")}
+    pbx = sipp.uas("uas_answer.xml", PBX, timeout=40)
+    first = router.start(routing_document(pbx_port=pbx.port), env=state)
+    caller = sipp.uac("uac_call_hold.xml", first.target, TRUNK_A, called=DID_NATIONAL, caller=CALLER_NATIONAL,
+                      hold_ms=8000, wait=False, timeout=40)
+    deadline = time.monotonic() + 10
+    while not pbx.received("ACK"):
+        assert time.monotonic() < deadline, sipp.describe_all()
+        time.sleep(0.05)
+    first.stop()
+    router.start(routing_document(pbx_port=pbx.port), env=state, port=first.port)
+
+    assert caller.wait(50) == 0, sipp.describe_all()
+    assert pbx.wait(10) == 0, sipp.describe_all()
+    (bye,) = pbx.received("BYE")
+    assert any(first.target in via for via in bye.headers("Via")), bye.text
+    assert CALLER_E164 in bye.header("From") and DID_E164 in bye.header("To"), bye.text  # restored with the same key
