@@ -232,7 +232,8 @@ class Router:
         if KSR.rr.loose_route() > 0:
             if not self._within_our_dialog():
                 KSR.warn(f"c4: {_pv('$rm')} from {_pv('$si')}:{_pv('$sp')} is not within a dialog of ours: refused\n")
-                KSR.sl.sl_send_reply(403, "Forbidden")
+                if not KSR.is_ACK():  # an ACK gets no reply: dropped
+                    KSR.sl.sl_send_reply(403, "Forbidden")
                 return 1
             self._strip_identity()
             self.ksr_route_relay(msg)

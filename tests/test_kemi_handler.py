@@ -337,3 +337,11 @@ def test_no_dialog_key_relays_no_in_dialog_request(router, ksr, monkeypatch):
 def dialog_mac_of_empty() -> str:
     from c4kemi.secret import dialog_mac
     return dialog_mac("", b"c@x")
+
+
+def test_forged_in_dialog_ack_is_dropped_without_reply(router, ksr, monkeypatch):
+    monkeypatch.setattr(router, "dialog_key", "k" * 64)
+    ksr.pv_values.update({"$rm": "ACK", "$ci": "call-1@test", "$(route_uri{uri.param,c4d})": None})
+    ksr.returns.update({"rr.loose_route": 1, "rr.check_route_param": -1})
+    router.ksr_route_withindlg(None)
+    assert ksr.called("sl.sl_send_reply") == [] and "tm.t_relay" not in ksr.names()

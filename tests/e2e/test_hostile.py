@@ -89,6 +89,14 @@ def test_forged_route_to_a_third_party_is_refused(r, peers, method):
     assert peers.requests() == [], f"a forged in-dialog {method} was relayed to a third party"
 
 
+def test_forged_in_dialog_ack_is_dropped(r, peers):
+    carrier = f"{TRUNK_A}:{peers.ports[TRUNK_A]}"
+    final = forged_in_dialog(r, peers, STRANGER, f"<sip:{r.target};lr>, <sip:{carrier};lr>", method="ACK")
+    assert final.finals == [], final.finals  # an ACK is never answered
+    time.sleep(SETTLE)
+    assert peers.requests() == [], "a forged ACK reached a carrier"
+
+
 def test_forged_signature_is_refused(r, peers):
     carrier = f"{TRUNK_A}:{peers.ports[TRUNK_A]}"
     final = forged_in_dialog(r, peers, STRANGER, f"<sip:{r.target};lr;c4d={'0' * 32}>, <sip:{carrier};lr>")
