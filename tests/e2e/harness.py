@@ -634,10 +634,11 @@ class UdpPeers:
     for byte) with the address it reached; ``invites`` the INVITE request
     lines. An INVITE is answered ``answer`` (default 486 Busy Here: a 4xx
     ends the call without failover, so a relayed call comes back to the
-    caller at once); any other request but ACK gets 200 OK.
+    caller at once), or per address when ``answer`` is a dict; any other
+    request but ACK gets 200 OK.
     """
 
-    def __init__(self, addresses: list[str], answer: tuple[int, str] = (486, "Busy Here")) -> None:
+    def __init__(self, addresses: list[str], answer: tuple[int, str] | dict = (486, "Busy Here")) -> None:
         import selectors
         import threading
 
@@ -683,7 +684,8 @@ class UdpPeers:
                     continue
                 if message.method == "INVITE":
                     self.invites.append(message.first_line)
-                    code, reason = self.answer
+                    answer = self.answer.get(key.data, (486, "Busy Here")) if isinstance(self.answer, dict) else self.answer
+                    code, reason = answer
                 else:
                     code, reason = 200, "OK"
                 to = message.header("To") or ""

@@ -142,6 +142,16 @@ def test_caller_supplied_identity_is_replaced_by_the_routers(r, peers):
     assert invite.headers("Privacy") == []
 
 
+def test_failover_branches_lack_the_callers_identity_too(router, peers):
+    peers.answer = {TRUNK_A: (503, "Service Unavailable")}  # trunk B: 486
+    r = router.start(routing_document(trunk_a_port=peers.ports[TRUNK_A], trunk_b_port=peers.ports[TRUNK_B]))
+    assert outbound(r, f"P-Asserted-Identity: {FORGED}\r\nRemote-Party-ID: {FORGED}\r\n").code == 486
+    for trunk in (TRUNK_A, TRUNK_B):
+        (invite,) = peers.requests("INVITE", trunk)
+        assert invite.headers("P-Asserted-Identity") == [f"<sip:+{CALLER_E164}@{PBX}>"], trunk
+        assert invite.headers("Remote-Party-ID") == [], trunk
+
+
 def test_identity_headers_from_a_carrier_are_replaced_too(r, peers):
     final = sip_invite(r.address, r.port, TRUNK_A, f"sip:{DID_NATIONAL}@{r.target}", f"<sip:{CALLER_NATIONAL}@{TRUNK_A}>;tag=in1",
                        f"<sip:{DID_NATIONAL}@c4.test>", headers=f"P-Asserted-Identity: {FORGED}\r\n")
