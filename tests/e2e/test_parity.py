@@ -29,7 +29,8 @@ from .harness import REPO_ROOT, BusyPeers, RouterFactory, free_tcp_port, sip_inv
 # since To's URI goes into the rtjson headers. The router relays to dst_uri.
 R = "c4.test"
 
-# (name, source address, R-URI, From, To, final code the caller gets)
+# (name, source address, R-URI, From, To, final code the caller gets[, extra headers]);
+# bytes are sent as they are (not UTF-8: an old PBX's ISO-8859-1).
 CORPUS = [
     ("inbound-did", TRUNK_A, f"sip:{DID_NATIONAL}@{R}", f'"Alice" <sip:{CALLER_NATIONAL}@{TRUNK_A}>', f"<sip:{DID_NATIONAL}@{R}>", 486),
     ("inbound-did-dots", TRUNK_A, f"sip:06.1234.5678@{R}", f"<sip:{CALLER_NATIONAL}@{TRUNK_A}>", f'"Desk" <sip:06.1234.5678@{R}>', 486),
@@ -49,6 +50,17 @@ CORPUS = [
     ("outbound-on-net", PBX2, f"sip:39612345678@{R}", f"<sip:39611111111@{PBX2}>", f"<sip:39612345678@{R}>", 486),
     ("outbound-anonymous", PBX, f"sip:39298765432@{R}", "<sip:anonymous@anonymous.invalid>", f"<sip:39298765432@{R}>", 486),
     ("outbound-not-a-number", PBX, f"sip:alice@{R}", f"<sip:39611111111@{PBX}>", f"<sip:alice@{R}>", 404),
+    ("outbound-forged-identity", PBX, f"sip:39298765432@{R}", f"<sip:39611111111@{PBX}>", f"<sip:39298765432@{R}>", 486,
+     "P-Asserted-Identity: <sip:+18005551212@bank.example>\r\nRemote-Party-ID: <sip:+18005551212@bank.example>;screen=yes\r\n"),
+    ("outbound-anonymous-claimed", PBX, f"sip:39298765432@{R}", "<sip:anonymous@anonymous.invalid>", f"<sip:39298765432@{R}>", 486,
+     "P-Asserted-Identity: <sip:+39-611-111-111@pbx.test>\r\n"),
+    ("outbound-anonymous-preferred-private", PBX, f"sip:39298765432@{R}", "<sip:anonymous@anonymous.invalid>", f"<sip:39298765432@{R}>", 486,
+     "P-Preferred-Identity: <sip:+39611111111@pbx.test>\r\nPrivacy: id;header\r\n"),
+    ("inbound-anonymous-claimed", TRUNK_A, f"sip:{DID_NATIONAL}@{R}", "<sip:anonymous@anonymous.invalid>", f"<sip:{DID_NATIONAL}@{R}>", 486,
+     "P-Asserted-Identity: <sip:0611111111@carrier-a.test>\r\n"),
+    ("outbound-latin1-names", PBX, f"sip:39298765432@{R}", b'"Zo\xe9" <sip:39611111111@' + PBX.encode() + b">",
+     b'"Bj\xf6rn" <sip:39298765432@' + R.encode() + b">", 486),
+    ("outbound-latin1-ruri", PBX, b"sip:3929876543\xe9@" + R.encode(), f"<sip:39611111111@{PBX}>", f"<sip:39298765432@{R}>", 404),
     ("unknown-source", STRANGER, f"sip:{DID_NATIONAL}@{R}", f"<sip:{CALLER_NATIONAL}@{STRANGER}>", f"<sip:{DID_NATIONAL}@{R}>", 403),
 ]
 
@@ -71,10 +83,11 @@ def parity_document(peers: BusyPeers) -> dict:
 
 def send_corpus(router) -> dict[str, int | None]:
     finals = {}
-    for index, (name, source, ruri, from_, to, _code) in enumerate(CORPUS):
+    for index, (name, source, ruri, from_, to, _code, *headers) in enumerate(CORPUS):
+        tag = f";tag=t{index}"
         final = sip_invite(
-            router.address, router.port, source, ruri, f"{from_};tag=t{index}", to,
-            call_id=f"parity-{name}@c4.test", timeout=10,
+            router.address, router.port, source, ruri, from_ + (tag.encode() if isinstance(from_, bytes) else tag), to,
+            call_id=f"parity-{name}@c4.test", timeout=10, headers=headers[0] if headers else "",
         )  # fmt: skip
         finals[name] = final.code
     return finals
@@ -98,7 +111,7 @@ def peers():
 
 def test_same_requests_give_identical_rtjson_in_every_mode(processes, tmp_path, peers):
     document = parity_document(peers)
-    expected = {name: code for name, *_, code in CORPUS}
+    expected = {name: code for name, _source, _ruri, _from, _to, code, *_ in CORPUS}
 
     # HTTP mode: Kamailio -> recording stub -> c4 serve.
     http_dir = tmp_path / "http"
