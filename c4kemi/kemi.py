@@ -126,8 +126,7 @@ def _pv_bytes(name: str) -> bytes:
     try:
         value = KSR.pv.get(name)
     except UnicodeDecodeError:
-        value = bytes.fromhex(KSR.pv.get(f"$({name[1:]}{{s.encode.hexa}})") or "")
-        return value
+        return bytes.fromhex(KSR.pv.get(f"$({name[1:]}{{s.encode.hexa}})") or "")
     return b"" if value is None else str(value).encode()
 
 

@@ -54,3 +54,24 @@ def test_no_config_ships_a_password():
         for line in cfg.read_text().splitlines():
             if "restore_passwd" in line and not line.lstrip().startswith("#"):
                 assert re.search(r'"restore_passwd",\s*C4_UAC_PASSWD\)', line), f"{cfg.name}: {line}"
+
+
+def test_launcher_creates_the_secret_and_never_prints_the_keys(tmp_path):
+    import subprocess
+    import sys
+
+    from c4kemi.cli import EXAMPLE_TABLE
+
+    secret_file = tmp_path / "state" / "secret"
+    run = subprocess.run(
+        [sys.executable, "-m", "c4kemi.cli", "kamailio", "--mode", "kemi", "--table", str(EXAMPLE_TABLE),
+         "--secret-file", str(secret_file), "--dry-run"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    keys = secret.kamailio_env(secret.load_or_create(secret_file))
+    assert "C4_UAC_PASSWD=(from the secret file)" in run.stdout
+    for value in keys.values():
+        assert value not in run.stdout, "a key derived from the secret was printed"
+    assert str(secret_file.read_text().strip()) not in run.stdout
