@@ -310,7 +310,7 @@ def _run(args: argparse.Namespace) -> int:
         env.update(launch.env)
         if args.dry_run:
             for name, value in launch.env.items():
-                print(f"{name}={'(from the secret file)' if name in SECRET_ENV else value}")
+                print(f"{name}={value}")
             for argv, _health in launch.helpers:
                 print(" ".join(argv) + " &")
             print(" ".join(command))
@@ -333,10 +333,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _add_secret_keys(args: argparse.Namespace, launch: Launch) -> None:
     """The keys derived from the deployment secret, in Kamailio's environment (see c4kemi/secret.py)."""
-    from .secret import SecretError, kamailio_env, load_or_create
+    from .secret import SecretError, default_path, kamailio_env, load_or_create
 
+    path = getattr(args, "secret_file", None) or default_path()
+    if args.dry_run:  # name the file, create nothing, print no key
+        launch.env.update({name: f"(derived from {path})" for name in SECRET_ENV})
+        return
     try:
-        launch.env.update(kamailio_env(load_or_create(getattr(args, "secret_file", None))))
+        launch.env.update(kamailio_env(load_or_create(path)))
     except SecretError as exc:
         raise LaunchError(f"deployment secret: {exc}") from None
 
