@@ -11,13 +11,14 @@ Subcommands that need heavy imports (aiohttp) import them when they run.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import orjson
 
 from .decision import RequestError, decide, encode
-from .document import COLLECTIONS, DocumentError, load_document
+from .document import COLLECTIONS, DocumentError, load_document, target_warnings
 from .table import compile_validated, load_table
 
 EXAMPLE_TABLE = Path(__file__).parent / "examples" / "example.json"
@@ -32,6 +33,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{args.file}: {error}", file=sys.stderr)
         print(f"{args.file}: refused, {len(exc.errors)} error(s)", file=sys.stderr)
         return 1
+    for warning in target_warnings(document):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     counts = ", ".join(f"{len(document[name])} {name}" for name in COLLECTIONS)
     print(f"{args.file}: ok, version {table.version}: {counts}")
     return 0
@@ -47,6 +50,8 @@ def route_line(table, line: bytes | str) -> bytes:
         return encode(decide(table, query))
     except RequestError as exc:
         return orjson.dumps({"error": str(exc)})
+    except Exception as exc:  # a bug, not the request's fault: report it, go on with the next line
+        return orjson.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"})
 
 
 def cmd_route(args: argparse.Namespace) -> int:
@@ -110,7 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line, not a traceback; C4_DEBUG=1 shows it
+        if os.environ.get("C4_DEBUG"):
+            raise
+        print(f"c4 {args.command}: internal error: {type(exc).__name__}: {exc} (C4_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 70  # EX_SOFTWARE
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["DocumentError", "load_document", "parse_document", "validate_document"]
+from .numbers import MAX_NUMBER_LENGTH
+from .patterns import PatternError, check_template, compile_pattern
+
+__all__ = ["DocumentError", "load_document", "parse_document", "target_warnings", "validate_document"]
 
 DEFAULT_FR_TIMER = 5000
 DEFAULT_FR_INV_TIMER = 30000
@@ -32,8 +35,23 @@ COLLECTIONS = (
     "routes",
 )
 
+# Bounds that keep every value usable by Kamailio and the JSON encoders
+# (64-bit integers at most) and every name safe to print in a log line.
+MAX_TIMER_MS = 3_600_000  # an hour: tm's timers are milliseconds in 32 bits
+MAX_BRANCH_FLAGS = 2**32 - 1  # Kamailio's branch flags are 32 bits
+PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+MAX_WEIGHT = 1_000_000
+MAX_NAME_LENGTH = 200
+
 _DIGITS = re.compile(r"[0-9]*")
-_GROUP_REF = re.compile(r"\\(?:g<([^>]*)>|([0-9]{1,2}))")
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]+")
+# A target: sip:/sips: host[:port][;params], the host an IPv4 address, an
+# [IPv6] reference or a host name; no user part (the decision adds the
+# called number) and no URI headers.
+_TARGET = re.compile(
+    r"sips?:(?P<host>\[[0-9A-Fa-f:.]+\]|[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?)"
+    r"(?::(?P<port>[0-9]{1,5}))?(?P<params>(?:;[A-Za-z0-9_.!~*'()%-]+(?:=[A-Za-z0-9_.!~*'()%\[\]:-]+)?)*)"
+)
 
 
 class DocumentError(ValueError):
@@ -62,14 +80,28 @@ def parse_document(data: bytes | str, fmt: str = "json", source: str | None = No
         if fmt == "toml":
             raw = tomllib.loads(data.decode() if isinstance(data, bytes) else data)
         elif fmt == "json":
-            raw = json.loads(data)
+            raw = json.loads(data, object_pairs_hook=_refuse_duplicate_keys)
         else:
             raise DocumentError([f"unsupported format {fmt!r}: use .json or .toml"], source)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         if isinstance(exc, DocumentError):
             raise
+        if isinstance(exc, RecursionError):
+            exc = "nested too deeply"
         raise DocumentError([f"not valid {fmt.upper()}: {exc}"], source) from None
     return validate_document(raw, source)
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads hook: a repeated key would silently drop the first value."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            name = out.get("name")
+            where = f" in the object named {name!r}" if isinstance(name, str) else ""
+            raise ValueError(f"duplicate key {key!r}{where}")
+        out[key] = value
+    return out
 
 
 def validate_document(raw: Any, source: str | None = None) -> dict[str, Any]:
@@ -134,6 +166,8 @@ class _Checker:
                 continue
             if not isinstance(name, str) or not name:
                 self.error(f"{where}.name", "is required and must be a non-empty string")
+                continue
+            if not self.text(f"{where}.name", name):
                 continue
             if name in seen:
                 self.error(f"{where}.name", f"duplicate name {name!r}")
@@ -200,7 +234,11 @@ class _Checker:
                     self.error(f"{rule_where}.replace", "must be a string")
                     ok = False
                 elif pattern is not None:
-                    ok &= self.replacement(f"{rule_where}.replace", pattern, replace)
+                    try:
+                        check_template(pattern, replace)
+                    except PatternError as exc:
+                        self.error(f"{rule_where}.replace", str(exc))
+                        ok = False
                 if pattern is None:
                     ok = False
                 out[key].append({"match": rule["match"], "replace": replace})
@@ -253,6 +291,10 @@ class _Checker:
                     if not isinstance(auth[key], str):
                         self.error(f"{where}.auth.{key}", "must be a string")
                         ok = False
+                    elif auth[key] and not _PRINTABLE.fullmatch(auth[key]):
+                        # Never echo a password back, not even in an error.
+                        self.error(f"{where}.auth.{key}", "must not contain control characters (CR, LF, ...)")
+                        ok = False
                 auth = {key: auth[key] for key in ("username", "password", "realm")}
             else:
                 ok = False
@@ -279,15 +321,13 @@ class _Checker:
         if profile is not None:
             ok &= self.reference(f"{where}.normalization", profile, profiles, "normalization profile")
         out["normalization"] = profile
-        for key, default, minimum in (
-            ("fr_timer", DEFAULT_FR_TIMER, 1),
-            ("fr_inv_timer", DEFAULT_FR_INV_TIMER, 1),
-            ("branch_flags", 0, 0),
+        for key, default, low, high in (
+            ("fr_timer", DEFAULT_FR_TIMER, 1, MAX_TIMER_MS),
+            ("fr_inv_timer", DEFAULT_FR_INV_TIMER, 1, MAX_TIMER_MS),
+            ("branch_flags", 0, 0, MAX_BRANCH_FLAGS),
         ):
             value = entity.get(key, default)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                self.error(f"{where}.{key}", f"must be an integer >= {minimum}")
-                ok = False
+            ok &= self.integer(f"{where}.{key}", value, low, high)
             out[key] = value
         return ok
 
@@ -375,13 +415,10 @@ class _Checker:
             if not self.fields(where, entry, {"trunk"}, {"priority", "weight"}):
                 return None
             choice = {"trunk": entry["trunk"], "priority": entry.get("priority", position), "weight": entry.get("weight", 1)}
-            ok = True
-            if not isinstance(choice["priority"], int) or isinstance(choice["priority"], bool):
-                self.error(f"{where}.priority", "must be an integer")
-                ok = False
+            ok = self.integer(f"{where}.priority", choice["priority"], *PRIORITY_RANGE)
             weight = choice["weight"]
-            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight >= 0 or weight == float("inf"):
-                self.error(f"{where}.weight", "must be a number >= 0")
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight <= MAX_WEIGHT:
+                self.error(f"{where}.weight", f"must be a number from 0 to {MAX_WEIGHT}")
                 ok = False
             if not ok:
                 return None
@@ -425,6 +462,23 @@ class _Checker:
             need = "digits" if allow_empty else "one or more digits"
             self.error(where, f"must be a string of {need} (E.164 without '+'), got {value!r}")
             return False
+        if len(value) > MAX_NUMBER_LENGTH:
+            self.error(where, f"has {len(value)} digits; numbers longer than {MAX_NUMBER_LENGTH} are never routed")
+            return False
+        return True
+
+    def integer(self, where: str, value: Any, low: int, high: int) -> bool:
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            shown = value if not isinstance(value, int) or abs(value) < 10**30 else f"an integer of {len(str(abs(value)))} digits"
+            self.error(where, f"must be an integer from {low} to {high}, got {shown!r}")
+            return False
+        return True
+
+    def text(self, where: str, value: str) -> bool:
+        """Names are printed in logs and explanations: printable, bounded."""
+        if len(value) > MAX_NAME_LENGTH or not _PRINTABLE.fullmatch(value):
+            self.error(where, f"must be at most {MAX_NAME_LENGTH} characters without control characters")
+            return False
         return True
 
     def regex(self, where: str, value: Any) -> re.Pattern | None:
@@ -432,21 +486,11 @@ class _Checker:
             self.error(where, "must be a regular expression string")
             return None
         try:
-            return re.compile(value)
-        except re.error as exc:
-            self.error(where, f"bad regular expression {value!r}: {exc}")
+            return compile_pattern(value)
+        except PatternError as exc:
+            self.error(where, str(exc))
             return None
 
-    def replacement(self, where: str, pattern: re.Pattern, replace: str) -> bool:
-        """Group references in a replacement must exist in the pattern."""
-        for named, number in _GROUP_REF.findall(replace):
-            if number and int(number) > pattern.groups:
-                self.error(where, f"refers to group {number} but the match has {pattern.groups} group(s)")
-                return False
-            if named and not (named.isdigit() and int(named) <= pattern.groups) and named not in pattern.groupindex:
-                self.error(where, f"refers to unknown group {named!r}")
-                return False
-        return True
 
     def cidr(self, where: str, value: Any):
         if not isinstance(value, str):
@@ -459,7 +503,51 @@ class _Checker:
             return None
 
     def sip_uri(self, where: str, value: Any) -> bool:
-        if not isinstance(value, str) or not re.fullmatch(r"sips?:[^\s@<>]+", value):
-            self.error(where, f"must be a SIP URI like 'sip:192.0.2.10:5060', got {value!r}")
+        problem = _target_problem(value)
+        if problem is not None:
+            self.error(where, f"must be a SIP URI like 'sip:192.0.2.10:5060' (host, port, parameters; no user part), got {value!r}: {problem}")
             return False
         return True
+
+
+def _target_problem(value: Any) -> str | None:
+    """Why a trunk or IPBX target is not a URI Kamailio can send to, or None."""
+    found = _TARGET.fullmatch(value) if isinstance(value, str) else None
+    if found is None:
+        return "not of the form sip:host[:port][;params]"
+    host, port = found["host"], found["port"]
+    if port is not None and not 1 <= int(port) <= 65535:
+        return f"port {port} out of range"
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"bad IPv6 address {host}"
+    elif host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"bad IPv4 address {host}"
+    return None
+
+
+def target_warnings(document: dict[str, Any]) -> list[str]:
+    """What ``c4 check`` warns about in a valid document: targets that may not be reachable.
+
+    A host name is resolved by DNS in the SIP worker at every relay, and a
+    name that does not resolve fails that branch (the next route is tried).
+    """
+    warnings = []
+    for collection, field_name in (("ipbxs", "targets"), ("trunks", "target")):
+        for entity in document.get(collection, []):
+            values = entity[field_name] if isinstance(entity[field_name], list) else [entity[field_name]]
+            for index, target in enumerate(values):
+                found = _TARGET.fullmatch(target)
+                host = found["host"] if found else ""
+                if host and not host.startswith("[") and not host.replace(".", "").isdigit():
+                    where = f"{collection}[{entity['name']}].{field_name}" + (f"[{index}]" if field_name == "targets" else "")
+                    warnings.append(
+                        f"{where}: host name {host!r} is looked up by DNS on every call it is tried for; "
+                        "use an IP address unless the name is in /etc/hosts or a local resolver"
+                    )
+    return warnings
