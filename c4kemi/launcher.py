@@ -49,12 +49,16 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent
-CONFIG_DIR = REPO_ROOT / "kamailio"
-MODULES_BUILD_DIR = REPO_ROOT / "build" / "modules"
+# The directory holding the c4kemi package: the checkout, or site-packages.
+PACKAGE_ROOT = PACKAGE_DIR.parent
+# kamailio/ ships inside the package (c4kemi/kamailio links to it in a checkout).
+CONFIG_DIR = (PACKAGE_DIR / "kamailio").resolve()
 KEMI_SCRIPT = CONFIG_DIR / "c4_kemi.py"  # a shim importing c4kemi.kemi, see there
 DEFAULT_LISTEN = "udp:127.0.0.1:5060"
-HTTP_ASYNC_MODULE = MODULES_BUILD_DIR / "http_async_client.so"
+HTTP_ASYNC_ENV = "C4_HTTP_ASYNC_CLIENT"
+# Where `make setup` builds it in a checkout.
+HTTP_ASYNC_BUILT = PACKAGE_ROOT / "build" / "modules" / "http_async_client.so"
+SIPP_SCENARIOS = PACKAGE_ROOT / "tests" / "e2e" / "scenarios"  # in a checkout only
 RTJSON_PATH = "/kamailio/rtjson"  # c4http.app.RTJSON_PATH (not imported: no aiohttp here)
 # tm's fr_timer in kamailio-http.cfg: the API must answer (or time out) before it.
 CFG_FR_TIMER_MS = 5000
@@ -78,6 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-inflight", type=int, default=200, help="HTTP mode: API queries in flight before new INVITEs get 503")
     parser.add_argument("--api-workers", type=int, default=4, help="HTTP mode: http_async_client workers (they also run the resume route)")
     parser.add_argument("--serve-api", action="store_true", help="HTTP mode: also run `c4 serve --table FILE` on the --api host and port")
+    parser.add_argument(
+        "--http-async-client", default=os.environ.get(HTTP_ASYNC_ENV) or str(HTTP_ASYNC_BUILT),
+        help=f"HTTP mode: path of http_async_client.so (default: ${HTTP_ASYNC_ENV}, else the checkout's build/modules)",
+    )
     parser.add_argument("--kamailio", default=None, help="Kamailio binary (default: kamailio on PATH or /usr/sbin)")
     parser.add_argument("--dry-run", action="store_true", help="print the Kamailio command and environment, do not start")
 
@@ -129,8 +137,8 @@ def check_table(path: str | None) -> tuple[Path, dict]:
 
 
 def python_path() -> str:
-    """The repository root and this venv's site-packages, for the embedded interpreter."""
-    paths = [str(REPO_ROOT)]
+    """Where c4kemi is and this venv's site-packages, for the embedded interpreter."""
+    paths = [str(PACKAGE_ROOT)]
     for key in ("purelib", "platlib"):
         site = sysconfig.get_paths()[key]
         if site not in paths:
@@ -144,11 +152,16 @@ def python_path() -> str:
 def call_hint(document: dict, listen: str) -> list[str]:
     """sipp commands that place a test call through the router.
 
-    The scenarios (tests/e2e/scenarios) follow Record-Route, so ACK and BYE
-    go through the router too (sipp's built-in uac/uas do not).
+    In a checkout, the test scenarios (tests/e2e/scenarios), which follow
+    Record-Route so that ACK and BYE go through the router too; installed,
+    sipp's built-in uac/uas, which do not.
     """
     hostport = listen.split(":", 1)[1] if listen.count(":") >= 2 else listen
-    scenarios = REPO_ROOT / "tests" / "e2e" / "scenarios"
+    if SIPP_SCENARIOS.is_dir():
+        uas, uac = f"-sf {SIPP_SCENARIOS / 'uas_answer.xml'}", f"-sf {SIPP_SCENARIOS / 'uac_call.xml'}"
+        keys = " -key caller 0611111111 -key caller_name Alice"
+    else:
+        uas, uac, keys = "-sn uas", "-sn uac", ""
     source, callee = "127.0.0.10", None
     for ipbx in document.get("ipbxs", []):
         hosts = [cidr.split("/")[0] for cidr in ipbx.get("sources", []) if "/" not in cidr or cidr.endswith(("/32", "/128"))]
@@ -160,11 +173,8 @@ def call_hint(document: dict, listen: str) -> list[str]:
     lines = []
     if callee and ":" in callee and not callee.startswith("["):
         host, port = callee.rsplit(":", 1)
-        lines.append(f"callee: sipp -sf {scenarios / 'uas_answer.xml'} -i {host} -p {port} -m 1")
-    lines.append(
-        f"caller: sipp -sf {scenarios / 'uac_call.xml'} -i {source} -p 0 -s 0612345678 "
-        f"-key caller 0611111111 -key caller_name Alice -m 1 {hostport}"
-    )
+        lines.append(f"callee: sipp {uas} -i {host} -p {port} -m 1")
+    lines.append(f"caller: sipp {uac} -i {source} -p 0 -s 0612345678{keys} -m 1 {hostport}")
     return lines
 
 
@@ -205,16 +215,18 @@ def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
         raise LaunchError(f"--api-timeout must be between 1 and {CFG_FR_TIMER_MS - 1} ms (below fr_timer, {CFG_FR_TIMER_MS} ms)")
     if args.max_inflight < 1 or args.api_workers < 1:
         raise LaunchError("--max-inflight and --api-workers must be >= 1")
-    if not HTTP_ASYNC_MODULE.is_file():
+    module = Path(args.http_async_client).resolve()
+    if not module.is_file():
         raise LaunchError(
-            f"{HTTP_ASYNC_MODULE} is missing: HTTP mode needs the http_async_client module, "
-            "which Debian does not ship; run `make setup` to build it"
+            f"{module} is missing: HTTP mode needs the http_async_client module, which Debian does not ship. "
+            f"In a checkout `make setup` builds it; otherwise run {CONFIG_DIR / 'build-http-async-client.sh'} DIR "
+            f"and pass --http-async-client DIR/http_async_client.so (or set ${HTTP_ASYNC_ENV})"
         )
     launch.defines["C4_API_URL"] = quoted(url)
     launch.defines["C4_API_TIMEOUT"] = args.api_timeout
     launch.defines["C4_API_WORKERS"] = args.api_workers
     launch.defines["C4_MAX_INFLIGHT"] = args.max_inflight
-    launch.defines["C4_HTTP_ASYNC_MODULE"] = quoted(HTTP_ASYNC_MODULE)
+    launch.defines["C4_HTTP_ASYNC_MODULE"] = quoted(module)
     launch.banner.append(
         f"routing API {url}: {args.api_timeout} ms timeout, at most {args.max_inflight} queries in flight, "
         f"{args.api_workers} http_async_client workers"
@@ -381,7 +393,12 @@ def _supervise(command: list[str], env: dict[str, str]) -> int:
             signal.signal(sig, handler)
     if stopping:
         print(f"c4 kamailio: stopped (signal {signal.Signals(stopping[0]).name}), Kamailio exit code {code}", file=sys.stderr)
-        return 0 if code in (0, -signal.SIGTERM) else code
+        return 0 if code in (0, -signal.SIGTERM) else exit_status(code)
     if code != 0:
         print(f"c4 kamailio: Kamailio exited with code {code}", file=sys.stderr)
-    return code if code >= 0 else 128 - code
+    return exit_status(code)
+
+
+def exit_status(returncode: int) -> int:
+    """A child's return code as a shell reports it: 128 + N when killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
