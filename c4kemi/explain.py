@@ -318,9 +318,12 @@ def render_text(explanation: dict) -> str:
         if route["prefix"] is None:
             add(f"route     tenant {route['tenant']}: no route prefix starts the number")
         else:
+            def prefix(p: str) -> str:
+                return repr(p) if p else "'' (catch-all)"
+
             others = [p for p in route["matching_prefixes"] if p != route["prefix"]]
-            also = f" (also matching, shorter: {', '.join(repr(p) for p in others)})" if others else ""
-            add(f"route     tenant {route['tenant']}, prefix {route['prefix']!r}, the longest that starts the number{also}")
+            also = f" (also matching, shorter: {', '.join(prefix(p) for p in others)})" if others else ""
+            add(f"route     tenant {route['tenant']}, prefix {prefix(route['prefix'])}, the longest that starts the number{also}")
     order = ex.get("trunk_order")
     if order is not None:
         add(f"trunks    lower priority first; within a priority, drawn by weight, seeded by the call-id:")

@@ -248,7 +248,7 @@ def test_text_sections():
     assert "source    10.0.0.10 is in 10.0.0.10/32: IPBX acme-pbx (tenant acme; profile it)" in text
     assert "called    '0044201234' (user part of ruri) -> '44201234' (no to_e164 rule matches: intl prefix '00' stripped)" in text
     assert "4420 (tenant globex, IPBX globex-pbx): not used: DID of tenant globex, not acme" in text
-    assert "route     tenant acme, prefix '44', the longest that starts the number (also matching, shorter: '')" in text
+    assert "route     tenant acme, prefix '44', the longest that starts the number (also matching, shorter: '' (catch-all))" in text
     assert re.search(r"1\. carrier-\S+  priority 0  weight [13]\n.*2\. carrier-\S+  priority 0  weight [13]\n.*3\. carrier-b-2  priority 5  weight 1", text)
     assert "result    outbound: 3 branch(es), tried in this order" in text
     refused = render_text(explain(TABLE, request("203.0.113.7", "1")))
