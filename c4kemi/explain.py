@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from .decision import FORBIDDEN, NO_ROUTE, RequestError, decide, trunk_order
-from .numbers import Profile, is_digits, parse_uri, strip_separators
+from .numbers import MAX_NUMBER_LENGTH, Profile, is_digits, parse_uri, strip_separators
 from .table import Endpoint, RoutingTable
 
 __all__ = ["explain", "explain_line", "masked", "render_text", "to_e164_step", "from_e164_step", "MASK"]
@@ -117,24 +117,35 @@ def explain(table: RoutingTable, query: Any) -> dict:
     profile = sender.profile
     ruri_number = parse_uri(ruri).number
     called_user, called_from = (ruri_number, "ruri") if ruri_number else (to_uri.number, "to_uri")
+    # Over-long strings never reach a regex: a called one is refused, a
+    # calling one kept as it is.
     numbers = {}
     for name, user, where in (("called", called_user, called_from), ("calling", from_uri.number, "from_uri")):
         stripped = strip_separators(user)
-        e164 = profile.to_e164(stripped) if profile is not None else stripped.removeprefix("+")
+        if len(stripped) > MAX_NUMBER_LENGTH:
+            e164, step = stripped, {"step": "too_long", "max_length": MAX_NUMBER_LENGTH}
+        else:
+            e164 = profile.to_e164(stripped) if profile is not None else stripped.removeprefix("+")
+            step = to_e164_step(profile, stripped)
         numbers[name] = {
             "uri": where,
             "user": user,
             "without_separators": stripped,
             "e164": e164,
-            **to_e164_step(profile, stripped),
-            "is_number": is_digits(e164),
+            **step,
+            "is_number": len(e164) <= MAX_NUMBER_LENGTH and is_digits(e164),
         }
     out["numbers"] = numbers
     called = numbers["called"]["e164"]
     calling_is_number = numbers["calling"]["is_number"]
     calling = numbers["calling"]["e164"] if calling_is_number else from_uri.number
     if not numbers["called"]["is_number"]:
-        return _finish(out, reply, NO_ROUTE, f"the called number {called!r} is not digits after normalization")
+        if len(called) > MAX_NUMBER_LENGTH:
+            why = f"the called number is longer than {MAX_NUMBER_LENGTH} characters"
+            why += " after normalization" if numbers["called"]["step"] != "too_long" else ""
+        else:
+            why = f"the called number {called!r} is not digits after normalization"
+        return _finish(out, reply, NO_ROUTE, why)
 
     # Rules 3 and 4: DIDs in the sender's scope (on-net for an IPBX), then routes.
     scope = sender.tenant
@@ -260,6 +271,7 @@ def _step_text(step: dict) -> str:
             "ld_prefix_to_country_code": f"no to_e164 rule matches: ld prefix {step.get('ld_prefix')!r} -> country code {step.get('country_code')!r}",
             "none": "no rule matches: unchanged",
             "kept_not_a_number": "not a number: kept as is",
+            "too_long": f"longer than {step.get('max_length')} characters: no rule tried",
         }.get(kind, kind)
     if step.get("plus_added"):
         text += ", then '+' (always_plus)"

@@ -159,6 +159,25 @@ def test_called_number_not_digits_is_explained_404():
     assert "dids" not in ex and ex["consistent"] is True
 
 
+def test_over_long_numbers_are_explained():
+    long = "0" + "6" * 40
+    ex = explain(TABLE, request("192.0.2.1", long, "0611111111" + "1" * 30))
+    assert ex["reply"]["rtjson"]["code"] == 404 and ex["consistent"] is True
+    assert step_of(ex["numbers"]["called"]) == {"step": "too_long", "max_length": 32}
+    assert step_of(ex["numbers"]["calling"]) == {"step": "too_long", "max_length": 32}
+    assert ex["outcome"]["why"] == "the called number is longer than 32 characters"
+    assert "longer than 32 characters: no rule tried" in render_text(ex)
+    # 32 characters fit, but the to_e164 rule makes 33 of them.
+    grown = explain(TABLE, request("192.0.2.1", "0" + "6" * 31))
+    assert grown["numbers"]["called"]["e164"] == "39" + "6" * 31
+    assert grown["outcome"]["why"] == "the called number is longer than 32 characters after normalization"
+    assert grown["reply"]["rtjson"]["code"] == 404 and grown["consistent"] is True
+    # An over-long caller is kept as it is, and the call still routes.
+    routed = explain(TABLE, request("192.0.2.1", "0612345678", "0611111111" + "1" * 30))
+    assert routed["outcome"]["success"] is True and routed["consistent"] is True
+    assert routed["destinations"][0]["calling"]["step"] == "kept_not_a_number"
+
+
 def test_no_did_from_a_trunk_lists_what_was_considered():
     ex = explain(TABLE, request("198.51.100.20", "+4420555"))  # carrier-b is acme's; 4420 is globex's
     assert ex["outcome"]["code"] == 404
@@ -281,6 +300,7 @@ numbers = st.one_of(
     st.tuples(st.sampled_from(["", "+", "00", "0", "011", "1"]), st.sampled_from(["39612345", "3970", "4420", "44", "1", "3961234567", ""]),
               st.text(alphabet="0123456789", max_size=6)).map("".join),
     st.text(alphabet="0123456789 -.()+a", max_size=14),
+    st.text(alphabet="0123456789", min_size=28, max_size=40),
 )
 
 
