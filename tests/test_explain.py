@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import re
 
+import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from c4kemi import explain as explain_module
 from c4kemi.decision import RequestError, decide
+from c4kemi.document import DocumentError, validate_document
 from c4kemi.explain import MASK, explain, from_e164_step, masked, render_text, to_e164_step
 from c4kemi.numbers import Profile
-from c4kemi.table import compile_table
+from c4kemi.table import compile_table, compile_validated
 from tables import BASE_DOCUMENT, IT_PROFILE, document, request
+from test_accepted_documents import NUMBERS as HOSTILE_NUMBERS, hostile_documents
 
 TABLE = compile_table(BASE_DOCUMENT)
 IT_TO_RULE = {"step": "to_e164_rule", "index": 0, "match": IT_PROFILE["to_e164"][0]["match"], "replace": "39\\1"}
@@ -359,3 +362,27 @@ def test_named_step_reproduces_the_profiles_result(number, to_rules, from_rules,
     converted = re.sub(out["match"], out["replace"], number, count=1) if out["step"] == "from_e164_rule" else number
     assert out["plus_added"] is always_plus
     assert profile.from_e164(number) == ("+" if always_plus else "") + converted
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_documents(), st.sampled_from(["192.0.2.1", "198.51.100.20", "10.0.0.10", "10.0.1.5", "2001:db8::5"]),
+       HOSTILE_NUMBERS, HOSTILE_NUMBERS, st.text(max_size=10))
+def test_explanation_agrees_with_decide_on_any_accepted_document(doc, source, called, calling, call_id):
+    """Whatever a document the checker accepts holds, the explanation renders and agrees."""
+    try:
+        table = compile_validated(validate_document(doc))
+    except DocumentError:
+        return
+    query = {"source_ip": source, "call_id": call_id, "ruri": f"sip:{called}@c4.example.com",
+             "from_uri": f"sip:{calling}@pbx.example.com", "to_uri": f"sip:{called}@c4.example.com"}
+    try:
+        reply = decide(table, query)
+    except RequestError:
+        with pytest.raises(RequestError):
+            explain(table, query)
+        return
+    ex = explain(table, query)
+    assert ex["reply"] == reply
+    assert ex["consistent"] is True, ex
+    orjson.dumps(ex)
+    render_text(ex)
