@@ -278,6 +278,11 @@ def _step_text(step: dict) -> str:
     return text
 
 
+def _show(text: str) -> str:
+    """Request text as is, or quoted when it holds control characters (no fake lines)."""
+    return text if text.isprintable() else repr(text)
+
+
 def _entity_text(entity: dict) -> str:
     if entity["kind"] == "trunk":
         owner = f"carrier {entity['carrier']}, " + (f"tenant {entity['tenant']}" if entity["tenant"] else "shared")
@@ -345,10 +350,10 @@ def render_text(explanation: dict) -> str:
         add(f"destination {position}: {_entity_text(dest)}")
         for name in ("called", "calling"):
             number = dest[name]
-            add(f"            {name:<8}{number['e164']} -> {number['out']} ({_step_text(number)})")
+            add(f"            {name:<8}{_show(number['e164'])} -> {_show(number['out'])} ({_step_text(number)})")
         for branch in dest["branches"]:
             add(f"            branch {branch['uri']} via {branch['dst_uri']}")
-        add(f"            From {dest['from_uri']}, To {dest['to_uri']}")
+        add(f"            From {_show(dest['from_uri'])}, To {_show(dest['to_uri'])}")
         timers = f"fr_timer {dest['fr_timer']} ms, fr_inv_timer {dest['fr_inv_timer']} ms, branch_flags {dest['branch_flags']}"
         if dest["auth"] is not None:
             timers += f"; auth: user {dest['auth']['username']}, realm {dest['auth']['realm']}, password {MASK}"

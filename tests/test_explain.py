@@ -235,6 +235,13 @@ def test_anonymous_caller_is_kept():
     assert "not a number: kept as is, no P-Asserted-Identity" in render_text(ex)
 
 
+def test_text_from_the_request_cannot_fake_lines():
+    ex = explain(TABLE, request("192.0.2.1", "0612345678", "x\nresult    refused 403"))
+    lines = render_text(ex).splitlines()
+    assert not any(line.startswith("result    refused") for line in lines)
+    assert sum(line.startswith("result    ") for line in lines) == 1
+
+
 @pytest.mark.parametrize("query", [["source_ip"], {"source_ip": "192.0.2.1"}, dict(request("192.0.2.1", "1"), source_ip="nope"), dict(request("192.0.2.1", "1"), call_id=5)])
 def test_malformed_request_raises_what_decide_raises(query):
     with pytest.raises(RequestError) as decided:
