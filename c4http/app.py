@@ -2,6 +2,8 @@
 
     POST /kamailio/rtjson   routing query in, ``{"rtjson": ...}`` out, the same
                             bytes as ``c4 route`` gives for the same table
+    POST /kamailio/explain  the same query in, why it routes as it does out
+                            (a support tool, auth passwords masked; not for Kamailio)
     GET  /health            table version, entity counts, uptime, reloads
     GET  /metrics           Prometheus text format
 
@@ -22,21 +24,24 @@ import orjson
 from aiohttp import web
 
 from c4kemi.decision import RequestError, decide, encode
+from c4kemi.explain import explain as explain_query, masked, render_text
 
 from .logfmt import log_event
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 
-__all__ = ["make_app", "SOURCE", "METRICS", "DEFAULT_MAX_BODY", "RTJSON_PATH"]
+__all__ = ["make_app", "SOURCE", "METRICS", "DEFAULT_MAX_BODY", "RTJSON_PATH", "EXPLAIN_PATH"]
 
 log = logging.getLogger("c4.http")
 
 RTJSON_PATH = "/kamailio/rtjson"
+EXPLAIN_PATH = "/kamailio/explain"
 DEFAULT_MAX_BODY = 64 * 1024
 JSON = "application/json"
 UTF8 = ("utf-8", "utf8")
 
 SOURCE = web.AppKey("source", object)
 METRICS = web.AppKey("metrics", Metrics)
+MAX_BODY = web.AppKey("max_body", int)
 
 
 def error_response(status: int, message: str, headers: Any = None) -> web.Response:
@@ -58,6 +63,7 @@ def make_app(source: Any, *, max_body: int = DEFAULT_MAX_BODY, refresh_interval:
     app = web.Application(client_max_size=max_body, middlewares=[json_errors])
     app[SOURCE] = source
     app[METRICS] = metrics
+    app[MAX_BODY] = max_body
 
     count_request = metrics.requests.inc
     count_decision = metrics.decisions.inc
@@ -142,11 +148,49 @@ def make_app(source: Any, *, max_body: int = DEFAULT_MAX_BODY, refresh_interval:
         return response
 
     app.router.add_post(RTJSON_PATH, rtjson)
+    app.router.add_post(EXPLAIN_PATH, explain)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", prometheus)
     if refresh_interval is not None:
         app.cleanup_ctx.append(_refresher(source, refresh_interval))
     return app
+
+
+async def explain(request: web.Request) -> web.Response:
+    """POST /kamailio/explain: why a query routes as it does, for support.
+
+    Apart from the routing endpoint on purpose: it neither slows nor counts
+    in the routing metrics. The same checks on the body as routing (415, 413,
+    400 with {"error": ...}). JSON by default, whose ``reply`` is decide's
+    with trunk auth passwords masked; ``?format=text`` gives the text of
+    ``c4 route --explain``.
+    """
+    max_body = request.app[MAX_BODY]
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "text"):
+        return error_response(400, f"unknown format {fmt!r}: use json or text")
+    if "Content-Type" in request.headers and (
+        request.content_type != JSON or (request.charset is not None and request.charset.lower() not in UTF8)
+    ):
+        return error_response(415, f"unsupported Content-Type {request.headers['Content-Type']!r}: send application/json (UTF-8)")
+    length = request.content_length
+    if length is not None and length > max_body:
+        return error_response(413, f"request body of {length} bytes exceeds the limit of {max_body} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, f"request body exceeds the limit of {max_body} bytes")
+    try:
+        query = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return error_response(400, f"malformed JSON: {exc}")
+    try:
+        explanation = masked(explain_query(request.app[SOURCE].current(), query))
+    except RequestError as exc:
+        return error_response(400, str(exc))
+    if fmt == "text":
+        return web.Response(text=render_text(explanation), content_type="text/plain", charset="utf-8")
+    return web.Response(body=orjson.dumps(explanation), content_type=JSON)
 
 
 @web.middleware

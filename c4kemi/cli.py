@@ -72,6 +72,30 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """``c4 route --explain``: why each request routes as it does (c4kemi.explain)."""
+    from .explain import explain_line
+
+    try:
+        table = load_table(args.table)
+    except DocumentError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    out = sys.stdout.buffer
+    if args.request is not None:
+        text, failed = explain_line(table, args.request, as_json=args.json)
+        out.write(text)
+        return 1 if failed else 0
+    first = True
+    for line in sys.stdin.buffer:
+        if line.strip():
+            text, _ = explain_line(table, line, as_json=args.json)
+            out.write(text if args.json or first else b"\n" + text)
+            out.flush()
+            first = False
+    return 0
+
+
 def cmd_kamailio(args: argparse.Namespace) -> int:
     from .launcher import run_kamailio
 
@@ -95,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     route = sub.add_parser("route", help="print the routing reply for requests (dry run)")
     route.add_argument("--table", required=True, help="routing document (.json or .toml)")
     route.add_argument("request", nargs="?", help="one JSON request; without it, one request per line on stdin")
+    route.add_argument("--explain", dest="func", action="store_const", const=cmd_explain,
+                       help="explain each decision step by step instead (for support; never what Kamailio gets)")
+    route.add_argument("--json", action="store_true", help="with --explain: the explanation as one JSON line per request")
     route.set_defaults(func=cmd_route)
 
     from .launcher import add_arguments as add_kamailio_arguments
