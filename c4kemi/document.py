@@ -1,6 +1,6 @@
 """The routing document: loading (.json / .toml) and validation.
 
-A routing document describes a whole routing table (see DESIGN.md). This
+A routing document describes a whole routing table (docs/routing.md). This
 module checks it completely and reports *every* problem, each naming the
 entity (collection and name, or index when the entity has no name) and the
 field, e.g. ``trunks[carrier-a-1].sources[2]: '10.0.0.300' is not an IP

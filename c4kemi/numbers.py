@@ -93,7 +93,7 @@ def parse_uri(uri: str) -> Uri:
 
 
 class Profile:
-    """A compiled normalization profile (docs/routing.md, numbers and normalization)."""
+    """A compiled normalization profile (docs/routing.md, rules 2 and 5)."""
 
     __slots__ = ("name", "country_code", "intl_prefix", "ld_prefix", "always_plus", "to_rules", "from_rules")
 

@@ -26,7 +26,8 @@ def table_file(tmp_path):
     return path
 
 
-# (request, expected destinations, expected code) covering DESIGN.md's cases.
+# (request, expected destinations, expected code) covering the cases of
+# docs/routing.md's decision rules.
 CORPUS = [
     ("inbound", request("192.0.2.1", "0612345678"), ["sip:0612345678@10.0.0.10:5060", "sip:0612345678@10.0.0.11:5060"], None),
     ("inbound longest DID", request("192.0.2.1", "+39612345901"), ["sip:39612345901@10.0.1.10"], None),
