@@ -84,7 +84,7 @@ def replay(command: str, shown: dict[str, str], tmp_path: Path, capsys) -> list[
     capsys.readouterr()
     main(["check", str(path)])
     captured = capsys.readouterr()
-    return (captured.out + captured.err).replace(str(path), table_file).splitlines()
+    return (captured.err + captured.out).replace(str(path), table_file).splitlines()
 
 
 EXAMPLES = [example for example in examples() if parse(example[1]) is not None]
