@@ -1,7 +1,7 @@
 """Why did this call go there? The routing decision, step by step, for support.
 
 ``explain(table, query)`` walks one request through the rules of the
-decision (DESIGN.md, Decision) with the table's own lookup structures: the
+decision (docs/routing.md, rules 1-5) with the table's own lookup structures: the
 source CIDR and its entity (``SourceIndex.match``), each number before and
 after normalization with the step that applied, the DIDs whose prefix starts
 the called number (``PrefixIndex.candidates``) and why the longer ones did
