@@ -102,6 +102,12 @@ def cmd_kamailio(args: argparse.Namespace) -> int:
     return run_kamailio(args)
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from .db.cli import run
+
+    return run(args)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from c4http.server import run_server
 
@@ -129,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     kamailio = sub.add_parser("kamailio", help="run Kamailio with the router in the foreground")
     add_kamailio_arguments(kamailio)
     kamailio.set_defaults(func=cmd_kamailio)
+
+    from .db.cli import add_arguments as add_db_arguments
+
+    db = sub.add_parser("db", help="the PostgreSQL store: migrate, import, export, API tokens")
+    add_db_arguments(db)
+    db.set_defaults(func=cmd_db)
 
     serve = sub.add_parser("serve", help="run the c4http routing service")
     serve.add_argument("--table", required=True, help="routing document (.json or .toml)")
