@@ -6,6 +6,7 @@
     c4 db token create --tenant NAME  print a new tenant API token (shown once)
     c4 db token revoke ID             revoke a token
     c4 db token list                  list tokens (never the tokens themselves)
+    c4 db follow --out FILE           keep FILE equal to the routing data (c4 kamailio --dsn runs it)
 
 Every command takes ``--dsn`` (default: ``$C4_DSN``).
 """
@@ -39,12 +40,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     revoke = token_sub.add_parser("revoke", parents=[dsn], help="revoke a token by id")
     revoke.add_argument("id", type=int)
     token_sub.add_parser("list", parents=[dsn], help="list tokens: id, tenant, created, revoked")
+    follow = sub.add_parser("follow", parents=[dsn], help="keep a routing document file equal to the database (LISTEN/NOTIFY)")
+    follow.add_argument("--out", required=True, help="the file to write, atomically (the KEMI workers' table)")
+    follow.add_argument("--check-interval", type=float, default=5.0, help="seconds between version checks besides NOTIFY")
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.dsn:
         print(f"c4 db: no database: give --dsn or set {DSN_ENV}", file=sys.stderr)
         return 2
+    if args.db_command == "follow":
+        import logging
+        from pathlib import Path
+
+        from .source import follow_to_file
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+        try:
+            asyncio.run(follow_to_file(args.dsn, Path(args.out), args.check_interval))
+        except KeyboardInterrupt:
+            pass
+        return 0
     return asyncio.run(_run(args))
 
 
