@@ -133,8 +133,11 @@ def make_app(source: Any, *, max_body: int = DEFAULT_MAX_BODY, refresh_interval:
 
     async def health(request: web.Request) -> web.Response:
         table = current()
+        store = source.status() if hasattr(source, "status") else {"kind": "file", "state": "ok"}
         body = {
-            "status": "ok",
+            # Still routing with the last good table when the store is stale: 200 either way.
+            "status": "ok" if store["state"] == "ok" else "degraded",
+            "store": store,
             "table": {"version": table.version, "counts": dict(table.counts), "loaded_at": getattr(source, "loaded_at", None)},
             "uptime_seconds": round(time.monotonic() - metrics.started, 3),
             "reloads": getattr(source, "reloads", 0),
@@ -151,6 +154,9 @@ def make_app(source: Any, *, max_body: int = DEFAULT_MAX_BODY, refresh_interval:
     app.router.add_post(EXPLAIN_PATH, explain)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", prometheus)
+    lifecycle = getattr(source, "lifecycle", None)  # a source that follows a database
+    if lifecycle is not None:
+        app.cleanup_ctx.append(lifecycle)
     if refresh_interval is not None:
         app.cleanup_ctx.append(_refresher(source, refresh_interval))
     return app

@@ -7,10 +7,12 @@ import asyncio
 import logging
 import math
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
 from c4kemi.document import DocumentError
+from c4kemi.db.source import StoreUnavailable
 from c4kemi.store import FileTableSource
 
 from .app import make_app
@@ -35,20 +37,31 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 def run_server(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; 0 on a clean stop, 1 if it cannot start."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
-    try:
-        # Only the app's refresh task reloads (check_interval=inf keeps the
-        # stat off the request path), once a second, with or without traffic.
-        source = FileTableSource(args.table, check_interval=math.inf)
-    except DocumentError as exc:
-        print(f"c4 serve: refusing to start: {exc}", file=sys.stderr)
-        return 1
-    table = source.current()
-    app = make_app(source, max_body=args.max_body, refresh_interval=REFRESH_INTERVAL)
+    if bool(args.table) == bool(args.dsn):
+        print("c4 serve: give --table FILE or --dsn DSN (or $C4_DSN), one of them", file=sys.stderr)
+        return 2
+    if args.dsn:
+        from c4kemi.db.source import PostgresTableSource
+
+        # The table arrives when the app starts (cleanup_ctx), then follows NOTIFY.
+        source = PostgresTableSource(args.dsn, cache_file=Path(args.table_cache).resolve())
+        app = make_app(source, max_body=args.max_body)
+        where, version = "postgresql", None
+    else:
+        try:
+            # Only the app's refresh task reloads (check_interval=inf keeps the
+            # stat off the request path), once a second, with or without traffic.
+            source = FileTableSource(args.table, check_interval=math.inf)
+        except DocumentError as exc:
+            print(f"c4 serve: refusing to start: {exc}", file=sys.stderr)
+            return 1
+        app = make_app(source, max_body=args.max_body, refresh_interval=REFRESH_INTERVAL)
+        where, version = str(args.table), source.current().version
     access_log = logging.getLogger("aiohttp.access") if args.access_log else None
     loop = new_event_loop()
     log.info(
         logfmt(
-            event="starting", table=str(args.table), version=table.version,
+            event="starting", table=where, version=version,
             host=args.host, port=args.port, loop=type(loop).__module__.split(".")[0],
         )
     )  # fmt: skip
@@ -64,6 +77,9 @@ def run_server(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         print(f"c4 serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except StoreUnavailable as exc:
+        print(f"c4 serve: refusing to start: {exc}", file=sys.stderr)
         return 1
     log.info(logfmt(event="stopped"))
     return 0

@@ -3,7 +3,8 @@
     c4 check FILE                          validate a routing document
     c4 route --table FILE [REQUEST_JSON]   dry-run decisions (stdin: one per line)
     c4 kamailio --mode kemi|http ...       run Kamailio with the router
-    c4 serve --table FILE ...              run the c4http service
+    c4 serve --table FILE | --dsn DSN ...  run the c4http service
+    c4 db migrate|import|export|token|follow   the PostgreSQL store
 
 Subcommands that need heavy imports (aiohttp) import them when they run.
 """
@@ -143,7 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     db.set_defaults(func=cmd_db)
 
     serve = sub.add_parser("serve", help="run the c4http routing service")
-    serve.add_argument("--table", required=True, help="routing document (.json or .toml)")
+    serve.add_argument("--table", help="routing document (.json or .toml); or --dsn")
+    serve.add_argument("--dsn", default=os.environ.get("C4_DSN"), help="PostgreSQL DSN: the table from the database (default: $C4_DSN)")
+    serve.add_argument(
+        "--table-cache", default="/var/lib/c4/routing-table.json",
+        help="with --dsn: where the last good table is saved, and read when PostgreSQL is down at start",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--access-log", action="store_true", help="log every request (off by default)")

@@ -59,6 +59,7 @@ HTTP_ASYNC_ENV = "C4_HTTP_ASYNC_CLIENT"
 # Where `make setup` builds it in a checkout.
 HTTP_ASYNC_BUILT = PACKAGE_ROOT / "build" / "modules" / "http_async_client.so"
 SIPP_SCENARIOS = PACKAGE_ROOT / "tests" / "e2e" / "scenarios"  # in a checkout only
+DEFAULT_TABLE_CACHE = Path("/var/lib/c4/routing-table.json")
 RTJSON_PATH = "/kamailio/rtjson"  # c4http.app.RTJSON_PATH (not imported: no aiohttp here)
 # tm's fr_timer in kamailio-http.cfg: the API must answer (or time out) before it.
 CFG_FR_TIMER_MS = 5000
@@ -86,6 +87,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--http-async-client", default=os.environ.get(HTTP_ASYNC_ENV) or str(HTTP_ASYNC_BUILT),
         help=f"HTTP mode: path of http_async_client.so (default: ${HTTP_ASYNC_ENV}, else the checkout's build/modules)",
     )
+    parser.add_argument("--dsn", help="PostgreSQL DSN: the table comes from the database instead of --table (KEMI mode, or with --serve-api)")
+    parser.add_argument(
+        "--table-cache", default=str(DEFAULT_TABLE_CACHE),
+        help="with --dsn: the node's copy of the table, kept by a follower and used when PostgreSQL is down at start",
+    )
     parser.add_argument("--kamailio", default=None, help="Kamailio binary (default: kamailio on PATH or /usr/sbin)")
     parser.add_argument("--dry-run", action="store_true", help="print the Kamailio command and environment, do not start")
 
@@ -98,8 +104,44 @@ class Launch:
     defines: dict[str, str | int | None] = field(default_factory=dict)  # -A NAME=VALUE (None: just NAME)
     env: dict[str, str] = field(default_factory=dict)
     banner: list[str] = field(default_factory=list)
-    # Started before Kamailio, stopped after it: (argv, probe URL answering once it is ready).
-    helpers: list[tuple[list[str], str]] = field(default_factory=list)
+    helpers: list["Helper"] = field(default_factory=list)
+
+
+@dataclass
+class Helper:
+    """A process started (and ready) before Kamailio, stopped after it: c4 serve, c4 db follow."""
+
+    argv: list[str]
+    what: str  # for messages, e.g. "c4 serve on 127.0.0.1:8080"
+    ready: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)  # the DSN travels here, never on a command line
+
+
+def http_answers(url: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    return ready
+
+
+def table_cache(args: argparse.Namespace) -> Path:
+    """The node's copy of the PostgreSQL table; its directory is made private (it holds trunk passwords)."""
+    path = Path(args.table_cache).resolve()
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LaunchError(f"--table-cache {path}: cannot create its directory: {exc.strerror}") from None
+    return path
+
+
+def follower(args: argparse.Namespace, path: Path) -> Helper:
+    """c4 db follow: keeps PATH, the KEMI workers' table file, equal to PostgreSQL."""
+    argv = [sys.executable, "-m", "c4kemi.cli", "db", "follow", "--out", str(path)]
+    return Helper(argv, f"c4 db follow ({path})", path.is_file, {"C4_DSN": args.dsn})
 
 
 @dataclass(frozen=True)
@@ -179,7 +221,14 @@ def call_hint(document: dict, listen: str) -> list[str]:
 
 
 def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
-    table_path, info = check_table(args.table)
+    if args.dsn:
+        if args.table:
+            raise LaunchError("--table or --dsn, not both: with --dsn the table comes from PostgreSQL")
+        table_path = table_cache(args)
+        launch.helpers.append(follower(args, table_path))
+        info = None
+    else:
+        table_path, info = check_table(args.table)
     if sys.version_info[:2] != (3, 11):
         launch.banner.append(
             f"warning: this is Python {sys.version_info[0]}.{sys.version_info[1]}; app_python3 embeds 3.11, "
@@ -189,6 +238,9 @@ def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
     launch.env["C4_TABLE"] = str(table_path)
     launch.env["PYTHONPATH"] = python_path()
     launch.env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if info is None:
+        launch.banner.append(f"routing table from PostgreSQL, kept in {table_path} by c4 db follow (workers reload it on change)")
+        return
     launch.banner.append(f"routing table {table_path}: version {info['version']} (reloaded on change, checked at most once a second per worker)")
     launch.banner.append("place a test call (called number from the example table):")
     launch.banner.extend("  " + line for line in call_hint(info["document"], args.listen[0]))
@@ -234,15 +286,23 @@ def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
     if args.serve_api:
         if urlsplit(args.api).scheme != "http" or urlsplit(args.api).path.strip("/"):
             raise LaunchError(f"--serve-api runs c4 serve at the root of a plain http URL, not {args.api!r}")
+        argv = [sys.executable, "-m", "c4kemi.cli", "serve", "--host", host, "--port", str(port)]
+        health = http_answers(f"http://{urlsplit(args.api).netloc}/health")
+        if args.dsn:
+            if args.table:
+                raise LaunchError("--table or --dsn, not both: with --dsn the table comes from PostgreSQL")
+            cache = table_cache(args)
+            argv += ["--table-cache", str(cache)]
+            launch.helpers.append(Helper(argv, f"c4 serve on {host}:{port}", health, {"C4_DSN": args.dsn}))
+            launch.banner.append(f"c4 serve on {host}:{port}, routing table from PostgreSQL (saved in {cache})")
+            return
         table_path, info = check_table(args.table)
-        argv = [sys.executable, "-m", "c4kemi.cli", "serve", "--table", str(table_path), "--host", host, "--port", str(port)]
-        health = f"http://{urlsplit(args.api).netloc}/health"
-        launch.helpers.append((argv, health))
+        launch.helpers.append(Helper(argv + ["--table", str(table_path)], f"c4 serve on {host}:{port}", health))
         launch.banner.append(f"c4 serve on {host}:{port}, routing table {table_path}: version {info['version']} (reloaded on change)")
         launch.banner.append("place a test call (called number from the example table):")
         launch.banner.extend("  " + line for line in call_hint(info["document"], args.listen[0]))
-    elif args.table:
-        raise LaunchError("--table is read by c4 serve in HTTP mode: add --serve-api, or run c4 serve yourself")
+    elif args.table or args.dsn:
+        raise LaunchError("--table and --dsn are read by c4 serve in HTTP mode: add --serve-api, or run c4 serve yourself")
 
 
 MODES: dict[str, Mode] = {
@@ -317,8 +377,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.dry_run:
             for name, value in launch.env.items():
                 print(f"{name}={value}")
-            for argv, _health in launch.helpers:
-                print(" ".join(argv) + " &")
+            for helper in launch.helpers:
+                print(" ".join([*(f"{name}=***" for name in helper.env), *helper.argv]) + " &")
             print(" ".join(command))
             return 0
         for line in launch.banner:
@@ -327,8 +387,8 @@ def _run(args: argparse.Namespace) -> int:
         print("c4 kamailio: Ctrl-C or SIGTERM stops Kamailio", flush=True)
         helpers = []
         try:
-            for argv, health in launch.helpers:
-                helpers.append(_start_helper(argv, health))
+            for helper in launch.helpers:
+                helpers.append(_start_helper(helper))
             return _supervise(command, env)
         finally:
             for helper in reversed(helpers):
@@ -337,27 +397,21 @@ def _run(args: argparse.Namespace) -> int:
         shutil.rmtree(rundir, ignore_errors=True)
 
 
-def _start_helper(argv: list[str], health: str) -> subprocess.Popen:
-    """Start a helper (c4 serve) and wait until HEALTH answers 200."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+def _start_helper(helper: Helper) -> subprocess.Popen:
+    """Start a helper and wait until it is ready."""
+    proc = subprocess.Popen(helper.argv, stdin=subprocess.DEVNULL, env={**os.environ, **helper.env}, preexec_fn=_die_with_parent)
     deadline = time.monotonic() + API_START_TIMEOUT
-    while True:
+    while not helper.ready():
         code = proc.poll()
         if code is not None:
-            raise LaunchError(f"{' '.join(argv[2:4])} exited with code {code} before answering {health}; Kamailio not started")
-        try:
-            with urllib.request.urlopen(health, timeout=1) as response:
-                if response.status == 200:
-                    break
-        except (urllib.error.URLError, OSError):
-            pass
+            raise LaunchError(f"{helper.what} exited with code {code} before it was ready; Kamailio not started")
         if time.monotonic() > deadline:
             _stop_helper(proc)
-            raise LaunchError(f"{health} did not answer within {API_START_TIMEOUT:.0f}s; Kamailio not started")
+            raise LaunchError(f"{helper.what} was not ready within {API_START_TIMEOUT:.0f}s; Kamailio not started")
         time.sleep(0.1)
-    if proc.poll() is not None:  # something else answered on that port
-        raise LaunchError(f"{' '.join(argv[2:4])} exited with code {proc.returncode}; is {health} already taken?")
-    print(f"c4 kamailio: {health} is up (pid {proc.pid})", flush=True)
+    if proc.poll() is not None:  # something else answered in its place
+        raise LaunchError(f"{helper.what} exited with code {proc.returncode}; is its port already taken?")
+    print(f"c4 kamailio: {helper.what} is up (pid {proc.pid})", flush=True)
     return proc
 
 
