@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -41,57 +42,61 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def route_line(table, line: bytes | str) -> bytes:
-    """One reply line for one request line; a bad request gives {"error": ...}."""
+def answer_line(line: bytes | str, answer: Callable[[dict], bytes]) -> tuple[bytes, bool]:
+    """One request line through ANSWER, and whether it failed.
+
+    A malformed request gives one ``{"error": ...}`` line; so does a bug,
+    and a batch goes on with the next line. Never a traceback.
+    """
     try:
         query = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        return orjson.dumps({"error": f"malformed JSON: {exc}"})
+        return orjson.dumps({"error": f"malformed JSON: {exc}"}) + b"\n", True
     try:
-        return encode(decide(table, query))
+        return answer(query), False
     except RequestError as exc:
-        return orjson.dumps({"error": str(exc)})
+        return orjson.dumps({"error": str(exc)}) + b"\n", True
     except Exception as exc:  # a bug, not the request's fault: report it, go on with the next line
-        return orjson.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"})
+        return orjson.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}) + b"\n", True
+
+
+def route_line(table, line: bytes | str) -> bytes:
+    """One reply line (without its newline) for one request line."""
+    return answer_line(line, lambda query: encode(decide(table, query)))[0].rstrip(b"\n")
 
 
 def cmd_route(args: argparse.Namespace) -> int:
+    """``c4 route``: the reply Kamailio gets, or with ``--explain`` why (c4kemi.explain)."""
     try:
         table = load_table(args.table)
     except DocumentError as exc:
         print(exc, file=sys.stderr)
         return 1
+    separator = b""
+    if args.explain:
+        from .explain import explain, render_text
+
+        if args.json:
+            def answer(query):
+                return orjson.dumps(explain(table, query)) + b"\n"
+        else:
+            separator = b"\n"  # a blank line between explanations
+
+            def answer(query):
+                return render_text(explain(table, query)).encode()
+    else:
+        def answer(query):
+            return encode(decide(table, query)) + b"\n"
     out = sys.stdout.buffer
     if args.request is not None:
-        reply = route_line(table, args.request)
-        out.write(reply + b"\n")
-        return 1 if reply.startswith(b'{"error"') else 0
-    for line in sys.stdin.buffer:
-        if line.strip():
-            out.write(route_line(table, line) + b"\n")
-            out.flush()
-    return 0
-
-
-def cmd_explain(args: argparse.Namespace) -> int:
-    """``c4 route --explain``: why each request routes as it does (c4kemi.explain)."""
-    from .explain import explain_line
-
-    try:
-        table = load_table(args.table)
-    except DocumentError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    out = sys.stdout.buffer
-    if args.request is not None:
-        text, failed = explain_line(table, args.request, as_json=args.json)
+        text, failed = answer_line(args.request, answer)
         out.write(text)
         return 1 if failed else 0
     first = True
     for line in sys.stdin.buffer:
         if line.strip():
-            text, _ = explain_line(table, line, as_json=args.json)
-            out.write(text if args.json or first else b"\n" + text)
+            text, _ = answer_line(line, answer)
+            out.write(text if first else separator + text)
             out.flush()
             first = False
     return 0
@@ -126,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     route = sub.add_parser("route", help="print the routing reply for requests (dry run)")
     route.add_argument("--table", required=True, help="routing document (.json or .toml)")
     route.add_argument("request", nargs="?", help="one JSON request; without it, one request per line on stdin")
-    route.add_argument("--explain", dest="func", action="store_const", const=cmd_explain,
+    route.add_argument("--explain", action="store_true",
                        help="explain each decision step by step instead (for support; never what Kamailio gets)")
     route.add_argument("--json", action="store_true", help="with --explain: the explanation as one JSON line per request")
     route.set_defaults(func=cmd_route)

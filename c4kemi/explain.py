@@ -28,11 +28,11 @@ from typing import Any
 
 import orjson
 
-from .decision import FORBIDDEN, NO_ROUTE, RequestError, decide, trunk_order
+from .decision import FORBIDDEN, NO_ROUTE, decide, trunk_order
 from .numbers import MAX_NUMBER_LENGTH, Profile, is_digits, parse_uri, strip_separators
 from .table import Endpoint, RoutingTable
 
-__all__ = ["explain", "explain_line", "masked", "render_text", "to_e164_step", "from_e164_step", "MASK"]
+__all__ = ["explain", "masked", "render_text", "to_e164_step", "from_e164_step", "MASK"]
 
 MASK = "***"
 
@@ -343,7 +343,7 @@ def render_text(explanation: dict) -> str:
             add(f"route     tenant {route['tenant']}, prefix {prefix(route['prefix'])}, the longest that starts the number{also}")
     order = ex.get("trunk_order")
     if order is not None:
-        add(f"trunks    lower priority first; within a priority, drawn by weight, seeded by the call-id:")
+        add("trunks    lower priority first; within a priority, drawn by weight, seeded by the call-id:")
         for position, trunk in enumerate(order, 1):
             add(f"            {position}. {trunk['trunk']}  priority {trunk['priority']}  weight {trunk['weight']}")
     for position, dest in enumerate(ex.get("destinations", ()), 1):
@@ -370,29 +370,3 @@ def render_text(explanation: dict) -> str:
     body = orjson.dumps(masked(ex)["reply"], option=orjson.OPT_INDENT_2).decode()
     lines.extend("  " + line for line in body.splitlines())
     return "\n".join(lines) + "\n"
-
-
-# -- one request line in, one explanation out (c4 route --explain) -----------------------------
-
-
-def explain_line(table: RoutingTable, line: bytes | str, as_json: bool = False) -> tuple[bytes, bool]:
-    """The explanation of one request line, and whether it is an error.
-
-    Text for a person, or one JSON line with ``as_json`` (its reply is
-    decide's, auth included, as ``c4 route`` prints it). A malformed
-    request gives one ``{"error": ...}`` line in both forms, never a
-    traceback.
-    """
-    try:
-        query = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        return orjson.dumps({"error": f"malformed JSON: {exc}"}) + b"\n", True
-    try:
-        explanation = explain(table, query)
-    except RequestError as exc:
-        return orjson.dumps({"error": str(exc)}) + b"\n", True
-    except Exception as exc:  # a support tool goes on with the next request
-        return orjson.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}) + b"\n", True
-    if as_json:
-        return orjson.dumps(explanation) + b"\n", False
-    return render_text(explanation).encode(), False
