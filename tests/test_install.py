@@ -37,7 +37,11 @@ def run(*argv, **kwargs) -> subprocess.CompletedProcess:
 def installed(tmp_path_factory):
     """(bin dir, site-packages) of a venv holding c4 installed from a wheel."""
     root = tmp_path_factory.mktemp("install")
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", root / "wheel", REPO_ROOT)
+    # Built from a copy: setuptools leaves build/ behind in the tree it builds.
+    source = root / "source"
+    shutil.copytree(REPO_ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"))
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", root / "wheel", source)
     wheels = list((root / "wheel").glob("c4-*.whl"))
     assert len(wheels) == 1, wheels
     venv = root / "venv"
