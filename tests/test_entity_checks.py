@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
-from c4kemi.document import DocumentError, entity_where, validate_document, validate_entity
 from tables import document
+
+from c4kemi.document import (
+    DocumentError,
+    entity_where,
+    validate_document,
+    validate_entity,
+)
 
 
 def refs_of(doc: dict) -> dict:
