@@ -28,6 +28,7 @@ BAD_REQUEST_REASONS = (
     "invalid_request",
     "body_too_large",
     "unsupported_media_type",
+    "forbidden_source",
 )
 
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from c4kemi.document import DocumentError
 from c4kemi.store import FileTableSource
 
-from .app import make_app
+from .app import DEFAULT_ROUTING_FROM, make_app
 from .logfmt import logfmt
 
 __all__ = ["run_server"]
@@ -43,13 +43,27 @@ def run_server(args: argparse.Namespace) -> int:
         print(f"c4 serve: refusing to start: {exc}", file=sys.stderr)
         return 1
     table = source.current()
-    app = make_app(source, max_body=args.max_body, refresh_interval=REFRESH_INTERVAL)
+    dsn, api_token, api_listen = getattr(args, "dsn", None), getattr(args, "api_token", None), getattr(args, "api_listen", None)
+    if api_listen and not dsn:
+        print("c4 serve: --api-listen needs a database: give --dsn or set C4_DSN", file=sys.stderr)
+        return 2
     access_log = logging.getLogger("aiohttp.access") if args.access_log else None
+    app = make_app(
+        source, max_body=args.max_body, refresh_interval=REFRESH_INTERVAL,
+        dsn=None if api_listen else dsn, api_token=api_token,
+        routing_from=getattr(args, "routing_from", None) or DEFAULT_ROUTING_FROM,
+    )  # fmt: skip
+    if api_listen:
+        from .provisioning import api_listener, make_api_app
+
+        api_app = make_api_app(dsn, api_token, max_body=args.max_body)
+        app.cleanup_ctx.append(api_listener(api_app, *api_listen, access_log=access_log))
     loop = new_event_loop()
     log.info(
         logfmt(
             event="starting", table=str(args.table), version=table.version,
             host=args.host, port=args.port, loop=type(loop).__module__.split(".")[0],
+            api="off" if not dsn else f"{api_listen[0]}:{api_listen[1]}" if api_listen else "/api/v1",
         )
     )  # fmt: skip
     try:
