@@ -31,7 +31,8 @@ import orjson
 from aiohttp import web
 
 from c4kemi.decision import RequestError, decide, encode
-from c4kemi.explain import explain as explain_query, masked, render_text
+from c4kemi.explain import explain as explain_query
+from c4kemi.explain import masked, render_text
 
 from .logfmt import log_event
 from .metrics import CONTENT_TYPE_LATEST, Metrics
