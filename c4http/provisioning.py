@@ -25,6 +25,7 @@ import binascii
 import json
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
+from urllib.parse import quote
 
 import asyncpg
 import orjson
@@ -352,6 +353,11 @@ def masked(spec: Spec, item: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
+def item_url(spec: Spec, item: dict[str, Any]) -> str:
+    """The item's path, each key part percent-encoded ('/' included: names may hold one)."""
+    return f"{API_PREFIX}/{spec.name}/" + "/".join(quote(item[key], safe="") for key in spec.keys)
+
+
 def _encode_cursor(spec: Spec, item: dict) -> str:
     return base64.urlsafe_b64encode(orjson.dumps([item[key] for key in spec.keys])).decode().rstrip("=")
 
@@ -578,8 +584,7 @@ async def create_item(request: web.Request) -> web.Response:
             item = await _fetch_one(conn, spec, Principal(), tuple(checked[key] for key in spec.keys))
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise _database_refusal(exc, spec, where) from None
-    location = request.app.router[f"{spec.name}-item"].url_for(**{key: item[key] for key in spec.keys})
-    return reply(masked(spec, item), 201, headers={"Location": str(location)})
+    return reply(masked(spec, item), 201, headers={"Location": item_url(spec, item)})
 
 
 async def patch_item(request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -21,6 +22,7 @@ import pytest
 from aiohttp import web
 from tables import BASE_DOCUMENT, document
 from test_http_service import c4_command, free_port
+from yarl import URL
 
 from c4http.app import make_app
 from c4http.openapi import description
@@ -734,3 +736,15 @@ def test_routing_from_unit(table_file):
     allowed = source_filter(["127.0.0.0/8", "2001:db8::/32"])
     assert allowed("127.0.0.1") and allowed("::ffff:127.0.0.5") and allowed("2001:db8::1")
     assert not allowed("10.0.0.1") and not allowed(None) and not allowed("") and not allowed("::1")
+
+
+async def test_names_are_url_encoded_in_paths(api):
+    for name in ("carrier a", "carrier/b", "é?#%"):
+        status, created, headers = await api("POST", "/api/v1/carriers", {"name": name})
+        assert status == 201, created
+        location = URL(headers["Location"], encoded=True)
+        assert location.raw_path == "/api/v1/carriers/" + quote(name, safe="")
+        status, got, _ = await api("GET", location)
+        assert (status, got) == (200, {"name": name, "tenant": None}), location
+        assert (await api("PATCH", location, {"name": name}))[0] == 200
+        assert (await api("DELETE", location))[0] == 204
