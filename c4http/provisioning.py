@@ -39,7 +39,7 @@ from c4kemi.document import (
     validate_entity,
 )
 
-from .app import DEFAULT_MAX_BODY, JSON, UTF8, error_response, json_errors
+from .app import DEFAULT_MAX_BODY, JSON, MAX_BODY, UTF8, error_response, json_errors
 from .auth import ADMIN_TOKEN, PRINCIPAL, PUBLIC_PATHS, Principal, authenticate
 
 __all__ = [
@@ -168,6 +168,7 @@ def add_api(app: web.Application, dsn: str, api_token: str | None = None, *, poo
 def make_api_app(dsn: str, api_token: str | None = None, *, max_body: int = DEFAULT_MAX_BODY) -> web.Application:
     """An application serving only the API (``c4 serve --api-listen``)."""
     app = web.Application(client_max_size=max_body, middlewares=[json_errors])
+    app[MAX_BODY] = max_body
     add_api(app, dsn, api_token)
     return app
 
@@ -258,7 +259,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
     try:
         data = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, f"request body exceeds the limit of {request.client_max_size} bytes") from None
+        raise ApiError(413, f"request body exceeds the limit of {request.config_dict[MAX_BODY]} bytes") from None
     try:
         # As c4 check reads a document: a repeated key would silently drop a value.
         body = json.loads(data, object_pairs_hook=_refuse_duplicate_keys)
@@ -563,6 +564,7 @@ def _database_refusal(exc: asyncpg.PostgresError, spec: Spec, where: str, deleti
     if isinstance(exc, asyncpg.CheckViolationError) and constraint == "route_trunk_owner":
         field = OWNER_FIELDS.get(spec.name)
         return ApiError(422, f"{where}.{field}: {exc.args[0] if exc.args else exc}" if field else f"{where}: {exc}")
+    # e.g. a NUL character in a regular expression: Python takes it, PostgreSQL text cannot hold it
     return ApiError(422, f"{where}: refused by the database ({type(exc).__name__}{f', {constraint}' if constraint else ''})")
 
 
@@ -582,7 +584,7 @@ async def create_item(request: web.Request) -> web.Response:
                 checked = await _checked(conn, spec, body, principal)
                 await _write(conn, spec, checked, new=True)
             item = await _fetch_one(conn, spec, Principal(), tuple(checked[key] for key in spec.keys))
-    except asyncpg.IntegrityConstraintViolationError as exc:
+    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
         raise _database_refusal(exc, spec, where) from None
     return reply(masked(spec, item), 201, headers={"Location": item_url(spec, item)})
 
@@ -612,7 +614,7 @@ async def patch_item(request: web.Request) -> web.Response:
                 checked = await _checked(conn, spec, merged, principal)
                 await _write(conn, spec, checked, new=False)
             item = await _fetch_one(conn, spec, Principal(), key)
-    except asyncpg.IntegrityConstraintViolationError as exc:
+    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
         raise _database_refusal(exc, spec, where) from None
     return reply(masked(spec, item))
 
@@ -630,7 +632,7 @@ async def delete_item(request: web.Request) -> web.Response:
     try:
         async with request.config_dict[POOL].acquire() as conn:
             deleted = await conn.fetchval(f"DELETE FROM {spec.table} WHERE {' AND '.join(conditions)} RETURNING true", *params)
-    except asyncpg.IntegrityConstraintViolationError as exc:
+    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
         raise _database_refusal(exc, spec, where, deleting=True) from None
     if not deleted:
         raise ApiError(404, f"{where}: not found")
