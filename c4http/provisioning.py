@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 from urllib.parse import quote
@@ -41,11 +42,14 @@ from c4kemi.document import (
 
 from .app import DEFAULT_MAX_BODY, JSON, MAX_BODY, UTF8, error_response, json_errors
 from .auth import ADMIN_TOKEN, PRINCIPAL, PUBLIC_PATHS, Principal, authenticate
+from .logfmt import log_event
 
 __all__ = [
     "ACCESS", "API_PREFIX", "COLLECTIONS", "DEFAULT_LIMIT", "MASK", "MAX_LIMIT", "POOL",
     "add_api", "api_listener", "make_api_app",
 ]
+
+log = logging.getLogger("c4.api")
 
 API_PREFIX = "/api/v1"
 OPENAPI_PATH = "/openapi.json"
@@ -119,6 +123,13 @@ COLLECTIONS = tuple(SPECS)
 CHILD_TABLES = {"route_trunks": "routes", "sources": None, "api_tokens": None}
 # The field of each collection the deferred route_trunk_owner trigger is about.
 OWNER_FIELDS = {"routes": "trunks", "trunks": "carrier", "carriers": "tenant"}
+
+
+def _audit(request: web.Request, where: str) -> None:
+    """One line per change: what, and which token's tenant (never the token)."""
+    principal = request[PRINCIPAL]
+    log_event(log, logging.INFO, "api_change", method=request.method, item=where,
+              by="admin" if principal.admin else f"tenant:{principal.tenant}", remote=request.remote)  # fmt: skip
 
 
 class ApiError(Exception):
@@ -586,6 +597,7 @@ async def create_item(request: web.Request) -> web.Response:
             item = await _fetch_one(conn, spec, Principal(), tuple(checked[key] for key in spec.keys))
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
         raise _database_refusal(exc, spec, where) from None
+    _audit(request, entity_where(spec.name, item))
     return reply(masked(spec, item), 201, headers={"Location": item_url(spec, item)})
 
 
@@ -616,6 +628,7 @@ async def patch_item(request: web.Request) -> web.Response:
             item = await _fetch_one(conn, spec, Principal(), key)
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
         raise _database_refusal(exc, spec, where) from None
+    _audit(request, where)
     return reply(masked(spec, item))
 
 
@@ -636,5 +649,6 @@ async def delete_item(request: web.Request) -> web.Response:
         raise _database_refusal(exc, spec, where, deleting=True) from None
     if not deleted:
         raise ApiError(404, f"{where}: not found")
+    _audit(request, where)
     return web.Response(status=204)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -509,7 +510,8 @@ async def test_a_tenant_token_sees_and_changes_only_its_own(api, seeded):
 # --- secrets -------------------------------------------------------------------------------
 
 
-async def test_passwords_are_write_only(api, seeded):
+async def test_passwords_are_write_only(api, seeded, caplog):
+    caplog.set_level(logging.INFO, "c4.api")
     password = "Zq-very-secret-7"
     trunk = {"name": "t-auth", "carrier": "carrier-a", "target": "sip:192.0.2.99",
              "auth": {"username": "u", "password": password, "realm": "r"}}  # fmt: skip
@@ -543,6 +545,8 @@ async def test_passwords_are_write_only(api, seeded):
     await api.as_(seeded["tokens"]["globex"]).all("trunks")
     assert (await api("GET", "/api/v1/trunks/carrier-a-1"))[1]["auth"]["password"] == MASK
     assert api.seen and not any(password in text for text in api.seen)
+    assert "event=api_change method=PATCH item=trunks[t-auth] by=admin" in caplog.text  # the audit line
+    assert password not in caplog.text
     assert not any(f'"password":"{SECRET}"' in text for text in api.seen)
     # A new password does replace it.
     assert (await api("PATCH", "/api/v1/trunks/t-auth", {"auth": {"username": "u", "password": "fresh", "realm": "r"}}))[0] == 200
