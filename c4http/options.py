@@ -14,8 +14,11 @@ __all__ = ["add_api_arguments"]
 
 def add_api_arguments(parser: argparse.ArgumentParser) -> None:
     """``c4 serve``'s flags for the provisioning API and the routing endpoint's callers."""
-    parser.add_argument("--dsn", default=os.environ.get("C4_DSN"),
-                        help="PostgreSQL DSN of the provisioning API, served under /api/v1 (default: $C4_DSN; none: no API)")
+    try:
+        parser.add_argument("--dsn", default=os.environ.get("C4_DSN"),
+                            help="PostgreSQL DSN of the provisioning API, served under /api/v1 (default: $C4_DSN; none: no API)")
+    except argparse.ArgumentError:
+        pass  # c4 serve already takes --dsn (the table from PostgreSQL): the API uses that database
     parser.add_argument("--api-token", default=os.environ.get("C4_API_TOKEN"),
                         help="the API's admin token (default: $C4_API_TOKEN, which keeps it out of ps)")
     parser.add_argument("--api-listen", metavar="HOST:PORT", type=host_port,
