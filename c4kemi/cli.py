@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--access-log", action="store_true", help="log every request (off by default)")
     serve.add_argument("--max-body", type=int, default=64 * 1024, help="largest accepted request body in bytes")
+    from c4http.options import add_api_arguments
+
+    add_api_arguments(serve)
     serve.set_defaults(func=cmd_serve)
     return parser
 

@@ -20,7 +20,10 @@ from typing import Any, Callable
 from .numbers import MAX_NUMBER_LENGTH
 from .patterns import PatternError, check_template, compile_pattern
 
-__all__ = ["DocumentError", "load_document", "parse_document", "target_warnings", "validate_document"]
+__all__ = [
+    "COLLECTIONS", "DocumentError", "entity_where", "load_document", "parse_document", "target_warnings",
+    "validate_document", "validate_entity",
+]
 
 DEFAULT_FR_TIMER = 5000
 DEFAULT_FR_INV_TIMER = 30000
@@ -113,6 +116,82 @@ def validate_document(raw: Any, source: str | None = None) -> dict[str, Any]:
     return doc
 
 
+NAMED_COLLECTIONS = ("tenants", "normalization_profiles", "ipbxs", "carriers", "trunks")
+
+
+def entity_where(collection: str, item: Any) -> str:
+    """How errors name one entity checked alone: by its key, as the API addresses it.
+
+    ``trunks[carrier-a-1]``, ``dids[39612345]``, ``routes[acme/39]`` (the
+    default route: ``routes[acme/]``); ``collection[?]`` when the key is
+    not a printable string.
+    """
+    def printable(value: Any) -> bool:
+        return isinstance(value, str) and len(value) <= MAX_NAME_LENGTH and (not value or bool(_PRINTABLE.fullmatch(value)))
+
+    item = item if isinstance(item, dict) else {}
+    if collection == "dids":
+        key = item.get("prefix")
+        return f"dids[{key}]" if printable(key) and key else "dids[?]"
+    if collection == "routes":
+        tenant, prefix = item.get("tenant"), item.get("prefix")
+        return f"routes[{tenant}/{prefix}]" if printable(tenant) and tenant and printable(prefix) else "routes[?]"
+    name = item.get("name")
+    return f"{collection}[{name}]" if printable(name) and name else f"{collection}[?]"
+
+
+def validate_entity(collection: str, item: Any, refs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check one entity as ``validate_document`` checks it inside a document.
+
+    ``refs`` holds what the entity may refer to, by collection: names for
+    ``tenants`` and ``normalization_profiles``; name -> entity (at least
+    ``tenant`` for carriers and IPBXs, ``carrier`` for trunks) for
+    ``carriers``, ``ipbxs`` and ``trunks``. A name missing from ``refs`` is
+    an unknown reference, so a caller that leaves out what a user may not
+    see refuses references to it without revealing that it exists.
+
+    Returns the entity in checked form (defaults filled in, sources as
+    CIDRs, route trunks as ``{trunk, priority, weight}``) or raises
+    DocumentError listing every problem, each naming the entity
+    (``entity_where``) and the field. What only the whole document can
+    tell (a duplicate key, a source CIDR of another entity) is the
+    caller's to check.
+    """
+    if collection not in COLLECTIONS:
+        raise ValueError(f"unknown collection {collection!r}")
+    refs = refs or {}
+    tenants = set(refs.get("tenants", ()))
+    profiles = set(refs.get("normalization_profiles", ()))
+    carriers = dict(refs.get("carriers", {}))
+    ipbxs = dict(refs.get("ipbxs", {}))
+    trunks = dict(refs.get("trunks", {}))
+    checker = _Checker()
+    where = entity_where(collection, item)
+    checked = None
+    if not isinstance(item, dict):
+        checker.error(where, "must be an object")
+    elif collection in NAMED_COLLECTIONS:
+        if checker.name(where, item):
+            checks = {
+                "tenants": checker.tenant,
+                "normalization_profiles": checker.profile,
+                "carriers": lambda w, e: checker.carrier(w, e, tenants),
+                "ipbxs": lambda w, e: checker.ipbx(w, e, tenants, profiles),
+                "trunks": lambda w, e: checker.trunk(w, e, carriers, profiles),
+            }
+            checked = checks[collection](where, item)
+    elif collection == "dids":
+        checked = checker.did(where, item, tenants, ipbxs)
+    else:
+        checked = checker.route(where, item, tenants, trunks, carriers)
+    if checker.errors:
+        raise DocumentError(checker.errors)
+    assert checked is not None  # every refusal records an error
+    if collection in ("ipbxs", "trunks"):
+        checked["sources"] = [str(network) for network in checked["sources"]]
+    return checked
+
+
 class _Checker:
     """Walks a document, collecting errors instead of stopping at the first."""
 
@@ -164,10 +243,7 @@ class _Checker:
             if not isinstance(entity, dict):
                 self.error(where, "must be an object")
                 continue
-            if not isinstance(name, str) or not name:
-                self.error(f"{where}.name", "is required and must be a non-empty string")
-                continue
-            if not self.text(f"{where}.name", name):
+            if not self.name(where, entity):
                 continue
             if name in seen:
                 self.error(f"{where}.name", f"duplicate name {name!r}")
@@ -177,6 +253,13 @@ class _Checker:
             if checked is not None:
                 out.append(checked)
         return out, seen
+
+    def name(self, where: str, entity: dict) -> bool:
+        name = entity.get("name")
+        if not isinstance(name, str) or not name:
+            self.error(f"{where}.name", "is required and must be a non-empty string")
+            return False
+        return self.text(f"{where}.name", name)
 
     def fields(self, where: str, entity: dict, required: set[str], optional: set[str]) -> bool:
         ok = True
@@ -334,79 +417,91 @@ class _Checker:
     def dids(self, items: list, tenants: set[str], ipbxs: dict) -> list[dict]:
         out, seen = [], {}
         for index, entity in enumerate(items):
-            where = f"dids[{index}]"
-            if not isinstance(entity, dict):
-                self.error(where, "must be an object")
-                continue
-            ok = self.fields(where, entity, {"tenant", "prefix", "ipbx"}, {"match"})
-            prefix = entity.get("prefix")
-            if "prefix" in entity:
-                if self.digits(f"{where}.prefix", prefix, allow_empty=False):
-                    if prefix in seen:
-                        self.error(f"{where}.prefix", f"duplicate DID prefix {prefix!r} (also dids[{seen[prefix]}])")
-                        ok = False
-                    else:
-                        seen[prefix] = index
-                else:
-                    ok = False
-            tenant = entity.get("tenant")
-            if "tenant" in entity:
-                ok &= self.reference(f"{where}.tenant", tenant, tenants, "tenant")
-            ipbx = entity.get("ipbx")
-            if "ipbx" in entity and self.reference(f"{where}.ipbx", ipbx, ipbxs, "IPBX"):
-                owner = ipbxs[ipbx].get("tenant")
-                if isinstance(tenant, str) and tenant in tenants and isinstance(owner, str) and owner != tenant:
-                    self.error(f"{where}.ipbx", f"IPBX {ipbx!r} belongs to tenant {owner!r}, not {tenant!r}")
-                    ok = False
-            elif "ipbx" in entity:
-                ok = False
-            match = entity.get("match")
-            if match is not None and self.regex(f"{where}.match", match) is None:
-                ok = False
-            if ok:
-                out.append({"tenant": tenant, "prefix": prefix, "ipbx": ipbx, "match": match})
+            checked = self.did(f"dids[{index}]", entity, tenants, ipbxs, seen, index)
+            if checked is not None:
+                out.append(checked)
         return out
+
+    def did(self, where: str, entity: Any, tenants: set[str], ipbxs: dict, seen: dict | None = None, index: int = 0) -> dict | None:
+        """One DID; ``seen`` (prefix -> index) finds duplicates within a document."""
+        if not isinstance(entity, dict):
+            self.error(where, "must be an object")
+            return None
+        ok = self.fields(where, entity, {"tenant", "prefix", "ipbx"}, {"match"})
+        prefix = entity.get("prefix")
+        if "prefix" in entity:
+            if self.digits(f"{where}.prefix", prefix, allow_empty=False):
+                if seen is None:
+                    pass
+                elif prefix in seen:
+                    self.error(f"{where}.prefix", f"duplicate DID prefix {prefix!r} (also dids[{seen[prefix]}])")
+                    ok = False
+                else:
+                    seen[prefix] = index
+            else:
+                ok = False
+        tenant = entity.get("tenant")
+        if "tenant" in entity:
+            ok &= self.reference(f"{where}.tenant", tenant, tenants, "tenant")
+        ipbx = entity.get("ipbx")
+        if "ipbx" in entity and self.reference(f"{where}.ipbx", ipbx, ipbxs, "IPBX"):
+            owner = ipbxs[ipbx].get("tenant")
+            if isinstance(tenant, str) and tenant in tenants and isinstance(owner, str) and owner != tenant:
+                self.error(f"{where}.ipbx", f"IPBX {ipbx!r} belongs to tenant {owner!r}, not {tenant!r}")
+                ok = False
+        elif "ipbx" in entity:
+            ok = False
+        match = entity.get("match")
+        if match is not None and self.regex(f"{where}.match", match) is None:
+            ok = False
+        return {"tenant": tenant, "prefix": prefix, "ipbx": ipbx, "match": match} if ok else None
 
     def routes(self, items: list, tenants: set[str], trunks: dict, carriers: dict) -> list[dict]:
         out, seen = [], {}
         for index, entity in enumerate(items):
-            where = f"routes[{index}]"
-            if not isinstance(entity, dict):
-                self.error(where, "must be an object")
-                continue
-            ok = self.fields(where, entity, {"tenant", "prefix", "trunks"}, set())
-            tenant, prefix = entity.get("tenant"), entity.get("prefix")
-            if "tenant" in entity:
-                ok &= self.reference(f"{where}.tenant", tenant, tenants, "tenant")
-            if "prefix" in entity:
-                ok &= self.digits(f"{where}.prefix", prefix, allow_empty=True)
-            if ok:
-                if (tenant, prefix) in seen:
-                    self.error(f"{where}.prefix", f"duplicate route prefix {prefix!r} for tenant {tenant!r} (also routes[{seen[tenant, prefix]}])")
+            checked = self.route(f"routes[{index}]", entity, tenants, trunks, carriers, seen, index)
+            if checked is not None:
+                out.append(checked)
+        return out
+
+    def route(
+        self, where: str, entity: Any, tenants: set[str], trunks: dict, carriers: dict, seen: dict | None = None, index: int = 0
+    ) -> dict | None:
+        """One route; ``seen`` ((tenant, prefix) -> index) finds duplicates within a document."""
+        if not isinstance(entity, dict):
+            self.error(where, "must be an object")
+            return None
+        ok = self.fields(where, entity, {"tenant", "prefix", "trunks"}, set())
+        tenant, prefix = entity.get("tenant"), entity.get("prefix")
+        if "tenant" in entity:
+            ok &= self.reference(f"{where}.tenant", tenant, tenants, "tenant")
+        if "prefix" in entity:
+            ok &= self.digits(f"{where}.prefix", prefix, allow_empty=True)
+        if ok and seen is not None:
+            if (tenant, prefix) in seen:
+                self.error(f"{where}.prefix", f"duplicate route prefix {prefix!r} for tenant {tenant!r} (also routes[{seen[tenant, prefix]}])")
+                ok = False
+            else:
+                seen[tenant, prefix] = index
+        entries = entity.get("trunks")
+        choices = []
+        if "trunks" in entity:
+            if not isinstance(entries, list) or not entries:
+                self.error(f"{where}.trunks", "must be a non-empty list of trunk names or {trunk, priority, weight}")
+                ok = False
+                entries = []
+            names = set()
+            for position, entry in enumerate(entries):
+                choice = self.route_trunk(f"{where}.trunks[{position}]", entry, position, tenant, trunks, carriers)
+                if choice is None:
+                    ok = False
+                elif choice["trunk"] in names:
+                    self.error(f"{where}.trunks[{position}]", f"trunk {choice['trunk']!r} listed twice")
                     ok = False
                 else:
-                    seen[tenant, prefix] = index
-            entries = entity.get("trunks")
-            choices = []
-            if "trunks" in entity:
-                if not isinstance(entries, list) or not entries:
-                    self.error(f"{where}.trunks", "must be a non-empty list of trunk names or {trunk, priority, weight}")
-                    ok = False
-                    entries = []
-                names = set()
-                for position, entry in enumerate(entries):
-                    choice = self.route_trunk(f"{where}.trunks[{position}]", entry, position, tenant, trunks, carriers)
-                    if choice is None:
-                        ok = False
-                    elif choice["trunk"] in names:
-                        self.error(f"{where}.trunks[{position}]", f"trunk {choice['trunk']!r} listed twice")
-                        ok = False
-                    else:
-                        names.add(choice["trunk"])
-                        choices.append(choice)
-            if ok:
-                out.append({"tenant": tenant, "prefix": prefix, "trunks": choices})
-        return out
+                    names.add(choice["trunk"])
+                    choices.append(choice)
+        return {"tenant": tenant, "prefix": prefix, "trunks": choices} if ok else None
 
     def route_trunk(self, where: str, entry: Any, position: int, tenant: Any, trunks: dict, carriers: dict) -> dict | None:
         if isinstance(entry, str):
