@@ -44,6 +44,8 @@ class PatternError(ValueError):
 
 def compile_pattern(text: str) -> re.Pattern:
     """Compile a document pattern, refusing the ones that can backtrack badly."""
+    if "\x00" in text:  # PostgreSQL text cannot hold it; write \x00 to match one
+        raise PatternError(f"{text!r} contains a NUL character")
     try:
         pattern = re.compile(text)
         tree = sre_parse.parse(text)

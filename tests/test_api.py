@@ -382,9 +382,9 @@ async def test_bad_requests_are_400_or_415(api):
     assert status == 405
     status, body, _ = await api("POST", "/api/v1/tenants", {"name": "x" * 70000})
     assert status == 413 and "exceeds the limit of 65536 bytes" in body["error"]
-    # what Python accepts but PostgreSQL cannot store is a 422, not a 500
+    # a NUL PostgreSQL cannot store is refused by the checks, as c4 check does: 422, not a 500
     status, body, _ = await api("PATCH", "/api/v1/dids/4420", {"match": "4420\u0000"})
-    assert status == 422 and body["error"].startswith("dids[4420]: refused by the database"), body
+    assert status == 422 and body["error"].startswith("dids[4420].match: '4420\\x00' contains a NUL character"), body
 
 
 # --- authentication ----------------------------------------------------------------------

@@ -60,6 +60,7 @@ def test_missing_collections_are_empty():
         (lambda d: d["normalization_profiles"][0]["to_e164"][0].update(replace="\\g<name>"), "normalization_profiles[it].to_e164[0].replace: bad replacement '\\\\g<name>': unknown group name 'name'"),
         (lambda d: d["normalization_profiles"][0]["from_e164"][0].update(replace="\\1\r\nX-Evil: 1"), "normalization_profiles[it].from_e164[0].replace: bad replacement"),
         (lambda d: d["normalization_profiles"][0]["from_e164"][0].update(replace="0\\1;user=phone"), "normalization_profiles[it].from_e164[0].replace: bad replacement"),
+        (lambda d: d["dids"][0].update(match="39\x00"), "dids[0].match: '39\\x00' contains a NUL character"),
         # patterns that backtrack badly on a caller-chosen number
         (lambda d: d["normalization_profiles"][0]["to_e164"][0].update(match="^(3+)+4$"), "normalization_profiles[it].to_e164[0].match: nested repetition"),
         (lambda d: d["dids"][0].update(match="^(0|00)*1$"), "dids[0].match: a repeated alternation"),
