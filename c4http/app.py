@@ -2,8 +2,15 @@
 
     POST /kamailio/rtjson   routing query in, ``{"rtjson": ...}`` out, the same
                             bytes as ``c4 route`` gives for the same table
+    POST /kamailio/explain  the same query in, why it routes as it does out
+                            (a support tool, auth passwords masked; not for Kamailio)
     GET  /health            table version, entity counts, uptime, reloads
     GET  /metrics           Prometheus text format
+    /api/v1/...             the provisioning API, when given a database
+                            (c4http/provisioning.py, docs/api.md)
+
+The routing endpoint's replies carry trunk credentials, so it answers only
+the addresses of ``routing_from`` (loopback by default); others get a 403.
 
 Bad input is a 4xx with a JSON body ``{"error": "..."}`` naming the problem,
 never a 500, and the service keeps serving. Refusals (403/404 decisions) and
@@ -14,37 +21,60 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ipaddress
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterable
 
 import orjson
 from aiohttp import web
 
 from c4kemi.decision import RequestError, decide, encode
+from c4kemi.explain import explain as explain_query
+from c4kemi.explain import masked, render_text
 
 from .logfmt import log_event
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 
-__all__ = ["make_app", "SOURCE", "METRICS", "DEFAULT_MAX_BODY", "RTJSON_PATH"]
+__all__ = ["make_app", "SOURCE", "METRICS", "DEFAULT_MAX_BODY", "DEFAULT_ROUTING_FROM", "RTJSON_PATH", "EXPLAIN_PATH"]
 
 log = logging.getLogger("c4.http")
 
 RTJSON_PATH = "/kamailio/rtjson"
+EXPLAIN_PATH = "/kamailio/explain"
 DEFAULT_MAX_BODY = 64 * 1024
+# Who may ask for routes (and so read trunk credentials): Kamailio, on this host.
+DEFAULT_ROUTING_FROM = ("127.0.0.0/8", "::1/128")
 JSON = "application/json"
 UTF8 = ("utf-8", "utf8")
 
 SOURCE = web.AppKey("source", object)
 METRICS = web.AppKey("metrics", Metrics)
+MAX_BODY = web.AppKey("max_body", int)
 
 
 def error_response(status: int, message: str, headers: Any = None) -> web.Response:
     return web.Response(status=status, body=orjson.dumps({"error": message}), content_type=JSON, headers=headers)
 
 
-def make_app(source: Any, *, max_body: int = DEFAULT_MAX_BODY, refresh_interval: float | None = None) -> web.Application:
+def make_app(
+    source: Any,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    refresh_interval: float | None = None,
+    dsn: str | None = None,
+    api_token: str | None = None,
+    routing_from: Iterable[str] = DEFAULT_ROUTING_FROM,
+) -> web.Application:
     """The application serving decisions from ``source.current()``.
+
+    ``routing_from``: the networks (CIDRs or addresses) whose requests the
+    routing endpoint answers; any other source address gets a 403.
+
+    With ``dsn``, the provisioning API of that PostgreSQL database is served
+    under /api/v1 (admin token ``api_token``, tenant tokens from the
+    database); without it, /api/v1 does not exist (404).
 
     With ``refresh_interval``, a background task calls ``source.refresh()``
     that often (in a worker thread, so compiling a large table does not stall
@@ -54,10 +84,12 @@ def make_app(source: Any, *, max_body: int = DEFAULT_MAX_BODY, refresh_interval:
     """
     if max_body < 1:
         raise ValueError("max_body must be positive")
+    allowed_source = source_filter(routing_from)
     metrics = Metrics(source)
     app = web.Application(client_max_size=max_body, middlewares=[json_errors])
     app[SOURCE] = source
     app[METRICS] = metrics
+    app[MAX_BODY] = max_body
 
     count_request = metrics.requests.inc
     count_decision = metrics.decisions.inc
@@ -76,6 +108,8 @@ def make_app(source: Any, *, max_body: int = DEFAULT_MAX_BODY, refresh_interval:
 
     async def rtjson(request: web.Request) -> web.Response:
         count_request()
+        if not allowed_source(request.remote):
+            return bad_request(request, 403, "forbidden_source", f"{request.remote} may not ask for routes (see --routing-from)")
         # A body without Content-Type is read as JSON; one that says it is
         # something else (a form, text, another charset) is refused.
         if "Content-Type" in request.headers and (
@@ -127,8 +161,11 @@ def make_app(source: Any, *, max_body: int = DEFAULT_MAX_BODY, refresh_interval:
 
     async def health(request: web.Request) -> web.Response:
         table = current()
+        store = source.status() if hasattr(source, "status") else {"kind": "file", "state": "ok"}
         body = {
-            "status": "ok",
+            # Still routing with the last good table when the store is stale: 200 either way.
+            "status": "ok" if store["state"] == "ok" else "degraded",
+            "store": store,
             "table": {"version": table.version, "counts": dict(table.counts), "loaded_at": getattr(source, "loaded_at", None)},
             "uptime_seconds": round(time.monotonic() - metrics.started, 3),
             "reloads": getattr(source, "reloads", 0),
@@ -142,11 +179,73 @@ def make_app(source: Any, *, max_body: int = DEFAULT_MAX_BODY, refresh_interval:
         return response
 
     app.router.add_post(RTJSON_PATH, rtjson)
+    app.router.add_post(EXPLAIN_PATH, explain)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", prometheus)
+    lifecycle = getattr(source, "lifecycle", None)  # a source that follows a database
+    if lifecycle is not None:
+        app.cleanup_ctx.append(lifecycle)
     if refresh_interval is not None:
         app.cleanup_ctx.append(_refresher(source, refresh_interval))
+    if dsn is not None:
+        from .provisioning import add_api
+
+        add_api(app, dsn, api_token)
     return app
+
+
+def source_filter(networks: Iterable[str]):
+    """A cached test: may this peer address (``request.remote``) ask for routes?"""
+    allowed = tuple(ipaddress.ip_network(network, strict=True) for network in networks)
+
+    @functools.lru_cache(maxsize=4096)
+    def allowed_source(remote: str | None) -> bool:
+        try:
+            address = ipaddress.ip_address((remote or "").partition("%")[0])
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in allowed)
+
+    return allowed_source
+
+
+async def explain(request: web.Request) -> web.Response:
+    """POST /kamailio/explain: why a query routes as it does, for support.
+
+    Apart from the routing endpoint on purpose: it neither slows nor counts
+    in the routing metrics. The same checks on the body as routing (415, 413,
+    400 with {"error": ...}). JSON by default, whose ``reply`` is decide's
+    with trunk auth passwords masked; ``?format=text`` gives the text of
+    ``c4 route --explain``.
+    """
+    max_body = request.app[MAX_BODY]
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "text"):
+        return error_response(400, f"unknown format {fmt!r}: use json or text")
+    if "Content-Type" in request.headers and (
+        request.content_type != JSON or (request.charset is not None and request.charset.lower() not in UTF8)
+    ):
+        return error_response(415, f"unsupported Content-Type {request.headers['Content-Type']!r}: send application/json (UTF-8)")
+    length = request.content_length
+    if length is not None and length > max_body:
+        return error_response(413, f"request body of {length} bytes exceeds the limit of {max_body} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, f"request body exceeds the limit of {max_body} bytes")
+    try:
+        query = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return error_response(400, f"malformed JSON: {exc}")
+    try:
+        explanation = masked(explain_query(request.app[SOURCE].current(), query))
+    except RequestError as exc:
+        return error_response(400, str(exc))
+    if fmt == "text":
+        return web.Response(text=render_text(explanation), content_type="text/plain", charset="utf-8")
+    return web.Response(body=orjson.dumps(explanation), content_type=JSON)
 
 
 @web.middleware

@@ -12,7 +12,11 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST", "BAD_REQUEST_REASONS", "REFUSAL_CODES"]
@@ -28,6 +32,7 @@ BAD_REQUEST_REASONS = (
     "invalid_request",
     "body_too_large",
     "unsupported_media_type",
+    "forbidden_source",
 )
 
 

@@ -7,13 +7,15 @@ import asyncio
 import logging
 import math
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
 from c4kemi.document import DocumentError
+from c4kemi.db.source import StoreUnavailable
 from c4kemi.store import FileTableSource
 
-from .app import make_app
+from .app import DEFAULT_ROUTING_FROM, make_app
 from .logfmt import logfmt
 
 __all__ = ["run_server"]
@@ -35,21 +37,45 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 def run_server(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; 0 on a clean stop, 1 if it cannot start."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
-    try:
-        # Only the app's refresh task reloads (check_interval=inf keeps the
-        # stat off the request path), once a second, with or without traffic.
-        source = FileTableSource(args.table, check_interval=math.inf)
-    except DocumentError as exc:
-        print(f"c4 serve: refusing to start: {exc}", file=sys.stderr)
-        return 1
-    table = source.current()
-    app = make_app(source, max_body=args.max_body, refresh_interval=REFRESH_INTERVAL)
+    if bool(args.table) == bool(args.dsn):
+        print("c4 serve: give --table FILE or --dsn DSN (or $C4_DSN), one of them", file=sys.stderr)
+        return 2
+    api_token, api_listen = getattr(args, "api_token", None), getattr(args, "api_listen", None)
+    if api_listen and not args.dsn:
+        print("c4 serve: --api-listen needs a database: give --dsn or set C4_DSN", file=sys.stderr)
+        return 2
+    if args.dsn:
+        from c4kemi.db.source import PostgresTableSource
+
+        # The table arrives when the app starts (cleanup_ctx), then follows NOTIFY.
+        source = PostgresTableSource(args.dsn, cache_file=Path(args.table_cache).resolve())
+        refresh, where, version = None, "postgresql", None
+    else:
+        try:
+            # Only the app's refresh task reloads (check_interval=inf keeps the
+            # stat off the request path), once a second, with or without traffic.
+            source = FileTableSource(args.table, check_interval=math.inf)
+        except DocumentError as exc:
+            print(f"c4 serve: refusing to start: {exc}", file=sys.stderr)
+            return 1
+        refresh, where, version = REFRESH_INTERVAL, str(args.table), source.current().version
     access_log = logging.getLogger("aiohttp.access") if args.access_log else None
+    app = make_app(
+        source, max_body=args.max_body, refresh_interval=refresh,
+        dsn=None if api_listen else args.dsn, api_token=api_token,
+        routing_from=getattr(args, "routing_from", None) or DEFAULT_ROUTING_FROM,
+    )  # fmt: skip
+    if api_listen:
+        from .provisioning import api_listener, make_api_app
+
+        api_app = make_api_app(args.dsn, api_token, max_body=args.max_body)
+        app.cleanup_ctx.append(api_listener(api_app, *api_listen, access_log=access_log))
     loop = new_event_loop()
     log.info(
         logfmt(
-            event="starting", table=str(args.table), version=table.version,
+            event="starting", table=where, version=version,
             host=args.host, port=args.port, loop=type(loop).__module__.split(".")[0],
+            api="off" if not args.dsn else f"{api_listen[0]}:{api_listen[1]}" if api_listen else "/api/v1",
         )
     )  # fmt: skip
     try:
@@ -64,6 +90,9 @@ def run_server(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         print(f"c4 serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except StoreUnavailable as exc:
+        print(f"c4 serve: refusing to start: {exc}", file=sys.stderr)
         return 1
     log.info(logfmt(event="stopped"))
     return 0

@@ -3,7 +3,8 @@
     c4 check FILE                          validate a routing document
     c4 route --table FILE [REQUEST_JSON]   dry-run decisions (stdin: one per line)
     c4 kamailio --mode kemi|http ...       run Kamailio with the router
-    c4 serve --table FILE ...              run the c4http service
+    c4 serve --table FILE | --dsn DSN ...  run the c4http service
+    c4 db migrate|import|export|token|follow   the PostgreSQL store
 
 Subcommands that need heavy imports (aiohttp) import them when they run.
 """
@@ -11,13 +12,15 @@ Subcommands that need heavy imports (aiohttp) import them when they run.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
 from .decision import RequestError, decide, encode
-from .document import COLLECTIONS, DocumentError, load_document
+from .document import COLLECTIONS, DocumentError, load_document, target_warnings
 from .table import compile_validated, load_table
 
 EXAMPLE_TABLE = Path(__file__).parent / "examples" / "example.json"
@@ -32,38 +35,70 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{args.file}: {error}", file=sys.stderr)
         print(f"{args.file}: refused, {len(exc.errors)} error(s)", file=sys.stderr)
         return 1
+    for warning in target_warnings(document):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     counts = ", ".join(f"{len(document[name])} {name}" for name in COLLECTIONS)
     print(f"{args.file}: ok, version {table.version}: {counts}")
     return 0
 
 
-def route_line(table, line: bytes | str) -> bytes:
-    """One reply line for one request line; a bad request gives {"error": ...}."""
+def answer_line(line: bytes | str, answer: Callable[[dict], bytes]) -> tuple[bytes, bool]:
+    """One request line through ANSWER, and whether it failed.
+
+    A malformed request gives one ``{"error": ...}`` line; so does a bug,
+    and a batch goes on with the next line. Never a traceback.
+    """
     try:
         query = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        return orjson.dumps({"error": f"malformed JSON: {exc}"})
+        return orjson.dumps({"error": f"malformed JSON: {exc}"}) + b"\n", True
     try:
-        return encode(decide(table, query))
+        return answer(query), False
     except RequestError as exc:
-        return orjson.dumps({"error": str(exc)})
+        return orjson.dumps({"error": str(exc)}) + b"\n", True
+    except Exception as exc:  # a bug, not the request's fault: report it, go on with the next line
+        return orjson.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}) + b"\n", True
+
+
+def route_line(table, line: bytes | str) -> bytes:
+    """One reply line (without its newline) for one request line."""
+    return answer_line(line, lambda query: encode(decide(table, query)))[0].rstrip(b"\n")
 
 
 def cmd_route(args: argparse.Namespace) -> int:
+    """``c4 route``: the reply Kamailio gets, or with ``--explain`` why (c4kemi.explain)."""
     try:
         table = load_table(args.table)
     except DocumentError as exc:
         print(exc, file=sys.stderr)
         return 1
+    separator = b""
+    if args.explain:
+        from .explain import explain, render_text
+
+        if args.json:
+            def answer(query):
+                return orjson.dumps(explain(table, query)) + b"\n"
+        else:
+            separator = b"\n"  # a blank line between explanations
+
+            def answer(query):
+                return render_text(explain(table, query)).encode()
+    else:
+        def answer(query):
+            return encode(decide(table, query)) + b"\n"
     out = sys.stdout.buffer
     if args.request is not None:
-        reply = route_line(table, args.request)
-        out.write(reply + b"\n")
-        return 1 if reply.startswith(b'{"error"') else 0
+        text, failed = answer_line(args.request, answer)
+        out.write(text)
+        return 1 if failed else 0
+    first = True
     for line in sys.stdin.buffer:
         if line.strip():
-            out.write(route_line(table, line) + b"\n")
+            text, _ = answer_line(line, answer)
+            out.write(text if first else separator + text)
             out.flush()
+            first = False
     return 0
 
 
@@ -71,6 +106,12 @@ def cmd_kamailio(args: argparse.Namespace) -> int:
     from .launcher import run_kamailio
 
     return run_kamailio(args)
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from .db.cli import run
+
+    return run(args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -90,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     route = sub.add_parser("route", help="print the routing reply for requests (dry run)")
     route.add_argument("--table", required=True, help="routing document (.json or .toml)")
     route.add_argument("request", nargs="?", help="one JSON request; without it, one request per line on stdin")
+    route.add_argument("--explain", action="store_true",
+                       help="explain each decision step by step instead (for support; never what Kamailio gets)")
+    route.add_argument("--json", action="store_true", help="with --explain: the explanation as one JSON line per request")
     route.set_defaults(func=cmd_route)
 
     from .launcher import add_arguments as add_kamailio_arguments
@@ -98,19 +142,41 @@ def build_parser() -> argparse.ArgumentParser:
     add_kamailio_arguments(kamailio)
     kamailio.set_defaults(func=cmd_kamailio)
 
+    from .db.cli import add_arguments as add_db_arguments
+
+    db = sub.add_parser("db", help="the PostgreSQL store: migrate, import, export, API tokens")
+    add_db_arguments(db)
+    db.set_defaults(func=cmd_db)
+
     serve = sub.add_parser("serve", help="run the c4http routing service")
-    serve.add_argument("--table", required=True, help="routing document (.json or .toml)")
+    serve.add_argument("--table", help="routing document (.json or .toml); or --dsn")
+    serve.add_argument("--dsn", default=os.environ.get("C4_DSN"), help="PostgreSQL DSN: the table from the database (default: $C4_DSN)")
+    serve.add_argument(
+        "--table-cache", default="/var/lib/c4/routing-table.json",
+        help="with --dsn: where the last good table is saved, and read when PostgreSQL is down at start",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--access-log", action="store_true", help="log every request (off by default)")
     serve.add_argument("--max-body", type=int, default=64 * 1024, help="largest accepted request body in bytes")
+    from c4http.options import add_api_arguments
+
+    add_api_arguments(serve)
     serve.set_defaults(func=cmd_serve)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line, not a traceback; C4_DEBUG=1 shows it
+        if os.environ.get("C4_DEBUG"):
+            raise
+        print(f"c4 {args.command}: internal error: {type(exc).__name__}: {exc} (C4_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 70  # EX_SOFTWARE
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import orjson
 
-from .numbers import is_digits, parse_uri, strip_separators
+from .numbers import MAX_NUMBER_LENGTH, is_digits, parse_uri, strip_separators
 from .table import Endpoint, RouteChoice, RoutingTable
 
 __all__ = ["RequestError", "decide", "route_json", "encode", "refusal", "trunk_order"]
@@ -77,18 +77,24 @@ def decide(table: RoutingTable, query: Any) -> dict:
     if sender is None:
         return refusal(*FORBIDDEN)
 
-    # Rule 2: numbers to E.164 with the sender's profile.
+    # Rule 2: numbers to E.164 with the sender's profile. Over-long strings
+    # never reach a regex: a called one is refused, a calling one kept as is.
     called = strip_separators(parse_uri(ruri).number or to_uri.number)
+    if len(called) > MAX_NUMBER_LENGTH:
+        return refusal(*NO_ROUTE)
     calling_raw = from_uri.number
     calling = strip_separators(calling_raw)
+    calling_fits = len(calling) <= MAX_NUMBER_LENGTH
     profile = sender.profile
     if profile is not None:
-        called, calling = profile.to_e164(called), profile.to_e164(calling)
+        called = profile.to_e164(called)
+        if calling_fits:
+            calling = profile.to_e164(calling)
     else:
         called, calling = called.removeprefix("+"), calling.removeprefix("+")
-    if not is_digits(called):
+    if len(called) > MAX_NUMBER_LENGTH or not is_digits(called):
         return refusal(*NO_ROUTE)
-    calling_is_number = is_digits(calling)
+    calling_is_number = calling_fits and len(calling) <= MAX_NUMBER_LENGTH and is_digits(calling)
     if not calling_is_number:
         calling = calling_raw  # 'anonymous' and the like pass untouched
 

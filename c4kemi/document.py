@@ -1,6 +1,6 @@
 """The routing document: loading (.json / .toml) and validation.
 
-A routing document describes a whole routing table (see DESIGN.md). This
+A routing document describes a whole routing table (docs/routing.md). This
 module checks it completely and reports *every* problem, each naming the
 entity (collection and name, or index when the entity has no name) and the
 field, e.g. ``trunks[carrier-a-1].sources[2]: '10.0.0.300' is not an IP
@@ -17,7 +17,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["DocumentError", "load_document", "parse_document", "validate_document"]
+from .numbers import MAX_NUMBER_LENGTH
+from .patterns import PatternError, check_template, compile_pattern
+
+__all__ = [
+    "COLLECTIONS", "DocumentError", "entity_where", "load_document", "parse_document", "target_warnings",
+    "validate_document", "validate_entity",
+]
 
 DEFAULT_FR_TIMER = 5000
 DEFAULT_FR_INV_TIMER = 30000
@@ -32,8 +38,23 @@ COLLECTIONS = (
     "routes",
 )
 
+# Bounds that keep every value usable by Kamailio and the JSON encoders
+# (64-bit integers at most) and every name safe to print in a log line.
+MAX_TIMER_MS = 3_600_000  # an hour: tm's timers are milliseconds in 32 bits
+MAX_BRANCH_FLAGS = 2**32 - 1  # Kamailio's branch flags are 32 bits
+PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+MAX_WEIGHT = 1_000_000
+MAX_NAME_LENGTH = 200
+
 _DIGITS = re.compile(r"[0-9]*")
-_GROUP_REF = re.compile(r"\\(?:g<([^>]*)>|([0-9]{1,2}))")
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]+")
+# A target: sip:/sips: host[:port][;params], the host an IPv4 address, an
+# [IPv6] reference or a host name; no user part (the decision adds the
+# called number) and no URI headers.
+_TARGET = re.compile(
+    r"sips?:(?P<host>\[[0-9A-Fa-f:.]+\]|[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?)"
+    r"(?::(?P<port>[0-9]{1,5}))?(?P<params>(?:;[A-Za-z0-9_.!~*'()%-]+(?:=[A-Za-z0-9_.!~*'()%\[\]:-]+)?)*)"
+)
 
 
 class DocumentError(ValueError):
@@ -62,14 +83,28 @@ def parse_document(data: bytes | str, fmt: str = "json", source: str | None = No
         if fmt == "toml":
             raw = tomllib.loads(data.decode() if isinstance(data, bytes) else data)
         elif fmt == "json":
-            raw = json.loads(data)
+            raw = json.loads(data, object_pairs_hook=_refuse_duplicate_keys)
         else:
             raise DocumentError([f"unsupported format {fmt!r}: use .json or .toml"], source)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         if isinstance(exc, DocumentError):
             raise
+        if isinstance(exc, RecursionError):
+            exc = "nested too deeply"
         raise DocumentError([f"not valid {fmt.upper()}: {exc}"], source) from None
     return validate_document(raw, source)
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads hook: a repeated key would silently drop the first value."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            name = out.get("name")
+            where = f" in the object named {name!r}" if isinstance(name, str) else ""
+            raise ValueError(f"duplicate key {key!r}{where}")
+        out[key] = value
+    return out
 
 
 def validate_document(raw: Any, source: str | None = None) -> dict[str, Any]:
@@ -79,6 +114,82 @@ def validate_document(raw: Any, source: str | None = None) -> dict[str, Any]:
     if checker.errors:
         raise DocumentError(checker.errors, source)
     return doc
+
+
+NAMED_COLLECTIONS = ("tenants", "normalization_profiles", "ipbxs", "carriers", "trunks")
+
+
+def entity_where(collection: str, item: Any) -> str:
+    """How errors name one entity checked alone: by its key, as the API addresses it.
+
+    ``trunks[carrier-a-1]``, ``dids[39612345]``, ``routes[acme/39]`` (the
+    default route: ``routes[acme/]``); ``collection[?]`` when the key is
+    not a printable string.
+    """
+    def printable(value: Any) -> bool:
+        return isinstance(value, str) and len(value) <= MAX_NAME_LENGTH and (not value or bool(_PRINTABLE.fullmatch(value)))
+
+    item = item if isinstance(item, dict) else {}
+    if collection == "dids":
+        key = item.get("prefix")
+        return f"dids[{key}]" if printable(key) and key else "dids[?]"
+    if collection == "routes":
+        tenant, prefix = item.get("tenant"), item.get("prefix")
+        return f"routes[{tenant}/{prefix}]" if printable(tenant) and tenant and printable(prefix) else "routes[?]"
+    name = item.get("name")
+    return f"{collection}[{name}]" if printable(name) and name else f"{collection}[?]"
+
+
+def validate_entity(collection: str, item: Any, refs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check one entity as ``validate_document`` checks it inside a document.
+
+    ``refs`` holds what the entity may refer to, by collection: names for
+    ``tenants`` and ``normalization_profiles``; name -> entity (at least
+    ``tenant`` for carriers and IPBXs, ``carrier`` for trunks) for
+    ``carriers``, ``ipbxs`` and ``trunks``. A name missing from ``refs`` is
+    an unknown reference, so a caller that leaves out what a user may not
+    see refuses references to it without revealing that it exists.
+
+    Returns the entity in checked form (defaults filled in, sources as
+    CIDRs, route trunks as ``{trunk, priority, weight}``) or raises
+    DocumentError listing every problem, each naming the entity
+    (``entity_where``) and the field. What only the whole document can
+    tell (a duplicate key, a source CIDR of another entity) is the
+    caller's to check.
+    """
+    if collection not in COLLECTIONS:
+        raise ValueError(f"unknown collection {collection!r}")
+    refs = refs or {}
+    tenants = set(refs.get("tenants", ()))
+    profiles = set(refs.get("normalization_profiles", ()))
+    carriers = dict(refs.get("carriers", {}))
+    ipbxs = dict(refs.get("ipbxs", {}))
+    trunks = dict(refs.get("trunks", {}))
+    checker = _Checker()
+    where = entity_where(collection, item)
+    checked = None
+    if not isinstance(item, dict):
+        checker.error(where, "must be an object")
+    elif collection in NAMED_COLLECTIONS:
+        if checker.name(where, item):
+            checks = {
+                "tenants": checker.tenant,
+                "normalization_profiles": checker.profile,
+                "carriers": lambda w, e: checker.carrier(w, e, tenants),
+                "ipbxs": lambda w, e: checker.ipbx(w, e, tenants, profiles),
+                "trunks": lambda w, e: checker.trunk(w, e, carriers, profiles),
+            }
+            checked = checks[collection](where, item)
+    elif collection == "dids":
+        checked = checker.did(where, item, tenants, ipbxs)
+    else:
+        checked = checker.route(where, item, tenants, trunks, carriers)
+    if checker.errors:
+        raise DocumentError(checker.errors)
+    assert checked is not None  # every refusal records an error
+    if collection in ("ipbxs", "trunks"):
+        checked["sources"] = [str(network) for network in checked["sources"]]
+    return checked
 
 
 class _Checker:
@@ -132,8 +243,7 @@ class _Checker:
             if not isinstance(entity, dict):
                 self.error(where, "must be an object")
                 continue
-            if not isinstance(name, str) or not name:
-                self.error(f"{where}.name", "is required and must be a non-empty string")
+            if not self.name(where, entity):
                 continue
             if name in seen:
                 self.error(f"{where}.name", f"duplicate name {name!r}")
@@ -143,6 +253,13 @@ class _Checker:
             if checked is not None:
                 out.append(checked)
         return out, seen
+
+    def name(self, where: str, entity: dict) -> bool:
+        name = entity.get("name")
+        if not isinstance(name, str) or not name:
+            self.error(f"{where}.name", "is required and must be a non-empty string")
+            return False
+        return self.text(f"{where}.name", name)
 
     def fields(self, where: str, entity: dict, required: set[str], optional: set[str]) -> bool:
         ok = True
@@ -200,7 +317,11 @@ class _Checker:
                     self.error(f"{rule_where}.replace", "must be a string")
                     ok = False
                 elif pattern is not None:
-                    ok &= self.replacement(f"{rule_where}.replace", pattern, replace)
+                    try:
+                        check_template(pattern, replace)
+                    except PatternError as exc:
+                        self.error(f"{rule_where}.replace", str(exc))
+                        ok = False
                 if pattern is None:
                     ok = False
                 out[key].append({"match": rule["match"], "replace": replace})
@@ -253,6 +374,10 @@ class _Checker:
                     if not isinstance(auth[key], str):
                         self.error(f"{where}.auth.{key}", "must be a string")
                         ok = False
+                    elif auth[key] and not _PRINTABLE.fullmatch(auth[key]):
+                        # Never echo a password back, not even in an error.
+                        self.error(f"{where}.auth.{key}", "must not contain control characters (CR, LF, ...)")
+                        ok = False
                 auth = {key: auth[key] for key in ("username", "password", "realm")}
             else:
                 ok = False
@@ -279,94 +404,104 @@ class _Checker:
         if profile is not None:
             ok &= self.reference(f"{where}.normalization", profile, profiles, "normalization profile")
         out["normalization"] = profile
-        for key, default, minimum in (
-            ("fr_timer", DEFAULT_FR_TIMER, 1),
-            ("fr_inv_timer", DEFAULT_FR_INV_TIMER, 1),
-            ("branch_flags", 0, 0),
+        for key, default, low, high in (
+            ("fr_timer", DEFAULT_FR_TIMER, 1, MAX_TIMER_MS),
+            ("fr_inv_timer", DEFAULT_FR_INV_TIMER, 1, MAX_TIMER_MS),
+            ("branch_flags", 0, 0, MAX_BRANCH_FLAGS),
         ):
             value = entity.get(key, default)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                self.error(f"{where}.{key}", f"must be an integer >= {minimum}")
-                ok = False
+            ok &= self.integer(f"{where}.{key}", value, low, high)
             out[key] = value
         return ok
 
     def dids(self, items: list, tenants: set[str], ipbxs: dict) -> list[dict]:
         out, seen = [], {}
         for index, entity in enumerate(items):
-            where = f"dids[{index}]"
-            if not isinstance(entity, dict):
-                self.error(where, "must be an object")
-                continue
-            ok = self.fields(where, entity, {"tenant", "prefix", "ipbx"}, {"match"})
-            prefix = entity.get("prefix")
-            if "prefix" in entity:
-                if self.digits(f"{where}.prefix", prefix, allow_empty=False):
-                    if prefix in seen:
-                        self.error(f"{where}.prefix", f"duplicate DID prefix {prefix!r} (also dids[{seen[prefix]}])")
-                        ok = False
-                    else:
-                        seen[prefix] = index
-                else:
-                    ok = False
-            tenant = entity.get("tenant")
-            if "tenant" in entity:
-                ok &= self.reference(f"{where}.tenant", tenant, tenants, "tenant")
-            ipbx = entity.get("ipbx")
-            if "ipbx" in entity and self.reference(f"{where}.ipbx", ipbx, ipbxs, "IPBX"):
-                owner = ipbxs[ipbx].get("tenant")
-                if isinstance(tenant, str) and tenant in tenants and isinstance(owner, str) and owner != tenant:
-                    self.error(f"{where}.ipbx", f"IPBX {ipbx!r} belongs to tenant {owner!r}, not {tenant!r}")
-                    ok = False
-            elif "ipbx" in entity:
-                ok = False
-            match = entity.get("match")
-            if match is not None and self.regex(f"{where}.match", match) is None:
-                ok = False
-            if ok:
-                out.append({"tenant": tenant, "prefix": prefix, "ipbx": ipbx, "match": match})
+            checked = self.did(f"dids[{index}]", entity, tenants, ipbxs, seen, index)
+            if checked is not None:
+                out.append(checked)
         return out
+
+    def did(self, where: str, entity: Any, tenants: set[str], ipbxs: dict, seen: dict | None = None, index: int = 0) -> dict | None:
+        """One DID; ``seen`` (prefix -> index) finds duplicates within a document."""
+        if not isinstance(entity, dict):
+            self.error(where, "must be an object")
+            return None
+        ok = self.fields(where, entity, {"tenant", "prefix", "ipbx"}, {"match"})
+        prefix = entity.get("prefix")
+        if "prefix" in entity:
+            if self.digits(f"{where}.prefix", prefix, allow_empty=False):
+                if seen is None:
+                    pass
+                elif prefix in seen:
+                    self.error(f"{where}.prefix", f"duplicate DID prefix {prefix!r} (also dids[{seen[prefix]}])")
+                    ok = False
+                else:
+                    seen[prefix] = index
+            else:
+                ok = False
+        tenant = entity.get("tenant")
+        if "tenant" in entity:
+            ok &= self.reference(f"{where}.tenant", tenant, tenants, "tenant")
+        ipbx = entity.get("ipbx")
+        if "ipbx" in entity and self.reference(f"{where}.ipbx", ipbx, ipbxs, "IPBX"):
+            owner = ipbxs[ipbx].get("tenant")
+            if isinstance(tenant, str) and tenant in tenants and isinstance(owner, str) and owner != tenant:
+                self.error(f"{where}.ipbx", f"IPBX {ipbx!r} belongs to tenant {owner!r}, not {tenant!r}")
+                ok = False
+        elif "ipbx" in entity:
+            ok = False
+        match = entity.get("match")
+        if match is not None and self.regex(f"{where}.match", match) is None:
+            ok = False
+        return {"tenant": tenant, "prefix": prefix, "ipbx": ipbx, "match": match} if ok else None
 
     def routes(self, items: list, tenants: set[str], trunks: dict, carriers: dict) -> list[dict]:
         out, seen = [], {}
         for index, entity in enumerate(items):
-            where = f"routes[{index}]"
-            if not isinstance(entity, dict):
-                self.error(where, "must be an object")
-                continue
-            ok = self.fields(where, entity, {"tenant", "prefix", "trunks"}, set())
-            tenant, prefix = entity.get("tenant"), entity.get("prefix")
-            if "tenant" in entity:
-                ok &= self.reference(f"{where}.tenant", tenant, tenants, "tenant")
-            if "prefix" in entity:
-                ok &= self.digits(f"{where}.prefix", prefix, allow_empty=True)
-            if ok:
-                if (tenant, prefix) in seen:
-                    self.error(f"{where}.prefix", f"duplicate route prefix {prefix!r} for tenant {tenant!r} (also routes[{seen[tenant, prefix]}])")
+            checked = self.route(f"routes[{index}]", entity, tenants, trunks, carriers, seen, index)
+            if checked is not None:
+                out.append(checked)
+        return out
+
+    def route(
+        self, where: str, entity: Any, tenants: set[str], trunks: dict, carriers: dict, seen: dict | None = None, index: int = 0
+    ) -> dict | None:
+        """One route; ``seen`` ((tenant, prefix) -> index) finds duplicates within a document."""
+        if not isinstance(entity, dict):
+            self.error(where, "must be an object")
+            return None
+        ok = self.fields(where, entity, {"tenant", "prefix", "trunks"}, set())
+        tenant, prefix = entity.get("tenant"), entity.get("prefix")
+        if "tenant" in entity:
+            ok &= self.reference(f"{where}.tenant", tenant, tenants, "tenant")
+        if "prefix" in entity:
+            ok &= self.digits(f"{where}.prefix", prefix, allow_empty=True)
+        if ok and seen is not None:
+            if (tenant, prefix) in seen:
+                self.error(f"{where}.prefix", f"duplicate route prefix {prefix!r} for tenant {tenant!r} (also routes[{seen[tenant, prefix]}])")
+                ok = False
+            else:
+                seen[tenant, prefix] = index
+        entries = entity.get("trunks")
+        choices = []
+        if "trunks" in entity:
+            if not isinstance(entries, list) or not entries:
+                self.error(f"{where}.trunks", "must be a non-empty list of trunk names or {trunk, priority, weight}")
+                ok = False
+                entries = []
+            names = set()
+            for position, entry in enumerate(entries):
+                choice = self.route_trunk(f"{where}.trunks[{position}]", entry, position, tenant, trunks, carriers)
+                if choice is None:
+                    ok = False
+                elif choice["trunk"] in names:
+                    self.error(f"{where}.trunks[{position}]", f"trunk {choice['trunk']!r} listed twice")
                     ok = False
                 else:
-                    seen[tenant, prefix] = index
-            entries = entity.get("trunks")
-            choices = []
-            if "trunks" in entity:
-                if not isinstance(entries, list) or not entries:
-                    self.error(f"{where}.trunks", "must be a non-empty list of trunk names or {trunk, priority, weight}")
-                    ok = False
-                    entries = []
-                names = set()
-                for position, entry in enumerate(entries):
-                    choice = self.route_trunk(f"{where}.trunks[{position}]", entry, position, tenant, trunks, carriers)
-                    if choice is None:
-                        ok = False
-                    elif choice["trunk"] in names:
-                        self.error(f"{where}.trunks[{position}]", f"trunk {choice['trunk']!r} listed twice")
-                        ok = False
-                    else:
-                        names.add(choice["trunk"])
-                        choices.append(choice)
-            if ok:
-                out.append({"tenant": tenant, "prefix": prefix, "trunks": choices})
-        return out
+                    names.add(choice["trunk"])
+                    choices.append(choice)
+        return {"tenant": tenant, "prefix": prefix, "trunks": choices} if ok else None
 
     def route_trunk(self, where: str, entry: Any, position: int, tenant: Any, trunks: dict, carriers: dict) -> dict | None:
         if isinstance(entry, str):
@@ -375,13 +510,10 @@ class _Checker:
             if not self.fields(where, entry, {"trunk"}, {"priority", "weight"}):
                 return None
             choice = {"trunk": entry["trunk"], "priority": entry.get("priority", position), "weight": entry.get("weight", 1)}
-            ok = True
-            if not isinstance(choice["priority"], int) or isinstance(choice["priority"], bool):
-                self.error(f"{where}.priority", "must be an integer")
-                ok = False
+            ok = self.integer(f"{where}.priority", choice["priority"], *PRIORITY_RANGE)
             weight = choice["weight"]
-            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight >= 0 or weight == float("inf"):
-                self.error(f"{where}.weight", "must be a number >= 0")
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight <= MAX_WEIGHT:
+                self.error(f"{where}.weight", f"must be a number from 0 to {MAX_WEIGHT}")
                 ok = False
             if not ok:
                 return None
@@ -425,6 +557,23 @@ class _Checker:
             need = "digits" if allow_empty else "one or more digits"
             self.error(where, f"must be a string of {need} (E.164 without '+'), got {value!r}")
             return False
+        if len(value) > MAX_NUMBER_LENGTH:
+            self.error(where, f"has {len(value)} digits; numbers longer than {MAX_NUMBER_LENGTH} are never routed")
+            return False
+        return True
+
+    def integer(self, where: str, value: Any, low: int, high: int) -> bool:
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            shown = value if not isinstance(value, int) or abs(value) < 10**30 else f"an integer of {len(str(abs(value)))} digits"
+            self.error(where, f"must be an integer from {low} to {high}, got {shown!r}")
+            return False
+        return True
+
+    def text(self, where: str, value: str) -> bool:
+        """Names are printed in logs and explanations: printable, bounded."""
+        if len(value) > MAX_NAME_LENGTH or not _PRINTABLE.fullmatch(value):
+            self.error(where, f"must be at most {MAX_NAME_LENGTH} characters without control characters")
+            return False
         return True
 
     def regex(self, where: str, value: Any) -> re.Pattern | None:
@@ -432,21 +581,11 @@ class _Checker:
             self.error(where, "must be a regular expression string")
             return None
         try:
-            return re.compile(value)
-        except re.error as exc:
-            self.error(where, f"bad regular expression {value!r}: {exc}")
+            return compile_pattern(value)
+        except PatternError as exc:
+            self.error(where, str(exc))
             return None
 
-    def replacement(self, where: str, pattern: re.Pattern, replace: str) -> bool:
-        """Group references in a replacement must exist in the pattern."""
-        for named, number in _GROUP_REF.findall(replace):
-            if number and int(number) > pattern.groups:
-                self.error(where, f"refers to group {number} but the match has {pattern.groups} group(s)")
-                return False
-            if named and not (named.isdigit() and int(named) <= pattern.groups) and named not in pattern.groupindex:
-                self.error(where, f"refers to unknown group {named!r}")
-                return False
-        return True
 
     def cidr(self, where: str, value: Any):
         if not isinstance(value, str):
@@ -459,7 +598,51 @@ class _Checker:
             return None
 
     def sip_uri(self, where: str, value: Any) -> bool:
-        if not isinstance(value, str) or not re.fullmatch(r"sips?:[^\s@<>]+", value):
-            self.error(where, f"must be a SIP URI like 'sip:192.0.2.10:5060', got {value!r}")
+        problem = _target_problem(value)
+        if problem is not None:
+            self.error(where, f"must be a SIP URI like 'sip:192.0.2.10:5060' (host, port, parameters; no user part), got {value!r}: {problem}")
             return False
         return True
+
+
+def _target_problem(value: Any) -> str | None:
+    """Why a trunk or IPBX target is not a URI Kamailio can send to, or None."""
+    found = _TARGET.fullmatch(value) if isinstance(value, str) else None
+    if found is None:
+        return "not of the form sip:host[:port][;params]"
+    host, port = found["host"], found["port"]
+    if port is not None and not 1 <= int(port) <= 65535:
+        return f"port {port} out of range"
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"bad IPv6 address {host}"
+    elif host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"bad IPv4 address {host}"
+    return None
+
+
+def target_warnings(document: dict[str, Any]) -> list[str]:
+    """What ``c4 check`` warns about in a valid document: targets that may not be reachable.
+
+    A host name is resolved by DNS in the SIP worker at every relay, and a
+    name that does not resolve fails that branch (the next route is tried).
+    """
+    warnings = []
+    for collection, field_name in (("ipbxs", "targets"), ("trunks", "target")):
+        for entity in document.get(collection, []):
+            values = entity[field_name] if isinstance(entity[field_name], list) else [entity[field_name]]
+            for index, target in enumerate(values):
+                found = _TARGET.fullmatch(target)
+                host = found["host"] if found else ""
+                if host and not host.startswith("[") and not host.replace(".", "").isdigit():
+                    where = f"{collection}[{entity['name']}].{field_name}" + (f"[{index}]" if field_name == "targets" else "")
+                    warnings.append(
+                        f"{where}: host name {host!r} is looked up by DNS on every call it is tried for; "
+                        "use an IP address unless the name is in /etc/hosts or a local resolver"
+                    )
+    return warnings

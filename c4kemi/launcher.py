@@ -51,12 +51,17 @@ from urllib.parse import urlsplit
 from .secret import SECRET_ENV
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent
-CONFIG_DIR = REPO_ROOT / "kamailio"
-MODULES_BUILD_DIR = REPO_ROOT / "build" / "modules"
+# The directory holding the c4kemi package: the checkout, or site-packages.
+PACKAGE_ROOT = PACKAGE_DIR.parent
+# kamailio/ ships inside the package (c4kemi/kamailio links to it in a checkout).
+CONFIG_DIR = (PACKAGE_DIR / "kamailio").resolve()
 KEMI_SCRIPT = CONFIG_DIR / "c4_kemi.py"  # a shim importing c4kemi.kemi, see there
 DEFAULT_LISTEN = "udp:127.0.0.1:5060"
-HTTP_ASYNC_MODULE = MODULES_BUILD_DIR / "http_async_client.so"
+HTTP_ASYNC_ENV = "C4_HTTP_ASYNC_CLIENT"
+# Where `make setup` builds it in a checkout.
+HTTP_ASYNC_BUILT = PACKAGE_ROOT / "build" / "modules" / "http_async_client.so"
+SIPP_SCENARIOS = PACKAGE_ROOT / "tests" / "e2e" / "scenarios"  # in a checkout only
+DEFAULT_TABLE_CACHE = Path("/var/lib/c4/routing-table.json")
 RTJSON_PATH = "/kamailio/rtjson"  # c4http.app.RTJSON_PATH (not imported: no aiohttp here)
 # tm's fr_timer in kamailio-http.cfg: the API must answer (or time out) before it.
 CFG_FR_TIMER_MS = 5000
@@ -80,6 +85,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-inflight", type=int, default=200, help="HTTP mode: API queries in flight before new INVITEs get 503")
     parser.add_argument("--api-workers", type=int, default=4, help="HTTP mode: http_async_client workers (they also run the resume route)")
     parser.add_argument("--serve-api", action="store_true", help="HTTP mode: also run `c4 serve --table FILE` on the --api host and port")
+    parser.add_argument(
+        "--http-async-client", default=os.environ.get(HTTP_ASYNC_ENV) or str(HTTP_ASYNC_BUILT),
+        help=f"HTTP mode: path of http_async_client.so (default: ${HTTP_ASYNC_ENV}, else the checkout's build/modules)",
+    )
+    parser.add_argument("--dsn", help="PostgreSQL DSN: the table comes from the database instead of --table (KEMI mode, or with --serve-api)")
+    parser.add_argument(
+        "--table-cache", default=str(DEFAULT_TABLE_CACHE),
+        help="with --dsn: the node's copy of the table, kept by a follower and used when PostgreSQL is down at start",
+    )
     parser.add_argument("--kamailio", default=None, help="Kamailio binary (default: kamailio on PATH or /usr/sbin)")
     parser.add_argument("--dry-run", action="store_true", help="print the Kamailio command and environment, do not start")
     parser.add_argument("--secret-file", default=None,
@@ -95,8 +109,44 @@ class Launch:
     defines: dict[str, str | int | None] = field(default_factory=dict)  # -A NAME=VALUE (None: just NAME)
     env: dict[str, str] = field(default_factory=dict)
     banner: list[str] = field(default_factory=list)
-    # Started before Kamailio, stopped after it: (argv, probe URL answering once it is ready).
-    helpers: list[tuple[list[str], str]] = field(default_factory=list)
+    helpers: list["Helper"] = field(default_factory=list)
+
+
+@dataclass
+class Helper:
+    """A process started (and ready) before Kamailio, stopped after it: c4 serve, c4 db follow."""
+
+    argv: list[str]
+    what: str  # for messages, e.g. "c4 serve on 127.0.0.1:8080"
+    ready: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)  # the DSN travels here, never on a command line
+
+
+def http_answers(url: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    return ready
+
+
+def table_cache(args: argparse.Namespace) -> Path:
+    """The node's copy of the PostgreSQL table; its directory is made private (it holds trunk passwords)."""
+    path = Path(args.table_cache).resolve()
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LaunchError(f"--table-cache {path}: cannot create its directory: {exc.strerror}") from None
+    return path
+
+
+def follower(args: argparse.Namespace, path: Path) -> Helper:
+    """c4 db follow: keeps PATH, the KEMI workers' table file, equal to PostgreSQL."""
+    argv = [sys.executable, "-m", "c4kemi.cli", "db", "follow", "--out", str(path)]
+    return Helper(argv, f"c4 db follow ({path})", path.is_file, {"C4_DSN": args.dsn})
 
 
 @dataclass(frozen=True)
@@ -134,8 +184,8 @@ def check_table(path: str | None) -> tuple[Path, dict]:
 
 
 def python_path() -> str:
-    """The repository root and this venv's site-packages, for the embedded interpreter."""
-    paths = [str(REPO_ROOT)]
+    """Where c4kemi is and this venv's site-packages, for the embedded interpreter."""
+    paths = [str(PACKAGE_ROOT)]
     for key in ("purelib", "platlib"):
         site = sysconfig.get_paths()[key]
         if site not in paths:
@@ -149,11 +199,16 @@ def python_path() -> str:
 def call_hint(document: dict, listen: str) -> list[str]:
     """sipp commands that place a test call through the router.
 
-    The scenarios (tests/e2e/scenarios) follow Record-Route, so ACK and BYE
-    go through the router too (sipp's built-in uac/uas do not).
+    In a checkout, the test scenarios (tests/e2e/scenarios), which follow
+    Record-Route so that ACK and BYE go through the router too; installed,
+    sipp's built-in uac/uas, which do not.
     """
     hostport = listen.split(":", 1)[1] if listen.count(":") >= 2 else listen
-    scenarios = REPO_ROOT / "tests" / "e2e" / "scenarios"
+    if SIPP_SCENARIOS.is_dir():
+        uas, uac = f"-sf {SIPP_SCENARIOS / 'uas_answer.xml'}", f"-sf {SIPP_SCENARIOS / 'uac_call.xml'}"
+        keys = " -key caller 0611111111 -key caller_name Alice"
+    else:
+        uas, uac, keys = "-sn uas", "-sn uac", ""
     source, callee = "127.0.0.10", None
     for ipbx in document.get("ipbxs", []):
         hosts = [cidr.split("/")[0] for cidr in ipbx.get("sources", []) if "/" not in cidr or cidr.endswith(("/32", "/128"))]
@@ -165,16 +220,20 @@ def call_hint(document: dict, listen: str) -> list[str]:
     lines = []
     if callee and ":" in callee and not callee.startswith("["):
         host, port = callee.rsplit(":", 1)
-        lines.append(f"callee: sipp -sf {scenarios / 'uas_answer.xml'} -i {host} -p {port} -m 1")
-    lines.append(
-        f"caller: sipp -sf {scenarios / 'uac_call.xml'} -i {source} -p 0 -s 0612345678 "
-        f"-key caller 0611111111 -key caller_name Alice -m 1 {hostport}"
-    )
+        lines.append(f"callee: sipp {uas} -i {host} -p {port} -m 1")
+    lines.append(f"caller: sipp {uac} -i {source} -p 0 -s 0612345678{keys} -m 1 {hostport}")
     return lines
 
 
 def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
-    table_path, info = check_table(args.table)
+    if args.dsn:
+        if args.table:
+            raise LaunchError("--table or --dsn, not both: with --dsn the table comes from PostgreSQL")
+        table_path = table_cache(args)
+        launch.helpers.append(follower(args, table_path))
+        info = None
+    else:
+        table_path, info = check_table(args.table)
     if sys.version_info[:2] != (3, 11):
         launch.banner.append(
             f"warning: this is Python {sys.version_info[0]}.{sys.version_info[1]}; app_python3 embeds 3.11, "
@@ -184,6 +243,9 @@ def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
     launch.env["C4_TABLE"] = str(table_path)
     launch.env["PYTHONPATH"] = python_path()
     launch.env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if info is None:
+        launch.banner.append(f"routing table from PostgreSQL, kept in {table_path} by c4 db follow (workers reload it on change)")
+        return
     launch.banner.append(f"routing table {table_path}: version {info['version']} (reloaded on change, checked at most once a second per worker)")
     launch.banner.append("place a test call (called number from the example table):")
     launch.banner.extend("  " + line for line in call_hint(info["document"], args.listen[0]))
@@ -210,16 +272,18 @@ def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
         raise LaunchError(f"--api-timeout must be between 1 and {CFG_FR_TIMER_MS - 1} ms (below fr_timer, {CFG_FR_TIMER_MS} ms)")
     if args.max_inflight < 1 or args.api_workers < 1:
         raise LaunchError("--max-inflight and --api-workers must be >= 1")
-    if not HTTP_ASYNC_MODULE.is_file():
+    module = Path(args.http_async_client).resolve()
+    if not module.is_file():
         raise LaunchError(
-            f"{HTTP_ASYNC_MODULE} is missing: HTTP mode needs the http_async_client module, "
-            "which Debian does not ship; run `make setup` to build it"
+            f"{module} is missing: HTTP mode needs the http_async_client module, which Debian does not ship. "
+            f"In a checkout `make setup` builds it; otherwise run {CONFIG_DIR / 'build-http-async-client.sh'} DIR "
+            f"and pass --http-async-client DIR/http_async_client.so (or set ${HTTP_ASYNC_ENV})"
         )
     launch.defines["C4_API_URL"] = quoted(url)
     launch.defines["C4_API_TIMEOUT"] = args.api_timeout
     launch.defines["C4_API_WORKERS"] = args.api_workers
     launch.defines["C4_MAX_INFLIGHT"] = args.max_inflight
-    launch.defines["C4_HTTP_ASYNC_MODULE"] = quoted(HTTP_ASYNC_MODULE)
+    launch.defines["C4_HTTP_ASYNC_MODULE"] = quoted(module)
     launch.banner.append(
         f"routing API {url}: {args.api_timeout} ms timeout, at most {args.max_inflight} queries in flight, "
         f"{args.api_workers} http_async_client workers"
@@ -227,15 +291,23 @@ def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
     if args.serve_api:
         if urlsplit(args.api).scheme != "http" or urlsplit(args.api).path.strip("/"):
             raise LaunchError(f"--serve-api runs c4 serve at the root of a plain http URL, not {args.api!r}")
+        argv = [sys.executable, "-m", "c4kemi.cli", "serve", "--host", host, "--port", str(port)]
+        health = http_answers(f"http://{urlsplit(args.api).netloc}/health")
+        if args.dsn:
+            if args.table:
+                raise LaunchError("--table or --dsn, not both: with --dsn the table comes from PostgreSQL")
+            cache = table_cache(args)
+            argv += ["--table-cache", str(cache)]
+            launch.helpers.append(Helper(argv, f"c4 serve on {host}:{port}", health, {"C4_DSN": args.dsn}))
+            launch.banner.append(f"c4 serve on {host}:{port}, routing table from PostgreSQL (saved in {cache})")
+            return
         table_path, info = check_table(args.table)
-        argv = [sys.executable, "-m", "c4kemi.cli", "serve", "--table", str(table_path), "--host", host, "--port", str(port)]
-        health = f"http://{urlsplit(args.api).netloc}/health"
-        launch.helpers.append((argv, health))
+        launch.helpers.append(Helper(argv + ["--table", str(table_path)], f"c4 serve on {host}:{port}", health))
         launch.banner.append(f"c4 serve on {host}:{port}, routing table {table_path}: version {info['version']} (reloaded on change)")
         launch.banner.append("place a test call (called number from the example table):")
         launch.banner.extend("  " + line for line in call_hint(info["document"], args.listen[0]))
-    elif args.table:
-        raise LaunchError("--table is read by c4 serve in HTTP mode: add --serve-api, or run c4 serve yourself")
+    elif args.table or args.dsn:
+        raise LaunchError("--table and --dsn are read by c4 serve in HTTP mode: add --serve-api, or run c4 serve yourself")
 
 
 MODES: dict[str, Mode] = {
@@ -311,8 +383,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.dry_run:
             for name, value in launch.env.items():
                 print(f"{name}={value}")
-            for argv, _health in launch.helpers:
-                print(" ".join(argv) + " &")
+            for helper in launch.helpers:
+                print(" ".join([*(f"{name}=***" for name in helper.env), *helper.argv]) + " &")
             print(" ".join(command))
             return 0
         for line in launch.banner:
@@ -321,8 +393,8 @@ def _run(args: argparse.Namespace) -> int:
         print("c4 kamailio: Ctrl-C or SIGTERM stops Kamailio", flush=True)
         helpers = []
         try:
-            for argv, health in launch.helpers:
-                helpers.append(_start_helper(argv, health))
+            for helper in launch.helpers:
+                helpers.append(_start_helper(helper))
             return _supervise(command, env)
         finally:
             for helper in reversed(helpers):
@@ -345,27 +417,21 @@ def _add_secret_keys(args: argparse.Namespace, launch: Launch) -> None:
         raise LaunchError(f"deployment secret: {exc}") from None
 
 
-def _start_helper(argv: list[str], health: str) -> subprocess.Popen:
-    """Start a helper (c4 serve) and wait until HEALTH answers 200."""
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+def _start_helper(helper: Helper) -> subprocess.Popen:
+    """Start a helper and wait until it is ready."""
+    proc = subprocess.Popen(helper.argv, stdin=subprocess.DEVNULL, env={**os.environ, **helper.env}, preexec_fn=_die_with_parent)
     deadline = time.monotonic() + API_START_TIMEOUT
-    while True:
+    while not helper.ready():
         code = proc.poll()
         if code is not None:
-            raise LaunchError(f"{' '.join(argv[2:4])} exited with code {code} before answering {health}; Kamailio not started")
-        try:
-            with urllib.request.urlopen(health, timeout=1) as response:
-                if response.status == 200:
-                    break
-        except (urllib.error.URLError, OSError):
-            pass
+            raise LaunchError(f"{helper.what} exited with code {code} before it was ready; Kamailio not started")
         if time.monotonic() > deadline:
             _stop_helper(proc)
-            raise LaunchError(f"{health} did not answer within {API_START_TIMEOUT:.0f}s; Kamailio not started")
+            raise LaunchError(f"{helper.what} was not ready within {API_START_TIMEOUT:.0f}s; Kamailio not started")
         time.sleep(0.1)
-    if proc.poll() is not None:  # something else answered on that port
-        raise LaunchError(f"{' '.join(argv[2:4])} exited with code {proc.returncode}; is {health} already taken?")
-    print(f"c4 kamailio: {health} is up (pid {proc.pid})", flush=True)
+    if proc.poll() is not None:  # something else answered in its place
+        raise LaunchError(f"{helper.what} exited with code {proc.returncode}; is its port already taken?")
+    print(f"c4 kamailio: {helper.what} is up (pid {proc.pid})", flush=True)
     return proc
 
 
@@ -401,7 +467,12 @@ def _supervise(command: list[str], env: dict[str, str]) -> int:
             signal.signal(sig, handler)
     if stopping:
         print(f"c4 kamailio: stopped (signal {signal.Signals(stopping[0]).name}), Kamailio exit code {code}", file=sys.stderr)
-        return 0 if code in (0, -signal.SIGTERM) else code
+        return 0 if code in (0, -signal.SIGTERM) else exit_status(code)
     if code != 0:
         print(f"c4 kamailio: Kamailio exited with code {code}", file=sys.stderr)
-    return code if code >= 0 else 128 - code
+    return exit_status(code)
+
+
+def exit_status(returncode: int) -> int:
+    """A child's return code as a shell reports it: 128 + N when killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode

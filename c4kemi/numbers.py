@@ -9,7 +9,13 @@ from __future__ import annotations
 import re
 from typing import NamedTuple, Sequence
 
-__all__ = ["Profile", "Uri", "parse_uri", "strip_separators", "is_digits"]
+__all__ = ["MAX_NUMBER_LENGTH", "Profile", "Uri", "parse_uri", "strip_separators", "is_digits"]
+
+# E.164 numbers have at most 15 digits; with an international prefix, a
+# '+' or a tech prefix a dialled string stays well below this. Longer
+# strings are refused (called) or passed untouched (calling) before any
+# document regex sees them, which bounds the work per call.
+MAX_NUMBER_LENGTH = 32
 
 _SEPARATORS = str.maketrans("", "", " -.()")
 _ASCII_DIGITS = re.compile(r"[0-9]+")
@@ -29,7 +35,9 @@ class Uri(NamedTuple):
     """A SIP or tel: URI split around its user part, parsed once per call.
 
     ``head + user + tail`` is the URI. ``tail`` starts with '@' when a SIP
-    URI has a user part; for tel: it holds the parameters.
+    URI has a user part; for tel: it holds the parameters. URI headers
+    (``sip:a@b?Route=...``) are dropped when parsing: they have no place in
+    a From or To we rewrite, and a peer could smuggle headers through them.
     """
 
     text: str
@@ -76,13 +84,16 @@ def parse_uri(uri: str) -> Uri:
         number, semi, params = after.partition(";")
         return Uri(uri, head, number, semi + params, True)
     user, at, host = after.rpartition("@")
+    if "?" in host:
+        host = host.partition("?")[0]
+        uri = head + user + at + host
     if not at:
-        return Uri(uri, head, "", after, False)
+        return Uri(uri, head, "", host, False)
     return Uri(uri, head, user, at + host, False)
 
 
 class Profile:
-    """A compiled normalization profile (see DESIGN.md, Decision rule 2)."""
+    """A compiled normalization profile (docs/routing.md, rules 2 and 5)."""
 
     __slots__ = ("name", "country_code", "intl_prefix", "ld_prefix", "always_plus", "to_rules", "from_rules")
 

@@ -66,7 +66,10 @@ class FileTableSource:
         self._stamp = stamp  # a bad document is refused once, not every second
         try:
             table = load_table(self.path)
-        except DocumentError as exc:
+        except Exception as exc:  # whatever fails, the call must not: refuse the reload
+            if not isinstance(exc, DocumentError):
+                log.exception("routing table %s could not be loaded", self.path)
+                exc = DocumentError([f"cannot load: {type(exc).__name__}: {exc}"], str(self.path))
             self.failed_reloads += 1
             log.error("routing table %s refused, still serving version %s: %s", self.path, self._table.version, exc)
             if self.on_error:

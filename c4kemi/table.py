@@ -64,6 +64,7 @@ class Endpoint:
     branch_flags: int
     auth: Mapping[str, str] | None = None
     hash_key: bytes = b""  # the name, for the per-call weighted draw
+    carrier: str | None = None  # a trunk's carrier, for explanations
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class RouteChoice:
     tenant: str
     prefix: str
     groups: tuple[tuple[tuple[Endpoint, float], ...], ...]
+    priorities: tuple[int, ...] = ()  # each group's priority, for explanations
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,24 @@ class SourceIndex:
                 return endpoint
         return None
 
+    def match(self, address: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, Endpoint] | None:
+        """``lookup``, also naming the CIDR that matched (for explanations).
+
+        Not for the hot path: ``lookup`` decides (and validates the address,
+        raising ValueError as it does); this only finds the level it hit.
+        """
+        endpoint = self.lookup(address)
+        if endpoint is None:
+            return None
+        ip = ipaddress.ip_address(address[1:-1] if address.startswith("[") else address)
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        value = int(ip)
+        for length, mask, nets in self.v4 if ip.version == 4 else self.v6:
+            if nets.get(value & mask) is not None:
+                return ipaddress.ip_network((value & mask, length)), endpoint
+        raise AssertionError(f"lookup found {endpoint.name} for {address!r} but no level holds it")
+
 
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
@@ -199,6 +219,7 @@ def compile_validated(document: Mapping[str, Any]) -> RoutingTable:
             branch_flags=entity["branch_flags"],
             auth=MappingProxyType(dict(entity["auth"])) if entity.get("auth") else None,
             hash_key=entity["name"].encode(),
+            carrier=entity.get("carrier"),
         )
 
     ipbxs = {i["name"]: endpoint("ipbx", i, i["tenant"], i["targets"]) for i in document["ipbxs"]}
@@ -224,8 +245,9 @@ def compile_validated(document: Mapping[str, Any]) -> RoutingTable:
         by_priority: dict[int, list[tuple[Endpoint, float]]] = {}
         for choice in r["trunks"]:
             by_priority.setdefault(choice["priority"], []).append((trunks[choice["trunk"]], choice["weight"]))
-        groups = tuple(tuple(by_priority[p]) for p in sorted(by_priority))
-        routes.setdefault(r["tenant"], {})[r["prefix"]] = RouteChoice(r["tenant"], r["prefix"], groups)
+        priorities = tuple(sorted(by_priority))
+        groups = tuple(tuple(by_priority[p]) for p in priorities)
+        routes.setdefault(r["tenant"], {})[r["prefix"]] = RouteChoice(r["tenant"], r["prefix"], groups, priorities)
 
     return RoutingTable(
         sources=SourceIndex.build(networks),

@@ -26,7 +26,8 @@ def table_file(tmp_path):
     return path
 
 
-# (request, expected destinations, expected code) covering DESIGN.md's cases.
+# (request, expected destinations, expected code) covering the cases of
+# docs/routing.md's decision rules.
 CORPUS = [
     ("inbound", request("192.0.2.1", "0612345678"), ["sip:0612345678@10.0.0.10:5060", "sip:0612345678@10.0.0.11:5060"], None),
     ("inbound longest DID", request("192.0.2.1", "+39612345901"), ["sip:39612345901@10.0.1.10"], None),
@@ -110,3 +111,66 @@ def test_route_with_a_bad_table_exits_1(tmp_path):
     result = c4("route", "--table", str(path), "{}")
     assert result.returncode == 1
     assert "tenants[0].name" in result.stderr.decode()
+
+
+def test_route_never_prints_a_traceback(tmp_path):
+    # A template re.sub rejects used to pass the check and fail every call
+    # it matched with a traceback; now the table is refused, entity named.
+    doc = document()
+    doc["normalization_profiles"][0]["to_e164"][0]["replace"] = "0\\q1"
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    result = c4("route", "--table", str(path), json.dumps(request("192.0.2.1", "0612345678")))
+    assert result.returncode == 1
+    assert b"Traceback" not in result.stderr
+    assert "normalization_profiles[it].to_e164[0].replace: bad replacement" in result.stderr.decode()
+
+
+def test_route_batch_goes_on_after_an_internal_error(monkeypatch):
+    # A bug in the decision (simulated: no document can cause one) gives one
+    # error line for that request, and the next request is still answered.
+    from c4kemi import cli
+
+    table = compile_table(BASE_DOCUMENT)
+    calls = []
+
+    def flaky_decide(table, query):
+        calls.append(query)
+        if len(calls) == 1:
+            raise ZeroDivisionError("boom")
+        return decide(table, query)
+
+    monkeypatch.setattr(cli, "decide", flaky_decide)
+    query = request("192.0.2.1", "0612345678")
+    first = cli.route_line(table, json.dumps(query))
+    assert orjson.loads(first) == {"error": "internal error: ZeroDivisionError: boom"}
+    assert cli.route_line(table, json.dumps(query)) == encode(decide(table, query))
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ('{"tenants": [{"name": "a"}], "tenants": []}', "not valid JSON: duplicate key 'tenants'"),
+        ('{"tenants": [{"name": "a", "name": "b"}]}', "not valid JSON: duplicate key 'name' in the object named 'a'"),
+        ('{"tenants": [], "carriers": [], "trunks": [{"name": "t", "carrier": "c", "target": "sip:1.2.3.4", "fr_timer": 100000000000000000000}]}',
+         "trunks[t].fr_timer: must be an integer from 1 to 3600000, got 100000000000000000000"),
+        ("[" * 100000, "not valid JSON: nested too deeply"),
+    ],
+)
+def test_check_refuses_duplicate_keys_and_huge_integers(tmp_path, text, error):
+    path = tmp_path / "t.json"
+    path.write_text(text)
+    result = c4("check", str(path))
+    assert result.returncode == 1
+    assert b"Traceback" not in result.stderr
+    assert f"{path}: {error}" in result.stderr.decode()
+
+
+def test_check_warns_about_host_name_targets(tmp_path):
+    doc = document()
+    doc["trunks"][0]["target"] = "sip:sbc.carrier-a.example:5060"
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    result = c4("check", str(path))
+    assert result.returncode == 0
+    assert f"{path}: warning: trunks[carrier-a-1].target: host name 'sbc.carrier-a.example' is looked up by DNS" in result.stderr.decode()

@@ -1,4 +1,4 @@
-"""One test (or more) per rule of DESIGN.md's Decision section."""
+"""One test (or more) per decision rule of docs/routing.md ("The decision")."""
 
 from __future__ import annotations
 

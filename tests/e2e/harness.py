@@ -378,6 +378,7 @@ class Router:
     api_url: str | None = None  # HTTP mode: the --api base URL
     api_proc: subprocess.Popen | None = None  # the c4 serve the harness runs for it, if any
     api_logs: list = field(default_factory=list)
+    dsn: str | None = None  # the table comes from PostgreSQL
 
     @property
     def target(self) -> str:
@@ -407,7 +408,7 @@ class Router:
     def start_api(self) -> subprocess.Popen:
         """HTTP mode: run c4 serve on this router's --api port (again)."""
         assert self.api_url and (self.api_proc is None or self.api_proc.poll() is not None), "c4 serve already running"
-        self.api_proc, log = self.factory.serve(self.table_path, self.api_port)
+        self.api_proc, log = self.factory.serve(self.table_path, self.api_port, dsn=self.dsn)
         self.api_logs.append(log)
         return self.api_proc
 
@@ -434,10 +435,11 @@ class RouterFactory:
         self.workdir = workdir
         self.routers: list[Router] = []
 
-    def serve(self, table_path: Path, port: int, timeout: float = 20.0) -> tuple[subprocess.Popen, Path]:
-        """c4 serve on 127.0.0.1:PORT; returns once /health answers."""
+    def serve(self, table_path: Path, port: int, timeout: float = 20.0, dsn: str | None = None) -> tuple[subprocess.Popen, Path]:
+        """c4 serve on 127.0.0.1:PORT (its table from DSN if given); returns once /health answers."""
         log = self.workdir / f"c4serve-{port}-{len(self.processes.procs)}.log"
-        argv = [sys.executable, "-m", "c4kemi.cli", "serve", "--table", str(table_path), "--host", "127.0.0.1", "--port", str(port)]
+        source = ["--dsn", dsn, "--table-cache", str(self.workdir / "serve-cache.json")] if dsn else ["--table", str(table_path)]
+        argv = [sys.executable, "-m", "c4kemi.cli", "serve", *source, "--host", "127.0.0.1", "--port", str(port)]
         proc = self.processes.start(argv, log, cwd=REPO_ROOT)
         deadline = time.monotonic() + timeout
         while not http_ok(f"http://127.0.0.1:{port}/health"):
@@ -456,8 +458,10 @@ class RouterFactory:
         api: str | None = "serve",
         extra_args: list[str] | tuple = (),
         env: dict[str, str] | None = None,
+        dsn: str | None = None,
         port: int | None = None,
     ) -> Router:
+        """With ``dsn``, the table comes from PostgreSQL (the document is not written there: import it first)."""
         table_path = self.workdir / "table.json"
         write_json_atomically(table_path, document)
         address = "127.0.0.1"
@@ -466,14 +470,14 @@ class RouterFactory:
         api_url = api_proc = None
         api_logs = []
         if self.mode == "kemi":
-            mode_args = ["--table", str(table_path)]
+            mode_args = ["--dsn", dsn, "--table-cache", str(self.workdir / "kemi-cache.json")] if dsn else ["--table", str(table_path)]
         elif self.mode == "http":
             if api is None or api == "serve":
                 api_url = f"http://127.0.0.1:{free_tcp_port()}"
             else:
                 api_url = api
             if api == "serve":
-                api_proc, api_log = self.serve(table_path, int(api_url.rsplit(":", 1)[1]))
+                api_proc, api_log = self.serve(table_path, int(api_url.rsplit(":", 1)[1]), dsn=dsn)
                 api_logs.append(api_log)
             mode_args = ["--api", api_url]
         else:
@@ -487,7 +491,7 @@ class RouterFactory:
             "--pkg", "16",
         ] + mode_args + list(extra_args)
         proc = self.processes.start(argv, log, cwd=REPO_ROOT, env={**os.environ, **(env or {})})
-        router = Router(self.mode, address, port, table_path, log, proc, self, api_url, api_proc, api_logs)
+        router = Router(self.mode, address, port, table_path, log, proc, self, api_url, api_proc, api_logs, dsn)
         self.routers.append(router)
         deadline = time.monotonic() + ready_timeout
         while not sip_options_ok(address, port):

@@ -1,0 +1,133 @@
+"""The routing table from PostgreSQL, for ``c4 serve --dsn`` and ``c4 db follow``.
+
+``PostgresTableSource`` is what ``c4 serve`` routes with: ``current()`` is
+the compiled table, swapped whole when the ``Follower`` brings a new
+document (compiled in a worker thread, off the event loop). Each good
+document is also saved to ``cache_file``, the node's last good table: if
+PostgreSQL is down when the service starts, it routes with that file and
+catches up when the database is back.
+
+``follow_to_file`` is ``c4 db follow``: the same following, each checked
+document written atomically to a file (KEMI mode's table file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..document import DocumentError, validate_document
+from ..table import RoutingTable, compile_validated, load_table
+from .follow import UNAVAILABLE, Follower, document_bytes, write_atomically
+
+__all__ = ["PostgresTableSource", "StoreUnavailable", "follow_to_file"]
+
+log = logging.getLogger("c4.db")
+
+
+class StoreUnavailable(RuntimeError):
+    """Neither PostgreSQL nor a saved table could give a first routing table."""
+
+
+def _checked_table(document: dict[str, Any]) -> RoutingTable:
+    return compile_validated(validate_document(document))
+
+
+class PostgresTableSource:
+    def __init__(self, dsn: str, cache_file: Path | None = None, check_interval: float = 5.0) -> None:
+        self.follower = Follower(dsn, self._take, check_interval=check_interval)
+        self.cache_file = cache_file
+        self._table: RoutingTable | None = None
+        self.loaded_at: float | None = None
+        self.reloads = 0
+        self.failed_reloads = 0
+
+    def current(self) -> RoutingTable:
+        if self._table is None:
+            raise StoreUnavailable("no routing table loaded yet")
+        return self._table
+
+    def refresh(self) -> bool:
+        """Nothing to poll: the follower swaps tables as changes arrive."""
+        return False
+
+    def status(self) -> dict[str, Any]:
+        stale = self.follower.stale_since
+        return {
+            "kind": "postgresql",
+            "routing_version": self.follower.version,
+            "state": "stale" if stale is not None else "ok",
+            "stale_since": datetime.fromtimestamp(stale, UTC).isoformat() if stale is not None else None,
+        }
+
+    async def start(self) -> None:
+        """The first table: from PostgreSQL, else from the saved file."""
+        try:
+            await self.follower.load_once()
+        except UNAVAILABLE as exc:
+            if self.cache_file is None or not self.cache_file.is_file():
+                raise StoreUnavailable(f"PostgreSQL unavailable ({exc}) and no saved table to start from") from None
+            self._table = await asyncio.to_thread(load_table, self.cache_file)
+            self.loaded_at = time.time()
+            self.follower.lost(exc)
+            log.warning("starting with the last table saved in %s (version %s)", self.cache_file, self._table.version)
+        if self._table is None:
+            raise StoreUnavailable("the routing data in PostgreSQL is refused (see the errors above) and no saved table")
+
+    async def lifecycle(self, app: Any) -> AsyncIterator[None]:
+        """An aiohttp cleanup_ctx: the first table before serving, then follow until shutdown."""
+        await self.start()
+        task = asyncio.create_task(self.follower.run(), name="c4-postgres-follower")
+        yield
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    async def _take(self, document: dict[str, Any], version: int) -> None:
+        try:
+            table = await asyncio.to_thread(_checked_table, document)
+        except DocumentError as exc:
+            self.failed_reloads += 1
+            log.error("routing version %s in PostgreSQL refused, still serving %s: %s", version,
+                      self._table.version if self._table else "nothing", exc)
+            return
+        first = self._table is None
+        self._table = table
+        self.loaded_at = time.time()
+        if not first:
+            self.reloads += 1
+        log.info("routing version %s loaded from PostgreSQL: table %s", version, table.version)
+        if self.cache_file is not None:
+            try:
+                await asyncio.to_thread(write_atomically, self.cache_file, document_bytes(document))
+            except OSError as exc:
+                log.error("cannot save the routing table to %s: %s", self.cache_file, exc)
+
+
+async def follow_to_file(dsn: str, out: Path, check_interval: float = 5.0) -> None:
+    """``c4 db follow``: keep OUT equal to the checked routing document, until cancelled."""
+
+    async def write(document: dict[str, Any], version: int) -> None:
+        try:
+            checked = await asyncio.to_thread(validate_document, document)
+        except DocumentError as exc:
+            log.error("routing version %s in PostgreSQL refused, %s left as it is: %s", version, out, exc)
+            return
+        await asyncio.to_thread(write_atomically, out, document_bytes(checked))
+        log.info("routing version %s written to %s", version, out)
+
+    follower = Follower(dsn, write, check_interval=check_interval)
+    try:
+        await follower.load_once()
+    except UNAVAILABLE as exc:
+        follower.lost(exc)
+        if out.is_file():
+            log.warning("routing with the last table saved in %s until PostgreSQL is back", out)
+    await follower.run()

@@ -1,0 +1,147 @@
+"""PostgreSQL as the store, through real Kamailio and raw SIP, in both modes.
+
+KEMI mode: ``c4 kamailio --dsn`` runs ``c4 db follow``, which keeps the
+workers' table file equal to the database. HTTP mode: ``c4 serve --dsn``
+follows the database itself. Either way a committed change routes the next
+calls within about a second, and PostgreSQL going away refuses no call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from c4kemi.db.documents import connect, import_document
+from c4kemi.document import validate_document
+
+from .documents import CALLER_NATIONAL, DID_NATIONAL, PBX, PBX2, TRUNK_A, routing_document
+from .harness import BusyPeers, free_tcp_port, kill_group, sip_invite
+
+# The aim is one second; the bound leaves room for a loaded 2-core machine.
+CHANGE_BOUND = 1.5
+ADMIN_TOKEN = "e2e-admin-token"
+
+
+def sql(dsn: str, statement: str) -> None:
+    async def run():
+        conn = await connect(dsn)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def import_into(dsn: str, document: dict) -> None:
+    async def run():
+        conn = await connect(dsn)
+        try:
+            await import_document(conn, validate_document(document))
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def call_did(r) -> int | None:
+    """One raw INVITE to the DID from the carrier; the final code (486 from a busy peer: routed)."""
+    tag = uuid.uuid4().hex[:8]
+    return sip_invite(
+        r.address, r.port, TRUNK_A, ruri=f"sip:{DID_NATIONAL}@{r.target}",
+        from_header=f"<sip:{CALLER_NATIONAL}@{TRUNK_A}>;tag={tag}", to_header=f"<sip:{DID_NATIONAL}@{r.target}>",
+        timeout=10,
+    ).code  # fmt: skip
+
+
+@pytest.fixture
+def peers():
+    busy = BusyPeers([PBX, PBX2])
+    yield busy
+    busy.close()
+
+
+def start(router, pg_dsn, peers):
+    document = routing_document(pbx_port=peers.ports[PBX], pbx2_port=peers.ports[PBX2])
+    import_into(pg_dsn, document)
+    return router.start(document, dsn=pg_dsn)
+
+
+def last_target(peers) -> str:
+    return peers.invites[-1].split("@", 1)[1].split(":", 1)[0]
+
+
+def api_patch(base: str, path: str, body: bytes) -> int:
+    request = urllib.request.Request(f"{base}/api/v1/{path}", data=body, method="PATCH", headers={
+        "Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
+
+
+def test_an_api_write_routes_the_next_calls_within_a_second(router, pg_dsn, peers, monkeypatch):
+    monkeypatch.setenv("C4_API_TOKEN", ADMIN_TOKEN)  # for every c4 serve started below
+    r = start(router, pg_dsn, peers)
+    if router.mode == "http":
+        api = r.api_url  # the c4 serve Kamailio asks also serves the API
+    else:  # KEMI mode runs no c4 serve: the API of a management c4 serve writes to the same database
+        port = free_tcp_port()
+        router.serve(r.table_path, port, dsn=pg_dsn)
+        api = f"http://127.0.0.1:{port}"
+    assert call_did(r) == 486 and last_target(peers) == PBX
+
+    assert api_patch(api, "dids/39612345", b'{"ipbx": "acme-pbx-2"}') == 200
+    changed = time.monotonic()
+    while True:
+        assert call_did(r) == 486
+        if last_target(peers) == PBX2:
+            break
+        assert time.monotonic() - changed < 10, "the change never reached routing"
+        time.sleep(0.02)
+    elapsed = time.monotonic() - changed
+    print(f"{router.mode} mode: API write to routing in {elapsed * 1000:.0f} ms")
+    assert elapsed < CHANGE_BOUND
+    for _ in range(5):  # and it stays so, whichever worker takes the call
+        assert call_did(r) == 486 and last_target(peers) == PBX2
+
+
+def test_postgres_down_refuses_no_call_and_recovers(router, pg_dsn, pg_cluster, peers):
+    r = start(router, pg_dsn, peers)
+    assert call_did(r) == 486
+    pg_cluster.stop()
+    try:
+        deadline = time.monotonic() + 3  # calls go on while it is down, past the follower noticing
+        while time.monotonic() < deadline:
+            assert call_did(r) == 486 and last_target(peers) == PBX
+            time.sleep(0.1)
+    finally:
+        pg_cluster.start()
+    # Back by itself: a change after the outage reaches routing.
+    sql(pg_dsn, "UPDATE dids SET ipbx = 'acme-pbx-2' WHERE prefix = '39612345'")
+    deadline = time.monotonic() + 15
+    while last_target(peers) != PBX2:
+        assert call_did(r) == 486
+        assert time.monotonic() < deadline, f"no recovery after the outage\n{r.log_text()[-3000:]}"
+        time.sleep(0.1)
+    assert "PostgreSQL unavailable" in r.log_text()
+    assert r.log_text().count("PostgreSQL unavailable") == 1, "said once per outage, not per call or retry"
+
+
+def test_a_restart_while_postgres_is_down_still_routes(router, pg_dsn, pg_cluster, peers):
+    r = start(router, pg_dsn, peers)
+    assert call_did(r) == 486
+    pg_cluster.stop()
+    try:
+        if router.mode == "http":
+            r.stop_api()
+            r.start_api()  # c4 serve starts from its saved table
+            again = r
+        else:
+            kill_group(r.proc)  # Kamailio and its follower
+            again = router.start(routing_document(), dsn=pg_dsn)  # the follower's file is the table
+        assert call_did(again) == 486 and last_target(peers) == PBX
+    finally:
+        pg_cluster.start()

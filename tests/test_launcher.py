@@ -1,0 +1,57 @@
+"""``c4 kamailio``: how it reports the way Kamailio ended.
+
+A stand-in Kamailio (a shell script given with ``--kamailio``) plays the
+one thing a real one cannot be made to do on demand: die of another signal
+while being stopped.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from c4kemi.cli import EXAMPLE_TABLE
+from c4kemi.launcher import exit_status
+
+
+@pytest.mark.parametrize("returncode, status", [(0, 0), (1, 1), (-signal.SIGKILL, 137), (-signal.SIGSEGV, 139)])
+def test_exit_status_is_128_plus_the_signal(returncode, status):
+    assert exit_status(returncode) == status
+
+
+def start_launcher(tmp_path, script: str) -> subprocess.Popen:
+    fake = tmp_path / "kamailio"
+    fake.write_text("#!/bin/sh\n" + script)
+    fake.chmod(0o755)
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "c4kemi.cli", "kamailio", "--kamailio", str(fake), "--table", str(EXAMPLE_TABLE)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={"READY": str(ready), "PATH": "/usr/bin:/bin"},
+    )
+    deadline = time.monotonic() + 20
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+        time.sleep(0.05)
+    return proc
+
+
+def test_kamailio_killed_by_another_signal_while_stopping_gives_128_plus_n(tmp_path):
+    # On SIGTERM this "Kamailio" dies of SIGKILL instead of exiting.
+    proc = start_launcher(tmp_path, 'trap "kill -KILL $$" TERM\ntouch "$READY"\nwhile :; do sleep 0.1; done\n')
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 128 + signal.SIGKILL
+
+
+def test_kamailio_stopping_cleanly_on_sigterm_gives_0(tmp_path):
+    proc = start_launcher(tmp_path, 'trap "exit 0" TERM\ntouch "$READY"\nwhile :; do sleep 0.1; done\n')
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+
+
+def test_kamailio_crashing_on_its_own_gives_128_plus_n(tmp_path):
+    proc = start_launcher(tmp_path, 'touch "$READY"\nkill -SEGV $$\n')
+    assert proc.wait(timeout=20) == 128 + signal.SIGSEGV
