@@ -345,8 +345,8 @@ class Router:
 
         From the decision, a 401/407 answered in the failure route, or
         failover. A route that cannot even be sent (a host that does not
-        resolve, an address family Kamailio does not listen on, a request too
-        large) is skipped like a 503 and the next one tried; with none left
+        resolve, an address family Kamailio does not listen on, any other
+        local send error) is skipped like a 503 and the next one tried; with none left
         the caller gets one 500 (tm's own error reply is off).
         """
         KSR.tm.t_set_disable_internal_reply(1)
