@@ -25,8 +25,8 @@ import os
 import signal
 import socket
 import statistics
-import sys
 import subprocess
+import sys
 import time
 from pathlib import Path
 

@@ -72,7 +72,7 @@ def wait_options(port: int, timeout: float = 20.0) -> None:
             try:
                 if sock.recv(4096).startswith(b"SIP/2.0 200"):
                     return
-            except socket.timeout:
+            except TimeoutError:
                 pass
         raise RuntimeError(f"router on port {port} did not answer OPTIONS")
 

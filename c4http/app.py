@@ -25,7 +25,8 @@ import functools
 import ipaddress
 import logging
 import time
-from typing import Any, AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import orjson
 from aiohttp import web

@@ -24,8 +24,9 @@ import base64
 import binascii
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import quote
 
 import asyncpg

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from c4kemi.document import DocumentError
 from c4kemi.db.source import StoreUnavailable
+from c4kemi.document import DocumentError
 from c4kemi.store import FileTableSource
 
 from .app import DEFAULT_ROUTING_FROM, make_app

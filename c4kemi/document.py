@@ -14,8 +14,9 @@ import ipaddress
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .numbers import MAX_NUMBER_LENGTH
 from .patterns import PatternError, check_template, compile_pattern

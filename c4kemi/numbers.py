@@ -7,7 +7,8 @@ general URI parser: a routing decision parses three URIs.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 __all__ = ["MAX_NUMBER_LENGTH", "Profile", "Uri", "parse_uri", "strip_separators", "is_digits"]
 

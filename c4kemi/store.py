@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .document import DocumentError
 from .table import RoutingTable, load_table

@@ -20,10 +20,11 @@ import hashlib
 import ipaddress
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
@@ -42,7 +43,7 @@ class Target:
     hostport: str  # everything after the scheme
 
     @classmethod
-    def parse(cls, uri: str) -> "Target":
+    def parse(cls, uri: str) -> Target:
         scheme, _, rest = uri.partition(":")
         return cls(uri, scheme + ":", rest)
 
@@ -93,7 +94,7 @@ class PrefixIndex:
     lengths: tuple[int, ...]  # distinct prefix lengths, descending
 
     @classmethod
-    def build(cls, entries: dict[str, Any]) -> "PrefixIndex":
+    def build(cls, entries: dict[str, Any]) -> PrefixIndex:
         return cls(MappingProxyType(entries), tuple(sorted({len(p) for p in entries}, reverse=True)))
 
     def candidates(self, number: str):
@@ -114,7 +115,7 @@ class SourceIndex:
     v6: tuple[tuple[int, int, Mapping[int, Endpoint]], ...]
 
     @classmethod
-    def build(cls, networks: list[tuple[Any, Endpoint]]) -> "SourceIndex":
+    def build(cls, networks: list[tuple[Any, Endpoint]]) -> SourceIndex:
         families: dict[int, dict[int, dict[int, Endpoint]]] = {4: {}, 6: {}}
         for network, endpoint in networks:
             by_length = families[network.version].setdefault(network.prefixlen, {})

@@ -21,7 +21,6 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from tables import BASE_DOCUMENT, document
 from test_http_service import c4_command, free_port
 from yarl import URL
 
@@ -32,6 +31,7 @@ from c4kemi.db.documents import connect, export_document, import_document
 from c4kemi.db.tokens import create_token, revoke_token
 from c4kemi.document import validate_document
 from c4kemi.store import FileTableSource
+from tables import BASE_DOCUMENT, document
 
 ADMIN = "admin-token-for-tests"
 SECRET = "p"  # the password of carrier-a-1 in BASE_DOCUMENT

@@ -43,14 +43,17 @@ def test_migrate_is_idempotent(pg_empty_dsn):
     assert result.returncode == 0 and result.stdout.decode().strip() == "schema up to date"
 
 
+def canonical(item) -> str:
+    return json.dumps(item, sort_keys=True)
+
+
 def test_import_then_export_gives_the_checked_document(pg_dsn):
     checked = validate_document(document())
     version = run(with_conn(pg_dsn, lambda c: import_document(c, checked)))
     exported, exported_version = run(with_conn(pg_dsn, export_document))
     assert exported_version == version
     for name, items in checked.items():
-        key = (lambda item: json.dumps(item, sort_keys=True))
-        assert sorted(map(key, exported[name])) == sorted(map(key, items)), name
+        assert sorted(map(canonical, exported[name])) == sorted(map(canonical, items)), name
     # The same table, compiled from either store.
     assert compile_validated(validate_document(exported)).counts == compile_validated(checked).counts
 

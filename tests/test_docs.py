@@ -40,7 +40,7 @@ def examples() -> list[tuple[int, str, list[str], dict[str, str]]]:
         if language != "console":
             continue
         line = text.count("\n", 0, block.start()) + 2
-        command, output = None, []
+        command, output, start = None, [], line
         for offset, row in enumerate(body.splitlines()):
             if row.startswith("$ "):
                 if command is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from tables import document
 
 from c4kemi.document import (
     DocumentError,
@@ -11,6 +10,7 @@ from c4kemi.document import (
     validate_document,
     validate_entity,
 )
+from tables import document
 
 
 def refs_of(doc: dict) -> dict:

@@ -8,6 +8,8 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_accepted_documents import NUMBERS as HOSTILE_NUMBERS
+from test_accepted_documents import hostile_documents
 
 from c4kemi import explain as explain_module
 from c4kemi.decision import RequestError, decide
@@ -16,7 +18,6 @@ from c4kemi.explain import MASK, explain, from_e164_step, masked, render_text, t
 from c4kemi.numbers import Profile
 from c4kemi.table import compile_table, compile_validated
 from tables import BASE_DOCUMENT, IT_PROFILE, document, request
-from test_accepted_documents import NUMBERS as HOSTILE_NUMBERS, hostile_documents
 
 TABLE = compile_table(BASE_DOCUMENT)
 IT_TO_RULE = {"step": "to_e164_rule", "index": 0, "match": IT_PROFILE["to_e164"][0]["match"], "replace": "39\\1"}

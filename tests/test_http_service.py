@@ -26,7 +26,6 @@ from c4http.logfmt import logfmt
 from c4kemi.decision import decide, encode
 from c4kemi.store import FileTableSource
 from c4kemi.table import load_table
-
 from tables import document, request
 
 JSON_HEADERS = {"Content-Type": "application/json"}

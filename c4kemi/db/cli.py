@@ -72,7 +72,7 @@ async def _run(args: argparse.Namespace) -> int:
         from ..document import DocumentError, load_document
 
         try:
-            document = load_document(args.file)
+            args.document = load_document(args.file)
         except DocumentError as exc:
             for error in exc.errors:
                 print(f"{args.file}: {error}", file=sys.stderr)
@@ -80,7 +80,7 @@ async def _run(args: argparse.Namespace) -> int:
             return 1
     try:
         conn = await connect(args.dsn, timeout=10)
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         print(f"c4 db: cannot connect to PostgreSQL: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # asyncpg's own errors: bad password, no such database, ...
@@ -101,10 +101,9 @@ async def _migrate(conn, args) -> int:
 
 
 async def _import(conn, args) -> int:
-    from ..document import load_document
     from .documents import import_document
 
-    document = load_document(args.file)
+    document = args.document  # checked before connecting
     version = await import_document(conn, document)
     counts = ", ".join(f"{len(items)} {name}" for name, items in document.items())
     print(f"{args.file}: imported, routing version {version}: {counts}")

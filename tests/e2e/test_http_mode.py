@@ -18,7 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .documents import CALLER_NATIONAL, DID_NATIONAL, NO_DID_NATIONAL, PBX, TRUNK_A, routing_document
 from .harness import (
-    REPO_ROOT, BusyPeers, SipMessage, free_tcp_port, free_udp_port, http_ok, sip_invite, sip_options_ok, start_api_stub, write_json_atomically,
+    REPO_ROOT,
+    BusyPeers,
+    SipMessage,
+    free_tcp_port,
+    free_udp_port,
+    http_ok,
+    sip_invite,
+    sip_options_ok,
+    start_api_stub,
+    write_json_atomically,
 )
 
 # "Promptly": far below the caller's INVITE timer B (32 s) and tm's fr_inv_timer
@@ -195,7 +204,7 @@ def test_cancel_while_waiting_for_the_api(http_router, processes, tmp_path):
             while time.monotonic() < deadline:
                 try:
                     data, _ = sock.recvfrom(65535)
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 reply = SipMessage("received", data.decode(errors="replace").replace("\r\n", "\n"))
                 if reply.status >= 200:

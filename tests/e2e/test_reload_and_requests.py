@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from .documents import CALLER_NATIONAL, DID_NATIONAL, PBX, PBX2, TRUNK_A, routing_document
-from .harness import sip_request, user_of
+from .harness import sip_request
 
 # FileTableSource looks at the file at most once a second per worker.
 RELOAD_WAIT = 1.3
