@@ -40,9 +40,8 @@ import os
 import sys
 import traceback
 
-import orjson
-
 import KSR  # provided by app_python3
+import orjson
 
 from c4kemi.decision import RequestError, decide
 from c4kemi.document import DocumentError

@@ -43,9 +43,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 from .secret import SECRET_ENV
@@ -109,7 +109,7 @@ class Launch:
     defines: dict[str, str | int | None] = field(default_factory=dict)  # -A NAME=VALUE (None: just NAME)
     env: dict[str, str] = field(default_factory=dict)
     banner: list[str] = field(default_factory=list)
-    helpers: list["Helper"] = field(default_factory=list)
+    helpers: list[Helper] = field(default_factory=list)
 
 
 @dataclass

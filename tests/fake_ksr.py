@@ -13,7 +13,8 @@ set, ``KSR.isflagset`` reads it.
 from __future__ import annotations
 
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class FakeKSR(types.ModuleType):

@@ -374,7 +374,7 @@ class Router:
     table_path: Path
     log: Path
     proc: subprocess.Popen
-    factory: "RouterFactory"
+    factory: RouterFactory
     api_url: str | None = None  # HTTP mode: the --api base URL
     api_proc: subprocess.Popen | None = None  # the c4 serve the harness runs for it, if any
     api_logs: list = field(default_factory=list)
@@ -562,7 +562,7 @@ class Final:
     elapsed: float
     # Every final reply received (with linger: also those after the first).
     finals: list[int] = field(default_factory=list)
-    message: "SipMessage | None" = None  # the first final reply
+    message: SipMessage | None = None  # the first final reply
 
 
 def sip_invite(address: str, port: int, source: str, ruri: str, from_header: str, to_header: str,
@@ -603,7 +603,7 @@ def sip_invite(address: str, port: int, source: str, ruri: str, from_header: str
             sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 data, _ = sock.recvfrom(65535)
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 return result or Final(None, "", time.monotonic() - started)
             if data in seen:  # a retransmission of a reply already counted
                 continue
