@@ -56,7 +56,9 @@ else
 	$(VENV)/bin/c4 kamailio --mode kemi --table $(TABLE) --listen $(LISTEN)
 endif
 
+# Lint first: an unused import or an undefined name fails the run.
 test: setup
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
 # Only the end-to-end tests (real Kamailio and sipp on loopback).

@@ -166,6 +166,8 @@ def _anonymous_identity(identity_uri: str, privacy: str, profile) -> str:
         return ""
     uri = parse_uri(identity_uri)
     number = strip_separators(uri.number)
+    if len(number) > MAX_NUMBER_LENGTH:  # as for any number: no regex sees an over-long one
+        return ""
     number = profile.to_e164(number) if profile is not None else number.removeprefix("+")
     host = uri.host
     if not is_digits(number) or any(c in host for c in "<>\"\\ \t,"):

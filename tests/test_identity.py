@@ -61,3 +61,10 @@ def test_the_claim_is_normalized_with_the_senders_profile():
 def test_the_new_members_must_be_strings(member):
     with pytest.raises(RequestError, match=member):
         decide(TABLE, anonymous(**{member: 5}))
+
+
+
+def test_an_over_long_claimed_identity_is_not_asserted():
+    # Like any number, one longer than MAX_NUMBER_LENGTH never reaches a normalization regex.
+    query = request("10.0.0.11", OUT, from_uri=ANON, identity_uri="sip:" + "3" * 33 + "@pbx.example")  # profile it
+    assert extra(query) == {""}
