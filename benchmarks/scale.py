@@ -1,0 +1,255 @@
+"""Carrier-scale benchmark (issue #8): decision speed, cost of a change, memory and start per node.
+
+    .venv/bin/python benchmarks/scale.py [decision|change|workers|all] [--dids 1000000] [--routes 100000]
+
+Tables come from benchmarks/generate.py (100 tenants, 1,000 trunks, 5
+profiles; ``--dids`` DIDs and ``--routes`` routes). Not a test: the numbers
+depend on the machine, so every comparison is measured in one run, side by
+side, and medians of repeated runs are reported.
+
+- ``decision`` (goal 5): ``route_json`` (decision + orjson encoding) per
+  request at 1k, 100k and 1M DIDs with the same routes and trunks; median
+  of each of ``--repeat`` passes over 50,000 requests (half inbound to a
+  DID, 40 % outbound through a route, 10 % refused), then the median of
+  the pass medians.
+- ``change`` (goal 1): a one-DID edit of the file store's document, taken
+  in by ``FileTableSource.refresh`` (what every KEMI worker runs), split
+  into read+parse, validation and compile; and the compiled table's own
+  update (``c4kemi.table.update_table``) for a DID added, changed and
+  removed and a route changed, against a full compile of the same document.
+- ``workers`` (goals 3 and 4, simulated without Kamailio): N processes
+  forked from a parent that imported c4kemi, each loading the table as a
+  KEMI worker does in child_init; the sum of their PSS
+  (/proc/PID/smaps_rollup) with 1 and with 8 workers, and the time until
+  the last one is ready to route.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generate import COUNTRIES, IPBXS_PER_TENANT, TENANTS, make_document  # noqa: E402
+
+from c4kemi.decision import route_json  # noqa: E402
+from c4kemi.document import validate_document  # noqa: E402
+from c4kemi.store import FileTableSource  # noqa: E402
+from c4kemi.table import compile_validated  # noqa: E402
+
+KINDS = ["inbound"] * 5 + ["outbound"] * 4 + ["refused"]
+
+
+def make_requests(document: dict, count: int, rng: random.Random) -> list[dict]:
+    dids = document["dids"]
+    ccs = list(COUNTRIES)
+    requests = []
+    for i in range(count):
+        kind = KINDS[i % 10]
+        if kind == "inbound":  # from a carrier's trunk, E.164 with '+'
+            did = rng.choice(dids)
+            number = did["prefix"]
+            if len(number) < 11 or did.get("match"):
+                number += "12"
+            k = rng.randrange(900)
+            source, called = f"172.{16 + k // 250}.{k % 250}.{rng.randrange(1, 15)}", "+" + number
+        elif kind == "outbound":  # from an IPBX, international format
+            t = rng.randrange(TENANTS)
+            cc = rng.choice(ccs)
+            source = f"10.{t}.{rng.randrange(IPBXS_PER_TENANT)}.{rng.randrange(1, 255)}"
+            called = "00" + cc + str(rng.randrange(10**8, 10**9))
+        else:  # unknown source
+            source, called = "203.0.113.9", "0612345678"
+        requests.append({
+            "event": "sip-routing", "source_ip": source, "source_port": 5060, "auth": 0,
+            "call_id": f"{rng.getrandbits(64):x}@bench", "ruri": f"sip:{called}@c4.example.com",
+            "from_name": "Bench", "from_uri": "sip:0611111111@pbx.example.com", "from_tag": "t",
+            "to_name": "", "to_uri": f"sip:{called}@c4.example.com", "to_tag": "",
+        })
+    return requests
+
+
+def time_pass(table, requests) -> list[int]:
+    gc.disable()
+    timings = []
+    clock = time.perf_counter_ns
+    for query in requests:
+        t0 = clock()
+        route_json(table, query)
+        timings.append(clock() - t0)
+    gc.enable()
+    return timings
+
+
+def bench_decision(sizes: list[int], n_routes: int, repeat: int) -> None:
+    print("\n## Decision (goal 5): route_json per request, µs\n")
+    print("| DIDs | routes | median (µs) | pass medians | p99 (µs) | inbound | outbound | refused |")
+    print("|---:|---:|---:|---|---:|---:|---:|---:|")
+    for size in sizes:
+        document = make_document(size, n_routes)
+        table = compile_validated(validate_document(document))
+        requests = make_requests(document, 50_000, random.Random(size))
+        del document
+        gc.collect()
+        time_pass(table, requests[:5000])  # warm up
+        passes = [time_pass(table, requests) for _ in range(repeat)]
+        medians = [statistics.median(p) / 1000 for p in passes]
+        last = passes[-1]
+        by_kind = {k: statistics.median(t for i, t in enumerate(last) if KINDS[i % 10] == k) / 1000 for k in set(KINDS)}
+        p99 = sorted(last)[int(len(last) * 0.99)] / 1000
+        print(f"| {size:,} | {n_routes:,} | {statistics.median(medians):.2f} | {', '.join(f'{m:.2f}' for m in medians)} "
+              f"| {p99:.2f} | {by_kind['inbound']:.2f} | {by_kind['outbound']:.2f} | {by_kind['refused']:.2f} |", flush=True)
+        del table, requests, passes
+        gc.collect()
+
+
+def timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def bench_change(n_dids: int, n_routes: int, repeat: int) -> None:
+    print(f"\n## One change (goal 1), {n_dids:,} DIDs, {n_routes:,} routes; medians of {repeat} runs, ms\n")
+    document = make_document(n_dids, n_routes)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "table.json"
+        path.write_bytes(orjson.dumps(document))
+        source = FileTableSource(path, check_interval=0)
+        refresh, parse, validate, compile_ = [], [], [], []
+        for run in range(repeat):
+            document["dids"].append({"tenant": "t000", "prefix": f"4{run:011d}", "ipbx": "pbx-t000-0"})
+            data = orjson.dumps(document)
+            path.write_bytes(data)
+            _, seconds = timed(source.refresh)
+            refresh.append(seconds)
+            raw, seconds = timed(lambda: json.loads(path.read_bytes()))
+            parse.append(seconds)
+            checked, seconds = timed(validate_document, raw)
+            validate.append(seconds)
+            _, seconds = timed(compile_validated, checked)
+            compile_.append(seconds)
+        assert source.reloads == repeat
+        print("| step | median (ms) |")
+        print("|---|---:|")
+        for name, values in (("FileTableSource.refresh, one DID added (whole reload)", refresh),
+                             ("  read + parse (json.loads)", parse), ("  validate_document", validate),
+                             ("  compile_validated", compile_)):
+            print(f"| {name} | {statistics.median(values) * 1000:.0f} |")
+    update = getattr(__import__("c4kemi.table", fromlist=["x"]), "update_table", None)
+    if update is None:
+        print("\n(c4kemi.table.update_table does not exist yet: no incremental path to measure)")
+        return
+    bench_update(document, update, repeat)
+
+
+def bench_update(document: dict, update, repeat: int) -> None:
+    checked = validate_document(document)
+    table = compile_validated(checked)
+    rows = []
+    edits = {
+        "DID added": lambda d, r: d["dids"].append({"tenant": "t001", "prefix": f"5{r:011d}", "ipbx": "pbx-t001-1"}),
+        "DID changed": lambda d, r: d["dids"][r].update(ipbx=d["dids"][r]["ipbx"][:-1] + str(1 - int(d["dids"][r]["ipbx"][-1]))),
+        "DID removed": lambda d, r: d["dids"].pop(r),
+        "route changed": lambda d, r: d["routes"][r]["trunks"].reverse(),
+    }
+    for name, edit in edits.items():
+        times = []
+        for run in range(repeat):
+            new = _copy_checked(checked)
+            edit(new, run + 1)
+            new_table, seconds = timed(update, table, checked, new)
+            times.append(seconds)
+            checked, table = new, new_table
+        rows.append((f"update_table, {name}", times))
+    full = [timed(compile_validated, checked)[1] for _ in range(max(1, repeat // 2))]
+    rows.append(("compile_validated of the same document (full)", full))
+    print("\n| compiled-table update | median (ms) |")
+    print("|---|---:|")
+    for name, values in rows:
+        print(f"| {name} | {statistics.median(values) * 1000:.1f} |")
+
+
+def _copy_checked(checked: dict) -> dict:
+    """A new checked document sharing the unchanged entities (as a reload's diff sees them)."""
+    out = {name: list(items) for name, items in checked.items()}
+    out["dids"] = [dict(d) for d in out["dids"][:10]] + out["dids"][10:]
+    out["routes"] = [dict(r, trunks=list(r["trunks"])) for r in out["routes"][:10]] + out["routes"][10:]
+    return out
+
+
+def pss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    raise RuntimeError("no Pss line")
+
+
+def bench_workers(n_dids: int, n_routes: int, counts: list[int]) -> None:
+    print(f"\n## Workers (goals 3 and 4, simulated), {n_dids:,} DIDs, {n_routes:,} routes\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "table.json"
+        path.write_bytes(orjson.dumps(make_document(n_dids, n_routes)))
+        gc.collect()
+        print("| workers | ready after (s) | sum of PSS (MiB) | per worker (MiB) |")
+        print("|---:|---:|---:|---:|")
+        for count in counts:
+            started = time.perf_counter()
+            pids, pipes = [], []
+            for _ in range(count):
+                read, write = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # a worker: child_init loads the table, then it waits for calls
+                    os.close(read)
+                    FileTableSource(path).current()
+                    os.write(write, b"r")
+                    time.sleep(3600)
+                    os._exit(0)
+                os.close(write)
+                pids.append(pid)
+                pipes.append(read)
+            for read in pipes:
+                os.read(read, 1)
+                os.close(read)
+            ready = time.perf_counter() - started
+            time.sleep(0.5)
+            total = sum(pss_kib(pid) for pid in pids) / 1024
+            for pid in pids:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            print(f"| {count} | {ready:.1f} | {total:.0f} | {total / count:.0f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", default="all", choices=["decision", "change", "workers", "all"])
+    parser.add_argument("--sizes", default="1000,100000,1000000")
+    parser.add_argument("--dids", type=int, default=1_000_000)
+    parser.add_argument("--routes", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--workers", default="1,8")
+    args = parser.parse_args()
+    print(f"# {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    if args.what in ("decision", "all"):
+        bench_decision([int(s) for s in args.sizes.split(",")], args.routes, args.repeat)
+    if args.what in ("change", "all"):
+        bench_change(args.dids, args.routes, args.repeat)
+    if args.what in ("workers", "all"):
+        bench_workers(args.dids, args.routes, [int(c) for c in args.workers.split(",")])
+
+
+if __name__ == "__main__":
+    main()
