@@ -180,19 +180,31 @@ class RoutingTable:
 
     def find_did(self, number: str, tenant: str | None) -> Did | None:
         """Longest-prefix DID for an E.164 number within a tenant (None: all)."""
-        for did in self.dids.candidates(number):
-            if tenant is not None and did.tenant != tenant:
-                continue
-            if did.match is not None and did.match.fullmatch(number) is None:
-                continue
-            return did
+        # PrefixIndex.candidates, inline: this runs on every call.
+        entries, size = self.dids.entries, len(number)
+        for length in self.dids.lengths:
+            if length <= size:
+                did = entries.get(number[:length])
+                if did is None:
+                    continue
+                if tenant is not None and did.tenant != tenant:
+                    continue
+                if did.match is not None and did.match.fullmatch(number) is None:
+                    continue
+                return did
         return None
 
     def find_route(self, tenant: str, number: str) -> RouteChoice | None:
         index = self.routes.get(tenant)
         if index is None:
             return None
-        return next(index.candidates(number), None)
+        entries, size = index.entries, len(number)
+        for length in index.lengths:
+            if length <= size:
+                route = entries.get(number[:length])
+                if route is not None:
+                    return route
+        return None
 
 
 def compile_table(document: Any) -> RoutingTable:
