@@ -75,6 +75,7 @@ def decide(table: RoutingTable, query: Any) -> dict:
     to_uri = get("to_uri")
     if to_uri.__class__ is not str:
         _required(query, "to_uri")
+    to_text = to_uri
     from_uri, to_uri = parse_uri(from_uri), parse_uri(to_uri)
     try:
         sender = table.sources.lookup(source_ip)
@@ -106,7 +107,8 @@ def decide(table: RoutingTable, query: Any) -> dict:
 
     # Rule 2: numbers to E.164 with the sender's profile. Over-long strings
     # never reach a regex: a called one is refused, a calling one kept as is.
-    called = strip_separators(parse_uri(ruri).number or to_uri.number)
+    # The R-URI is most often the To URI, already parsed.
+    called = strip_separators((to_uri if ruri == to_text else parse_uri(ruri)).number or to_uri.number)
     if len(called) > MAX_NUMBER_LENGTH:
         return refusal(*NO_ROUTE)
     calling_raw = from_uri.number

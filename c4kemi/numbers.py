@@ -59,12 +59,8 @@ class Uri(NamedTuple):
         hostport = self.tail[1:] if self.tail.startswith("@") else self.tail
         if hostport.startswith("["):
             return hostport[: hostport.find("]") + 1]
-        end = len(hostport)
-        for stop in ":;?>":
-            index = hostport.find(stop, 0, end)
-            if index != -1:
-                end = index
-        return hostport[:end]
+        # Up to the first of ':', ';', '?', '>': each cut keeps what is before it.
+        return hostport.partition(":")[0].partition(";")[0].partition("?")[0].partition(">")[0]
 
     def with_user(self, user: str) -> str:
         """The URI with its user part (or tel: number) replaced by ``user``."""
