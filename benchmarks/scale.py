@@ -15,8 +15,9 @@ side, and medians of repeated runs are reported.
 - ``change`` (goal 1): a one-DID edit of the file store's document, taken
   in by ``FileTableSource.refresh`` (what every KEMI worker runs), split
   into read+parse, validation and compile; and the compiled table's own
-  update (``c4kemi.table.update_table``) for a DID added, changed and
-  removed and a route changed, against a full compile of the same document.
+  update for a DID added, changed and removed and a route changed: from a
+  whole checked document (``update_table``, what the stores do) and from a
+  known change set (``apply_changes``), against a full compile.
 - ``workers`` (goals 3 and 4, simulated without Kamailio): N processes
   forked from a parent that imported c4kemi, each loading the table as a
   KEMI worker does in child_init; the sum of their PSS
@@ -46,7 +47,7 @@ from generate import COUNTRIES, IPBXS_PER_TENANT, TENANTS, make_document  # noqa
 from c4kemi.decision import route_json  # noqa: E402
 from c4kemi.document import validate_document  # noqa: E402
 from c4kemi.store import FileTableSource  # noqa: E402
-from c4kemi.table import compile_validated  # noqa: E402
+from c4kemi.table import apply_changes, compile_validated, update_table  # noqa: E402
 
 KINDS = ["inbound"] * 5 + ["outbound"] * 4 + ["refused"]
 
@@ -147,19 +148,16 @@ def bench_change(n_dids: int, n_routes: int, repeat: int) -> None:
                              ("  read + parse (json.loads)", parse), ("  validate_document", validate),
                              ("  compile_validated", compile_)):
             print(f"| {name} | {statistics.median(values) * 1000:.0f} |")
-    update = getattr(__import__("c4kemi.table", fromlist=["x"]), "update_table", None)
-    if update is None:
-        print("\n(c4kemi.table.update_table does not exist yet: no incremental path to measure)")
-        return
-    bench_update(document, update, repeat)
+    bench_update(document, repeat)
 
 
-def bench_update(document: dict, update, repeat: int) -> None:
+def bench_update(document: dict, repeat: int) -> None:
+    """The compiled table's own update: from a whole checked document, and from a change set."""
     checked = validate_document(document)
     table = compile_validated(checked)
     rows = []
     edits = {
-        "DID added": lambda d, r: d["dids"].append({"tenant": "t001", "prefix": f"5{r:011d}", "ipbx": "pbx-t001-1"}),
+        "DID added": lambda d, r: d["dids"].append({"tenant": "t001", "prefix": f"5{r:011d}", "ipbx": "pbx-t001-1", "match": None}),
         "DID changed": lambda d, r: d["dids"][r].update(ipbx=d["dids"][r]["ipbx"][:-1] + str(1 - int(d["dids"][r]["ipbx"][-1]))),
         "DID removed": lambda d, r: d["dids"].pop(r),
         "route changed": lambda d, r: d["routes"][r]["trunks"].reverse(),
@@ -169,10 +167,22 @@ def bench_update(document: dict, update, repeat: int) -> None:
         for run in range(repeat):
             new = _copy_checked(checked)
             edit(new, run + 1)
-            new_table, seconds = timed(update, table, checked, new)
+            new_table, seconds = timed(update_table, table, new)
             times.append(seconds)
             checked, table = new, new_table
-        rows.append((f"update_table, {name}", times))
+        rows.append((f"update_table (whole document compared), {name}", times))
+    for name, change in (
+        ("DID added", lambda r: ({f"6{r:011d}": {"tenant": "t002", "prefix": f"6{r:011d}", "ipbx": "pbx-t002-0", "match": None}}, {})),
+        ("DID removed", lambda r: ({f"6{r:011d}": None}, {})),
+        ("route changed", lambda r: ({}, {(checked["routes"][3000 + r]["tenant"], checked["routes"][3000 + r]["prefix"]):
+                                          dict(checked["routes"][3000 + r], trunks=[{"trunk": "trunk-0003", "priority": 0, "weight": 1}])})),
+    ):
+        times = []
+        for run in range(repeat):
+            dids, routes = change(run)
+            table, seconds = timed(apply_changes, table, dids, routes)
+            times.append(seconds)
+        rows.append((f"apply_changes (change set known), {name}", times))
     full = [timed(compile_validated, checked)[1] for _ in range(max(1, repeat // 2))]
     rows.append(("compile_validated of the same document (full)", full))
     print("\n| compiled-table update | median (ms) |")
