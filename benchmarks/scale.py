@@ -242,9 +242,86 @@ def bench_workers(n_dids: int, n_routes: int, counts: list[int]) -> None:
             print(f"| {count} | {ready:.1f} | {total:.0f} | {total / count:.0f} |", flush=True)
 
 
+def sip_answer(port: int, timeout: float = 0.2) -> str | None:
+    """The status line Kamailio answers an INVITE from an unknown source with (a routed 403), or None."""
+    import socket
+    call = f"scale-{time.monotonic_ns()}"
+    message = (
+        f"INVITE sip:39612345678@127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5999;rport;branch=z9hG4bK{call}\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:0611111111@127.0.0.1>;tag=1\r\n"
+        f"To: <sip:39612345678@127.0.0.1>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\n"
+        "Contact: <sip:0611111111@127.0.0.1:5999>\r\nContent-Length: 0\r\n\r\n"
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(message.encode(), ("127.0.0.1", port))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(4096)
+            except OSError:
+                return None
+            line = data.split(b"\r\n", 1)[0].decode(errors="replace")
+            if not line.startswith("SIP/2.0 1"):  # a final answer, not 100 Trying
+                return line
+    return None
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def bench_kamailio(n_dids: int, n_routes: int, counts: list[int], port: int, c4: list[str]) -> None:
+    """Goals 3 and 4 with a real Kamailio: c4 kamailio started, time to the first routed answer, sum of PSS."""
+    import signal
+    import subprocess
+    print(f"\n## Kamailio, KEMI mode (goals 3 and 4), {n_dids:,} DIDs, {n_routes:,} routes\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "table.json"
+        path.write_bytes(orjson.dumps(make_document(n_dids, n_routes)))
+        print("| SIP workers | c4 kamailio to first routed answer (s) | answer | Kamailio processes | sum of PSS (MiB) | x 1 worker |")
+        print("|---:|---:|---|---:|---:|---:|")
+        first = None
+        for count in counts:
+            started = time.monotonic()
+            launcher = subprocess.Popen(
+                [*c4, "kamailio", "--mode", "kemi", "--table", str(path), "--listen", f"udp:127.0.0.1:{port}",
+                 "--workers", str(count)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                answer = None
+                while answer is None and time.monotonic() - started < 120 and launcher.poll() is None:
+                    answer = sip_answer(port)
+                ready = time.monotonic() - started
+                time.sleep(2)
+                pids = [p for p in descendants(launcher.pid) if open(f"/proc/{p}/comm").read().strip() == "kamailio"]
+                total = sum(pss_kib(p) for p in pids) / 1024
+            finally:
+                launcher.send_signal(signal.SIGTERM)
+                launcher.wait(timeout=30)
+            first = first or total
+            print(f"| {count} | {ready:.1f} | {answer} | {len(pids)} | {total:.0f} | {total / first:.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["decision", "change", "workers", "all"])
+    parser.add_argument("what", nargs="?", default="all", choices=["decision", "change", "workers", "kamailio", "all"])
+    parser.add_argument("--port", type=int, default=15080, help="kamailio: the UDP port to listen on")
+    parser.add_argument("--c4", help="kamailio: the c4 command to start (default: this venv's), e.g. another checkout's")
     parser.add_argument("--sizes", default="1000,100000,1000000")
     parser.add_argument("--dids", type=int, default=1_000_000)
     parser.add_argument("--routes", type=int, default=100_000)
@@ -259,6 +336,9 @@ def main() -> None:
         bench_change(args.dids, args.routes, args.repeat)
     if args.what in ("workers", "all"):
         bench_workers(args.dids, args.routes, [int(c) for c in args.workers.split(",")])
+    if args.what in ("kamailio", "all"):
+        c4 = args.c4.split() if args.c4 else [str(Path(sys.executable).with_name("c4"))]
+        bench_kamailio(args.dids, args.routes, [int(c) for c in args.workers.split(",")], args.port, c4)
 
 
 if __name__ == "__main__":
