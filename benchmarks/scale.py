@@ -1,6 +1,6 @@
 """Carrier-scale benchmark (issue #8): decision speed, cost of a change, memory and start per node.
 
-    .venv/bin/python benchmarks/scale.py [decision|change|workers|all] [--dids 1000000] [--routes 100000]
+    .venv/bin/python benchmarks/scale.py [decision|change|kamailio|all] [--dids 1000000] [--routes 100000]
 
 Tables come from benchmarks/generate.py (100 tenants, 1,000 trunks, 5
 profiles; ``--dids`` DIDs and ``--routes`` routes). Not a test: the numbers
@@ -18,11 +18,11 @@ side, and medians of repeated runs are reported.
   update for a DID added, changed and removed and a route changed: from a
   whole checked document (``update_table``, what the stores do) and from a
   known change set (``apply_changes``), against a full compile.
-- ``workers`` (goals 3 and 4, simulated without Kamailio): N processes
-  forked from a parent that imported c4kemi, each loading the table as a
-  KEMI worker does in child_init; the sum of their PSS
-  (/proc/PID/smaps_rollup) with 1 and with 8 workers, and the time until
-  the last one is ready to route.
+- ``kamailio`` (goals 3 and 4): ``c4 kamailio`` in KEMI mode with 1 and
+  with 8 SIP workers: the time from the command to the first routed answer
+  (a 403 to an INVITE from an unknown source: the table is loaded), and the
+  sum of the PSS (/proc/PID/smaps_rollup) of all Kamailio processes.
+  ``--c4`` starts another checkout's c4 for a side-by-side baseline.
 """
 
 from __future__ import annotations
@@ -207,41 +207,6 @@ def pss_kib(pid: int) -> int:
     raise RuntimeError("no Pss line")
 
 
-def bench_workers(n_dids: int, n_routes: int, counts: list[int]) -> None:
-    print(f"\n## Workers (goals 3 and 4, simulated), {n_dids:,} DIDs, {n_routes:,} routes\n")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "table.json"
-        path.write_bytes(orjson.dumps(make_document(n_dids, n_routes)))
-        gc.collect()
-        print("| workers | ready after (s) | sum of PSS (MiB) | per worker (MiB) |")
-        print("|---:|---:|---:|---:|")
-        for count in counts:
-            started = time.perf_counter()
-            pids, pipes = [], []
-            for _ in range(count):
-                read, write = os.pipe()
-                pid = os.fork()
-                if pid == 0:  # a worker: child_init loads the table, then it waits for calls
-                    os.close(read)
-                    FileTableSource(path).current()
-                    os.write(write, b"r")
-                    time.sleep(3600)
-                    os._exit(0)
-                os.close(write)
-                pids.append(pid)
-                pipes.append(read)
-            for read in pipes:
-                os.read(read, 1)
-                os.close(read)
-            ready = time.perf_counter() - started
-            time.sleep(0.5)
-            total = sum(pss_kib(pid) for pid in pids) / 1024
-            for pid in pids:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-            print(f"| {count} | {ready:.1f} | {total:.0f} | {total / count:.0f} |", flush=True)
-
-
 def sip_answer(port: int, timeout: float = 0.2) -> str | None:
     """The status line Kamailio answers an INVITE from an unknown source with (a routed 403), or None."""
     import socket
@@ -319,14 +284,14 @@ def bench_kamailio(n_dids: int, n_routes: int, counts: list[int], port: int, c4:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["decision", "change", "workers", "kamailio", "all"])
+    parser.add_argument("what", nargs="?", default="all", choices=["decision", "change", "kamailio", "all"])
     parser.add_argument("--port", type=int, default=15080, help="kamailio: the UDP port to listen on")
     parser.add_argument("--c4", help="kamailio: the c4 command to start (default: this venv's), e.g. another checkout's")
     parser.add_argument("--sizes", default="1000,100000,1000000")
     parser.add_argument("--dids", type=int, default=1_000_000)
     parser.add_argument("--routes", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--workers", default="1,8")
+    parser.add_argument("--workers", default="1,8", help="kamailio: SIP worker counts to compare")
     args = parser.parse_args()
     print(f"# {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -334,8 +299,6 @@ def main() -> None:
         bench_decision([int(s) for s in args.sizes.split(",")], args.routes, args.repeat)
     if args.what in ("change", "all"):
         bench_change(args.dids, args.routes, args.repeat)
-    if args.what in ("workers", "all"):
-        bench_workers(args.dids, args.routes, [int(c) for c in args.workers.split(",")])
     if args.what in ("kamailio", "all"):
         c4 = args.c4.split() if args.c4 else [str(Path(sys.executable).with_name("c4"))]
         bench_kamailio(args.dids, args.routes, [int(c) for c in args.workers.split(",")], args.port, c4)
