@@ -2,9 +2,10 @@
 
 ``FileTableSource`` watches a .json/.toml routing document. ``current()`` is
 cheap enough for every call: at most once per ``check_interval`` it stats the
-file, and when the file changed it checks the new document and swaps in a new table, made from
-the current one by applying what changed (``update_table``: DIDs and routes
-one by one, anything else a full compile). A document that fails to load is logged and refused, and the
+file, and when the file changed it checks the new document and swaps in a
+new table, made from the current one by applying what changed
+(``update_table``: DIDs and routes one by one, anything else a full
+compile). A document that fails to load is logged and refused, and the
 last good table keeps serving. Synchronous on purpose: Kamailio workers
 (KEMI mode) have no running threads or event loop.
 """

@@ -3,10 +3,10 @@
 ``PostgresTableSource`` is what ``c4 serve`` routes with: ``current()`` is
 the compiled table, swapped when the ``Follower`` brings a new document
 (checked in a worker thread, off the event loop; what changed is applied to
-the current table, ``update_table``). Each good
-document is also saved to ``cache_file``, the node's last good table: if
-PostgreSQL is down when the service starts, it routes with that file and
-catches up when the database is back.
+the current table, ``update_table``). Each good document is also saved to
+``cache_file``, the node's last good table: if PostgreSQL is down when the
+service starts, it routes with that file and catches up when the database
+is back.
 
 ``follow_to_file`` is ``c4 db follow``: the same following, each checked
 document written atomically to a file (KEMI mode's table file).
