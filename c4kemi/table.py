@@ -33,7 +33,7 @@ from .numbers import Profile
 
 __all__ = [
     "Endpoint", "Target", "Did", "RouteChoice", "RoutingTable", "apply_changes", "compile_table", "compile_validated",
-    "load_table", "update_table",
+    "document_version", "load_table", "update_table",
 ]
 
 
@@ -462,15 +462,40 @@ def _digest(data: bytes) -> int:
 
 
 def _did_digest(did: Did) -> int:
-    match = did.match.pattern if did.match is not None else ""
-    return _digest(f"d\x00{did.tenant}\x00{did.prefix}\x00{did.ipbx.name}\x00{match}".encode())
+    return _did_values_digest(did.tenant, did.prefix, did.ipbx.name, did.match.pattern if did.match is not None else "")
+
+
+def _did_values_digest(tenant: str, prefix: str, ipbx: str, match: str) -> int:
+    return _digest(f"d\x00{tenant}\x00{prefix}\x00{ipbx}\x00{match}".encode())
 
 
 def _route_digest(route: RouteChoice) -> int:
-    return _digest(orjson.dumps([
-        "r", route.tenant, route.prefix,
-        [[priority, [[endpoint.name, weight] for endpoint, weight in group]] for priority, group in zip(route.priorities, route.groups)],
-    ]))
+    return _route_values_digest(route.tenant, route.prefix, [
+        [priority, [[endpoint.name, weight] for endpoint, weight in group]] for priority, group in zip(route.priorities, route.groups)
+    ])
+
+
+def _route_values_digest(tenant: str, prefix: str, groups: list) -> int:
+    return _digest(orjson.dumps(["r", tenant, prefix, groups]))
+
+
+def document_version(document: Mapping[str, Any]) -> str:
+    """The version ``compile_validated(document)`` gives, without compiling.
+
+    For ``c4 kamailio``, which checks a table before it starts Kamailio but
+    leaves the loading to Kamailio's main process.
+    """
+    base = {name: document[name] for name in BASE_COLLECTIONS}
+    base_digest = hashlib.sha256(orjson.dumps(base, option=orjson.OPT_SORT_KEYS)).digest()
+    digest = 0
+    for d in document["dids"]:
+        digest += _did_values_digest(d["tenant"], d["prefix"], d["ipbx"], d.get("match") or "")
+    for r in document["routes"]:
+        by_priority: dict[int, list] = {}
+        for choice in r["trunks"]:
+            by_priority.setdefault(choice["priority"], []).append([choice["trunk"], choice["weight"]])
+        digest += _route_values_digest(r["tenant"], r["prefix"], [[p, by_priority[p]] for p in sorted(by_priority)])
+    return _version(base_digest, digest & _DIGEST_MASK)
 
 
 def _version(base_digest: bytes, entity_digest: int) -> str:

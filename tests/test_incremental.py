@@ -22,7 +22,7 @@ from c4kemi.db.source import PostgresTableSource
 from c4kemi.decision import route_json
 from c4kemi.document import DocumentError, validate_document
 from c4kemi.store import FileTableSource
-from c4kemi.table import RoutingTable, apply_changes, compile_validated, update_table
+from c4kemi.table import RoutingTable, apply_changes, compile_validated, document_version, update_table
 from tables import document, request
 
 
@@ -156,6 +156,7 @@ def test_update_table_gives_the_full_compile_for_any_change_sequence(changes):
             continue
         table = update_table(table, checked)
         assert table_view(table) == table_view(compile_validated(checked))
+        assert document_version(checked) == table.version
     for called in ("+39612345678", "+3961234", "+39466", "+4420123"):
         query = request("192.0.2.1", called)
         assert route_json(table, query) == route_json(compile_validated(validate_document(doc)), query)
