@@ -63,24 +63,52 @@ def decide(table: RoutingTable, query: Any) -> dict:
     """
     if query.__class__ is not dict:
         raise RequestError(f"request must be a JSON object, not {type(query).__name__}")
-    source_ip = _required(query, "source_ip")
-    from_uri, to_uri = parse_uri(_required(query, "from_uri")), parse_uri(_required(query, "to_uri"))
+    # Members read inline (this is the hot path); the checks, their order
+    # and their errors are _required's and _optional's.
+    get = query.get
+    source_ip = get("source_ip")
+    if source_ip.__class__ is not str:
+        _required(query, "source_ip")
+    from_uri = get("from_uri")
+    if from_uri.__class__ is not str:
+        _required(query, "from_uri")
+    to_uri = get("to_uri")
+    if to_uri.__class__ is not str:
+        _required(query, "to_uri")
+    to_text = to_uri
+    from_uri, to_uri = parse_uri(from_uri), parse_uri(to_uri)
     try:
         sender = table.sources.lookup(source_ip)
     except ValueError as exc:
         raise RequestError(f"member 'source_ip': {exc}") from None
-    call_id, ruri = _optional(query, "call_id"), _optional(query, "ruri")
-    from_name, to_name = _optional(query, "from_name"), _optional(query, "to_name")
+    call_id = get("call_id")
+    if call_id.__class__ is not str:
+        call_id = _optional(query, "call_id")
+    ruri = get("ruri")
+    if ruri.__class__ is not str:
+        ruri = _optional(query, "ruri")
+    from_name = get("from_name")
+    if from_name.__class__ is not str:
+        from_name = _optional(query, "from_name")
+    to_name = get("to_name")
+    if to_name.__class__ is not str:
+        to_name = _optional(query, "to_name")
     # Optional, absent = the behaviour before they existed: the identity the
     # peer claims for the caller (its P-Asserted-Identity, else
     # P-Preferred-Identity) and its Privacy header.
-    identity_uri, privacy = _optional(query, "identity_uri"), _optional(query, "privacy")
+    identity_uri = get("identity_uri")
+    if identity_uri.__class__ is not str:
+        identity_uri = _optional(query, "identity_uri")
+    privacy = get("privacy")
+    if privacy.__class__ is not str:
+        privacy = _optional(query, "privacy")
     if sender is None:
         return refusal(*FORBIDDEN)
 
     # Rule 2: numbers to E.164 with the sender's profile. Over-long strings
     # never reach a regex: a called one is refused, a calling one kept as is.
-    called = strip_separators(parse_uri(ruri).number or to_uri.number)
+    # The R-URI is most often the To URI, already parsed.
+    called = strip_separators((to_uri if ruri == to_text else parse_uri(ruri)).number or to_uri.number)
     if len(called) > MAX_NUMBER_LENGTH:
         return refusal(*NO_ROUTE)
     calling_raw = from_uri.number
@@ -135,7 +163,7 @@ def decide(table: RoutingTable, query: Any) -> dict:
         out_called, branch_headers = headers
         for target in endpoint.targets:
             branch = {
-                "uri": target.request_uri(out_called),
+                "uri": f"{target.scheme}{out_called}@{target.hostport}",  # target.request_uri, inline
                 "dst_uri": target.uri,
                 "path": "",
                 "socket": "",

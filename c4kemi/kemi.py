@@ -20,7 +20,8 @@ they mirror, so the two read side by side:
 Every Kamailio worker is a forked process with its own interpreter state
 and no running threads (``threads_mode=0``), so each worker keeps its own
 ``FileTableSource`` (path from the ``C4_TABLE`` environment variable, set by
-``c4 kamailio``), loaded in ``child_init`` or on first use. A call looks at
+``c4 kamailio``), inherited from ``mod_init``, which loads the table once
+before Kamailio forks (else loaded in ``child_init`` or on first use). A call looks at
 the file at most once a second and swaps in a changed table; a broken
 document is logged and the last good table keeps serving.
 
@@ -35,10 +36,12 @@ default), it costs one attribute test per call.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 
 import KSR  # provided by app_python3
 import orjson
@@ -146,14 +149,33 @@ class Router:
     # -- table ---------------------------------------------------------
 
     def source(self) -> FileTableSource:
-        """This worker's table source, created on first use after fork."""
-        if self._source is None or self._pid != os.getpid():
+        """This process's table source: inherited from mod_init (preload), else created on first use."""
+        if self._source is None or self._source.path != Path(self.table_path):
             if not self.table_path:
                 raise RuntimeError(f"environment variable {TABLE_ENV} is not set: no routing table")
             self._source = FileTableSource(self.table_path)
             self._pid = os.getpid()
             KSR.info(f"c4: routing table {self.table_path} loaded: version {self._source.current().version}\n")
         return self._source
+
+    def preload(self) -> None:
+        """Load the table once, in Kamailio's main process before it forks the workers.
+
+        Every worker inherits it: one compile per node instead of one per
+        worker at start, and the pages stay shared (copy-on-write) until a
+        worker swaps in a changed table. gc.freeze() keeps the collector
+        from writing to every inherited object (which would copy them all).
+        Not fatal: a worker that has no table loads it itself (child_init).
+        """
+        if not self.table_path:
+            return
+        try:
+            self.source()
+        except (DocumentError, OSError) as exc:
+            self._source = None
+            KSR.err(f"c4: cannot load routing table before fork: {exc}\n")
+            return
+        gc.freeze()
 
     def child_init(self, rank: int) -> int:
         _setup_logging()
@@ -460,4 +482,6 @@ class Router:
 
 def mod_init() -> Router:
     _setup_logging()
-    return Router()
+    router = Router()
+    router.preload()
+    return router

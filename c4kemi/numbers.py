@@ -19,12 +19,11 @@ __all__ = ["MAX_NUMBER_LENGTH", "Profile", "Uri", "parse_uri", "strip_separators
 MAX_NUMBER_LENGTH = 32
 
 _SEPARATORS = str.maketrans("", "", " -.()")
-_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 def is_digits(number: str) -> bool:
-    """True for a non-empty string of ASCII digits (str.isdigit takes '²')."""
-    return _ASCII_DIGITS.fullmatch(number) is not None
+    """True for a non-empty string of ASCII digits (str.isdigit alone takes '²')."""
+    return number.isascii() and number.isdigit()
 
 
 def strip_separators(number: str) -> str:
@@ -60,12 +59,8 @@ class Uri(NamedTuple):
         hostport = self.tail[1:] if self.tail.startswith("@") else self.tail
         if hostport.startswith("["):
             return hostport[: hostport.find("]") + 1]
-        end = len(hostport)
-        for stop in ":;?>":
-            index = hostport.find(stop, 0, end)
-            if index != -1:
-                end = index
-        return hostport[:end]
+        # Up to the first of ':', ';', '?', '>': each cut keeps what is before it.
+        return hostport.partition(":")[0].partition(";")[0].partition("?")[0].partition(">")[0]
 
     def with_user(self, user: str) -> str:
         """The URI with its user part (or tel: number) replaced by ``user``."""
@@ -118,9 +113,10 @@ class Profile:
 
     def to_e164(self, number: str) -> str:
         """A number as the sender wrote it, to E.164 digits (without '+')."""
-        converted = _apply_first(self.to_rules, number)
-        if converted is not None:
-            return converted
+        for rule in self.to_rules:  # the first rule that matches
+            found = rule.pattern.match(number)
+            if found is not None:
+                return rule.apply(found, number)
         if number.startswith("+"):
             return number[1:]
         if self.intl_prefix and number.startswith(self.intl_prefix):
@@ -131,19 +127,12 @@ class Profile:
 
     def from_e164(self, number: str) -> str:
         """An E.164 number as the receiver wants it."""
-        converted = _apply_first(self.from_rules, number)
-        if converted is None:
-            converted = number
-        return "+" + converted if self.always_plus else converted
-
-
-def _apply_first(rules: tuple, number: str) -> str | None:
-    """Apply the first rule that matches, or return None."""
-    for rule in rules:
-        found = rule.pattern.match(number)
-        if found is not None:
-            return rule.apply(found, number)
-    return None
+        for rule in self.from_rules:
+            found = rule.pattern.match(number)
+            if found is not None:
+                number = rule.apply(found, number)
+                break
+        return "+" + number if self.always_plus else number
 
 
 _TEMPLATE_PART = re.compile(r"\\(?:g<([0-9]+|[A-Za-z_][A-Za-z0-9_]*)>|([1-9][0-9]?)|(\\))|([^\\]+)")
@@ -183,6 +172,7 @@ class _Rule:
     def apply(self, found: re.Match, number: str) -> str:
         if self.parts is None:
             return self.pattern.sub(self.replace, number, count=1)
-        out = [part if part.__class__ is str else (found.group(part) or "") for part in self.parts]
-        out.append(number[found.end():])
-        return "".join(out)
+        out = ""
+        for part in self.parts:
+            out += part if part.__class__ is str else (found.group(part) or "")
+        return out + number[found.end():]

@@ -2,8 +2,10 @@
 
 ``FileTableSource`` watches a .json/.toml routing document. ``current()`` is
 cheap enough for every call: at most once per ``check_interval`` it stats the
-file, and when the file changed it compiles the new document and swaps the
-table whole. A document that fails to load is logged and refused, and the
+file, and when the file changed it checks the new document and swaps in a
+new table, made from the current one by applying what changed
+(``update_table``: DIDs and routes one by one, anything else a full
+compile). A document that fails to load is logged and refused, and the
 last good table keeps serving. Synchronous on purpose: Kamailio workers
 (KEMI mode) have no running threads or event loop.
 """
@@ -16,8 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .document import DocumentError
-from .table import RoutingTable, load_table
+from .document import DocumentError, load_document
+from .table import RoutingTable, load_table, update_table
 
 __all__ = ["FileTableSource"]
 
@@ -65,7 +67,8 @@ class FileTableSource:
             return False
         self._stamp = stamp  # a bad document is refused once, not every second
         try:
-            table = load_table(self.path)
+            # Only what changed is compiled (DIDs and routes); see update_table.
+            table = update_table(self._table, load_document(self.path))
         except Exception as exc:  # whatever fails, the call must not: refuse the reload
             if not isinstance(exc, DocumentError):
                 log.exception("routing table %s could not be loaded", self.path)

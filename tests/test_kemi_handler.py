@@ -7,6 +7,7 @@ once, internal errors answered once) without starting anything.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import subprocess
@@ -345,3 +346,12 @@ def test_forged_in_dialog_ack_is_dropped_without_reply(router, ksr, monkeypatch)
     ksr.returns.update({"rr.loose_route": 1, "rr.check_route_param": -1})
     router.ksr_route_withindlg(None)
     assert ksr.called("sl.sl_send_reply") == [] and "tm.t_relay" not in ksr.names()
+
+
+def test_the_table_is_loaded_once_before_fork_and_inherited(router, ksr):
+    # mod_init runs in Kamailio's main process: the workers it forks share its table.
+    preloaded = router._source
+    assert preloaded is not None and gc.get_freeze_count() > 0
+    router.child_init(1)
+    assert router.source() is preloaded
+    gc.unfreeze()

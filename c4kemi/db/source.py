@@ -1,11 +1,12 @@
 """The routing table from PostgreSQL, for ``c4 serve --dsn`` and ``c4 db follow``.
 
 ``PostgresTableSource`` is what ``c4 serve`` routes with: ``current()`` is
-the compiled table, swapped whole when the ``Follower`` brings a new
-document (compiled in a worker thread, off the event loop). Each good
-document is also saved to ``cache_file``, the node's last good table: if
-PostgreSQL is down when the service starts, it routes with that file and
-catches up when the database is back.
+the compiled table, swapped when the ``Follower`` brings a new document
+(checked in a worker thread, off the event loop; what changed is applied to
+the current table, ``update_table``). Each good document is also saved to
+``cache_file``, the node's last good table: if PostgreSQL is down when the
+service starts, it routes with that file and catches up when the database
+is back.
 
 ``follow_to_file`` is ``c4 db follow``: the same following, each checked
 document written atomically to a file (KEMI mode's table file).
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..document import DocumentError, validate_document
-from ..table import RoutingTable, compile_validated, load_table
+from ..table import RoutingTable, compile_validated, load_table, update_table
 from .follow import UNAVAILABLE, Follower, document_bytes, write_atomically
 
 __all__ = ["PostgresTableSource", "StoreUnavailable", "follow_to_file"]
@@ -34,8 +35,10 @@ class StoreUnavailable(RuntimeError):
     """Neither PostgreSQL nor a saved table could give a first routing table."""
 
 
-def _checked_table(document: dict[str, Any]) -> RoutingTable:
-    return compile_validated(validate_document(document))
+def _checked_table(document: dict[str, Any], current: RoutingTable | None = None) -> RoutingTable:
+    """The table of a document: from ``current``, only what changed is compiled (update_table)."""
+    checked = validate_document(document)
+    return update_table(current, checked) if current is not None else compile_validated(checked)
 
 
 class PostgresTableSource:
@@ -92,7 +95,7 @@ class PostgresTableSource:
 
     async def _take(self, document: dict[str, Any], version: int) -> None:
         try:
-            table = await asyncio.to_thread(_checked_table, document)
+            table = await asyncio.to_thread(_checked_table, document, self._table)
         except DocumentError as exc:
             self.failed_reloads += 1
             log.error("routing version %s in PostgreSQL refused, still serving %s: %s", version,

@@ -1,0 +1,309 @@
+"""Carrier-scale benchmark (issue #8): decision speed, cost of a change, memory and start per node.
+
+    .venv/bin/python benchmarks/scale.py [decision|change|kamailio|all] [--dids 1000000] [--routes 100000]
+
+Tables come from benchmarks/generate.py (100 tenants, 1,000 trunks, 5
+profiles; ``--dids`` DIDs and ``--routes`` routes). Not a test: the numbers
+depend on the machine, so every comparison is measured in one run, side by
+side, and medians of repeated runs are reported.
+
+- ``decision`` (goal 5): ``route_json`` (decision + orjson encoding) per
+  request at 1k, 100k and 1M DIDs with the same routes and trunks; median
+  of each of ``--repeat`` passes over 50,000 requests (half inbound to a
+  DID, 40 % outbound through a route, 10 % refused), then the median of
+  the pass medians.
+- ``change`` (goal 1): a one-DID edit of the file store's document, taken
+  in by ``FileTableSource.refresh`` (what every KEMI worker runs), split
+  into read+parse, validation and compile; and the compiled table's own
+  update for a DID added, changed and removed and a route changed: from a
+  whole checked document (``update_table``, what the stores do) and from a
+  known change set (``apply_changes``), against a full compile.
+- ``kamailio`` (goals 3 and 4): ``c4 kamailio`` in KEMI mode with 1 and
+  with 8 SIP workers: the time from the command to the first routed answer
+  (a 403 to an INVITE from an unknown source: the table is loaded), and the
+  sum of the PSS (/proc/PID/smaps_rollup) of all Kamailio processes.
+  ``--c4`` starts another checkout's c4 for a side-by-side baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generate import COUNTRIES, IPBXS_PER_TENANT, TENANTS, make_document  # noqa: E402
+
+from c4kemi.decision import route_json  # noqa: E402
+from c4kemi.document import _refuse_duplicate_keys, validate_document  # noqa: E402
+from c4kemi.store import FileTableSource  # noqa: E402
+from c4kemi.table import apply_changes, compile_validated, update_table  # noqa: E402
+
+KINDS = ["inbound"] * 5 + ["outbound"] * 4 + ["refused"]
+
+
+def make_requests(document: dict, count: int, rng: random.Random) -> list[dict]:
+    dids = document["dids"]
+    ccs = list(COUNTRIES)
+    requests = []
+    for i in range(count):
+        kind = KINDS[i % 10]
+        if kind == "inbound":  # from a carrier's trunk, E.164 with '+'
+            did = rng.choice(dids)
+            number = did["prefix"]
+            if len(number) < 11 or did.get("match"):
+                number += "12"
+            k = rng.randrange(900)
+            source, called = f"172.{16 + k // 250}.{k % 250}.{rng.randrange(1, 15)}", "+" + number
+        elif kind == "outbound":  # from an IPBX, international format
+            t = rng.randrange(TENANTS)
+            cc = rng.choice(ccs)
+            source = f"10.{t}.{rng.randrange(IPBXS_PER_TENANT)}.{rng.randrange(1, 255)}"
+            called = "00" + cc + str(rng.randrange(10**8, 10**9))
+        else:  # unknown source
+            source, called = "203.0.113.9", "0612345678"
+        requests.append({
+            "event": "sip-routing", "source_ip": source, "source_port": 5060, "auth": 0,
+            "call_id": f"{rng.getrandbits(64):x}@bench", "ruri": f"sip:{called}@c4.example.com",
+            "from_name": "Bench", "from_uri": "sip:0611111111@pbx.example.com", "from_tag": "t",
+            "to_name": "", "to_uri": f"sip:{called}@c4.example.com", "to_tag": "",
+        })
+    return requests
+
+
+def time_pass(table, requests) -> list[int]:
+    gc.disable()
+    timings = []
+    clock = time.perf_counter_ns
+    for query in requests:
+        t0 = clock()
+        route_json(table, query)
+        timings.append(clock() - t0)
+    gc.enable()
+    return timings
+
+
+def bench_decision(sizes: list[int], n_routes: int, repeat: int) -> None:
+    print("\n## Decision (goal 5): route_json per request, µs\n")
+    print("| DIDs | routes | median (µs) | pass medians | p99 (µs) | inbound | outbound | refused |")
+    print("|---:|---:|---:|---|---:|---:|---:|---:|")
+    for size in sizes:
+        document = make_document(size, n_routes)
+        table = compile_validated(validate_document(document))
+        requests = make_requests(document, 50_000, random.Random(size))
+        del document
+        gc.collect()
+        time_pass(table, requests[:5000])  # warm up
+        passes = [time_pass(table, requests) for _ in range(repeat)]
+        medians = [statistics.median(p) / 1000 for p in passes]
+        last = passes[-1]
+        by_kind = {k: statistics.median(t for i, t in enumerate(last) if KINDS[i % 10] == k) / 1000 for k in set(KINDS)}
+        p99 = sorted(last)[int(len(last) * 0.99)] / 1000
+        print(f"| {size:,} | {n_routes:,} | {statistics.median(medians):.2f} | {', '.join(f'{m:.2f}' for m in medians)} "
+              f"| {p99:.2f} | {by_kind['inbound']:.2f} | {by_kind['outbound']:.2f} | {by_kind['refused']:.2f} |", flush=True)
+        del table, requests, passes
+        gc.collect()
+
+
+def timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def bench_change(n_dids: int, n_routes: int, repeat: int) -> None:
+    print(f"\n## One change (goal 1), {n_dids:,} DIDs, {n_routes:,} routes; medians of {repeat} runs, ms\n")
+    document = make_document(n_dids, n_routes)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "table.json"
+        path.write_bytes(orjson.dumps(document))
+        source = FileTableSource(path, check_interval=0)
+        refresh, parse, validate, compile_ = [], [], [], []
+        for run in range(repeat):
+            document["dids"].append({"tenant": "t000", "prefix": f"4{run:011d}", "ipbx": "pbx-t000-0"})
+            data = orjson.dumps(document)
+            path.write_bytes(data)
+            _, seconds = timed(source.refresh)
+            refresh.append(seconds)
+            raw, seconds = timed(lambda: json.loads(path.read_bytes(), object_pairs_hook=_refuse_duplicate_keys))
+            parse.append(seconds)
+            checked, seconds = timed(validate_document, raw)
+            validate.append(seconds)
+            _, seconds = timed(compile_validated, checked)
+            compile_.append(seconds)
+        # Before update_table, refresh was parse + validate + compile_validated (a full compile).
+        assert source.reloads == repeat
+        print("| step | median (ms) |")
+        print("|---|---:|")
+        for name, values in (("FileTableSource.refresh, one DID added (whole reload)", refresh),
+                             ("  read + parse (as load_document: json.loads, duplicate keys refused)", parse), ("  validate_document", validate),
+                             ("  compile_validated", compile_)):
+            print(f"| {name} | {statistics.median(values) * 1000:.0f} |")
+    bench_update(document, repeat)
+
+
+def bench_update(document: dict, repeat: int) -> None:
+    """The compiled table's own update: from a whole checked document, and from a change set."""
+    checked = validate_document(document)
+    table = compile_validated(checked)
+    rows = []
+    edits = {
+        "DID added": lambda d, r: d["dids"].append({"tenant": "t001", "prefix": f"5{r:011d}", "ipbx": "pbx-t001-1", "match": None}),
+        "DID changed": lambda d, r: d["dids"][r].update(ipbx=d["dids"][r]["ipbx"][:-1] + str(1 - int(d["dids"][r]["ipbx"][-1]))),
+        "DID removed": lambda d, r: d["dids"].pop(r),
+        "route changed": lambda d, r: d["routes"][r]["trunks"].reverse(),
+    }
+    for name, edit in edits.items():
+        times = []
+        for run in range(repeat):
+            new = _copy_checked(checked)
+            edit(new, run + 1)
+            new_table, seconds = timed(update_table, table, new)
+            times.append(seconds)
+            checked, table = new, new_table
+        rows.append((f"update_table (whole document compared), {name}", times))
+    for name, change in (
+        ("DID added", lambda r: ({f"6{r:011d}": {"tenant": "t002", "prefix": f"6{r:011d}", "ipbx": "pbx-t002-0", "match": None}}, {})),
+        ("DID removed", lambda r: ({f"6{r:011d}": None}, {})),
+        ("route changed", lambda r: ({}, {(checked["routes"][3000 + r]["tenant"], checked["routes"][3000 + r]["prefix"]):
+                                          dict(checked["routes"][3000 + r], trunks=[{"trunk": "trunk-0003", "priority": 0, "weight": 1}])})),
+    ):
+        times = []
+        for run in range(repeat):
+            dids, routes = change(run)
+            table, seconds = timed(apply_changes, table, dids, routes)
+            times.append(seconds)
+        rows.append((f"apply_changes (change set known), {name}", times))
+    full = [timed(compile_validated, checked)[1] for _ in range(max(1, repeat // 2))]
+    rows.append(("compile_validated of the same document (full)", full))
+    print("\n| compiled-table update | median (ms) |")
+    print("|---|---:|")
+    for name, values in rows:
+        print(f"| {name} | {statistics.median(values) * 1000:.1f} |")
+
+
+def _copy_checked(checked: dict) -> dict:
+    """A new checked document sharing the unchanged entities (as a reload's diff sees them)."""
+    out = {name: list(items) for name, items in checked.items()}
+    out["dids"] = [dict(d) for d in out["dids"][:10]] + out["dids"][10:]
+    out["routes"] = [dict(r, trunks=list(r["trunks"])) for r in out["routes"][:10]] + out["routes"][10:]
+    return out
+
+
+def pss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    raise RuntimeError("no Pss line")
+
+
+def sip_answer(port: int, timeout: float = 0.2) -> str | None:
+    """The status line Kamailio answers an INVITE from an unknown source with (a routed 403), or None."""
+    import socket
+    call = f"scale-{time.monotonic_ns()}"
+    message = (
+        f"INVITE sip:39612345678@127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5999;rport;branch=z9hG4bK{call}\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:0611111111@127.0.0.1>;tag=1\r\n"
+        f"To: <sip:39612345678@127.0.0.1>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\n"
+        "Contact: <sip:0611111111@127.0.0.1:5999>\r\nContent-Length: 0\r\n\r\n"
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(message.encode(), ("127.0.0.1", port))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(4096)
+            except OSError:
+                return None
+            line = data.split(b"\r\n", 1)[0].decode(errors="replace")
+            if not line.startswith("SIP/2.0 1"):  # a final answer, not 100 Trying
+                return line
+    return None
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def bench_kamailio(n_dids: int, n_routes: int, counts: list[int], port: int, c4: list[str]) -> None:
+    """Goals 3 and 4 with a real Kamailio: c4 kamailio started, time to the first routed answer, sum of PSS."""
+    import signal
+    import subprocess
+    print(f"\n## Kamailio, KEMI mode (goals 3 and 4), {n_dids:,} DIDs, {n_routes:,} routes\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "table.json"
+        path.write_bytes(orjson.dumps(make_document(n_dids, n_routes)))
+        print("| SIP workers | c4 kamailio to first routed answer (s) | answer | Kamailio processes | sum of PSS (MiB) | x 1 worker |")
+        print("|---:|---:|---|---:|---:|---:|")
+        first = None
+        for count in counts:
+            started = time.monotonic()
+            launcher = subprocess.Popen(
+                [*c4, "kamailio", "--mode", "kemi", "--table", str(path), "--listen", f"udp:127.0.0.1:{port}",
+                 "--workers", str(count)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                answer = None
+                while answer is None and time.monotonic() - started < 120 and launcher.poll() is None:
+                    answer = sip_answer(port)
+                ready = time.monotonic() - started
+                time.sleep(2)
+                pids = [p for p in descendants(launcher.pid) if open(f"/proc/{p}/comm").read().strip() == "kamailio"]
+                total = sum(pss_kib(p) for p in pids) / 1024
+            finally:
+                launcher.send_signal(signal.SIGTERM)
+                launcher.wait(timeout=30)
+            first = first or total
+            print(f"| {count} | {ready:.1f} | {answer} | {len(pids)} | {total:.0f} | {total / first:.2f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", default="all", choices=["decision", "change", "kamailio", "all"])
+    parser.add_argument("--port", type=int, default=15080, help="kamailio: the UDP port to listen on")
+    parser.add_argument("--c4", help="kamailio: the c4 command to start (default: this venv's), e.g. another checkout's")
+    parser.add_argument("--sizes", default="1000,100000,1000000")
+    parser.add_argument("--dids", type=int, default=1_000_000)
+    parser.add_argument("--routes", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--workers", default="1,8", help="kamailio: SIP worker counts to compare")
+    args = parser.parse_args()
+    print(f"# {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    if args.what in ("decision", "all"):
+        bench_decision([int(s) for s in args.sizes.split(",")], args.routes, args.repeat)
+    if args.what in ("change", "all"):
+        bench_change(args.dids, args.routes, args.repeat)
+    if args.what in ("kamailio", "all"):
+        c4 = args.c4.split() if args.c4 else [str(Path(sys.executable).with_name("c4"))]
+        bench_kamailio(args.dids, args.routes, [int(c) for c in args.workers.split(",")], args.port, c4)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""The incremental path gives exactly the table a full compile gives.
+
+Random sequences of changes (DIDs and routes added, changed, removed; now
+and then a change to a trunk or an IPBX, which forces a full compile) are
+applied to a document; after each one the table made by ``update_table``
+from the previous table, or taken in by a store (the file store's
+``refresh``, PostgreSQL's ``PostgresTableSource``), is compared with
+``compile_validated`` of the same document, field by field, down to the
+endpoints, profiles and the version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from c4kemi.db.source import PostgresTableSource
+from c4kemi.decision import route_json
+from c4kemi.document import DocumentError, validate_document
+from c4kemi.store import FileTableSource
+from c4kemi.table import RoutingTable, apply_changes, compile_validated, document_version, update_table
+from tables import document, request
+
+
+def endpoint_view(endpoint) -> tuple:
+    profile = endpoint.profile
+    profile_view = None if profile is None else (
+        profile.name, profile.country_code, profile.intl_prefix, profile.ld_prefix, profile.always_plus,
+        [(r.pattern.pattern, r.replace) for r in profile.to_rules], [(r.pattern.pattern, r.replace) for r in profile.from_rules],
+    )
+    return (endpoint.kind, endpoint.name, endpoint.tenant, [t.uri for t in endpoint.targets], profile_view,
+            endpoint.fr_timer, endpoint.fr_inv_timer, endpoint.branch_flags,
+            dict(endpoint.auth) if endpoint.auth is not None else None, endpoint.hash_key, endpoint.carrier)
+
+
+def route_view(route) -> tuple:
+    return (route.tenant, route.prefix, route.priorities,
+            [[(endpoint_view(e), w, type(w).__name__) for e, w in group] for group in route.groups])
+
+
+def index_view(index, view) -> tuple:
+    assert sorted({len(p) for p in index.entries}, reverse=True) == list(index.lengths)
+    assert dict(index.sizes) == {n: sum(1 for p in index.entries if len(p) == n) for n in index.lengths}
+    return {prefix: view(entry) for prefix, entry in index.entries.items()}, index.lengths
+
+
+def table_view(table: RoutingTable) -> dict:
+    """Everything a decision or an explanation can read from a table, as plain values."""
+    return {
+        "sources": [[(length, mask, {net: endpoint_view(e) for net, e in nets.items()}) for length, mask, nets in levels]
+                    for levels in (table.sources.v4, table.sources.v6)],
+        "dids": index_view(table.dids, lambda d: (d.tenant, d.prefix, endpoint_view(d.ipbx),
+                                                  d.match.pattern if d.match is not None else None)),
+        "routes": {tenant: index_view(index, route_view) for tenant, index in table.routes.items()},
+        "version": table.version,
+        "counts": dict(table.counts),
+    }
+
+
+# -- random changes ----------------------------------------------------------------
+
+PREFIXES = st.text(alphabet="3946", min_size=1, max_size=5)
+ACME_TRUNKS = ["carrier-a-1", "carrier-b-1", "carrier-b-2"]
+WEIGHTS = st.sampled_from([0, 1, 2, 1.0, 2.5])
+
+
+def route_trunks(tenant: str):
+    names = ACME_TRUNKS if tenant == "acme" else ["carrier-a-1"]
+    return st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True).flatmap(
+        lambda picked: st.tuples(*[st.tuples(st.integers(0, 2), WEIGHTS) for _ in picked]).map(
+            lambda settings_: [{"trunk": name, "priority": p, "weight": w} for name, (p, w) in zip(picked, settings_)]
+        )
+    )
+
+
+def did_values():
+    return st.sampled_from([("acme", "acme-pbx"), ("acme", "acme-branch"), ("globex", "globex-pbx")]).flatmap(
+        lambda owner: st.builds(
+            lambda prefix, match: {"tenant": owner[0], "prefix": "39" + prefix, "ipbx": owner[1],
+                                   **({"match": match} if match is not None else {})},
+            PREFIXES, st.sampled_from([None, None, "39[0-9]*", "3[0-9]{3,}", ""]),
+        )
+    )
+
+
+def route_values():
+    return st.sampled_from(["acme", "globex"]).flatmap(
+        lambda tenant: st.builds(lambda prefix, trunks: {"tenant": tenant, "prefix": prefix, "trunks": trunks},
+                                 st.one_of(st.just(""), PREFIXES), route_trunks(tenant))
+    )
+
+
+CHANGES = st.one_of(
+    st.tuples(st.just("did+"), did_values()),
+    st.tuples(st.just("did-"), st.integers(0, 50)),
+    st.tuples(st.just("did~"), st.integers(0, 50), did_values()),
+    st.tuples(st.just("route+"), route_values()),
+    st.tuples(st.just("route-"), st.integers(0, 50)),
+    st.tuples(st.just("route~"), st.integers(0, 50), route_values()),
+    st.tuples(st.just("trunk"), st.integers(1000, 5000)),
+    st.tuples(st.just("ipbx"), st.sampled_from(["sip:10.0.0.12", "sip:10.0.0.10:5060"])),
+)
+
+
+def apply(doc: dict, change: tuple) -> None:
+    """One change to a raw document; keys stay unique (a clash replaces the entity)."""
+    kind = change[0]
+    if kind in ("did+", "route+"):
+        collection = "dids" if kind == "did+" else "routes"
+        new = change[1]
+        key = (lambda e: e["prefix"]) if collection == "dids" else (lambda e: (e["tenant"], e["prefix"]))
+        doc[collection] = [e for e in doc[collection] if key(e) != key(new)] + [new]
+    elif kind in ("did-", "route-"):
+        items = doc["dids" if kind == "did-" else "routes"]
+        if items:
+            items.pop(change[1] % len(items))
+    elif kind in ("did~", "route~"):
+        collection = "dids" if kind == "did~" else "routes"
+        items = doc[collection]
+        if items:
+            index = change[1] % len(items)
+            old, new = items[index], dict(change[2])
+            new["prefix"] = old["prefix"]  # same key, new content
+            if collection == "routes" and new["tenant"] != old["tenant"]:
+                new["tenant"] = old["tenant"]
+                new["trunks"] = [{"trunk": "carrier-a-1", "priority": 0, "weight": 1}]
+            items[index] = new
+    elif kind == "trunk":
+        doc["trunks"][0]["fr_timer"] = change[1]
+    else:
+        doc["ipbxs"][0]["targets"] = [change[1]]
+
+
+def checked_or_none(doc: dict):
+    try:
+        return validate_document(doc)
+    except DocumentError:
+        return None
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(CHANGES, min_size=1, max_size=12))
+def test_update_table_gives_the_full_compile_for_any_change_sequence(changes):
+    doc = document()
+    table = compile_validated(validate_document(doc))
+    for change in changes:
+        before = json.loads(json.dumps(doc))
+        apply(doc, change)
+        checked = checked_or_none(doc)
+        if checked is None:  # refused (as it would be anywhere): undone
+            doc = before
+            continue
+        table = update_table(table, checked)
+        assert table_view(table) == table_view(compile_validated(checked))
+        assert document_version(checked) == table.version
+    for called in ("+39612345678", "+3961234", "+39466", "+4420123"):
+        query = request("192.0.2.1", called)
+        assert route_json(table, query) == route_json(compile_validated(validate_document(doc)), query)
+
+
+def test_a_did_change_shares_everything_else():
+    doc = document()
+    old = compile_validated(validate_document(doc))
+    doc["dids"][0]["ipbx"] = "acme-branch"
+    doc["dids"].append({"tenant": "globex", "prefix": "4421", "ipbx": "globex-pbx"})
+    new = update_table(old, validate_document(doc))
+    assert new.sources is old.sources and new.routes is old.routes and new.ipbxs is old.ipbxs
+    assert new.dids.entries["3970"] is old.dids.entries["3970"]  # unchanged DIDs are the same objects
+    assert new.dids.entries["39612345"].ipbx is old.ipbxs["acme-branch"]
+    assert old.dids.entries["39612345"].ipbx.name == "acme-pbx"  # the old table is untouched
+    assert new.version != old.version
+    assert table_view(new) == table_view(compile_validated(validate_document(doc)))
+
+
+def test_apply_changes_then_undo_gives_back_the_same_version():
+    table = compile_validated(validate_document(document()))
+    did = {"tenant": "acme", "prefix": "3988", "ipbx": "acme-pbx", "match": None}
+    route = {"tenant": "globex", "prefix": "49", "trunks": [{"trunk": "carrier-a-1", "priority": 0, "weight": 1}]}
+    changed = apply_changes(table, {"3988": did}, {("globex", "49"): route})
+    assert changed.version != table.version and changed.counts["dids"] == 5 and changed.counts["routes"] == 5
+    back = apply_changes(changed, {"3988": None}, {("globex", "49"): None})
+    assert table_view(back) == table_view(table)
+
+
+# -- the stores ------------------------------------------------------------------
+
+
+def rewrite(path, doc) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(CHANGES, min_size=1, max_size=6))
+def test_the_file_store_takes_changes_in_as_a_full_compile_would(tmp_path, changes):
+    path = tmp_path / "table.json"
+    doc = document()
+    rewrite(path, doc)
+    source = FileTableSource(path, check_interval=0)
+    for change in changes:
+        before = json.loads(json.dumps(doc))
+        apply(doc, change)
+        checked = checked_or_none(doc)
+        rewrite(path, doc)
+        os.utime(path, ns=(source._stamp[0] + 1, source._stamp[0] + 1))  # a new stamp even within one clock tick
+        previous = source.current()
+        source.refresh()
+        if checked is None:
+            doc = before  # refused: the last good table serves
+            checked = validate_document(doc)
+        elif change[0] not in ("trunk", "ipbx"):  # taken in without a full compile
+            assert source.current().sources is previous.sources
+        assert table_view(source.current()) == table_view(compile_validated(checked))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(CHANGES, min_size=1, max_size=6))
+def test_the_postgresql_store_takes_changes_in_as_a_full_compile_would(changes):
+    source = PostgresTableSource("postgresql://unused.invalid/c4")  # documents handed in directly, as the Follower does
+    doc = document()
+
+    async def take_all() -> None:
+        nonlocal doc
+        await source._take(json.loads(json.dumps(doc)), 1)
+        for version, change in enumerate(changes, 2):
+            before = json.loads(json.dumps(doc))
+            apply(doc, change)
+            checked = checked_or_none(doc)
+            previous = source.current()
+            await source._take(json.loads(json.dumps(doc)), version)
+            if checked is None:
+                doc = before
+                checked = validate_document(doc)
+            elif change[0] not in ("trunk", "ipbx"):  # taken in without a full compile
+                assert source.current().sources is previous.sources
+            assert table_view(source.current()) == table_view(compile_validated(checked))
+
+    asyncio.run(take_all())
