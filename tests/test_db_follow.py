@@ -64,8 +64,8 @@ async def test_a_change_reaches_the_table_within_a_second(source, pg_dsn):
     elapsed = await until(lambda: source.current().counts["tenants"] == 3)
     assert elapsed < 1.0  # the NOTIFY path, not the periodic check
     assert source.reloads == 1
-    saved = json.loads(source.cache_file.read_text())
-    assert {"name": "initech"} in saved["tenants"]
+    # The cache file is written (in a thread) after the table is swapped in.
+    await until(lambda: {"name": "initech"} in json.loads(source.cache_file.read_text())["tenants"], timeout=5.0)
 
 
 async def test_postgres_down_keeps_routing_then_recovers(source, pg_dsn, pg_cluster):
