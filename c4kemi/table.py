@@ -66,6 +66,8 @@ class Endpoint:
     auth: Mapping[str, str] | None = None
     hash_key: bytes = b""  # the name, for the per-call weighted draw
     carrier: str | None = None  # a trunk's carrier, for explanations
+    max_channels: int | None = None  # a trunk's channel limit (None: none)
+    max_cps: int | None = None  # a trunk's new calls per second (None: no limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +179,7 @@ class RoutingTable:
     routes: Mapping[str, PrefixIndex]  # tenant -> (prefix -> RouteChoice)
     version: str  # digest of the document: equal tables, equal versions
     counts: Mapping[str, int] = field(default_factory=dict)
+    tenant_channels: Mapping[str, int] = field(default_factory=dict)  # tenant -> max_channels, limited ones only
 
     def find_did(self, number: str, tenant: str | None) -> Did | None:
         """Longest-prefix DID for an E.164 number within a tenant (None: all)."""
@@ -221,6 +224,8 @@ def compile_validated(document: Mapping[str, Any]) -> RoutingTable:
             auth=MappingProxyType(dict(entity["auth"])) if entity.get("auth") else None,
             hash_key=entity["name"].encode(),
             carrier=entity.get("carrier"),
+            max_channels=entity.get("max_channels"),
+            max_cps=entity.get("max_cps"),
         )
 
     ipbxs = {i["name"]: endpoint("ipbx", i, i["tenant"], i["targets"]) for i in document["ipbxs"]}
@@ -256,6 +261,7 @@ def compile_validated(document: Mapping[str, Any]) -> RoutingTable:
         routes=MappingProxyType({tenant: PrefixIndex.build(entries) for tenant, entries in routes.items()}),
         version=hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12],
         counts=MappingProxyType({name: len(items) for name, items in document.items()}),
+        tenant_channels=MappingProxyType({t["name"]: t["max_channels"] for t in document["tenants"] if "max_channels" in t}),
     )
 
 
