@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from c4kemi.decision import RequestError, decide, encode
+from c4kemi.decision import RequestError, call_json, decide_call, encode
 from c4kemi.explain import explain as explain_query
 from c4kemi.explain import masked, render_text
 
@@ -43,6 +43,7 @@ __all__ = ["make_app", "SOURCE", "METRICS", "DEFAULT_MAX_BODY", "DEFAULT_ROUTING
 log = logging.getLogger("c4.http")
 
 RTJSON_PATH = "/kamailio/rtjson"
+CALL_HEADER = "C4-Call"
 EXPLAIN_PATH = "/kamailio/explain"
 DEFAULT_MAX_BODY = 64 * 1024
 # Who may ask for routes (and so read trunk credentials): Kamailio, on this host.
@@ -135,7 +136,7 @@ def make_app(
         table = current()
         start = clock()
         try:
-            reply = decide(table, query)
+            reply, call = decide_call(table, query)
         except RequestError as exc:
             return bad_request(request, 400, "invalid_request", str(exc))
         data = encode(reply)
@@ -158,7 +159,10 @@ def make_app(
                 from_uri=query.get("from_uri"),
                 table=table.version,
             )
-        return web.Response(body=data, content_type=JSON)
+            return web.Response(body=data, content_type=JSON)
+        # What Kamailio counts and limits the call by, beside the rtjson (which
+        # stays the same bytes): docs/routing.md, "Channel limits".
+        return web.Response(body=data, content_type=JSON, headers={CALL_HEADER: call_json(call)})
 
     async def health(request: web.Request) -> web.Response:
         table = current()
