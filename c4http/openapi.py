@@ -239,6 +239,16 @@ SERVICE_PATHS = {
                         "responses": {"200": _json({"type": "object"}, "health")}}},
     "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics", "security": [],
                          "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}}},
+    "/channels": {"get": {
+        "summary": "calls in progress now, per tenant and per trunk, with their limits (c4 serve --kamailio-rpc)",
+        "operationId": "channels", "security": [],
+        "responses": {"200": _json({"type": "object", "properties": {
+            "tenants": {"type": "array", "items": {"type": "object", "properties": {
+                "name": NAME, "calls": {"type": "integer"}, "max_channels": {"type": "integer"}}}},
+            "trunks": {"type": "array", "items": {"type": "object", "properties": {
+                "name": NAME, "calls": {"type": "integer"}, "max_channels": {"type": "integer"}, "max_cps": {"type": "integer"}}}},
+        }}, "the counts"), "503": _error("Kamailio did not answer, or c4 serve runs without --kamailio-rpc")},
+    }},
     API_PREFIX + OPENAPI_PATH: {"get": {"summary": "this description", "operationId": "openapi", "security": [],
                                         "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
 }  # fmt: skip

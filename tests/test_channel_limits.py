@@ -130,3 +130,87 @@ async def test_the_api_sets_reads_and_removes_limits(aiohttp_client, pg_dsn, tmp
     exported, _ = await db(pg_dsn, export_document)
     assert {t["name"]: t for t in exported["tenants"]}["acme"] == {"name": "acme", "max_channels": 30}
     assert {t["name"]: t for t in exported["trunks"]}["carrier-b-2"]["max_cps"] == 2
+
+
+# --- live counts: the client of Kamailio's JSON-RPC socket ----------------------------------
+
+
+class FakeKamailio:
+    """A jsonrpcs datagram socket answering dlg.profile_get_size from a dict (or an error)."""
+
+    def __init__(self, path, sizes: dict) -> None:
+        import socket
+        import threading
+
+        self.sizes = sizes
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        import json
+
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(65536)
+            except OSError:
+                return
+            request = json.loads(data)
+            params = tuple(request["params"])
+            if params[0] == "nope":
+                reply = {"jsonrpc": "2.0", "error": {"code": 404, "message": "Profile not found"}, "id": request["id"]}
+            else:
+                reply = {"jsonrpc": "2.0", "result": self.sizes.get(params, 0), "id": request["id"]}
+            self.sock.sendto(json.dumps(reply).encode(), peer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_live_counts_ask_kamailio_for_every_tenant_and_trunk_of_the_table():
+    import tempfile
+    from pathlib import Path
+
+    from c4kemi.channels import KamailioRpc, RpcError, channel_names, live_channels, live_counts
+
+    table = compile_table(limited())
+    assert channel_names(table) == (["acme", "globex"], ["carrier-a-1", "carrier-b-1", "carrier-b-2"])
+    with tempfile.TemporaryDirectory(prefix="c4t-") as tmp:
+        path = Path(tmp) / "rpc.sock"
+        fake = FakeKamailio(path, {("c4_tenant",): 3, ("c4_tenant", "acme"): 3, ("c4_trunk", "carrier-a-1"): 2})
+        try:
+            rpc = KamailioRpc(str(path))
+            assert live_counts(rpc, table) == {
+                "calls": 3,
+                "tenants": {"acme": 3, "globex": 0},
+                "trunks": {"carrier-a-1": 2, "carrier-b-1": 0, "carrier-b-2": 0},
+            }
+            assert live_channels(rpc, table) == {
+                "calls": 3,
+                "tenants": [{"name": "acme", "calls": 3, "max_channels": 10}, {"name": "globex", "calls": 0}],
+                "trunks": [
+                    {"name": "carrier-a-1", "calls": 2, "max_channels": 2, "max_cps": 5},
+                    {"name": "carrier-b-1", "calls": 0, "max_channels": 0},
+                    {"name": "carrier-b-2", "calls": 0},
+                ],
+            }
+            with pytest.raises(RpcError, match="Profile not found"):
+                rpc.call("dlg.profile_get_size", "nope", "x")
+        finally:
+            fake.close()
+    with pytest.raises(RpcError, match="Kamailio RPC socket"):
+        KamailioRpc(str(path), timeout=0.2).calls("dlg.profile_get_size", [("c4_tenant", "acme")])
+
+
+async def test_channels_without_kamailio_rpc_is_a_clear_503(aiohttp_client, tmp_path):
+    table = tmp_path / "table.json"
+    table.write_text("{}")
+    client = await aiohttp_client(make_app(FileTableSource(table)))
+    async with client.get("/channels") as response:
+        assert response.status == 503 and "--kamailio-rpc" in (await response.json())["error"]
+    client = await aiohttp_client(make_app(FileTableSource(table), kamailio_rpc=str(tmp_path / "none.sock")))
+    async with client.get("/channels") as response:
+        assert response.status == 503 and "Kamailio did not give the counts" in (await response.json())["error"]
+    async with client.get("/metrics") as response:
+        assert "c4_kamailio_up 0.0" in await response.text()
