@@ -26,7 +26,7 @@ from .documents import (
     TRUNK_B,
     routing_document,
 )
-from .harness import REPO_ROOT, free_tcp_port, http_ok, sip_invite
+from .harness import REPO_ROOT, BusyPeers, free_tcp_port, http_ok, sip_invite
 
 HOLD_MS = 4000
 
@@ -101,6 +101,41 @@ def _wait_for(predicate, timeout: float = 5.0):
             return value
         time.sleep(0.05)
     return predicate()
+
+
+@pytest.fixture
+def busy_peers():
+    peers = BusyPeers([TRUNK_A, TRUNK_B, PBX])  # every INVITE answered 486: no failover, the call ends at once
+    yield peers
+    peers.close()
+
+
+def test_max_cps_skips_a_trunk_outbound_and_refuses_it_inbound(router, busy_peers):
+    ports = busy_peers.ports
+    document = routing_document(pbx_port=ports[PBX], trunk_a_port=ports[TRUNK_A], trunk_b_port=ports[TRUNK_B])
+    r = router.start(limited(document, {"max_cps": 1}))
+
+    # Three calls within a fraction of a second cross at most one second of
+    # the clock: at most two can be carrier-a-1's (one per second), so at
+    # least one goes on to carrier-b-1.
+    outbound = [
+        sip_invite(r.address, r.port, PBX, f"sip:{OUT_CALLED_E164}@{r.target}", f"<sip:39611111111@{PBX}>;tag=o{i}",
+                   f"<sip:{OUT_CALLED_E164}@{r.target}>").code
+        for i in range(3)
+    ]
+    time.sleep(1.1)  # the trunk's calls of a second count both directions: inbound starts in a later one
+    inbound = [
+        sip_invite(r.address, r.port, TRUNK_A, f"sip:{DID_NATIONAL}@{r.target}", f"<sip:{CALLER_NATIONAL}@{TRUNK_A}>;tag=i{i}",
+                   f"<sip:{DID_NATIONAL}@{r.target}>")
+        for i in range(3)
+    ]
+
+    assert outbound == [486, 486, 486]
+    to_a = len(busy_peers.requests("INVITE", TRUNK_A))
+    to_b = len(busy_peers.requests("INVITE", TRUNK_B))
+    assert to_a + to_b == 3 and 1 <= to_a <= 2 and to_b >= 1, (to_a, to_b)
+    codes = [(final.code, final.reason) for final in inbound]
+    assert (503, "Trunk Call Rate Limit") in codes and codes.count((486, "Busy Here")) >= 1, codes
 
 
 # ---------------------------------------------------------------- live counts
