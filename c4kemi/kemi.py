@@ -378,7 +378,7 @@ class Router:
 
     @staticmethod
     def _refuse(code: int, reason: str) -> bool:
-        """A stateful refusal, as HTTP mode's (the transaction ends the dialog)."""
+        """A stateful refusal, as HTTP mode's: the transaction absorbs retransmissions, and the dialog ends with the reply."""
         KSR.tm.t_newtran()
         KSR.tm.t_reply(code, reason)
         return False

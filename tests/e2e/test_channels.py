@@ -74,9 +74,9 @@ def test_every_trunk_full_gives_503(router, sipp):
     assert (final.code, final.reason) == (503, "All Trunks Busy")
 
 
-def test_tenant_at_max_channels_refuses_new_calls_in_either_direction(router, sipp):
+def test_tenant_at_max_channels_refuses_new_calls_in_either_direction(router, sipp, rpc_dir):
     trunk_a = sipp.uas("uas_answer.xml", TRUNK_A)
-    r = router.start(limited(routing_document(trunk_a_port=trunk_a.port), tenant={"max_channels": 1}))
+    r, rpc, table = start_counted(router, rpc_dir, limited(routing_document(trunk_a_port=trunk_a.port), tenant={"max_channels": 1}))
 
     (held,) = hold_outbound(sipp, r, 1)
     assert trunk_a.received("INVITE") or _wait_for(lambda: trunk_a.received("INVITE")), sipp.describe_all()
@@ -88,7 +88,10 @@ def test_tenant_at_max_channels_refuses_new_calls_in_either_direction(router, si
 
     assert (inbound.code, inbound.reason) == (503, "Tenant Channel Limit")
     assert (outbound.code, outbound.reason) == (503, "Tenant Channel Limit")
+    one = {"tenants": {"acme": 1}, "trunks": {"carrier-a-1": 1, "carrier-b-1": 0}}
+    assert counts_become(rpc, table, one) == one  # the refused calls took nothing
     assert held.wait(40) == 0, sipp.describe_all()
+    assert counts_become(rpc, table, ZERO) == ZERO
 
 
 def _wait_for(predicate, timeout: float = 5.0):
