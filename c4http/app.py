@@ -26,7 +26,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -105,8 +105,6 @@ def make_app(
     refusal_counter = metrics.refusal
     current = source.current
     clock = time.perf_counter
-    loads = orjson.loads
-    JSONDecodeError = orjson.JSONDecodeError
 
     def bad_request(request: web.Request, status: int, reason: str, message: str) -> web.Response:
         bad_counters[reason].inc()
@@ -117,24 +115,9 @@ def make_app(
         count_request()
         if not allowed_source(request.remote):
             return bad_request(request, 403, "forbidden_source", f"{request.remote} may not ask for routes (see --routing-from)")
-        # A body without Content-Type is read as JSON; one that says it is
-        # something else (a form, text, another charset) is refused.
-        if "Content-Type" in request.headers and (
-            request.content_type != JSON or (request.charset is not None and request.charset.lower() not in UTF8)
-        ):
-            message = f"unsupported Content-Type {request.headers['Content-Type']!r}: send application/json (UTF-8)"
-            return bad_request(request, 415, "unsupported_media_type", message)
-        length = request.content_length
-        if length is not None and length > max_body:
-            return bad_request(request, 413, "body_too_large", f"request body of {length} bytes exceeds the limit of {max_body} bytes")
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return bad_request(request, 413, "body_too_large", f"request body exceeds the limit of {max_body} bytes")
-        try:
-            query = loads(body)
-        except JSONDecodeError as exc:
-            return bad_request(request, 400, "malformed_json", f"malformed JSON: {exc}")
+        query = await read_json_body(request, max_body)
+        if query.__class__ is BadBody:
+            return bad_request(request, *query)
         if type(query) is not dict:
             return bad_request(request, 400, "not_object", f"request must be a JSON object, not {type(query).__name__}")
 
@@ -224,6 +207,38 @@ def source_filter(networks: Iterable[str]):
     return allowed_source
 
 
+class BadBody(NamedTuple):
+    """Why a request body cannot be read as JSON."""
+
+    status: int  # 415, 413 or 400
+    reason: str  # the bad_requests metrics label
+    message: str
+
+
+async def read_json_body(request: web.Request, max_body: int) -> Any:
+    """The request's body parsed as JSON, or a BadBody.
+
+    A body without Content-Type is read as JSON; one that says it is
+    something else (a form, text, another charset) is refused.
+    """
+    if "Content-Type" in request.headers and (
+        request.content_type != JSON or (request.charset is not None and request.charset.lower() not in UTF8)
+    ):
+        message = f"unsupported Content-Type {request.headers['Content-Type']!r}: send application/json (UTF-8)"
+        return BadBody(415, "unsupported_media_type", message)
+    length = request.content_length
+    if length is not None and length > max_body:
+        return BadBody(413, "body_too_large", f"request body of {length} bytes exceeds the limit of {max_body} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return BadBody(413, "body_too_large", f"request body exceeds the limit of {max_body} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return BadBody(400, "malformed_json", f"malformed JSON: {exc}")
+
+
 async def explain(request: web.Request) -> web.Response:
     """POST /kamailio/explain: why a query routes as it does, for support.
 
@@ -237,21 +252,9 @@ async def explain(request: web.Request) -> web.Response:
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "text"):
         return error_response(400, f"unknown format {fmt!r}: use json or text")
-    if "Content-Type" in request.headers and (
-        request.content_type != JSON or (request.charset is not None and request.charset.lower() not in UTF8)
-    ):
-        return error_response(415, f"unsupported Content-Type {request.headers['Content-Type']!r}: send application/json (UTF-8)")
-    length = request.content_length
-    if length is not None and length > max_body:
-        return error_response(413, f"request body of {length} bytes exceeds the limit of {max_body} bytes")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(413, f"request body exceeds the limit of {max_body} bytes")
-    try:
-        query = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        return error_response(400, f"malformed JSON: {exc}")
+    query = await read_json_body(request, max_body)
+    if query.__class__ is BadBody:
+        return error_response(query.status, query.message)
     try:
         explanation = masked(explain_query(request.app[SOURCE].current(), query))
     except RequestError as exc:

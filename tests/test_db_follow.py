@@ -49,7 +49,9 @@ async def until(predicate, timeout=10.0) -> float:
 @pytest.fixture
 async def source(pg_dsn, tmp_path):
     await imported(pg_dsn)
-    source = PostgresTableSource(pg_dsn, cache_file=tmp_path / "table.json", check_interval=0.5)
+    # A periodic check too slow to matter: what arrives comes by NOTIFY, and
+    # a lost connection is noticed by asyncpg's termination callback.
+    source = PostgresTableSource(pg_dsn, cache_file=tmp_path / "table.json", check_interval=60)
     lifecycle = source.lifecycle(None)
     await lifecycle.__anext__()
     yield source
@@ -57,12 +59,12 @@ async def source(pg_dsn, tmp_path):
         await lifecycle.__anext__()
 
 
-async def test_a_change_reaches_the_table_within_a_second(source, pg_dsn):
+async def test_a_change_arrives_by_notify(source, pg_dsn):
     before = source.current()
     assert before.counts["tenants"] == 2 and source.status()["state"] == "ok"
     await execute(pg_dsn, "INSERT INTO tenants VALUES ('initech')")
-    elapsed = await until(lambda: source.current().counts["tenants"] == 3)
-    assert elapsed < 1.0  # the NOTIFY path, not the periodic check
+    elapsed = await until(lambda: source.current().counts["tenants"] == 3)  # the periodic check is 60 s away
+    print(f"database change to compiled table in {elapsed * 1000:.0f} ms")
     assert source.reloads == 1
     # The cache file is written (in a thread) after the table is swapped in.
     await until(lambda: {"name": "initech"} in json.loads(source.cache_file.read_text())["tenants"], timeout=5.0)
@@ -108,7 +110,7 @@ def test_db_follow_keeps_the_file_equal_to_the_database(pg_dsn, tmp_path):
     asyncio.run(imported(pg_dsn))
     out = tmp_path / "routing.json"
     proc = subprocess.Popen([sys.executable, "-m", "c4kemi.cli", "db", "follow", "--dsn", pg_dsn, "--out", str(out),
-                             "--check-interval", "0.5"], stderr=subprocess.PIPE)
+                             "--check-interval", "60"], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
         while not out.exists():
@@ -117,10 +119,9 @@ def test_db_follow_keeps_the_file_equal_to_the_database(pg_dsn, tmp_path):
         assert compile_table(json.loads(out.read_text())).counts["dids"] == 4
         asyncio.run(execute(pg_dsn, "DELETE FROM dids WHERE prefix = '4420'"))
         started = time.monotonic()
-        while json.loads(out.read_text()).get("dids", []).__len__() != 3:
-            assert time.monotonic() - started < 5, "the file did not follow"
+        while len(json.loads(out.read_text())["dids"]) != 3:  # by NOTIFY: the periodic check is 60 s away
+            assert time.monotonic() - started < 10, "the file did not follow"
             time.sleep(0.02)
-        assert time.monotonic() - started < 1.0
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -21,8 +21,10 @@ from c4kemi.document import validate_document
 from .documents import CALLER_NATIONAL, DID_NATIONAL, PBX, PBX2, TRUNK_A, routing_document
 from .harness import BusyPeers, free_tcp_port, kill_group, sip_invite
 
-# The aim is one second; the bound leaves room for a loaded 2-core machine.
-CHANGE_BOUND = 1.5
+# The aim is one second (measured here: 0.4-0.6 s KEMI, 25 ms HTTP, printed
+# with -s). The bound leaves room for a loaded 2-core CI machine and still
+# fails if changes wait for the 5 s periodic check instead of the NOTIFY.
+CHANGE_BOUND = 3.0
 ADMIN_TOKEN = "e2e-admin-token"
 
 
