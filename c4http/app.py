@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import orjson
 from aiohttp import web
 
-from c4kemi.decision import RequestError, decide, encode
+from c4kemi.decision import RequestError, call_json, decide_call, encode
 from c4kemi.explain import explain as explain_query
 from c4kemi.explain import masked, render_text
 
@@ -43,6 +43,7 @@ __all__ = ["make_app", "SOURCE", "METRICS", "DEFAULT_MAX_BODY", "DEFAULT_ROUTING
 log = logging.getLogger("c4.http")
 
 RTJSON_PATH = "/kamailio/rtjson"
+CALL_HEADER = "C4-Call"
 EXPLAIN_PATH = "/kamailio/explain"
 DEFAULT_MAX_BODY = 64 * 1024
 # Who may ask for routes (and so read trunk credentials): Kamailio, on this host.
@@ -67,6 +68,7 @@ def make_app(
     dsn: str | None = None,
     api_token: str | None = None,
     routing_from: Iterable[str] = DEFAULT_ROUTING_FROM,
+    kamailio_rpc: str | None = None,
 ) -> web.Application:
     """The application serving decisions from ``source.current()``.
 
@@ -82,11 +84,15 @@ def make_app(
     the event loop), and reloads happen whether or not traffic comes in.
     Give such a source an infinite ``check_interval`` so only that task
     reloads.
+
+    With ``kamailio_rpc`` (Kamailio's JSON-RPC datagram socket), /metrics
+    also has the calls in progress per tenant and trunk, read from Kamailio
+    at scrape time, and GET /channels gives them as JSON with the limits.
     """
     if max_body < 1:
         raise ValueError("max_body must be positive")
     allowed_source = source_filter(routing_from)
-    metrics = Metrics(source)
+    metrics = Metrics(source, kamailio_rpc)
     app = web.Application(client_max_size=max_body, middlewares=[json_errors])
     app[SOURCE] = source
     app[METRICS] = metrics
@@ -118,7 +124,7 @@ def make_app(
         table = current()
         start = clock()
         try:
-            reply = decide(table, query)
+            reply, call = decide_call(table, query)
         except RequestError as exc:
             return bad_request(request, 400, "invalid_request", str(exc))
         data = encode(reply)
@@ -141,7 +147,10 @@ def make_app(
                 from_uri=query.get("from_uri"),
                 table=table.version,
             )
-        return web.Response(body=data, content_type=JSON)
+            return web.Response(body=data, content_type=JSON)
+        # What Kamailio counts and limits the call by, beside the rtjson (which
+        # stays the same bytes): docs/routing.md, "Channel limits".
+        return web.Response(body=data, content_type=JSON, headers={CALL_HEADER: call_json(call)})
 
     async def health(request: web.Request) -> web.Response:
         table = current()
@@ -158,7 +167,9 @@ def make_app(
         return web.Response(body=orjson.dumps(body), content_type=JSON)
 
     async def prometheus(request: web.Request) -> web.Response:
-        response = web.Response(body=metrics.exposition())
+        # Asking Kamailio for the live counts is blocking I/O: not on the loop.
+        body = await asyncio.to_thread(metrics.exposition) if kamailio_rpc else metrics.exposition()
+        response = web.Response(body=body)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
@@ -166,6 +177,7 @@ def make_app(
     app.router.add_post(EXPLAIN_PATH, explain)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/channels", functools.partial(channels, source, kamailio_rpc))
     lifecycle = getattr(source, "lifecycle", None)  # a source that follows a database
     if lifecycle is not None:
         app.cleanup_ctx.append(lifecycle)
@@ -272,6 +284,19 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return error_response(500, "internal error")
+
+
+async def channels(source: Any, kamailio_rpc: str | None, request: web.Request) -> web.Response:
+    """GET /channels: the calls in progress per tenant and per trunk, with their limits (c4kemi.channels)."""
+    from c4kemi.channels import KamailioRpc, RpcError, live_channels
+
+    if not kamailio_rpc:
+        return error_response(503, "live channel counts need c4 serve --kamailio-rpc SOCKET (c4 kamailio --rpc-socket)")
+    try:
+        body = await asyncio.to_thread(live_channels, KamailioRpc(kamailio_rpc), source.current())
+    except RpcError as exc:
+        return error_response(503, f"Kamailio did not give the counts: {exc}")
+    return web.Response(body=orjson.dumps(body), content_type=JSON)
 
 
 def _refresher(source: Any, interval: float):

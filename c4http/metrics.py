@@ -68,8 +68,40 @@ class TableCollector:
         yield GaugeMetricFamily("c4_uptime_seconds", "Seconds since the service started", value=time.monotonic() - self.started)
 
 
+class ChannelCollector:
+    """The calls in progress per tenant and per trunk, asked of Kamailio at scrape time (c4kemi.channels)."""
+
+    def __init__(self, source: Any, path: str) -> None:
+        from c4kemi.channels import KamailioRpc
+
+        self.source = source
+        self.rpc = KamailioRpc(path)
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from c4kemi.channels import RpcError, live_counts
+
+        try:
+            counts = live_counts(self.rpc, self.source.current())
+        except RpcError:
+            yield GaugeMetricFamily("c4_kamailio_up", "Kamailio answered the live channel count query (1) or not (0)", value=0)
+            return
+        yield GaugeMetricFamily("c4_kamailio_up", "Kamailio answered the live channel count query (1) or not (0)", value=1)
+        yield GaugeMetricFamily("c4_calls_in_progress", "Calls in progress (routed, not ended), from Kamailio", value=counts["calls"])
+        for kind in ("tenant", "trunk"):
+            family = GaugeMetricFamily(
+                f"c4_{kind}_calls_in_progress", f"Calls in progress per {kind} (its channels in use), from Kamailio's dialog profiles",
+                labels=[kind],
+            )
+            for name, calls in counts[kind + "s"].items():
+                family.add_metric([name], calls)
+            yield family
+
+
 class Metrics:
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: Any, kamailio_rpc: str | None = None) -> None:
         self.started = time.monotonic()
         self.registry = registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter("c4_routing_requests", "Routing queries received (POST /kamailio/rtjson)", registry=registry)
@@ -86,6 +118,8 @@ class Metrics:
             registry=registry,
         )
         registry.register(TableCollector(source, self.started))
+        if kamailio_rpc:
+            registry.register(ChannelCollector(source, kamailio_rpc))
 
     def refusal(self, code: int):
         """The counter for a refusal code (codes beyond 403/404 get their own label)."""

@@ -15,6 +15,8 @@ from typing import Any
 
 from c4kemi.document import (
     MAX_BRANCH_FLAGS,
+    MAX_CHANNELS,
+    MAX_CPS,
     MAX_NAME_LENGTH,
     MAX_TIMER_MS,
     MAX_WEIGHT,
@@ -48,6 +50,14 @@ ENDPOINT = {
     "fr_inv_timer": {**TIMER, "default": 30000},
     "branch_flags": {"type": "integer", "minimum": 0, "maximum": MAX_BRANCH_FLAGS, "default": 0},
 }
+MAX_CHANNELS_FIELD = {
+    "type": ["integer", "null"], "minimum": 0, "maximum": MAX_CHANNELS,
+    "description": "simultaneous calls at most (0: none); absent or null: no limit",
+}
+MAX_CPS_FIELD = {
+    "type": ["integer", "null"], "minimum": 1, "maximum": MAX_CPS,
+    "description": "new calls per second at most, both directions; absent or null: no limit",
+}
 RULE = {
     "type": "object", "additionalProperties": False, "required": ["match", "replace"],
     "properties": {"match": REGEX, "replace": {"type": "string", "description": "re.sub template; digits, + and * besides group references"}},
@@ -55,7 +65,7 @@ RULE = {
 
 # name -> (schema name, properties, required on create)
 ENTITIES: dict[str, tuple[str, dict[str, Any], list[str]]] = {
-    "tenants": ("Tenant", {"name": NAME}, ["name"]),
+    "tenants": ("Tenant", {"name": NAME, "max_channels": MAX_CHANNELS_FIELD}, ["name"]),
     "normalization_profiles": ("NormalizationProfile", {
         "name": NAME,
         "country_code": {**DIGITS, "default": ""},
@@ -85,6 +95,8 @@ ENTITIES: dict[str, tuple[str, dict[str, Any], list[str]]] = {
                 "realm": {"type": "string"},
             },
         },
+        "max_channels": {**MAX_CHANNELS_FIELD, "description": "simultaneous calls at most, both directions (0: none); absent or null: no limit"},
+        "max_cps": MAX_CPS_FIELD,
     }, ["name", "carrier", "target"]),  # fmt: skip
     "dids": ("Did", {
         "tenant": NAME,
@@ -227,6 +239,16 @@ SERVICE_PATHS = {
                         "responses": {"200": _json({"type": "object"}, "health")}}},
     "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics", "security": [],
                          "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}}},
+    "/channels": {"get": {
+        "summary": "calls in progress now, per tenant and per trunk, with their limits (c4 serve --kamailio-rpc)",
+        "operationId": "channels", "security": [],
+        "responses": {"200": _json({"type": "object", "properties": {
+            "tenants": {"type": "array", "items": {"type": "object", "properties": {
+                "name": NAME, "calls": {"type": "integer"}, "max_channels": {"type": "integer"}}}},
+            "trunks": {"type": "array", "items": {"type": "object", "properties": {
+                "name": NAME, "calls": {"type": "integer"}, "max_channels": {"type": "integer"}, "max_cps": {"type": "integer"}}}},
+        }}, "the counts"), "503": _error("Kamailio did not answer, or c4 serve runs without --kamailio-rpc")},
+    }},
     API_PREFIX + OPENAPI_PATH: {"get": {"summary": "this description", "operationId": "openapi", "security": [],
                                         "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
 }  # fmt: skip

@@ -92,7 +92,7 @@ class Spec:
 SPECS = {
     spec.name: spec
     for spec in (
-        Spec("tenants", "tenants", ("name",), "SELECT x.name FROM tenants x", ("x.name",), None, "x"),
+        Spec("tenants", "tenants", ("name",), "SELECT x.name, x.max_channels FROM tenants x", ("x.name",), None, "x"),
         Spec(
             "normalization_profiles", "normalization_profiles", ("name",),
             "SELECT x.name, x.country_code, x.intl_prefix, x.ld_prefix, x.always_plus, x.to_e164, x.from_e164"
@@ -108,7 +108,8 @@ SPECS = {
         Spec(
             "trunks", "trunks", ("name",),
             "SELECT x.name, x.carrier, x.target, x.normalization, x.fr_timer, x.fr_inv_timer, x.branch_flags,"
-            " x.auth_username, x.auth_password, x.auth_realm FROM trunks x JOIN carriers c ON c.name = x.carrier",
+            " x.auth_username, x.auth_password, x.auth_realm, x.max_channels, x.max_cps"
+            " FROM trunks x JOIN carriers c ON c.name = x.carrier",
             ("x.name",), "c.tenant", "x",
         ),
         Spec("dids", "dids", ("prefix",), "SELECT x.tenant, x.prefix, x.ipbx, x.match FROM dids x", ("x.prefix",), "x.tenant", "x"),
@@ -119,6 +120,10 @@ SPECS = {
     )
 }
 COLLECTIONS = tuple(SPECS)
+
+# Channel limits (tenants: max_channels; trunks: both): NULL in the
+# database, absent from items, when not set.
+LIMITS = ("max_channels", "max_cps")
 
 # Tables whose rows belong to another's: "in use by route_trunks" is "in use by routes".
 CHILD_TABLES = {"route_trunks": "routes", "sources": None, "api_tokens": None}
@@ -334,7 +339,8 @@ async def _items(conn, spec: Spec, rows: list) -> list[dict[str, Any]]:
             {"name": r["name"], "carrier": r["carrier"], "target": r["target"], **{k: r[k] for k in endpoint},
              "sources": sources.get(r["name"], []),
              "auth": {"username": r["auth_username"], "password": r["auth_password"], "realm": r["auth_realm"]}
-             if r["auth_username"] is not None else None}
+             if r["auth_username"] is not None else None,
+             **{k: r[k] for k in LIMITS if r[k] is not None}}
             for r in rows
         ]  # fmt: skip
     if spec.name == "routes":
@@ -350,6 +356,8 @@ async def _items(conn, spec: Spec, rows: list) -> list[dict[str, Any]]:
                 {"trunk": row["trunk"], "priority": row["priority"], "weight": int(weight) if weight.is_integer() else weight}
             )
         return [{"tenant": r["tenant"], "prefix": r["prefix"], "trunks": choices.get((r["tenant"], r["prefix"]), [])} for r in rows]
+    if spec.name == "tenants":  # a limit not set is absent, as in the document
+        return [{k: v for k, v in row.items() if v is not None or k not in LIMITS} for row in rows]
     return [dict(row) for row in rows]
 
 
@@ -509,8 +517,7 @@ async def _check_sources(conn, spec: Spec, item: dict[str, Any], principal: Prin
 async def _write(conn, spec: Spec, item: dict[str, Any], new: bool) -> None:
     name = spec.name
     if name == "tenants":
-        if new:
-            await conn.execute("INSERT INTO tenants (name) VALUES ($1)", item["name"])
+        await _upsert(conn, "tenants", "name", {"max_channels": None, **item}, ("max_channels",), new)
     elif name == "normalization_profiles":
         columns = ("country_code", "intl_prefix", "ld_prefix", "always_plus", "to_e164", "from_e164")
         await _upsert(conn, "normalization_profiles", "name", item, columns, new)
@@ -523,7 +530,8 @@ async def _write(conn, spec: Spec, item: dict[str, Any], new: bool) -> None:
         if name == "trunks":
             auth = item["auth"] or {}
             row.update(auth_username=auth.get("username"), auth_password=auth.get("password"), auth_realm=auth.get("realm"))
-            columns += ("auth_username", "auth_password", "auth_realm")
+            columns += ("auth_username", "auth_password", "auth_realm", *LIMITS)
+            row.update({key: item.get(key) for key in LIMITS})
         await _upsert(conn, name, "name", row, columns, new)
         owner = name[:-1]
         await conn.execute(f"DELETE FROM sources WHERE {owner} = $1", item["name"])

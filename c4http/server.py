@@ -64,6 +64,7 @@ def run_server(args: argparse.Namespace) -> int:
         source, max_body=args.max_body, refresh_interval=refresh,
         dsn=None if api_listen else args.dsn, api_token=api_token,
         routing_from=getattr(args, "routing_from", None) or DEFAULT_ROUTING_FROM,
+        kamailio_rpc=getattr(args, "kamailio_rpc", None),
     )  # fmt: skip
     if api_listen:
         from .provisioning import api_listener, make_api_app

@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--access-log", action="store_true", help="log every request (off by default)")
     serve.add_argument("--max-body", type=int, default=64 * 1024, help="largest accepted request body in bytes")
+    serve.add_argument(
+        "--kamailio-rpc", metavar="SOCKET", default=None,
+        help="Kamailio's JSON-RPC socket (c4 kamailio --rpc-socket): live calls per tenant and trunk "
+             "in /metrics and GET /api/v1/channels",
+    )
     from c4http.options import add_api_arguments
 
     add_api_arguments(serve)

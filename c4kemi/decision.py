@@ -8,6 +8,7 @@ request against the same table gives the same bytes everywhere.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +18,7 @@ import orjson
 from .numbers import MAX_NUMBER_LENGTH, is_digits, parse_uri, strip_separators
 from .table import Endpoint, RouteChoice, RoutingTable
 
-__all__ = ["RequestError", "decide", "route_json", "encode", "refusal", "trunk_order"]
+__all__ = ["RequestError", "decide", "decide_call", "call_of", "call_json", "route_json", "encode", "refusal", "trunk_order"]
 
 RTJSON_VERSION = "1.0"
 
@@ -53,7 +54,42 @@ def _optional(query: dict, name: str) -> str:
 
 
 def decide(table: RoutingTable, query: Any) -> dict:
-    """The reply ``{"rtjson": {...}}`` for one routing query.
+    """The reply ``{"rtjson": {...}}`` for one routing query (``decide_call`` without the call)."""
+    return _decide(table, query, None)
+
+
+def decide_call(table: RoutingTable, query: Any) -> tuple[dict, dict | None]:
+    """The reply and what Kamailio needs to count and limit the call's channels.
+
+    The call (None for a refusal) is carried beside the rtjson, never in it,
+    so that the reply stays the same bytes with or without limits
+    (docs/routing.md, "Channel limits")::
+
+        {"tenant": "acme", "direction": "inbound" | "outbound" | "on-net",
+         "tenant_max": N,            # the tenant's max_channels, -1: none
+         "source": "carrier-a-1", "source_kind": "trunk" | "ipbx",
+         "source_max": N, "source_cps": N,   # a sending trunk's limits, -1: none
+         "routes": [{"trunk": "carrier-a-1", "max": N, "cps": N}, ...]}
+
+    ``routes`` has one entry per rtjson route, in the same order; an IPBX's
+    route has ``"trunk": ""``.
+    """
+    call: dict = {}
+    reply = _decide(table, query, call)
+    return reply, (call or None)
+
+
+def call_of(table: RoutingTable, query: Any) -> dict | None:
+    """``decide_call``'s call alone (KEMI mode asks ``decide`` for the reply first)."""
+    return decide_call(table, query)[1]
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+def _decide(table: RoutingTable, query: Any, call: dict | None) -> dict:
+    """The reply ``{"rtjson": {...}}`` for one routing query; fills ``call`` when given.
 
     Raises RequestError for a malformed query: not an object, a required
     member (source_ip, from_uri, to_uri) missing or not a string, an
@@ -136,6 +172,23 @@ def decide(table: RoutingTable, query: Any) -> dict:
         destinations = trunk_order(route, call_id)
     else:
         return refusal(*NO_ROUTE)
+    if call is not None:
+        tenant = did.tenant if did is not None else sender.tenant
+        trunk = sender.kind == "trunk"
+        call.update({
+            "tenant": tenant,
+            "direction": "inbound" if trunk else ("on-net" if did is not None else "outbound"),
+            "tenant_max": _limit(table.tenant_channels.get(tenant)),
+            "source": sender.name,
+            "source_kind": sender.kind,
+            "source_max": _limit(sender.max_channels) if trunk else -1,
+            "source_cps": _limit(sender.max_cps) if trunk else -1,
+            "routes": [
+                {"trunk": e.name, "max": _limit(e.max_channels), "cps": _limit(e.max_cps)} if e.kind == "trunk"
+                else {"trunk": "", "max": -1, "cps": -1}
+                for e in destinations for _ in e.targets
+            ],
+        })
 
     # Rule 5: one rtjson route per target.
     if calling_is_number:
@@ -236,6 +289,11 @@ def trunk_order(route: RouteChoice, call_id: str) -> list[Endpoint]:
 def encode(reply: Mapping) -> bytes:
     """The reply as the bytes every mode serves."""
     return orjson.dumps(reply)
+
+
+def call_json(call: Mapping) -> str:
+    """The call as ASCII JSON: it travels in an HTTP header (C4-Call) in HTTP mode."""
+    return json.dumps(call, ensure_ascii=True, separators=(",", ":"))
 
 
 def route_json(table: RoutingTable, query: Any) -> bytes:

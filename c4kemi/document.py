@@ -46,6 +46,10 @@ MAX_BRANCH_FLAGS = 2**32 - 1  # Kamailio's branch flags are 32 bits
 PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 MAX_WEIGHT = 1_000_000
 MAX_NAME_LENGTH = 200
+# Channel limits (docs/routing.md, "Channel limits"): simultaneous calls of a
+# trunk or a tenant (0 refuses every call), new calls per second of a trunk.
+MAX_CHANNELS = 1_000_000
+MAX_CPS = 100_000
 
 _DIGITS = re.compile(r"[0-9]*")
 _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]+")
@@ -277,9 +281,20 @@ class _Checker:
     # -- entities ---------------------------------------------------------
 
     def tenant(self, where: str, entity: dict) -> dict | None:
-        if not self.fields(where, entity, {"name"}, set()):
+        if not self.fields(where, entity, {"name"}, {"max_channels"}):
             return None
-        return {"name": entity["name"]}
+        out = {"name": entity["name"]}
+        return out if self.limits(where, entity, out, ("max_channels",)) else None
+
+    def limits(self, where: str, entity: dict, out: dict, keys: tuple[str, ...]) -> bool:
+        """Optional channel limits; absent (or null) stays absent (no limit), so documents without them are unchanged."""
+        ok = True
+        for key in keys:
+            if entity.get(key) is not None:
+                low, high = (0, MAX_CHANNELS) if key == "max_channels" else (1, MAX_CPS)
+                ok &= self.integer(f"{where}.{key}", entity[key], low, high)
+                out[key] = entity[key]
+        return ok
 
     def profile(self, where: str, entity: dict) -> dict | None:
         ok = self.fields(
@@ -357,7 +372,7 @@ class _Checker:
     def trunk(self, where: str, entity: dict, carriers: dict, profiles: set[str]) -> dict | None:
         ok = self.fields(
             where, entity, {"name", "carrier", "target"},
-            {"sources", "normalization", "fr_timer", "fr_inv_timer", "branch_flags", "auth"},
+            {"sources", "normalization", "fr_timer", "fr_inv_timer", "branch_flags", "auth", "max_channels", "max_cps"},
         )
         if "carrier" in entity:
             ok &= self.reference(f"{where}.carrier", entity["carrier"], carriers, "carrier")
@@ -383,6 +398,7 @@ class _Checker:
             else:
                 ok = False
         out["auth"] = auth
+        ok &= self.limits(where, entity, out, ("max_channels", "max_cps"))
         return out if ok else None
 
     def common_endpoint(self, where: str, entity: dict, profiles: set[str], out: dict) -> bool:

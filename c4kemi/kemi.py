@@ -14,6 +14,9 @@ they mirror, so the two read side by side:
 - ``route[RELAY_API]`` and ``route[RELAY_API_RESPONSE]`` (ask c4http):
   ``ksr_route_decide`` (decide in process)
 - ``route[RELAY_ROUTES]``: ``ksr_route_relay_routes``
+- ``route[CHANNELS]``, ``route[TRUNK_CHANNEL]``, ``route[RELEASE_TRUNK_CHANNEL]``
+  (channel limits): ``ksr_route_channels``, ``ksr_route_trunk_channel``,
+  ``ksr_route_release_trunk_channel``
 - ``branch_route[MANAGE_BRANCH]``: ``ksr_branch_manage``
 - ``failure_route[MANAGE_FAILURE]``: ``ksr_failure_manage``
 
@@ -46,7 +49,7 @@ from pathlib import Path
 import KSR  # provided by app_python3
 import orjson
 
-from c4kemi.decision import RequestError, decide
+from c4kemi.decision import RequestError, call_json, call_of, decide
 from c4kemi.document import DocumentError
 from c4kemi.secret import DIALOG_ENV, dialog_mac
 from c4kemi.store import FileTableSource
@@ -61,6 +64,12 @@ FLT_AUTH = 1
 AUTH_USERNAME_AVP = "$avp(c4_auth_username)"
 AUTH_PASSWORD_AVP = "$avp(c4_auth_password)"
 AUTH_REALM_AVP = "$avp(c4_auth_realm)"
+
+# What the call counts against (c4kemi.decision.decide_call), as JSON in an
+# AVP: it travels with the transaction to the branch and failure routes,
+# which may run in another worker. kamailio-http.cfg sets it from C4-Call.
+CALL_AVP = "$avp(c4_call)"
+SIZE_VAR = "$var(c4_size)"
 
 # KEMI names the branch and failure routes by method name.
 BRANCH_ROUTE = "ksr_branch_manage"
@@ -145,6 +154,9 @@ class Router:
         self.dialog_key = os.environ.get(DIALOG_ENV, "")
         self._dump = None  # this worker's dump file, opened on first use after fork
         self._dump_pid = 0
+        # A route of the current relay was skipped for a trunk limit
+        # (kamailio-http.cfg: $var(c4_full)); the branch route runs within t_relay.
+        self._full = False
 
     # -- table ---------------------------------------------------------
 
@@ -343,11 +355,96 @@ class Router:
             return 1
 
         KSR.rr.record_route_params(";c4d=" + self._dialog_mac())
+        # What the call counts against: the decision again, with the call
+        # (a few microseconds; HTTP mode gets both from one decide_call).
+        call = call_of(table, query)
+        KSR.pv.sets(CALL_AVP, call_json(call))
+        if not self.ksr_route_channels(call):
+            return 1
         if KSR.rtjson.init_routes(data.decode()) < 0 or KSR.rtjson.push_routes() < 0:
             KSR.err("c4: rtjson refused the routing document\n")
             KSR.sl.sl_send_reply(500, "Routing Error")
             return 1
         return self.ksr_route_relay_routes(msg)
+
+    def ksr_route_channels(self, call: dict) -> bool:
+        """route[CHANNELS]: the call takes a channel of its tenant and of the trunk it came from.
+
+        The dialog joins the profiles first, then the limits are checked
+        (two calls racing for the last channel can both be refused, never
+        both let through). Over a limit the caller gets 503 (False); the
+        dialog ends with that reply and leaves its profiles.
+        """
+        KSR.dialog.dlg_manage()
+        tenant = call["tenant"]
+        KSR.dialog.set_dlg_profile("c4_tenant", tenant)
+        if call["tenant_max"] >= 0 and self._profile_size("c4_tenant", tenant) > call["tenant_max"]:
+            KSR.notice(f"c4: tenant {tenant} at its limit of {call['tenant_max']} channels, refusing {_pv('$ci')}\n")
+            return self._refuse(503, "Tenant Channel Limit")
+        if call["source_kind"] != "trunk":
+            return True
+        trunk = call["source"]
+        if call["source_cps"] >= 0 and KSR.htable.sht_inc("c4cps", f"{trunk};{KSR.pv.get('$Ts')}") > call["source_cps"]:
+            KSR.notice(f"c4: trunk {trunk} at its limit of {call['source_cps']} calls per second, refusing {_pv('$ci')}\n")
+            return self._refuse(503, "Trunk Call Rate Limit")
+        KSR.dialog.set_dlg_profile("c4_trunk", trunk)
+        if call["source_max"] >= 0 and self._profile_size("c4_trunk", trunk) > call["source_max"]:
+            KSR.notice(f"c4: trunk {trunk} at its limit of {call['source_max']} channels, refusing {_pv('$ci')}\n")
+            return self._refuse(503, "Trunk Channel Limit")
+        return True
+
+    @staticmethod
+    def _profile_size(profile: str, value: str) -> int:
+        KSR.dialog.get_profile_size(profile, value, SIZE_VAR)
+        return int(KSR.pv.get(SIZE_VAR) or 0)
+
+    @staticmethod
+    def _refuse(code: int, reason: str) -> bool:
+        """A stateful refusal, as HTTP mode's: the transaction absorbs retransmissions, and the dialog ends with the reply."""
+        KSR.tm.t_newtran()
+        KSR.tm.t_reply(code, reason)
+        return False
+
+    @staticmethod
+    def _call_route() -> dict | None:
+        """The current rtjson route's entry in the call (rtjson's idx is one past it)."""
+        data = KSR.pv.get(CALL_AVP)
+        idx = KSR.pv.get("$xavp(rtjson=>idx)")
+        if data is None or idx is None:
+            return None
+        routes = orjson.loads(data).get("routes") or []
+        idx = int(idx)
+        return routes[idx - 1] if 1 <= idx <= len(routes) else None
+
+    def ksr_route_trunk_channel(self) -> bool:
+        """route[TRUNK_CHANNEL]: the branch's trunk takes a channel, within its limits.
+
+        False: the trunk is at a limit, the branch is dropped and
+        ``ksr_route_relay_routes`` tries the next route.
+        """
+        route = self._call_route()
+        trunk = route["trunk"] if route else ""
+        # The same route again (a 401/407 answered): it holds its channel already.
+        if not trunk or KSR.dialog.is_in_profile("c4_trunk", trunk) > 0:
+            return True
+        if route["cps"] >= 0 and KSR.htable.sht_inc("c4cps", f"{trunk};{KSR.pv.get('$Ts')}") > route["cps"]:
+            KSR.notice(f"c4: trunk {trunk} at its limit of {route['cps']} calls per second, skipped for {_pv('$ci')}\n")
+            self._full = True
+            return False
+        KSR.dialog.set_dlg_profile("c4_trunk", trunk)
+        if route["max"] >= 0 and self._profile_size("c4_trunk", trunk) > route["max"]:
+            KSR.dialog.unset_dlg_profile("c4_trunk", trunk)
+            KSR.notice(f"c4: trunk {trunk} at its limit of {route['max']} channels, skipped for {_pv('$ci')}\n")
+            self._full = True
+            return False
+        return True
+
+    def ksr_route_release_trunk_channel(self) -> None:
+        """route[RELEASE_TRUNK_CHANNEL]: before failing over, the failed branch's trunk gives its channel back."""
+        route = self._call_route()
+        trunk = route["trunk"] if route else ""
+        if trunk and KSR.dialog.is_in_profile("c4_trunk", trunk) > 0:
+            KSR.dialog.unset_dlg_profile("c4_trunk", trunk)
 
     def _dump_decision(self, query: dict, data: bytes) -> None:
         """One line to this worker's dump file: query JSON, tab, rtjson bytes."""
@@ -367,13 +464,20 @@ class Router:
         From the decision, a 401/407 answered in the failure route, or
         failover. A route that cannot even be sent (a host that does not
         resolve, an address family Kamailio does not listen on, any other
-        local send error) is skipped like a 503 and the next one tried; with none left
-        the caller gets one 500 (tm's own error reply is off).
+        local send error) or whose trunk is at a limit (``ksr_route_trunk_channel``)
+        is skipped like a 503 and the next one tried; with none left the caller
+        gets one 500, or 503 when a route was skipped for a limit (tm's own
+        error reply is off).
         """
         KSR.tm.t_set_disable_internal_reply(1)
         self._arm_rtjson_routes()
+        self._full = False
         while KSR.tm.t_relay() < 0:
             if KSR.rtjson.next_route() < 0:
+                if self._full:
+                    KSR.notice(f"c4: every route left for {_pv('$ci')} is at a limit\n")
+                    KSR.tm.t_reply(503, "All Trunks Busy")
+                    return 1
                 KSR.warn(f"c4: cannot send to {_pv('$du')} for {_pv('$ci')}, no route left\n")
                 KSR.tm.t_reply(500, "Relay Failed")
                 return 1
@@ -392,8 +496,12 @@ class Router:
     def ksr_branch_manage(self, msg) -> int:
         """branch_route[MANAGE_BRANCH]: apply the rtjson route to the branch."""
         try:
-            if KSR.siputils.has_totag() < 0 and KSR.rtjson.update_branch() < 0:
-                KSR.warn("c4: rtjson update_branch failed\n")
+            if KSR.siputils.has_totag() < 0:
+                if not self.ksr_route_trunk_channel():
+                    KSR.set_drop()  # the relay fails: the next route is tried
+                    return 1
+                if KSR.rtjson.update_branch() < 0:
+                    KSR.warn("c4: rtjson update_branch failed\n")
         except Exception:
             _log_exception("branch_route")
             KSR.set_drop()  # drop this branch; the relay then fails and is answered
@@ -417,6 +525,7 @@ class Router:
         timeout = KSR.tm.t_branch_timeout() > 0 or KSR.tm.t_any_timeout() > 0
         if code == 408 or 500 <= code <= 599 or timeout:
             KSR.resetflag(FLT_AUTH)
+            self.ksr_route_release_trunk_channel()
             if KSR.rtjson.next_route() > 0:
                 KSR.info(f"c4: branch failed with {code}, trying next route for {_pv('$ci')}\n")
                 self.ksr_route_relay_routes(msg)

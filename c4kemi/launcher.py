@@ -94,6 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--table-cache", default=str(DEFAULT_TABLE_CACHE),
         help="with --dsn: the node's copy of the table, kept by a follower and used when PostgreSQL is down at start",
     )
+    parser.add_argument(
+        "--rpc-socket", default=None,
+        help="Kamailio's JSON-RPC datagram socket, read by `c4 serve --kamailio-rpc` for the live channel counts "
+             "(default: rpc.sock in Kamailio's runtime directory, given to --serve-api's c4 serve)",
+    )
     parser.add_argument("--kamailio", default=None, help="Kamailio binary (default: kamailio on PATH or /usr/sbin)")
     parser.add_argument("--dry-run", action="store_true", help="print the Kamailio command and environment, do not start")
     parser.add_argument("--secret-file", default=None,
@@ -341,11 +346,20 @@ def build_command(args: argparse.Namespace, launch: Launch, rundir: Path) -> lis
     ]
     for listen in args.listen:
         command += ["-l", listen]
-    defines = {"C4_LOG_LEVEL": args.log_level, "C4_CTL_SOCKET": quoted(f"unix:{rundir / 'ctl.sock'}")}
+    defines = {
+        "C4_LOG_LEVEL": args.log_level,
+        "C4_CTL_SOCKET": quoted(f"unix:{rundir / 'ctl.sock'}"),
+        "C4_RPC_SOCKET": quoted(rpc_socket(args, rundir)),
+    }
     defines.update(launch.defines)
     for name, value in defines.items():
         command += ["-A", name if value is None else f"{name}={value}"]
     return command
+
+
+def rpc_socket(args: argparse.Namespace, rundir: Path) -> str:
+    """Where Kamailio answers JSON-RPC (the live channel counts)."""
+    return str(Path(args.rpc_socket).resolve()) if getattr(args, "rpc_socket", None) else str(rundir / "rpc.sock")
 
 
 def _die_with_parent() -> None:
@@ -381,6 +395,9 @@ def _run(args: argparse.Namespace) -> int:
     rundir = Path(tempfile.mkdtemp(prefix="c4-kamailio-"))
     try:
         command = build_command(args, launch, rundir)
+        for helper in launch.helpers:  # --serve-api: c4 serve reads the live counts
+            if "serve" in helper.argv:
+                helper.argv += ["--kamailio-rpc", rpc_socket(args, rundir)]
         env = dict(os.environ)
         env.update(launch.env)
         if args.dry_run:

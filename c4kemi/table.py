@@ -69,6 +69,8 @@ class Endpoint:
     auth: Mapping[str, str] | None = None
     hash_key: bytes = b""  # the name, for the per-call weighted draw
     carrier: str | None = None  # a trunk's carrier, for explanations
+    max_channels: int | None = None  # a trunk's channel limit (None: none)
+    max_cps: int | None = None  # a trunk's new calls per second (None: no limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +216,7 @@ class RoutingTable:
     trunks: Mapping[str, Endpoint] = field(default_factory=dict)
     base_digest: bytes = b""
     entity_digest: int = 0  # sum of the DID and route digests, modulo 2**64
+    tenant_channels: Mapping[str, int] = field(default_factory=dict)  # tenant -> max_channels, limited ones only
 
     def find_did(self, number: str, tenant: str | None) -> Did | None:
         """Longest-prefix DID for an E.164 number within a tenant (None: all)."""
@@ -296,6 +299,7 @@ def compile_validated(document: Mapping[str, Any]) -> RoutingTable:
         trunks=MappingProxyType(trunks),
         base_digest=base_digest,
         entity_digest=digest,
+        tenant_channels=MappingProxyType({t["name"]: t["max_channels"] for t in document["tenants"] if "max_channels" in t}),
     )
 
 
@@ -407,6 +411,7 @@ def apply_changes(
         trunks=table.trunks,
         base_digest=table.base_digest,
         entity_digest=digest,
+        tenant_channels=table.tenant_channels,  # tenants are a base collection: unchanged here
     )
 
 
@@ -427,6 +432,8 @@ def _endpoints(document: Mapping[str, Any]) -> tuple[dict[str, Endpoint], dict[s
             auth=MappingProxyType(dict(entity["auth"])) if entity.get("auth") else None,
             hash_key=entity["name"].encode(),
             carrier=entity.get("carrier"),
+            max_channels=entity.get("max_channels"),
+            max_cps=entity.get("max_cps"),
         )
 
     ipbxs = {i["name"]: endpoint("ipbx", i, i["tenant"], i["targets"]) for i in document["ipbxs"]}

@@ -53,6 +53,11 @@ def _endpoint(row: asyncpg.Record, sources: dict[str, list[str]]) -> dict[str, A
     }
 
 
+def _limits(row: asyncpg.Record, *columns: str) -> dict[str, int]:
+    """Channel limits as the document has them: only those set (NULL: no limit)."""
+    return {column: row[column] for column in columns if row[column] is not None}
+
+
 def _number(value: float) -> int | float:
     """Weights are double precision in the database; 1.0 reads back as 1."""
     return int(value) if value.is_integer() else value
@@ -68,7 +73,10 @@ async def export_document(conn: asyncpg.Connection) -> tuple[dict[str, Any], int
             owner = ipbx_sources.setdefault(row["ipbx"], []) if row["ipbx"] else trunk_sources.setdefault(row["trunk"], [])
             owner.append(str(row["cidr"]))
         doc: dict[str, Any] = {
-            "tenants": [{"name": name} for (name,) in await conn.fetch("SELECT name FROM tenants ORDER BY name")],
+            "tenants": [
+                {"name": row["name"], **_limits(row, "max_channels")}
+                for row in await conn.fetch("SELECT name, max_channels FROM tenants ORDER BY name")
+            ],
             "normalization_profiles": [
                 dict(row) for row in await conn.fetch(
                     "SELECT name, country_code, intl_prefix, ld_prefix, always_plus, to_e164, from_e164"
@@ -85,6 +93,7 @@ async def export_document(conn: asyncpg.Connection) -> tuple[dict[str, Any], int
                     "name": row["name"], "carrier": row["carrier"], "target": row["target"], **_endpoint(row, trunk_sources),
                     "auth": {"username": row["auth_username"], "password": row["auth_password"], "realm": row["auth_realm"]}
                     if row["auth_username"] is not None else None,
+                    **_limits(row, "max_channels", "max_cps"),
                 }
                 for row in await conn.fetch("SELECT * FROM trunks ORDER BY name")
             ],
@@ -112,7 +121,11 @@ async def import_document(conn: asyncpg.Connection, doc: dict[str, Any]) -> int:
         await conn.execute("TRUNCATE " + ", ".join(ROUTING_TABLES))
         tenants = [t["name"] for t in doc["tenants"]]
         await conn.execute("DELETE FROM tenants WHERE NOT (name = ANY($1::text[]))", tenants)
-        await conn.execute("INSERT INTO tenants (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", tenants)
+        await conn.execute(
+            "INSERT INTO tenants (name, max_channels) SELECT * FROM unnest($1::text[], $2::integer[])"
+            " ON CONFLICT (name) DO UPDATE SET max_channels = EXCLUDED.max_channels",
+            tenants, [t.get("max_channels") for t in doc["tenants"]],
+        )
         await _copy(conn, "normalization_profiles", [
             (p["name"], p["country_code"], p["intl_prefix"], p["ld_prefix"], p["always_plus"], p["to_e164"], p["from_e164"])
             for p in doc["normalization_profiles"]
@@ -124,9 +137,10 @@ async def import_document(conn: asyncpg.Connection, doc: dict[str, Any]) -> int:
         ], ["name", "tenant", "targets", *endpoint_columns])
         await _copy(conn, "trunks", [
             (t["name"], t["carrier"], t["target"], *(t[c] for c in endpoint_columns),
-             *((t["auth"]["username"], t["auth"]["password"], t["auth"]["realm"]) if t.get("auth") else (None, None, None)))
+             *((t["auth"]["username"], t["auth"]["password"], t["auth"]["realm"]) if t.get("auth") else (None, None, None)),
+             t.get("max_channels"), t.get("max_cps"))
             for t in doc["trunks"]
-        ], ["name", "carrier", "target", *endpoint_columns, "auth_username", "auth_password", "auth_realm"])
+        ], ["name", "carrier", "target", *endpoint_columns, "auth_username", "auth_password", "auth_realm", "max_channels", "max_cps"])
         await _copy(conn, "sources", [
             (ipaddress.ip_network(cidr), entity["name"] if kind == "ipbxs" else None, entity["name"] if kind == "trunks" else None, position)
             for kind in ("ipbxs", "trunks") for entity in doc[kind] for position, cidr in enumerate(entity["sources"])

@@ -286,10 +286,11 @@ class SippFactory:
         self.all.append(sipp)
         return sipp
 
-    def uas(self, scenario: str, address: str, timeout: int = 30, **values) -> Sipp:
-        """A callee listening on ADDRESS:free-port; returns once it is bound."""
+    def uas(self, scenario: str, address: str, timeout: int = 30, calls: int = 1, **values) -> Sipp:
+        """A callee listening on ADDRESS:free-port for CALLS calls; returns once it is bound."""
         port = free_udp_port(address)
-        sipp = self._start("uas", self.scenario(scenario, **values), address, port, [], timeout)
+        extra = ["-m", str(calls)] if calls != 1 else []  # sipp takes the last -m
+        sipp = self._start("uas", self.scenario(scenario, **values), address, port, extra, timeout)
         deadline = time.monotonic() + 10
         while not udp_port_taken(address, port):
             if sipp.proc.poll() is not None or time.monotonic() > deadline:
