@@ -18,7 +18,7 @@ import orjson
 from .numbers import MAX_NUMBER_LENGTH, is_digits, parse_uri, strip_separators
 from .table import Endpoint, RouteChoice, RoutingTable
 
-__all__ = ["RequestError", "decide", "decide_call", "call_of", "call_json", "route_json", "encode", "refusal", "trunk_order"]
+__all__ = ["RequestError", "decide", "decide_call", "call_json", "route_json", "encode", "refusal", "trunk_order"]
 
 RTJSON_VERSION = "1.0"
 
@@ -77,11 +77,6 @@ def decide_call(table: RoutingTable, query: Any) -> tuple[dict, dict | None]:
     call: dict = {}
     reply = _decide(table, query, call)
     return reply, (call or None)
-
-
-def call_of(table: RoutingTable, query: Any) -> dict | None:
-    """``decide_call``'s call alone (KEMI mode asks ``decide`` for the reply first)."""
-    return decide_call(table, query)[1]
 
 
 def _limit(value: int | None) -> int:

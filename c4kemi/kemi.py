@@ -49,7 +49,7 @@ from pathlib import Path
 import KSR  # provided by app_python3
 import orjson
 
-from c4kemi.decision import RequestError, call_json, call_of, decide
+from c4kemi.decision import RequestError, call_json, decide_call
 from c4kemi.document import DocumentError
 from c4kemi.secret import DIALOG_ENV, dialog_mac
 from c4kemi.store import FileTableSource
@@ -341,7 +341,7 @@ class Router:
             KSR.sl.sl_send_reply(500, "No Routing Table")
             return 1
         try:
-            reply = decide(table, query)
+            reply, call = decide_call(table, query)
         except RequestError as exc:
             KSR.notice(f"c4: bad routing request from {query['source_ip']}: {exc}\n")
             KSR.sl.sl_send_reply(400, "Bad Request")
@@ -355,9 +355,7 @@ class Router:
             return 1
 
         KSR.rr.record_route_params(";c4d=" + self._dialog_mac())
-        # What the call counts against: the decision again, with the call
-        # (a few microseconds; HTTP mode gets both from one decide_call).
-        call = call_of(table, query)
+        # What the call counts against, from the same decision.
         KSR.pv.sets(CALL_AVP, call_json(call))
         if not self.ksr_route_channels(call):
             return 1

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from test_kemi_handler import PBX_SOURCE, failure, invite
 
-from c4kemi.decision import call_of
+from c4kemi.decision import decide_call
 from c4kemi.table import compile_table
 from fake_ksr import FakeKSR
 from tables import document, request
@@ -61,7 +61,7 @@ def test_a_routed_call_joins_its_tenant_profile_and_carries_the_call(router, ksr
     assert ksr.called("dialog.set_dlg_profile") == [("c4_tenant", "acme")]
     call = orjson.loads(ksr.pv_values["$avp(c4_call)"])
     table = compile_table(limited())
-    assert call == call_of(table, {**request(PBX_SOURCE, "39298765432"), "call_id": "call-1@test"})
+    assert call == decide_call(table, {**request(PBX_SOURCE, "39298765432"), "call_id": "call-1@test"})[1]
     assert [r["trunk"] for r in call["routes"]] == ["carrier-a-1", "carrier-b-1"]
     assert ksr.called("tm.t_relay") == [()]
 
@@ -96,7 +96,7 @@ def test_an_inbound_call_over_its_trunk_rate_gets_503_before_taking_a_channel(ro
 
 def branch(ksr: FakeKSR, idx: int, in_profile: bool = False) -> None:
     table = compile_table(limited())
-    call = call_of(table, request(PBX_SOURCE, "39298765432"))
+    call = decide_call(table, request(PBX_SOURCE, "39298765432"))[1]
     ksr.pv_values.update({"$avp(c4_call)": json.dumps(call), "$xavp(rtjson=>idx)": idx, "$ci": "call-1@test"})
     ksr.returns.update({"siputils.has_totag": -1, "dialog.is_in_profile": 1 if in_profile else -1, "htable.sht_inc": 1})
 

@@ -197,7 +197,7 @@ def test_failover_resets_the_challenge_flag(router, ksr):
 
 def test_exception_in_the_request_route_gives_a_stateful_500(router, ksr, monkeypatch, kemi):
     invite(ksr)
-    monkeypatch.setattr(kemi, "decide", lambda table, query: 1 / 0)
+    monkeypatch.setattr(kemi, "decide_call", lambda table, query: 1 / 0)
     router.ksr_request_route(None)
     assert ksr.called("tm.t_newtran") == [()]
     assert ksr.called("sl.send_reply") == [(500, "Server Internal Error")]
@@ -268,8 +268,8 @@ def test_kemi_entry_imports_neither_aiohttp_nor_asyncpg():
 
 def decided_query(router, ksr, monkeypatch, kemi) -> dict:
     seen = {}
-    real = kemi.decide
-    monkeypatch.setattr(kemi, "decide", lambda table, query: seen.setdefault("q", query) and real(table, query))
+    real = kemi.decide_call
+    monkeypatch.setattr(kemi, "decide_call", lambda table, query: seen.setdefault("q", query) and real(table, query))
     router.ksr_request_route(None)
     return seen["q"]
 
