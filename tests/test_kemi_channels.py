@@ -6,9 +6,7 @@ in both modes; these pin each decision without starting anything.
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 
 import orjson
 import pytest
@@ -28,21 +26,8 @@ def limited() -> dict:
 
 
 @pytest.fixture
-def ksr(monkeypatch):
-    fake = FakeKSR()
-    monkeypatch.setitem(sys.modules, "KSR", fake)
-    return fake
-
-
-@pytest.fixture
-def router(ksr, monkeypatch, tmp_path):
-    table = tmp_path / "table.json"
-    table.write_text(json.dumps(limited()))
-    monkeypatch.setenv("C4_TABLE", str(table))
-    monkeypatch.delenv("C4_RTJSON_DUMP", raising=False)
-    module = importlib.import_module("c4kemi.kemi")
-    monkeypatch.setattr(module, "KSR", ksr)
-    return module.mod_init()
+def table_document() -> dict:
+    return limited()  # the kemi fixture (tests/conftest.py) loads this table
 
 
 def sizes(ksr: FakeKSR, by_value: dict) -> None:
@@ -53,10 +38,10 @@ def sizes(ksr: FakeKSR, by_value: dict) -> None:
     ksr.returns["dialog.get_profile_size"] = get_profile_size
 
 
-def test_a_routed_call_joins_its_tenant_profile_and_carries_the_call(router, ksr):
+def test_a_routed_call_joins_its_tenant_profile_and_carries_the_call(handler, ksr):
     invite(ksr, called="39298765432")
     sizes(ksr, {("c4_tenant", "acme"): 1})
-    router.ksr_request_route(None)
+    handler.ksr_request_route(None)
     assert ksr.called("dialog.dlg_manage") == [()]
     assert ksr.called("dialog.set_dlg_profile") == [("c4_tenant", "acme")]
     call = orjson.loads(ksr.pv_values["$avp(c4_call)"])
@@ -66,29 +51,29 @@ def test_a_routed_call_joins_its_tenant_profile_and_carries_the_call(router, ksr
     assert ksr.called("tm.t_relay") == [()]
 
 
-def test_a_tenant_over_its_limit_gets_a_stateful_503_and_no_routes(router, ksr):
+def test_a_tenant_over_its_limit_gets_a_stateful_503_and_no_routes(handler, ksr):
     invite(ksr, called="39298765432")
     sizes(ksr, {("c4_tenant", "acme"): 11})
-    router.ksr_request_route(None)
+    handler.ksr_request_route(None)
     assert ksr.called("tm.t_reply") == [(503, "Tenant Channel Limit")]
     assert ksr.called("tm.t_newtran") == [()]
     assert ksr.called("rtjson.init_routes") == [] and ksr.called("tm.t_relay") == []
 
 
-def test_an_inbound_call_over_its_trunk_limit_gets_503(router, ksr):
+def test_an_inbound_call_over_its_trunk_limit_gets_503(handler, ksr):
     invite(ksr, source="192.0.2.1", called="0612345678")
     sizes(ksr, {("c4_tenant", "acme"): 1, ("c4_trunk", "carrier-a-1"): 3})
     ksr.returns["htable.sht_inc"] = 1
-    router.ksr_request_route(None)
+    handler.ksr_request_route(None)
     assert ksr.called("dialog.set_dlg_profile") == [("c4_tenant", "acme"), ("c4_trunk", "carrier-a-1")]
     assert ksr.called("tm.t_reply") == [(503, "Trunk Channel Limit")]
 
 
-def test_an_inbound_call_over_its_trunk_rate_gets_503_before_taking_a_channel(router, ksr):
+def test_an_inbound_call_over_its_trunk_rate_gets_503_before_taking_a_channel(handler, ksr):
     invite(ksr, source="192.0.2.1", called="0612345678", **{"$Ts": 1700000000})
     sizes(ksr, {})
     ksr.returns["htable.sht_inc"] = 6
-    router.ksr_request_route(None)
+    handler.ksr_request_route(None)
     assert ksr.called("htable.sht_inc") == [("c4cps", "carrier-a-1;1700000000")]
     assert ksr.called("dialog.set_dlg_profile") == [("c4_tenant", "acme")]
     assert ksr.called("tm.t_reply") == [(503, "Trunk Call Rate Limit")]
@@ -101,56 +86,56 @@ def branch(ksr: FakeKSR, idx: int, in_profile: bool = False) -> None:
     ksr.returns.update({"siputils.has_totag": -1, "dialog.is_in_profile": 1 if in_profile else -1, "htable.sht_inc": 1})
 
 
-def test_a_branch_to_a_full_trunk_gives_the_channel_back_and_is_dropped(router, ksr):
+def test_a_branch_to_a_full_trunk_gives_the_channel_back_and_is_dropped(handler, ksr):
     branch(ksr, idx=1)
     sizes(ksr, {("c4_trunk", "carrier-a-1"): 3})
-    router.ksr_branch_manage(None)
+    handler.ksr_branch_manage(None)
     assert ksr.called("dialog.set_dlg_profile") == [("c4_trunk", "carrier-a-1")]
     assert ksr.called("dialog.unset_dlg_profile") == [("c4_trunk", "carrier-a-1")]
     assert ("set_drop", ()) in ksr.calls and ksr.called("rtjson.update_branch") == []
-    assert router._full
+    assert handler._full
 
 
-def test_a_branch_within_the_limits_takes_its_channel_once(router, ksr):
+def test_a_branch_within_the_limits_takes_its_channel_once(handler, ksr):
     branch(ksr, idx=1)
     sizes(ksr, {("c4_trunk", "carrier-a-1"): 2})
-    router.ksr_branch_manage(None)
+    handler.ksr_branch_manage(None)
     assert ksr.called("dialog.set_dlg_profile") == [("c4_trunk", "carrier-a-1")]
     assert ksr.called("dialog.unset_dlg_profile") == [] and ("set_drop", ()) not in ksr.calls
     assert ksr.called("rtjson.update_branch") == [()]
     # the same route again (a 401/407 answered) holds its channel already
     ksr.calls.clear()
     branch(ksr, idx=1, in_profile=True)
-    router.ksr_branch_manage(None)
+    handler.ksr_branch_manage(None)
     assert ksr.called("dialog.set_dlg_profile") == [] and ksr.called("htable.sht_inc") == []
     # an unlimited trunk is counted, never checked
     ksr.calls.clear()
     branch(ksr, idx=2)
-    router.ksr_branch_manage(None)
+    handler.ksr_branch_manage(None)
     assert ksr.called("dialog.set_dlg_profile") == [("c4_trunk", "carrier-b-1")]
     assert ksr.called("dialog.get_profile_size") == [] and ksr.called("htable.sht_inc") == []
 
 
-def test_no_route_left_after_a_full_trunk_is_503_all_trunks_busy(router, ksr):
+def test_no_route_left_after_a_full_trunk_is_503_all_trunks_busy(handler, ksr):
     invite(ksr)
     ksr.returns.update({"tm.t_relay": -1, "rtjson.next_route": -1})
 
     def relay_after_a_full_branch():
-        router._full = True  # what the branch route does for a trunk at its limit
+        handler._full = True  # what the branch route does for a trunk at its limit
         return -1
 
     ksr.returns["tm.t_relay"] = relay_after_a_full_branch
-    router.ksr_route_relay_routes(None)
+    handler.ksr_route_relay_routes(None)
     assert ksr.called("tm.t_reply") == [(503, "All Trunks Busy")]
     ksr.calls.clear()
     ksr.returns["tm.t_relay"] = -1  # nothing full: a route that cannot be sent
-    router.ksr_route_relay_routes(None)
+    handler.ksr_route_relay_routes(None)
     assert ksr.called("tm.t_reply") == [(500, "Relay Failed")]
 
 
-def test_failing_over_gives_the_failed_trunk_its_channel_back(router, ksr):
+def test_failing_over_gives_the_failed_trunk_its_channel_back(handler, ksr):
     failure(ksr, 503, routes=[{"uri": "sip:a@192.0.2.10", "dst_uri": "sip:192.0.2.10"}] * 2, idx=1)
     branch(ksr, idx=1, in_profile=True)
-    router.ksr_failure_manage(None)
+    handler.ksr_failure_manage(None)
     assert ksr.called("dialog.unset_dlg_profile") == [("c4_trunk", "carrier-a-1")]
     assert ksr.called("rtjson.next_route") == [()]

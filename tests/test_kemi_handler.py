@@ -8,8 +8,6 @@ once, internal errors answered once) without starting anything.
 from __future__ import annotations
 
 import gc
-import importlib
-import json
 import subprocess
 import sys
 import textwrap
@@ -18,33 +16,9 @@ import orjson
 import pytest
 
 from fake_ksr import FakeKSR
-from tables import BASE_DOCUMENT
 
 PBX_SOURCE = "10.0.0.10"  # acme-pbx in tables.BASE_DOCUMENT
 TRUNK_AUTH = {"username": "u", "password": "p", "realm": "carrier-a.net"}
-
-
-@pytest.fixture
-def ksr(monkeypatch):
-    fake = FakeKSR()
-    monkeypatch.setitem(sys.modules, "KSR", fake)
-    return fake
-
-
-@pytest.fixture
-def kemi(ksr, monkeypatch, tmp_path):
-    table = tmp_path / "table.json"
-    table.write_text(json.dumps(BASE_DOCUMENT))
-    monkeypatch.setenv("C4_TABLE", str(table))
-    monkeypatch.delenv("C4_RTJSON_DUMP", raising=False)
-    module = importlib.import_module("c4kemi.kemi")
-    monkeypatch.setattr(module, "KSR", ksr)
-    return module
-
-
-@pytest.fixture
-def router(kemi):
-    return kemi.mod_init()
 
 
 def invite(ksr: FakeKSR, source: str = PBX_SOURCE, called: str = "39298765432", **pvs) -> None:
@@ -74,9 +48,9 @@ def failure(ksr: FakeKSR, code: int, routes: list[dict] | None = None, idx: int 
 
 
 @pytest.mark.parametrize("code", [408, 500, 503, 599])
-def test_408_and_5xx_try_the_next_route(router, ksr, code):
+def test_408_and_5xx_try_the_next_route(handler, ksr, code):
     failure(ksr, code)
-    router.ksr_failure_manage(None)
+    handler.ksr_failure_manage(None)
     assert ksr.called("rtjson.next_route") == [()]
     assert ksr.called("tm.t_relay") == [()]
     assert ksr.called("tm.t_on_failure") == [("ksr_failure_manage",)]
@@ -84,42 +58,42 @@ def test_408_and_5xx_try_the_next_route(router, ksr, code):
     assert ksr.called("tm.t_reply") == []
 
 
-def test_no_answer_before_fr_timer_tries_the_next_route(router, ksr):
+def test_no_answer_before_fr_timer_tries_the_next_route(handler, ksr):
     failure(ksr, 408, timeout=True)
-    router.ksr_failure_manage(None)
+    handler.ksr_failure_manage(None)
     assert ksr.called("rtjson.next_route") == [()]
 
 
 @pytest.mark.parametrize("code", [404, 486, 487, 603])
-def test_4xx_and_6xx_go_back_to_the_caller(router, ksr, code):
+def test_4xx_and_6xx_go_back_to_the_caller(handler, ksr, code):
     failure(ksr, code)
-    router.ksr_failure_manage(None)
+    handler.ksr_failure_manage(None)
     assert "rtjson.next_route" not in ksr.names()
     assert "tm.t_relay" not in ksr.names()
     assert ksr.called("tm.t_reply") == []  # tm relays the branch's reply
 
 
-def test_no_route_left_lets_tm_send_the_best_reply(router, ksr):
+def test_no_route_left_lets_tm_send_the_best_reply(handler, ksr):
     failure(ksr, 503)
     ksr.returns["rtjson.next_route"] = -1
-    router.ksr_failure_manage(None)
+    handler.ksr_failure_manage(None)
     assert "tm.t_relay" not in ksr.names() and ksr.called("tm.t_reply") == []
 
 
-def test_a_canceled_transaction_is_left_alone(router, ksr):
+def test_a_canceled_transaction_is_left_alone(handler, ksr):
     failure(ksr, 503)
     ksr.returns["tm.t_is_canceled"] = 1
-    router.ksr_failure_manage(None)
+    handler.ksr_failure_manage(None)
     assert ksr.names() == ["tm.t_is_canceled"]
 
 
 # -- relay: a route that cannot be sent ----------------------------------------
 
 
-def test_unsendable_route_moves_to_the_next_one(router, ksr):
+def test_unsendable_route_moves_to_the_next_one(handler, ksr):
     failure(ksr, 503)
     ksr.returns["tm.t_relay"] = [-1, 1]
-    router.ksr_failure_manage(None)
+    handler.ksr_failure_manage(None)
     assert len(ksr.called("tm.t_relay")) == 2
     assert len(ksr.called("rtjson.next_route")) == 2  # after the 503, after the send failure
     assert len(ksr.called("tm.t_on_failure")) == 2  # armed again for the new branch
@@ -127,28 +101,28 @@ def test_unsendable_route_moves_to_the_next_one(router, ksr):
     assert ksr.called("tm.t_set_disable_internal_reply") == [(1,)]  # tm must not answer 477/478 itself
 
 
-def test_no_sendable_route_gives_one_500(router, ksr):
+def test_no_sendable_route_gives_one_500(handler, ksr):
     failure(ksr, 503)
     ksr.returns["tm.t_relay"] = -1
     ksr.returns["rtjson.next_route"] = [1, 1, -1]
-    router.ksr_failure_manage(None)
+    handler.ksr_failure_manage(None)
     assert len(ksr.called("tm.t_relay")) == 2
     assert ksr.called("tm.t_reply") == [(500, "Relay Failed")]
     assert "sl.sl_reply_error" not in ksr.names() and "sl.send_reply" not in ksr.names()
 
 
-def test_in_dialog_relay_failure_gives_one_stateful_500(router, ksr):
+def test_in_dialog_relay_failure_gives_one_stateful_500(handler, ksr):
     ksr.pv_values.update({"$rm": "BYE", "$ci": "call-1@test"})
     ksr.returns["tm.t_relay"] = -1
-    router.ksr_route_relay(None)
+    handler.ksr_route_relay(None)
     assert ksr.called("tm.t_reply") == [(500, "Relay Failed")]
     assert "tm.t_on_branch" not in ksr.names() and "tm.t_on_failure" not in ksr.names()
 
 
-def test_ack_relay_failure_is_not_answered(router, ksr):
+def test_ack_relay_failure_is_not_answered(handler, ksr):
     ksr.pv_values.update({"$rm": "ACK", "$ci": "call-1@test"})
     ksr.returns["tm.t_relay"] = -1
-    router.ksr_route_relay(None)
+    handler.ksr_route_relay(None)
     assert ksr.called("tm.t_reply") == []
 
 
@@ -156,11 +130,11 @@ def test_ack_relay_failure_is_not_answered(router, ksr):
 
 
 @pytest.mark.parametrize("code", [401, 407])
-def test_challenge_is_answered_with_the_route_credentials(router, ksr, code):
+def test_challenge_is_answered_with_the_route_credentials(handler, ksr, code):
     routes = [{"uri": "sip:0298765432@192.0.2.10:5060", "dst_uri": "sip:192.0.2.10:5060", "auth": TRUNK_AUTH},
               {"uri": "sip:0298765432@198.51.100.20", "dst_uri": "sip:198.51.100.20"}]
     failure(ksr, code, routes, idx=1)
-    router.ksr_failure_manage(None)
+    handler.ksr_failure_manage(None)
     assert ksr.called("uac.uac_auth") == [()]
     assert ksr.pv_values["$avp(c4_auth_username)"] == "u"
     assert ksr.pv_values["$avp(c4_auth_password)"] == "p"
@@ -171,66 +145,66 @@ def test_challenge_is_answered_with_the_route_credentials(router, ksr, code):
     assert "rtjson.next_route" not in ksr.names()
 
 
-def test_second_challenge_goes_back_to_the_caller(router, ksr):
+def test_second_challenge_goes_back_to_the_caller(handler, ksr):
     failure(ksr, 407, [{"uri": "sip:x@192.0.2.10", "dst_uri": "sip:192.0.2.10", "auth": TRUNK_AUTH}])
     ksr.flags.add(1)  # already answered once on this route
-    router.ksr_failure_manage(None)
+    handler.ksr_failure_manage(None)
     assert "uac.uac_auth" not in ksr.names()
     assert "tm.t_relay" not in ksr.names()
 
 
-def test_challenge_without_credentials_goes_back_to_the_caller(router, ksr):
+def test_challenge_without_credentials_goes_back_to_the_caller(handler, ksr):
     failure(ksr, 401, [{"uri": "sip:x@192.0.2.10", "dst_uri": "sip:192.0.2.10"}])
-    router.ksr_failure_manage(None)
+    handler.ksr_failure_manage(None)
     assert "uac.uac_auth" not in ksr.names() and "tm.t_relay" not in ksr.names()
 
 
-def test_failover_resets_the_challenge_flag(router, ksr):
+def test_failover_resets_the_challenge_flag(handler, ksr):
     failure(ksr, 503)
     ksr.flags.add(1)
-    router.ksr_failure_manage(None)
+    handler.ksr_failure_manage(None)
     assert 1 not in ksr.flags
 
 
 # -- internal errors: one 500, nothing left hanging -----------------------------
 
 
-def test_exception_in_the_request_route_gives_a_stateful_500(router, ksr, monkeypatch, kemi):
+def test_exception_in_the_request_route_gives_a_stateful_500(handler, ksr, monkeypatch, kemi):
     invite(ksr)
     monkeypatch.setattr(kemi, "decide_call", lambda table, query: 1 / 0)
-    router.ksr_request_route(None)
+    handler.ksr_request_route(None)
     assert ksr.called("tm.t_newtran") == [()]
     assert ksr.called("sl.send_reply") == [(500, "Server Internal Error")]
     assert any("ZeroDivisionError" in text for level, text in ksr.logs if level == "err")
 
 
-def test_exception_in_the_failure_route_gives_t_reply_500(router, ksr):
+def test_exception_in_the_failure_route_gives_t_reply_500(handler, ksr):
     failure(ksr, 503)
     ksr.returns["rtjson.next_route"] = lambda: 1 / 0
-    router.ksr_failure_manage(None)
+    handler.ksr_failure_manage(None)
     assert ksr.called("tm.t_reply") == [(500, "Server Internal Error")]
 
 
-def test_exception_in_the_branch_route_drops_the_branch(router, ksr):
+def test_exception_in_the_branch_route_drops_the_branch(handler, ksr):
     ksr.returns["siputils.has_totag"] = -1
     ksr.returns["rtjson.update_branch"] = lambda: 1 / 0
-    router.ksr_branch_manage(None)
+    handler.ksr_branch_manage(None)
     assert "set_drop" in ksr.names()
 
 
-def test_no_table_gives_500(router, ksr, monkeypatch):
+def test_no_table_gives_500(handler, ksr, monkeypatch):
     invite(ksr)
-    router.table_path = "/nonexistent/table.json"
-    router.ksr_request_route(None)
+    handler.table_path = "/nonexistent/table.json"
+    handler.ksr_request_route(None)
     assert ksr.called("sl.sl_send_reply") == [(500, "No Routing Table")]
 
 
 # -- initial INVITE ---------------------------------------------------------------
 
 
-def test_initial_invite_is_routed_with_rtjson(router, ksr):
+def test_initial_invite_is_routed_with_rtjson(handler, ksr):
     invite(ksr)
-    router.ksr_request_route(None)
+    handler.ksr_request_route(None)
     assert ksr.called("hdr.remove")[0] == ("Route",)
     (document,) = ksr.called("rtjson.init_routes")[0]
     assert orjson.loads(document)["success"] is True
@@ -239,9 +213,9 @@ def test_initial_invite_is_routed_with_rtjson(router, ksr):
     assert ksr.called("tm.t_on_failure") == [("ksr_failure_manage",)]
 
 
-def test_refusal_is_answered_with_its_code(router, ksr):
+def test_refusal_is_answered_with_its_code(handler, ksr):
     invite(ksr, source="203.0.113.99")
-    router.ksr_request_route(None)
+    handler.ksr_request_route(None)
     assert ksr.called("sl.sl_send_reply") == [(403, "Forbidden")]
     assert "tm.t_relay" not in ksr.names()
 
@@ -266,72 +240,72 @@ def test_kemi_entry_imports_neither_aiohttp_nor_asyncpg():
 # -- the SIP edge: foreign bytes, identity, in-dialog requests -------------------------
 
 
-def decided_query(router, ksr, monkeypatch, kemi) -> dict:
+def decided_query(handler, ksr, monkeypatch, kemi) -> dict:
     seen = {}
     real = kemi.decide_call
     monkeypatch.setattr(kemi, "decide_call", lambda table, query: seen.setdefault("q", query) and real(table, query))
-    router.ksr_request_route(None)
+    handler.ksr_request_route(None)
     return seen["q"]
 
 
-def test_values_that_are_not_utf8_are_left_out_like_http_mode(router, ksr, monkeypatch, kemi):
+def test_values_that_are_not_utf8_are_left_out_like_http_mode(handler, ksr, monkeypatch, kemi):
     invite(ksr, **{"$fn": b'"Zo\xe9"', "$tn": b"Bj\xf6rn", "$ci": b"c\xe9@x"})
-    query = decided_query(router, ksr, monkeypatch, kemi)
+    query = decided_query(handler, ksr, monkeypatch, kemi)
     assert query["from_name"] is None and query["to_name"] is None and query["call_id"] is None
     assert ksr.called("rtjson.init_routes"), "the call is still routed"
     assert "sl.send_reply" not in ksr.names()  # no 500
 
 
-def test_a_ruri_that_is_not_utf8_is_refused_not_routed_on_the_to_user(router, ksr, monkeypatch, kemi):
+def test_a_ruri_that_is_not_utf8_is_refused_not_routed_on_the_to_user(handler, ksr, monkeypatch, kemi):
     invite(ksr, **{"$ru": b"sip:3929876543\xe9@c4.test"})
-    query = decided_query(router, ksr, monkeypatch, kemi)
+    query = decided_query(handler, ksr, monkeypatch, kemi)
     assert query["ruri"] == kemi.NOT_UTF8_RURI
     assert ksr.called("sl.sl_send_reply") == [(404, "No Route")]
 
 
-def test_identity_headers_are_read_then_removed(router, ksr, monkeypatch, kemi):
+def test_identity_headers_are_read_then_removed(handler, ksr, monkeypatch, kemi):
     invite(ksr, **{"$fu": "sip:anonymous@anonymous.invalid", "$ai": "sip:+39611111111@pbx.test", "$hdr(Privacy)": "id"})
-    query = decided_query(router, ksr, monkeypatch, kemi)
+    query = decided_query(handler, ksr, monkeypatch, kemi)
     assert query["identity_uri"] == "sip:+39611111111@pbx.test" and query["privacy"] == "id"
     removed = {args[0] for args in ksr.called("hdr.remove")}
     assert {"P-Asserted-Identity", "P-Preferred-Identity", "Remote-Party-ID"} <= removed
     assert "Privacy" not in removed
 
 
-def test_initial_invite_record_route_is_signed(router, ksr, monkeypatch):
-    monkeypatch.setattr(router, "dialog_key", "k" * 64)
+def test_initial_invite_record_route_is_signed(handler, ksr, monkeypatch):
+    monkeypatch.setattr(handler, "dialog_key", "k" * 64)
     invite(ksr)
-    router.ksr_request_route(None)
+    handler.ksr_request_route(None)
     ((params,),) = ksr.called("rr.record_route_params")
     from c4kemi.secret import dialog_mac
     assert params == ";c4d=" + dialog_mac("k" * 64, b"call-1@test")
 
 
 @pytest.mark.parametrize("param_ok, signature", [(-1, None), (1, "0" * 32), (1, None)])
-def test_in_dialog_request_without_our_signature_is_refused(router, ksr, monkeypatch, param_ok, signature):
-    monkeypatch.setattr(router, "dialog_key", "k" * 64)
+def test_in_dialog_request_without_our_signature_is_refused(handler, ksr, monkeypatch, param_ok, signature):
+    monkeypatch.setattr(handler, "dialog_key", "k" * 64)
     ksr.pv_values.update({"$rm": "INVITE", "$ci": "call-1@test", "$(route_uri{uri.param,c4d})": signature})
     ksr.returns.update({"rr.loose_route": 1, "rr.check_route_param": param_ok})
-    router.ksr_route_withindlg(None)
+    handler.ksr_route_withindlg(None)
     assert ksr.called("sl.sl_send_reply") == [(403, "Forbidden")]
     assert "tm.t_relay" not in ksr.names()
 
 
-def test_in_dialog_request_with_our_signature_is_relayed(router, ksr, monkeypatch):
+def test_in_dialog_request_with_our_signature_is_relayed(handler, ksr, monkeypatch):
     from c4kemi.secret import dialog_mac
-    monkeypatch.setattr(router, "dialog_key", "k" * 64)
+    monkeypatch.setattr(handler, "dialog_key", "k" * 64)
     ksr.pv_values.update({"$rm": "BYE", "$ci": b"c\xe9@x", "$(route_uri{uri.param,c4d})": dialog_mac("k" * 64, b"c\xe9@x")})
     ksr.returns.update({"rr.loose_route": 1, "rr.check_route_param": 1})
-    router.ksr_route_withindlg(None)
+    handler.ksr_route_withindlg(None)
     assert ksr.called("tm.t_relay") == [()]
     assert ksr.called("sl.sl_send_reply") == []
 
 
-def test_no_dialog_key_relays_no_in_dialog_request(router, ksr, monkeypatch):
-    monkeypatch.setattr(router, "dialog_key", "")
+def test_no_dialog_key_relays_no_in_dialog_request(handler, ksr, monkeypatch):
+    monkeypatch.setattr(handler, "dialog_key", "")
     ksr.pv_values.update({"$rm": "BYE", "$ci": "c@x", "$(route_uri{uri.param,c4d})": dialog_mac_of_empty()})
     ksr.returns.update({"rr.loose_route": 1, "rr.check_route_param": 1})
-    router.ksr_route_withindlg(None)
+    handler.ksr_route_withindlg(None)
     assert ksr.called("sl.sl_send_reply") == [(403, "Forbidden")]
 
 
@@ -340,18 +314,18 @@ def dialog_mac_of_empty() -> str:
     return dialog_mac("", b"c@x")
 
 
-def test_forged_in_dialog_ack_is_dropped_without_reply(router, ksr, monkeypatch):
-    monkeypatch.setattr(router, "dialog_key", "k" * 64)
+def test_forged_in_dialog_ack_is_dropped_without_reply(handler, ksr, monkeypatch):
+    monkeypatch.setattr(handler, "dialog_key", "k" * 64)
     ksr.pv_values.update({"$rm": "ACK", "$ci": "call-1@test", "$(route_uri{uri.param,c4d})": None})
     ksr.returns.update({"rr.loose_route": 1, "rr.check_route_param": -1})
-    router.ksr_route_withindlg(None)
+    handler.ksr_route_withindlg(None)
     assert ksr.called("sl.sl_send_reply") == [] and "tm.t_relay" not in ksr.names()
 
 
-def test_the_table_is_loaded_once_before_fork_and_inherited(router, ksr):
+def test_the_table_is_loaded_once_before_fork_and_inherited(handler, ksr):
     # mod_init runs in Kamailio's main process: the workers it forks share its table.
-    preloaded = router._source
+    preloaded = handler._source
     assert preloaded is not None and gc.get_freeze_count() > 0
-    router.child_init(1)
-    assert router.source() is preloaded
+    handler.child_init(1)
+    assert handler.source() is preloaded
     gc.unfreeze()
