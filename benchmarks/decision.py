@@ -21,6 +21,8 @@ import statistics
 import time
 import tracemalloc
 
+from generate import routing_query  # benchmarks/, the script's own directory
+
 from c4kemi.decision import route_json
 from c4kemi.table import compile_table
 
@@ -88,12 +90,7 @@ def make_requests(numbers: list[int], count: int, rng: random.Random) -> list[di
             source, called = f"10.{rng.randrange(TENANTS)}.0.{rng.randrange(1, 255)}", "0" + str(rng.randrange(10**8, 10**9))
         else:  # unknown source
             source, called = "203.0.113.9", "0612345678"
-        requests.append({
-            "event": "sip-routing", "source_ip": source, "source_port": 5060, "auth": 0,
-            "call_id": f"{rng.getrandbits(64):x}@bench", "ruri": f"sip:{called}@c4.example.com",
-            "from_name": "Bench", "from_uri": "sip:0611111111@pbx.example.com", "from_tag": "t",
-            "to_name": "", "to_uri": f"sip:{called}@c4.example.com", "to_tag": "",
-        })
+        requests.append(routing_query(source, called, rng))
     return requests
 
 

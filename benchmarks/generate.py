@@ -42,6 +42,16 @@ def tenant_names() -> list[str]:
     return [f"t{i:03d}" for i in range(TENANTS)]
 
 
+def routing_query(source: str, called: str, rng: random.Random) -> dict:
+    """One routing request as the Kamailio configs send it, with a random Call-ID."""
+    return {
+        "event": "sip-routing", "source_ip": source, "source_port": 5060, "auth": 0,
+        "call_id": f"{rng.getrandbits(64):x}@bench", "ruri": f"sip:{called}@c4.example.com",
+        "from_name": "Bench", "from_uri": "sip:0611111111@pbx.example.com", "from_tag": "t",
+        "to_name": "", "to_uri": f"sip:{called}@c4.example.com", "to_tag": "",
+    }
+
+
 def make_document(n_dids: int = 1_000_000, n_routes: int = 100_000, seed: int = 8) -> dict:
     rng = random.Random(seed)
     tenants = tenant_names()

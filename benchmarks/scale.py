@@ -42,7 +42,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate import COUNTRIES, IPBXS_PER_TENANT, TENANTS, make_document  # noqa: E402
+from generate import COUNTRIES, IPBXS_PER_TENANT, TENANTS, make_document, routing_query  # noqa: E402
 
 from c4kemi.decision import route_json  # noqa: E402
 from c4kemi.document import _refuse_duplicate_keys, validate_document  # noqa: E402
@@ -72,12 +72,7 @@ def make_requests(document: dict, count: int, rng: random.Random) -> list[dict]:
             called = "00" + cc + str(rng.randrange(10**8, 10**9))
         else:  # unknown source
             source, called = "203.0.113.9", "0612345678"
-        requests.append({
-            "event": "sip-routing", "source_ip": source, "source_port": 5060, "auth": 0,
-            "call_id": f"{rng.getrandbits(64):x}@bench", "ruri": f"sip:{called}@c4.example.com",
-            "from_name": "Bench", "from_uri": "sip:0611111111@pbx.example.com", "from_tag": "t",
-            "to_name": "", "to_uri": f"sip:{called}@c4.example.com", "to_tag": "",
-        })
+        requests.append(routing_query(source, called, rng))
     return requests
 
 
