@@ -1,22 +1,38 @@
-"""SIP benchmark: KEMI mode vs HTTP mode on real SIP traffic, side by side.
+"""SIP benchmark: capacity ladder and overload runs of c4 against a plain relay.
 
-    .venv/bin/python benchmarks/sip.py [--rate 300] [--calls 3000] [--rounds 3] [--modes kemi,http]
+    .venv/bin/python benchmarks/sip.py [--full] [--setups static,kemi,http] [--rates 500,1000,2000]
+        [--repetitions 2] [--duration 10] [--overload 1.5,2] [--overload-duration 10]
+        [--memory-manager tlsf] [--out benchmarks/results/sip.json]
 
-For each round and each mode (alternating, so drift of this noisy machine
-hits both alike) it starts the router with ``c4 kamailio`` (HTTP mode also
-runs ``c4 serve``) on loopback, a sipp callee as the carrier, and a sipp
-caller placing ``--calls`` full calls (INVITE, 200, ACK, BYE through the
-router) at ``--rate`` calls/s from the IPBX's address. It records:
+Setups (``SETUPS``): ``static`` is benchmarks/kamailio-static.cfg, a native
+Kamailio config that record-routes and relays to the callee with no
+decision: the upper bound. ``kemi`` and ``http`` run ``c4 kamailio`` in
+each mode (HTTP mode with its ``c4 serve``); ``kemi-limits`` and
+``http-limits`` use the same table with channel and call-rate limits set
+too high to refuse, so their cost shows. Every setup gets the same
+workers, shared and private memory and memory manager. The table comes
+from benchmarks/generate.py (100k DIDs, 1k routes) plus a bench IPBX (the
+sipp caller) and a bench trunk (the sipp callee) routed for the called
+number.
 
-- calls completed and failed (sipp's own counters),
-- call setup time, INVITE sent to 200 received, per call (the scenario
-  logs gettimeofday at both ends): median and p99,
-- CPU time per call of the router's processes (Kamailio, plus c4 serve in
-  HTTP mode), from /proc, so the two modes' costs compare directly.
+Ladder: for each offered rate, for each repetition, each setup in turn (so
+drift of a noisy machine hits all alike), one point: a fresh router, a sipp
+callee, a sipp caller placing rate x duration full calls (INVITE, 180, 200,
+ACK, BYE through the router). A setup leaves the ladder after two
+consecutive unclean rates (benchmarks/points.py says what clean is).
+Overload: each setup at 1.5x and 2x its highest clean rate.
 
-It prints one row per round and mode, then the medians over rounds and the
-HTTP/KEMI ratios. Everything runs on this one machine (sipp included), so
-only the ratios measured in one run mean anything.
+Per point: calls attempted, completed, failed and refused with 503, sipp's
+retransmissions, setup time (INVITE sent to 200 received) p50/p99, CPU
+per attempted call of Kamailio and of c4 serve (/proc), peak shared memory
+(Kamailio's ``core.shmmem`` max_used, read over its JSON-RPC socket during
+the run) and whether Kamailio crashed (exited, or a child killed by a
+signal in its log). Results go to a JSON file that benchmarks/report.py
+turns into benchmarks/README.md. Everything, sipp included, runs on this
+one machine: compare setups measured in one run, not across runs.
+
+The earlier KEMI-vs-HTTP comparison is ``--setups kemi,http --rates 300
+--repetitions 3 --overload ""``.
 """
 
 from __future__ import annotations
@@ -24,30 +40,84 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import re
+import shlex
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+
+from generate import make_document  # noqa: E402
+from points import highest_clean_rate, ladder_done, rows  # noqa: E402
+
+from c4kemi.channels import KamailioRpc, RpcError  # noqa: E402
+from c4kemi.launcher import Launch, build_command, kamailio_binary  # noqa: E402
+
+SCENARIO = BENCH / "scenarios" / "uac_bench.xml"
 CALLEE_SCENARIO = ROOT / "tests" / "e2e" / "scenarios" / "uas_answer.xml"
+STATIC_CONFIG = BENCH / "kamailio-static.cfg"
+DEFAULT_OUT = BENCH / "results" / "sip.json"
 CALLER, CALLEE, ROUTER = "127.0.0.10", "127.0.0.2", "127.0.0.1"
+CALLED = "0612345678"  # the bench IPBX's "it" profile makes it 39612345678
+BENCH_ROUTE = "39612"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Kamailio's main process logs a child that died of a signal; a core dump is named too.
+CRASH_LOG = re.compile(rb"exited by a signal|core dumped|SIGSEGV|SIGABRT")
+START_TIMEOUT = 90.0  # seconds for a router to answer OPTIONS (table compile included)
 
 
-def table(callee_port: int) -> dict:
-    return {
-        "tenants": [{"name": "bench"}],
-        "ipbxs": [{"name": "bench-pbx", "tenant": "bench", "targets": [f"sip:{CALLER}:5999"], "sources": [CALLER]}],
-        "carriers": [{"name": "bench-carrier"}],
-        "trunks": [{"name": "bench-trunk", "carrier": "bench-carrier", "target": f"sip:{CALLEE}:{callee_port}"}],
-        "routes": [{"tenant": "bench", "prefix": "", "trunks": ["bench-trunk"]}],
-    }
+@dataclass(frozen=True)
+class Setup:
+    """One way of running the router. Add a line to SETUPS for a new one.
+
+    ``args``: extra ``c4 kamailio`` arguments; ``{workdir}`` is replaced by
+    the point's directory (e.g. ``("--cdr-file", "{workdir}/cdr.jsonl")``).
+    """
+
+    name: str
+    mode: str  # "static", "kemi" or "http"
+    limits: bool = False  # the table with max_channels / max_cps set (never refusing)
+    args: tuple[str, ...] = ()
+
+
+SETUPS = {s.name: s for s in (
+    Setup("static", "static"),
+    Setup("kemi", "kemi"),
+    Setup("http", "http"),
+    Setup("kemi-limits", "kemi", limits=True),
+    Setup("http-limits", "http", limits=True),
+)}
+SHORT = {"setups": "static,kemi,http", "rates": "500,1000,2000", "repetitions": 2, "duration": 10, "overload_duration": 10}
+FULL = {"setups": ",".join(SETUPS), "rates": ",".join(str(r) for r in range(250, 4001, 250)), "repetitions": 2,
+        "duration": 15, "overload_duration": 20}
+
+
+def bench_table(callee_port: int, limits: bool, dids: int, routes: int) -> dict:
+    """generate.py's table plus the bench IPBX (caller) and trunk (callee) of tenant t000."""
+    document = make_document(dids, routes)
+    document["ipbxs"].append({"name": "bench-pbx", "tenant": "t000", "targets": [f"sip:{CALLER}:5999"],
+                              "sources": [CALLER], "normalization": "it"})
+    document["trunks"].append({"name": "bench-trunk", "carrier": "carrier-t000", "target": f"sip:{CALLEE}:{callee_port}",
+                               "sources": [f"{CALLEE}/32"], "normalization": "it"})
+    document["routes"] = [r for r in document["routes"] if (r["tenant"], r["prefix"]) != ("t000", BENCH_ROUTE)]
+    document["routes"].append({"tenant": "t000", "prefix": BENCH_ROUTE, "trunks": ["bench-trunk"]})
+    if limits:  # high enough never to refuse: the cost of counting, not of refusing
+        document["tenants"][0]["max_channels"] = 1_000_000
+        document["trunks"][-1].update(max_channels=1_000_000, max_cps=100_000)
+    return document
 
 
 def free_port(kind: int, address: str) -> int:
@@ -56,14 +126,14 @@ def free_port(kind: int, address: str) -> int:
         return sock.getsockname()[1]
 
 
-def wait_options(port: int, timeout: float = 20.0) -> None:
+def wait_options(port: int, router: subprocess.Popen, timeout: float = START_TIMEOUT) -> None:
     """Wait until the router answers an OPTIONS with 200."""
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((CALLER, 0))
         sock.settimeout(0.5)
         local = sock.getsockname()[1]
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and router.poll() is None:
             branch = f"z9hG4bK{time.monotonic_ns()}"
             sock.sendto((
                 f"OPTIONS sip:{ROUTER}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER}:{local};branch={branch}\r\n"
@@ -74,144 +144,306 @@ def wait_options(port: int, timeout: float = 20.0) -> None:
                     return
             except TimeoutError:
                 pass
-        raise RuntimeError(f"router on port {port} did not answer OPTIONS")
+    raise RuntimeError(f"router on port {port} did not answer OPTIONS (exit code {router.poll()})")
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """utime + stime of every live process in a process group."""
-    total = 0
+def cpu_seconds(pgid: int) -> dict[str, float]:
+    """utime + stime of the live processes of a process group: Kamailio's, and c4 serve's."""
+    total = {"kamailio": 0.0, "serve": 0.0}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid:  # field 5: pgrp
-            total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
-    return total / CLOCK_TICKS
+        if int(fields[2]) != pgid:  # field 5: pgrp
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        who = "kamailio" if comm == "kamailio" else "serve" if b"serve" in cmdline else None
+        if who:
+            total[who] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14, 15: utime, stime
+    return total
+
+
+class ShmPoller(threading.Thread):
+    """Polls Kamailio's core.shmmem; keeps the largest max_used seen (bytes)."""
+
+    def __init__(self, rpc_path: Path, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.rpc = KamailioRpc(str(rpc_path), timeout=1.0)
+        self.interval = interval
+        self.peak = None
+        self.total = None
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.poll()
+            self.stopped.wait(self.interval)
+
+    def poll(self) -> None:
+        try:
+            result = self.rpc.call("core.shmmem")
+        except RpcError:
+            return
+        self.peak = max(self.peak or 0, int(result["max_used"]))
+        self.total = int(result["total"])
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+        self.poll()  # the last word, after the calls ended
+
+
+def memory_manager_wrapper(workdir: Path, manager: str | None) -> str:
+    """A kamailio command for ``c4 kamailio --kamailio`` that always uses MANAGER.
+
+    ``-x/-X`` come last so they win over any the launcher passes: every
+    setup runs the same manager whatever c4 kamailio's default.
+    """
+    binary = kamailio_binary(None)
+    if not manager:
+        return binary
+    path = workdir / "kamailio-mm.sh"
+    path.write_text(f'#!/bin/sh\nexec {shlex.quote(binary)} "$@" -x {shlex.quote(manager)} -X {shlex.quote(manager)}\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def router_command(setup: Setup, opts: argparse.Namespace, workdir: Path, port: int, callee_port: int, rpc: Path) -> list[str]:
+    if setup.mode == "static":
+        args = argparse.Namespace(kamailio=None, shm=opts.shm, pkg=opts.pkg, workers=opts.workers, log_level=1,
+                                  listen=[f"udp:{ROUTER}:{port}"], rpc_socket=str(rpc))
+        launch = Launch(config=STATIC_CONFIG, defines={"C4_BENCH_CALLEE": f'"sip:{CALLEE}:{callee_port}"'})
+        command = build_command(args, launch, workdir)
+        return command + (["-x", opts.memory_manager, "-X", opts.memory_manager] if opts.memory_manager else [])
+    table = workdir / "table.json"
+    table.write_bytes(orjson.dumps(bench_table(callee_port, setup.limits, opts.dids, opts.routes)))
+    command = [sys.executable, "-m", "c4kemi.cli", "kamailio", "--mode", setup.mode, "--table", str(table),
+               "--listen", f"udp:{ROUTER}:{port}", "--workers", str(opts.workers), "--shm", str(opts.shm),
+               "--pkg", str(opts.pkg), "--log-level", "1", "--rpc-socket", str(rpc),
+               "--secret-file", str(workdir / "secret"), "--kamailio", memory_manager_wrapper(workdir, opts.memory_manager)]
+    if setup.mode == "http":
+        command += ["--serve-api", "--api", f"http://{ROUTER}:{free_port(socket.SOCK_STREAM, ROUTER)}"]
+    return command + [arg.replace("{workdir}", str(workdir)) for arg in setup.args]
 
 
 def stop(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
+        proc.wait(timeout=15)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    proc.wait()
 
 
-def run_round(mode: str, args: argparse.Namespace, workdir: Path) -> dict:
-    callee_port = free_port(socket.SOCK_DGRAM, CALLEE)
-    router_port = free_port(socket.SOCK_DGRAM, ROUTER)
-    table_path = workdir / "table.json"
-    table_path.write_text(json.dumps(table(callee_port)))
-    command = [sys.executable, "-m", "c4kemi.cli", "kamailio", "--mode", mode, "--table", str(table_path),
-               "--listen", f"udp:{ROUTER}:{router_port}", "--workers", str(args.workers), "--log-level", "1"]
-    if mode == "http":
-        api_port = free_port(socket.SOCK_STREAM, ROUTER)
-        command += ["--serve-api", "--api", f"http://{ROUTER}:{api_port}"]
-    log = open(workdir / f"router-{mode}.log", "ab")
-    router = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True, cwd=ROOT)
-    callee = caller = None
-    try:
-        wait_options(router_port)
-        callee = subprocess.Popen(
-            ["sipp", "-sf", str(CALLEE_SCENARIO), "-i", CALLEE, "-p", str(callee_port), "-nostdin",
-             "-max_socket", "4096"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
-        time.sleep(0.5)
-        cpu_before = group_cpu_seconds(router.pid)
-        started = time.monotonic()
-        caller = subprocess.run(
-            ["sipp", "-sf", str(SCENARIOS / "uac_bench.xml"), "-i", CALLER, "-p", "0", "-s", "0612345678",
-             "-r", str(args.rate), "-m", str(args.calls), "-l", str(args.rate * 5), "-nostdin",
-             "-default_behaviors", "all,-abortunexp", "-trace_logs",
-             "-trace_stat", "-fd", "3600", "-timeout", str(args.calls // args.rate + 30),
-             f"{ROUTER}:{router_port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir, timeout=args.calls / args.rate + 60)
-        elapsed = time.monotonic() - started
-        cpu = group_cpu_seconds(router.pid) - cpu_before
-    finally:
-        if callee is not None:
-            stop(callee)
-        stop(router)
-        log.close()
-    stats = read_stat(workdir)
-    setup_times = read_setup_times(workdir)
+def run_point(setup: Setup, kind: str, rate: int, duration: float, repetition: int, opts: argparse.Namespace) -> dict:
+    calls = max(1, round(rate * duration))
+    with tempfile.TemporaryDirectory(prefix=f"c4-bench-{setup.name}-") as tmp:
+        workdir = Path(tmp)
+        callee_port = free_port(socket.SOCK_DGRAM, CALLEE)
+        port = free_port(socket.SOCK_DGRAM, ROUTER)
+        rpc = workdir / "rpc.sock"
+        log_path = workdir / "router.log"
+        with open(log_path, "wb") as log:
+            router = subprocess.Popen(router_command(setup, opts, workdir, port, callee_port, rpc), stdin=subprocess.DEVNULL,
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+        callee = poller = None
+        try:
+            try:
+                wait_options(port, router)
+            except RuntimeError:
+                sys.stderr.write(log_path.read_text(errors="replace")[-3000:])
+                raise
+            callee = subprocess.Popen(
+                ["sipp", "-sf", str(CALLEE_SCENARIO), "-i", CALLEE, "-p", str(callee_port), "-nostdin", "-max_socket", "4096"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
+            poller = ShmPoller(rpc)
+            poller.start()
+            time.sleep(0.5)
+            cpu_before = cpu_seconds(router.pid)
+            caller = subprocess.run(
+                ["sipp", "-sf", str(SCENARIO), "-i", CALLER, "-p", "0", "-s", CALLED,
+                 "-r", str(rate), "-m", str(calls), "-l", str(rate * 10), "-nostdin",
+                 "-default_behaviors", "all,-abortunexp", "-trace_logs", "-trace_stat", "-fd", "3600",
+                 "-timeout", str(int(duration) + 40), f"{ROUTER}:{port}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir, timeout=duration + 60)
+            cpu_after = cpu_seconds(router.pid)
+            poller.stop()
+            exit_code = router.poll()
+            log_text = log_path.read_bytes()
+        finally:
+            if poller is not None and poller.is_alive():
+                poller.stop()
+            if callee is not None:
+                stop(callee)
+            stop(router)
+        stats = read_stat(workdir)
+        setup_times, refused = read_log(workdir)
+    attempted = stats.get("TotalCallCreated", 0)
+    completed = stats.get("SuccessfulCall(C)", 0) - refused
+    per_call = 1000 / max(1, attempted)
+    cpu = {who: (cpu_after[who] - cpu_before[who]) * per_call for who in cpu_before}
     return {
-        "mode": mode,
-        "exit": caller.returncode,
-        "ok": stats["SuccessfulCall(C)"],
-        "failed": stats["FailedCall(C)"],
-        "elapsed_s": elapsed,
-        "setup_median_ms": statistics.median(setup_times) if setup_times else float("nan"),
-        "setup_p99_ms": sorted(setup_times)[int(len(setup_times) * 0.99)] if setup_times else float("nan"),
-        "cpu_ms_per_call": cpu * 1000 / max(1, stats["SuccessfulCall(C)"] + stats["FailedCall(C)"]),
+        "setup": setup.name, "kind": kind, "rate": rate, "repetition": repetition, "duration_s": duration,
+        "sipp_exit": caller.returncode,
+        "attempted": attempted, "completed": completed, "failed": stats.get("FailedCall(C)", 0), "refused": refused,
+        "retransmissions": stats.get("Retransmissions(C)", 0),
+        "completed_cps": completed / duration,
+        "setup_p50_ms": percentile(setup_times, 0.50), "setup_p99_ms": percentile(setup_times, 0.99),
+        "cpu_kamailio_ms": cpu["kamailio"], "cpu_serve_ms": cpu["serve"] if setup.mode == "http" else None,
+        "cpu_total_ms": cpu["kamailio"] + cpu["serve"],
+        "shm_peak_mib": poller.peak / 2**20 if poller.peak else None,
+        "shm_total_mib": poller.total / 2**20 if poller.total else None,
+        "crashed": exit_code is not None or bool(CRASH_LOG.search(log_text)),
+        "router_exit": exit_code,
     }
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
 def read_stat(workdir: Path) -> dict:
     """The last line of sipp's -trace_stat CSV, as {column: int} for counters."""
     files = sorted(workdir.glob("uac_bench_*_.csv"))
+    if not files:
+        return {}
     lines = files[-1].read_text().splitlines()
     header, last = lines[0].split(";"), lines[-1].split(";")
-    for path in files:
-        path.unlink()
     return {key: int(value) for key, value in zip(header, last) if value.isdigit()}
 
 
-def read_setup_times(workdir: Path) -> list[float]:
-    """Per-call setup times (ms): the scenario logs gettimeofday before the
-    INVITE and at the 200 ("setup SENT_S SENT_US OK_S OK_US")."""
-    values = []
+def read_log(workdir: Path) -> tuple[list[float], int]:
+    """Setup times (ms) of answered calls and the count of refused (503) calls.
+
+    The scenario logs "setup SENT_S SENT_US OK_S OK_US" (gettimeofday before
+    the INVITE and at the 200) and "refused" after a 503.
+    """
+    values, refused = [], 0
     for path in workdir.glob("uac_bench_*_logs.log"):
         for line in path.read_text().splitlines():
             parts = line.split()
             if len(parts) == 5 and parts[0] == "setup":
                 sent_s, sent_us, ok_s, ok_us = map(float, parts[1:])
                 values.append((ok_s - sent_s) * 1000 + (ok_us - sent_us) / 1000)
-        path.unlink()
-    return values
+            elif parts == ["refused"]:
+                refused += 1
+    return values, refused
 
 
-def main() -> None:
+def show(point: dict) -> None:
+    cpu = f"{point['cpu_total_ms']:.3f}" + (f" (serve {point['cpu_serve_ms']:.3f})" if point["cpu_serve_ms"] is not None else "")
+    p50, p99, shm = point["setup_p50_ms"], point["setup_p99_ms"], point["shm_peak_mib"]
+    print(f"{point['kind']:8} {point['setup']:12} {point['rate']:6}/s #{point['repetition']}: "
+          f"{point['completed']}/{point['attempted']} completed, {point['failed']} failed, {point['refused']} refused, "
+          f"{point['retransmissions']} retrans, setup p50 {p50 or 0:.2f} p99 {p99 or 0:.2f} ms, CPU/call {cpu} ms, "
+          f"shm peak {shm or 0:.1f} MiB{', CRASHED' if point['crashed'] else ''}", flush=True)
+
+
+def run(opts: argparse.Namespace) -> list[dict]:
+    setups = [SETUPS[name] for name in opts.setups]
+    points: list[dict] = []
+    climbing = {s.name: [] for s in setups}  # clean verdict per rate, for the stop rule
+    for rate in opts.rates:
+        active = [s for s in setups if not ladder_done(climbing[s.name])]
+        if not active:
+            break
+        for repetition in range(1, opts.repetitions + 1):
+            for setup in active:
+                points.append(run_point(setup, "ladder", rate, opts.duration, repetition, opts))
+                show(points[-1])
+        for row in rows(points, "ladder"):
+            if row["rate"] == rate and row["setup"] in climbing:
+                climbing[row["setup"]].append(row["clean"])
+    if opts.overload:
+        ladder = rows(points, "ladder")
+        for setup in setups:
+            best = highest_clean_rate(ladder, setup.name)
+            if best is None:
+                print(f"overload  {setup.name}: no clean rate on the ladder, skipped", flush=True)
+                continue
+            for factor in opts.overload:
+                points.append(run_point(setup, "overload", round(best * factor), opts.overload_duration, 1, opts))
+                points[-1]["factor"] = factor
+                show(points[-1])
+    return points
+
+
+def python_name() -> str:
+    """This interpreter as a command run from the checkout: .venv/bin/python, not an absolute path."""
+    path = Path(sys.executable)
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    kamailio = subprocess.run([kamailio_binary(None), "-v"], capture_output=True, text=True).stdout.splitlines()
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "kamailio": kamailio[0].removeprefix("version:").strip() if kamailio else "?",
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=int, default=300, help="calls per second")
-    parser.add_argument("--calls", type=int, default=3000, help="calls per round and mode")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--full", action="store_true", help=f"the whole ladder: {FULL}")
+    parser.add_argument("--setups", help=f"comma-separated, of {', '.join(SETUPS)} (default {SHORT['setups']})")
+    parser.add_argument("--rates", help=f"offered calls/s, rising (default {SHORT['rates']})")
+    parser.add_argument("--repetitions", type=int, help=f"per rate and setup (default {SHORT['repetitions']})")
+    parser.add_argument("--duration", type=float, help=f"seconds of calls per ladder point (default {SHORT['duration']})")
+    parser.add_argument("--overload", default="1.5,2", help="factors of each setup's highest clean rate; empty: none")
+    parser.add_argument("--overload-duration", type=float, help=f"seconds per overload point (default {SHORT['overload_duration']})")
+    parser.add_argument("--memory-manager", default="tlsf", help="Kamailio's -x/-X for every setup (qm, fm, tlsf; empty: Kamailio's default)")
     parser.add_argument("--workers", type=int, default=4, help="Kamailio SIP workers")
-    parser.add_argument("--modes", default="kemi,http")
-    args = parser.parse_args()
-    modes = args.modes.split(",")
-    print(f"# {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {args.rate} calls/s, {args.calls} calls "
-          f"per round, {args.workers} workers, sipp on the same machine")
-    print("| round | mode | ok | failed | setup median (ms) | setup p99 (ms) | router CPU per call (ms) |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
-    results: dict[str, list[dict]] = {mode: [] for mode in modes}
-    with tempfile.TemporaryDirectory(prefix="c4-bench-sip-") as tmp:
-        for number in range(1, args.rounds + 1):
-            for mode in modes:
-                r = run_round(mode, args, Path(tmp))
-                results[mode].append(r)
-                print(f"| {number} | {mode} | {r['ok']} | {r['failed']} | {r['setup_median_ms']:.2f} | "
-                      f"{r['setup_p99_ms']:.2f} | {r['cpu_ms_per_call']:.3f} |", flush=True)
-    print()
-    print("| mode | failed (total) | setup median, median of rounds (ms) | CPU per call, median (ms) |")
-    print("|---|---:|---:|---:|")
-    summary = {}
-    for mode, rows in results.items():
-        summary[mode] = (statistics.median(r["setup_median_ms"] for r in rows),
-                         statistics.median(r["cpu_ms_per_call"] for r in rows))
-        print(f"| {mode} | {sum(r['failed'] for r in rows)} | {summary[mode][0]:.2f} | {summary[mode][1]:.3f} |")
-    if "kemi" in summary and "http" in summary:
-        print(f"\nHTTP/KEMI ratio: setup time {summary['http'][0] / summary['kemi'][0]:.2f}x, "
-              f"router CPU per call {summary['http'][1] / summary['kemi'][1]:.2f}x")
+    parser.add_argument("--shm", type=int, default=512, help="Kamailio shared memory, MiB")
+    parser.add_argument("--pkg", type=int, default=32, help="Kamailio private memory per process, MiB")
+    parser.add_argument("--dids", type=int, default=100_000)
+    parser.add_argument("--routes", type=int, default=1_000)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON")
+    opts = parser.parse_args(argv)
+    defaults = FULL if opts.full else SHORT
+    for key, value in defaults.items():
+        if getattr(opts, key) is None:
+            setattr(opts, key, value)
+    opts.setups = [name for name in str(opts.setups).split(",") if name]
+    unknown = [name for name in opts.setups if name not in SETUPS]
+    if unknown:
+        parser.error(f"unknown setup(s) {', '.join(unknown)}; known: {', '.join(SETUPS)}")
+    opts.rates = [int(r) for r in str(opts.rates).split(",") if r]
+    opts.overload = [float(f) for f in opts.overload.split(",") if f]
+    return opts
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parse_args(argv)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"# {started}: setups {','.join(opts.setups)}, rates {opts.rates}, {opts.repetitions} repetition(s) of "
+          f"{opts.duration:g} s, overload {opts.overload} x {opts.overload_duration:g} s, memory manager "
+          f"{opts.memory_manager or 'default'}, {opts.workers} workers, {opts.shm} MiB shm", flush=True)
+    points = run(opts)
+    results = {
+        "date": started, "command": shlex.join([python_name(), "benchmarks/sip.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": machine(),
+        "options": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(opts).items()},
+        "points": points,
+    }
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"{opts.out}: {len(points)} points; render with benchmarks/report.py", flush=True)
+    ladder = rows(points, "ladder")
+    for setup in opts.setups:
+        print(f"{setup}: " + ", ".join(f"{r['rate']}/s {'clean' if r['clean'] else 'unclean'}" for r in ladder if r["setup"] == setup))
 
 
 if __name__ == "__main__":
