@@ -1,6 +1,7 @@
 # c4 router: setup, run and test on a Debian 12 machine.
 #   make run [MODE=kemi|http] [LISTEN=udp:127.0.0.1:5060] [TABLE=...]
 #   make test
+#   make bench [ARGS=--full]   SIP benchmark (a few minutes; --full: the whole ladder), then its report
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -25,6 +26,7 @@ help:
 	@echo "make run    start the router (KEMI mode, example table); MODE=http: c4 serve + Kamailio"
 	@echo "make test   run the whole test suite"
 	@echo "make test-e2e  only the end-to-end tests (Kamailio + sipp)"
+	@echo "make bench  SIP benchmark, short run, then benchmarks/README.md; ARGS=--full for the whole ladder"
 
 setup: debian-packages module venv
 
@@ -65,8 +67,16 @@ test: setup
 test-e2e: setup
 	$(VENV)/bin/python -m pytest -q tests/e2e
 
-bench: setup
-	$(VENV)/bin/python benchmarks/decision.py
+# The SIP capacity ladder and overload runs (benchmarks/sip.py), then the
+# report (benchmarks/report.py: tables and plots in benchmarks/README.md).
+# Only this target installs the bench extra (matplotlib): make test needs none.
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	@$(VENV)/bin/pip install -q -e '.[test,bench]'
+	@touch $@
+
+bench: setup $(VENV)/.bench-installed
+	$(VENV)/bin/python benchmarks/sip.py $(ARGS)
+	$(VENV)/bin/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) build

@@ -1,0 +1,142 @@
+"""The SIP benchmark's arithmetic and report, on tiny fixtures (no Kamailio, no matplotlib).
+
+benchmarks/points.py decides what a clean rate is and where a ladder
+stops; benchmarks/report.py renders the results; benchmarks/sip.py parses
+sipp's output and builds the bench table. A wrong rule here would publish
+a wrong capacity figure, so each rule gets a case that breaks it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from c4kemi.decision import decide
+from c4kemi.table import compile_table
+from tables import request
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import points  # noqa: E402
+import report  # noqa: E402
+import sip  # noqa: E402
+
+
+def point(setup: str, rate: int, kind: str = "ladder", **changes) -> dict:
+    attempted = rate * 10
+    base = {
+        "setup": setup, "kind": kind, "rate": rate, "repetition": 1, "duration_s": 10, "attempted": attempted,
+        "completed": attempted, "failed": 0, "refused": 0, "retransmissions": 0, "completed_cps": rate,
+        "setup_p50_ms": 0.8, "setup_p99_ms": 2.5, "cpu_kamailio_ms": 0.2, "cpu_serve_ms": None, "cpu_total_ms": 0.2,
+        "shm_peak_mib": 30.0, "crashed": False,
+    }
+    base.update(changes)
+    return base
+
+
+def test_a_clean_rate_has_no_failure_no_503_few_retransmissions_and_no_crash():
+    assert points.median_point([point("kemi", 100)])["clean"]
+    assert not points.median_point([point("kemi", 100, failed=1)])["clean"]
+    assert not points.median_point([point("kemi", 100, refused=1)])["clean"]
+    # 1000 calls attempted: 0.1 % is one retransmission, and the limit is "under".
+    assert not points.median_point([point("kemi", 100, retransmissions=1)])["clean"]
+    assert points.median_point([point("kemi", 100, retransmissions=0), point("kemi", 100, retransmissions=1)])["clean"]
+    assert not points.median_point([point("kemi", 100, crashed=True), point("kemi", 100), point("kemi", 100)])["clean"]
+
+
+def test_repetitions_are_summarized_by_their_median():
+    runs = [point("kemi", 100, failed=0, setup_p99_ms=1.0), point("kemi", 100, failed=0, setup_p99_ms=9.0),
+            point("kemi", 100, failed=5, setup_p99_ms=2.0)]
+    row = points.median_point(runs)
+    assert row["failed"] == 0 and row["setup_p99_ms"] == 2.0 and row["clean"] and row["repetitions"] == 3
+
+
+def test_highest_clean_rate_is_the_top_of_the_unbroken_clean_run():
+    ladder = points.rows([point("kemi", 500), point("kemi", 1000), point("kemi", 1500, failed=3), point("kemi", 2000),
+                          point("static", 500, failed=1)], "ladder")
+    assert points.highest_clean_rate(ladder, "kemi") == 1000  # 2000 clean after an unclean 1500: noise, not capacity
+    assert points.highest_clean_rate(ladder, "static") is None
+    assert points.highest_clean_rate(ladder, "http") is None
+
+
+def test_a_setup_leaves_the_ladder_after_two_consecutive_unclean_rates():
+    assert not points.ladder_done([True, False])
+    assert not points.ladder_done([False, True, False])
+    assert points.ladder_done([True, False, False])
+
+
+def results(points_list: list[dict]) -> dict:
+    return {
+        "date": "2026-01-01 00:00 UTC", "command": ".venv/bin/python benchmarks/sip.py --rates 500,1000",
+        "machine": {"cpu": "test CPU", "cores": 2, "memory_gib": 4, "kernel": "6", "kamailio": "kamailio 5.6.3", "python": "3.11"},
+        "options": {"workers": 4, "shm": 512, "pkg": 32, "memory_manager": "tlsf", "dids": 100_000, "routes": 1_000,
+                    "duration": 10, "repetitions": 1, "overload_duration": 20},
+        "points": points_list,
+    }
+
+
+def test_report_gives_capacity_ratios_aims_and_overload():
+    text = report.render_sip(results([
+        point("static", 500), point("kemi", 500, cpu_total_ms=0.4), point("http", 500, cpu_total_ms=0.3, cpu_serve_ms=0.1),
+        point("static", 1000), point("kemi", 1000, failed=2), point("http", 1000),
+        point("kemi", 750, kind="overload", completed_cps=300.0, refused=2000),
+    ]), plots=[])
+    lines = text.splitlines()
+    # static never failed: a lower bound; kemi's capacity is 500, half of static's, missing its 90 % aim.
+    assert "| static | ≥ 1,000 | 100 % |" in text
+    assert any(line.startswith("| kemi | 500 | 50 % | ≥ 90%: missed |") for line in lines)
+    assert any(line.startswith("| http | ≥ 1,000 | 100 % | ≥ 85%: met |") for line in lines)
+    # The CPU aims are taken at 1000 calls/s when static measured that rate.
+    assert "CPU per call at 1,000 calls/s" in text
+    overload = next(line for line in lines if line.startswith("| kemi | 1.5x"))
+    assert "| 300 | 60 % | 26.7 |" in overload and overload.endswith("**missed** |")
+    assert "![" not in text  # no plots asked for
+
+
+def test_report_replaces_only_its_own_section():
+    readme = "# Benchmarks\n\nkept\n\n<!-- bench:sip:start -->\nold\n<!-- bench:sip:end -->\n\ntail kept\n"
+    once = report.replace_between(readme, "sip", "new table")
+    assert once == "# Benchmarks\n\nkept\n\n<!-- bench:sip:start -->\nnew table\n<!-- bench:sip:end -->\n\ntail kept\n"
+    assert report.replace_between(once, "sip", "new table") == once
+    appended = report.replace_between("# Benchmarks\n", "http", "rows")
+    assert appended == "# Benchmarks\n\n<!-- bench:http:start -->\nrows\n<!-- bench:http:end -->\n"
+
+
+def test_http_results_render_whatever_their_columns():
+    text = report.render_http({"date": "today", "commands": ["wrk -c 16"], "rows": [
+        {"server": "c4", "rps": 10469.2}, {"server": "fastapi", "rps": 3000.0, "errors": 0}]})
+    assert "- commands: `wrk -c 16`" in text
+    assert "| server | rps | errors |" in text
+    assert "| c4 | 10,469.20 | – |" in text and "| fastapi | 3,000.00 | 0 |" in text
+    assert "| a | b |" in report.render_http([{"a": 1, "b": "x"}])
+
+
+def test_sipp_logs_give_setup_times_and_refused_calls(tmp_path):
+    (tmp_path / "uac_bench_123_logs.log").write_text("setup 10 999500 11 500\nrefused\nsomething else\nsetup 20 0 20 1250\n")
+    times, refused = sip.read_log(tmp_path)
+    assert sorted(times) == pytest.approx([1.0, 1.25]) and refused == 1
+    (tmp_path / "uac_bench_123_.csv").write_text("TotalCallCreated;SuccessfulCall(C);Retransmissions(C);Date\n"
+                                                 "5;4;0;x\n10;9;3;2026-01-01\n")
+    assert sip.read_stat(tmp_path) == {"TotalCallCreated": 10, "SuccessfulCall(C)": 9, "Retransmissions(C)": 3}
+
+
+@pytest.mark.parametrize("limits", [False, True])
+def test_the_bench_table_routes_the_bench_call_to_the_callee(limits):
+    document = sip.bench_table(5099, limits, dids=1000, routes=200)
+    reply = decide(compile_table(document), request(sip.CALLER, sip.CALLED))
+    routes = reply["rtjson"]["routes"]
+    assert [r["dst_uri"] for r in routes] == [f"sip:{sip.CALLEE}:5099"]
+    assert routes[0]["uri"] == f"sip:{sip.CALLED}@{sip.CALLEE}:5099"
+    trunk = next(t for t in document["trunks"] if t["name"] == "bench-trunk")
+    assert ("max_cps" in trunk) is limits and ("max_channels" in document["tenants"][0]) is limits
+
+
+def test_every_setup_names_a_known_mode_and_the_options_pick_them():
+    assert {s.mode for s in sip.SETUPS.values()} <= {"static", "kemi", "http"}
+    opts = sip.parse_args(["--setups", "static,kemi-limits", "--rates", "100,200", "--overload", ""])
+    assert opts.setups == ["static", "kemi-limits"] and opts.rates == [100, 200] and opts.overload == []
+    assert sip.parse_args(["--full"]).setups == list(sip.SETUPS)
+    with pytest.raises(SystemExit):
+        sip.parse_args(["--setups", "nope"])
