@@ -351,9 +351,9 @@ def show(point: dict) -> None:
           f"shm peak {shm or 0:.1f} MiB{', CRASHED' if point['crashed'] else ''}", flush=True)
 
 
-def run(opts: argparse.Namespace) -> list[dict]:
+def run(opts: argparse.Namespace, points: list[dict], record) -> None:
+    """The ladder, then the overload runs; RECORD(point) keeps each point as it is measured."""
     setups = [SETUPS[name] for name in opts.setups]
-    points: list[dict] = []
     climbing = {s.name: [] for s in setups}  # clean verdict per rate, for the stop rule
     for rate in opts.rates:
         active = [s for s in setups if not ladder_done(climbing[s.name])]
@@ -361,23 +361,18 @@ def run(opts: argparse.Namespace) -> list[dict]:
             break
         for repetition in range(1, opts.repetitions + 1):
             for setup in active:
-                points.append(run_point(setup, "ladder", rate, opts.duration, repetition, opts))
-                show(points[-1])
+                record(run_point(setup, "ladder", rate, opts.duration, repetition, opts))
         for row in rows(points, "ladder"):
             if row["rate"] == rate and row["setup"] in climbing:
                 climbing[row["setup"]].append(row["clean"])
-    if opts.overload:
-        ladder = rows(points, "ladder")
-        for setup in setups:
-            best = highest_clean_rate(ladder, setup.name)
-            if best is None:
-                print(f"overload  {setup.name}: no clean rate on the ladder, skipped", flush=True)
-                continue
-            for factor in opts.overload:
-                points.append(run_point(setup, "overload", round(best * factor), opts.overload_duration, 1, opts))
-                points[-1]["factor"] = factor
-                show(points[-1])
-    return points
+    ladder = rows(points, "ladder")
+    for setup in setups:
+        best = highest_clean_rate(ladder, setup.name)
+        if best is None and opts.overload:
+            print(f"overload  {setup.name}: no clean rate on the ladder, skipped", flush=True)
+            continue
+        for factor in opts.overload:
+            record(run_point(setup, "overload", round(best * factor), opts.overload_duration, 1, opts) | {"factor": factor})
 
 
 def python_name() -> str:
@@ -431,15 +426,22 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {started}: setups {','.join(opts.setups)}, rates {opts.rates}, {opts.repetitions} repetition(s) of "
           f"{opts.duration:g} s, overload {opts.overload} x {opts.overload_duration:g} s, memory manager "
           f"{opts.memory_manager or 'default'}, {opts.workers} workers, {opts.shm} MiB shm", flush=True)
-    points = run(opts)
     results = {
         "date": started, "command": shlex.join([python_name(), "benchmarks/sip.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine(),
         "options": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(opts).items()},
-        "points": points,
+        "points": [],
     }
+    points = results["points"]
     opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(results, indent=1) + "\n")
+
+    def record(point: dict) -> None:
+        """Keep the point, and the file up to date: an interrupted run keeps what it measured."""
+        points.append(point)
+        show(point)
+        opts.out.write_text(json.dumps(results, indent=1) + "\n")
+
+    run(opts, points, record)
     print(f"{opts.out}: {len(points)} points; render with benchmarks/report.py", flush=True)
     ladder = rows(points, "ladder")
     for setup in opts.setups:
