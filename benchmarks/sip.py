@@ -52,6 +52,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 
@@ -286,8 +287,8 @@ def run_point(setup: Setup, kind: str, rate: int, duration: float, repetition: i
                 stop(callee)
             stop(router)
         stats = read_stat(workdir)
-        setup_times, refused = read_log(workdir)
-    attempted = stats.get("TotalCallCreated", 0)
+        calls_log = read_log(workdir)
+    attempted, refused = stats.get("TotalCallCreated", 0), calls_log.refused
     completed = stats.get("SuccessfulCall(C)", 0) - refused
     per_call = 1000 / max(1, attempted)
     cpu = {who: (cpu_after[who] - cpu_before[who]) * per_call for who in cpu_before}
@@ -296,8 +297,9 @@ def run_point(setup: Setup, kind: str, rate: int, duration: float, repetition: i
         "sipp_exit": caller.returncode,
         "attempted": attempted, "completed": completed, "failed": stats.get("FailedCall(C)", 0), "refused": refused,
         "retransmissions": stats.get("Retransmissions(C)", 0),
-        "completed_cps": completed / duration,
-        "setup_p50_ms": percentile(setup_times, 0.50), "setup_p99_ms": percentile(setup_times, 0.99),
+        # Over the time the calls were really offered, should sipp have fallen behind the rate.
+        "completed_cps": completed / max(duration, calls_log.sending_s), "sending_s": calls_log.sending_s,
+        "setup_p50_ms": percentile(calls_log.setup_ms, 0.50), "setup_p99_ms": percentile(calls_log.setup_ms, 0.99),
         "cpu_kamailio_ms": cpu["kamailio"], "cpu_serve_ms": cpu["serve"] if setup.mode == "http" else None,
         "cpu_total_ms": cpu["kamailio"] + cpu["serve"],
         "shm_peak_mib": poller.peak / 2**20 if poller.peak else None,
@@ -324,22 +326,30 @@ def read_stat(workdir: Path) -> dict:
     return {key: int(value) for key, value in zip(header, last) if value.isdigit()}
 
 
-def read_log(workdir: Path) -> tuple[list[float], int]:
-    """Setup times (ms) of answered calls and the count of refused (503) calls.
+class CallLog(NamedTuple):
+    setup_ms: list[float]  # setup time of each answered call
+    refused: int  # calls answered 503
+    sending_s: float  # first to last INVITE sent: longer than asked when sipp fell behind
 
-    The scenario logs "setup SENT_S SENT_US OK_S OK_US" (gettimeofday before
-    the INVITE and at the 200) and "refused" after a 503.
+
+def read_log(workdir: Path) -> CallLog:
+    """What the caller scenario logged: "setup SENT_S SENT_US OK_S OK_US"
+    (gettimeofday before the INVITE and at the 200), "refused SENT_S SENT_US" after a 503.
     """
-    values, refused = [], 0
+    setup_ms, refused, sent = [], 0, []
     for path in workdir.glob("uac_bench_*_logs.log"):
         for line in path.read_text().splitlines():
             parts = line.split()
             if len(parts) == 5 and parts[0] == "setup":
                 sent_s, sent_us, ok_s, ok_us = map(float, parts[1:])
-                values.append((ok_s - sent_s) * 1000 + (ok_us - sent_us) / 1000)
-            elif parts == ["refused"]:
+                setup_ms.append((ok_s - sent_s) * 1000 + (ok_us - sent_us) / 1000)
+            elif len(parts) == 3 and parts[0] == "refused":
                 refused += 1
-    return values, refused
+                sent_s, sent_us = map(float, parts[1:])
+            else:
+                continue
+            sent.append(sent_s + sent_us / 1e6)
+    return CallLog(setup_ms, refused, max(sent) - min(sent) if sent else 0.0)
 
 
 def show(point: dict) -> None:

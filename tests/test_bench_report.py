@@ -114,9 +114,11 @@ def test_http_results_render_whatever_their_columns():
 
 
 def test_sipp_logs_give_setup_times_and_refused_calls(tmp_path):
-    (tmp_path / "uac_bench_123_logs.log").write_text("setup 10 999500 11 500\nrefused\nsomething else\nsetup 20 0 20 1250\n")
-    times, refused = sip.read_log(tmp_path)
-    assert sorted(times) == pytest.approx([1.0, 1.25]) and refused == 1
+    (tmp_path / "uac_bench_123_logs.log").write_text(
+        "setup 10 999500 11 500\nrefused 15 0\nsomething else\nsetup 20 0 20 1250\n")
+    log = sip.read_log(tmp_path)
+    assert sorted(log.setup_ms) == pytest.approx([1.0, 1.25]) and log.refused == 1
+    assert log.sending_s == pytest.approx(20 - 10.9995)
     (tmp_path / "uac_bench_123_.csv").write_text("TotalCallCreated;SuccessfulCall(C);Retransmissions(C);Date\n"
                                                  "5;4;0;x\n10;9;3;2026-01-01\n")
     assert sip.read_stat(tmp_path) == {"TotalCallCreated": 10, "SuccessfulCall(C)": 9, "Retransmissions(C)": 3}
