@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from c4kemi.db.source import PostgresTableSource
 from c4kemi.decision import route_json
 from c4kemi.document import DocumentError, validate_document
+from c4kemi.feed import FeedTableSource, FeedWriter
 from c4kemi.store import FileTableSource
 from c4kemi.table import RoutingTable, apply_changes, compile_validated, document_version, update_table
 from tables import document, request
@@ -241,3 +242,33 @@ def test_the_postgresql_store_takes_changes_in_as_a_full_compile_would(changes):
             assert table_view(source.current()) == table_view(compile_validated(checked))
 
     asyncio.run(take_all())
+
+
+# -- the table feed (c4 feed writes, every worker reads) -------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(CHANGES, min_size=1, max_size=10), st.sampled_from([200_000, 2]))
+def test_change_sets_through_the_feed_give_the_full_compile(tmp_path_factory, changes, max_changes):
+    feed = tmp_path_factory.mktemp("feed")
+    writer = FeedWriter(feed, max_changes=max_changes)
+    doc = document()
+    writer.publish(validate_document(doc))
+    reader = FeedTableSource(feed, check_interval=0)
+    for change in changes:
+        before = json.loads(json.dumps(doc))
+        apply(doc, change)
+        checked = checked_or_none(doc)
+        if checked is None:  # refused by the writer's check: never published
+            doc = before
+            continue
+        previous = reader.current()
+        taken = writer.publish(checked)
+        reader.refresh()
+        if taken == "changes":  # applied, not compiled again
+            assert reader.current().sources is previous.sources and reader.generation == writer.generation
+        assert taken != "changes" or change[0] not in ("trunk", "ipbx")
+        assert table_view(reader.current()) == table_view(compile_validated(checked))
+    late = FeedTableSource(feed, check_interval=0)  # a reader that starts now: snapshot plus every change set
+    assert table_view(late.current()) == table_view(reader.current())
+    writer.close()
