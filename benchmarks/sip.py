@@ -167,15 +167,21 @@ def read_stat(workdir: Path) -> dict:
 
 
 def read_setup_times(workdir: Path) -> list[float]:
-    """Per-call setup times (ms): the scenario logs gettimeofday before the
-    INVITE and at the 200 ("setup SENT_S SENT_US OK_S OK_US")."""
+    """Per-call setup times (ms), see read_setups."""
+    return [ms for _, ms in read_setups(workdir)]
+
+
+def read_setups(workdir: Path) -> list[tuple[float, float]]:
+    """Per call, (when the INVITE was sent as a Unix time, setup time in ms): the
+    scenario logs gettimeofday before the INVITE and at the 200
+    ("setup SENT_S SENT_US OK_S OK_US")."""
     values = []
     for path in workdir.glob("uac_bench_*_logs.log"):
         for line in path.read_text().splitlines():
             parts = line.split()
             if len(parts) == 5 and parts[0] == "setup":
                 sent_s, sent_us, ok_s, ok_us = map(float, parts[1:])
-                values.append((ok_s - sent_s) * 1000 + (ok_us - sent_us) / 1000)
+                values.append((sent_s + sent_us / 1e6, (ok_s - sent_s) * 1000 + (ok_us - sent_us) / 1000))
         path.unlink()
     return values
 
