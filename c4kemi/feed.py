@@ -11,7 +11,10 @@ milliseconds for a few DIDs or routes.
 A feed directory (node-local, mode 0700, written by one writer only)::
 
     current            {"generation": N}, replaced atomically
-    snapshot-N.json    the checked document generation N starts from
+    snapshot-N.json    the checked document generation N starts from, as
+                       lines: {"base": {tenants, ..., trunks}, "did_lines": K},
+                       then K lines of DIDs and the routes' lines, each
+                       line a JSON array of at most SNAPSHOT_LINE entities
     changes-N.jsonl    append-only, one change set per line:
                        {"seq": 1, "dids": [[prefix, did or null], ...],
                         "routes": [[tenant, prefix, route or null], ...]}
@@ -19,12 +22,13 @@ A feed directory (node-local, mode 0700, written by one writer only)::
 A change to the small collections (tenants, profiles, IPBXs, carriers,
 trunks), or a change set larger than ``max_changes``, starts a new
 generation: a new snapshot, which readers compile whole (without checking
-it again: the writer did). At most one reader rebuilds at a time (an flock),
-so the others keep routing with the table they have meanwhile. A line is
-read only once it is complete (a writer that dies mid-line leaves a torn
-tail that readers ignore; a restarted writer starts a new generation). The
-generation before the current one is kept for readers still switching;
-older ones are removed.
+it again: the writer did). A KEMI worker spreads a large change or a new
+snapshot over calls (a few ms of it per call, ``step_budget``) and routes
+with the table it has until the new one is complete: a bulk import does
+not stop routing. A line is read only once it is complete (a writer that
+dies mid-line leaves a torn tail that readers ignore; a restarted writer
+starts a new generation). The generation before the current one is kept
+for readers still switching; older ones are removed.
 
 Readers trust the feed: it is written by the node's own writer into a
 private directory. Every byte from outside (the document) is checked by the
@@ -33,26 +37,29 @@ writer before it is published.
 
 from __future__ import annotations
 
-import fcntl
 import logging
+import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from .document import DocumentError, load_document
 from .files import write_atomically
-from .table import BASE_COLLECTIONS, RoutingTable, apply_changes, compile_validated
+from .table import BASE_COLLECTIONS, RoutingTable, apply_changes_steps, compile_steps, finish
 
 __all__ = ["FeedError", "FeedTableSource", "FeedWriter", "watch_file"]
 
 log = logging.getLogger("c4.feed")
 
 POINTER = "current"
-LOCK = "rebuild.lock"
+# Entities per line of a snapshot: a reader parses one line per step or so.
+SNAPSHOT_LINE = 10_000
+# Seconds a reader spreads work over calls before it finishes it at once.
+MAX_PENDING = 30.0
 # Above this many changed DIDs and routes a new snapshot is cheaper for the
 # writer to describe than a change set is for every reader to apply.
 MAX_CHANGES = 200_000
@@ -140,7 +147,11 @@ class FeedWriter:
     def _write_snapshot(self, document: Mapping[str, Any], base: dict[str, Any]) -> None:
         self.generation += 1
         self.seq = 0
-        write_atomically(_snapshot(self.directory, self.generation), orjson.dumps(document))
+        dids, routes = document["dids"], document["routes"]
+        did_lines = [orjson.dumps(dids[i:i + SNAPSHOT_LINE]) for i in range(0, len(dids), SNAPSHOT_LINE)]
+        route_lines = [orjson.dumps(routes[i:i + SNAPSHOT_LINE]) for i in range(0, len(routes), SNAPSHOT_LINE)]
+        header = orjson.dumps({"base": base, "did_lines": len(did_lines)})
+        write_atomically(_snapshot(self.directory, self.generation), b"\n".join([header, *did_lines, *route_lines]) + b"\n")
         if self._out is not None:
             os.close(self._out)
         self._out = os.open(_changes(self.directory, self.generation), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
@@ -163,20 +174,36 @@ class FeedTableSource:
     """A reader of the feed: the table to route with, kept current by applying change sets.
 
     The same interface as ``FileTableSource``: ``current()`` at most once per
-    ``check_interval`` stats two files and applies what is new; synchronous
-    (Kamailio workers have no running threads).
+    ``check_interval`` stats two files and takes in what is new; synchronous
+    (Kamailio workers have no running threads). With ``step_budget``
+    (seconds; KEMI workers) the work is spread over calls: each call does
+    at most about that much of it (whole steps of ``c4kemi.table.STEP``
+    entities) and routes with the previous table until the new one is
+    complete; work pending longer than ``MAX_PENDING`` seconds (a worker
+    that gets few calls) is finished at once. Without it (c4 serve, in a
+    thread; the main process before the fork) the work is done at once.
     """
 
-    def __init__(self, directory: str | Path, check_interval: float = 1.0) -> None:
+    def __init__(self, directory: str | Path, check_interval: float = 1.0, step_budget: float | None = None) -> None:
         self.directory = Path(directory)
         self.path = self.directory  # what the table comes from, for messages
         self.check_interval = check_interval
+        self.step_budget = step_budget
         self.loaded_at = time.time()
         self.reloads = 0
         self.failed_reloads = 0
+        self.generation, self.seq, self._offset = -1, 0, 0
+        self._pending: Generator[None, None, tuple] | None = None
+        self._pending_since = 0.0
         self._pointer_stamp = self._stat(self.directory / POINTER)
-        self._load(self._read_pointer())  # the first load must succeed
+        # The first load must succeed, and is done at once.
+        self._table, self.generation, self.seq, self._offset = finish(self._generation_steps(self._read_pointer()))
         self._next_check = time.monotonic() + check_interval
+
+    @property
+    def pending(self) -> bool:
+        """Work under way (a worker spreading a large change over calls)."""
+        return self._pending is not None
 
     @staticmethod
     def _stat(path: Path) -> tuple | None:
@@ -192,18 +219,11 @@ class FeedTableSource:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise FeedError(f"table feed {self.directory}: no generation published ({exc})") from None
 
-    def _load(self, generation: int) -> None:
-        """Build the table of ``generation``: its snapshot, compiled whole, then its change sets."""
-        try:
-            document = orjson.loads(_snapshot(self.directory, generation).read_bytes())
-        except OSError as exc:
-            raise FeedError(f"table feed {self.directory}: generation {generation}: {exc.strerror}") from None
-        self._table = compile_validated(document)  # checked by the writer
-        self.generation, self.seq, self._offset = generation, 0, 0
-        self._follow()
-
     def current(self) -> RoutingTable:
-        """The table to route with now (what the feed published since, applied first)."""
+        """The table to route with now (what the feed published since, taken in first)."""
+        if self._pending is not None:
+            self._advance()
+            return self._table
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + self.check_interval
@@ -212,64 +232,106 @@ class FeedTableSource:
 
     def refresh(self) -> bool:
         """Take in what the feed published; True if a new table is now in use."""
-        before = self._table
+        if self._pending is not None:  # finish what is under way first
+            return self._advance()
         try:
             stamp = self._stat(self.directory / POINTER)
             if stamp != self._pointer_stamp:
+                self._pointer_stamp = stamp
                 generation = self._read_pointer()
                 if generation != self.generation:
-                    if not self._rebuild(generation):
-                        return False  # another reader is rebuilding: keep routing, try again next check
-                self._pointer_stamp = stamp
-            else:
-                self._follow()
-        except (FeedError, OSError, ValueError) as exc:  # the call must not fail: keep the table we have
-            self.failed_reloads += 1
-            log.error("routing table feed %s: %s; still serving version %s", self.directory, exc, self._table.version)
+                    return self._start(self._generation_steps(generation))
+            dids, routes, seq, offset = self._read_changes(self.generation, self.seq, self._offset)
+        except (FeedError, OSError, ValueError, KeyError, TypeError) as exc:
+            return self._failed(exc)
+        if seq == self.seq:
             return False
-        if self._table is before:
-            return False
+        return self._start(self._changes_steps(dids, routes, seq, offset))
+
+    def _start(self, steps: Generator[None, None, tuple]) -> bool:
+        self._pending, self._pending_since = steps, time.monotonic()
+        return self._advance()
+
+    def _advance(self) -> bool:
+        """One call's share of the pending work; True when it completed and the new table is in use."""
+        budget = self.step_budget
+        if budget is None or time.monotonic() - self._pending_since > MAX_PENDING:
+            budget = math.inf
+        deadline = time.perf_counter() + budget
+        try:
+            while True:
+                next(self._pending)
+                if time.perf_counter() >= deadline:
+                    return False
+        except StopIteration as done:
+            table, self.generation, self.seq, self._offset = done.value
+        except (FeedError, OSError, ValueError, KeyError, TypeError) as exc:
+            self._pending = None
+            return self._failed(exc)
+        self._pending = None
+        self._table = table
         self.loaded_at = time.time()
         self.reloads += 1
         log.info("routing table feed %s reloaded: version %s (generation %s, change set %s)",
-                 self.directory, self._table.version, self.generation, self.seq)
+                 self.directory, table.version, self.generation, self.seq)
         return True
 
-    def _rebuild(self, generation: int) -> bool:
-        """A new snapshot: compiled by at most one reader of the node at a time (the others keep routing)."""
-        with open(self.directory / LOCK, "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            log.info("routing table feed %s: compiling generation %s", self.directory, generation)
-            self._load(generation)
-        return True
+    def _failed(self, exc: Exception) -> bool:
+        """The call must not fail: keep the table we have, look at the pointer again next time."""
+        self.failed_reloads += 1
+        self._pointer_stamp = None
+        log.error("routing table feed %s: %s; still serving version %s", self.directory, exc,
+                  self._table.version)
+        return False
 
-    def _follow(self) -> None:
-        """Apply the complete change sets appended since the last look, as one change."""
-        path = _changes(self.directory, self.generation)
-        size = os.stat(path).st_size
-        if size <= self._offset:
-            return
-        with open(path, "rb") as changes:
-            changes.seek(self._offset)
-            data = changes.read(size - self._offset)
-        end = data.rfind(b"\n") + 1  # a torn last line (a writer that died mid-write) is left unread
-        if not end:
-            return
+    def _generation_steps(self, generation: int) -> Generator[None, None, tuple]:
+        """The table of ``generation``: its snapshot compiled (not checked again: the writer did), then its change sets."""
+        try:
+            snapshot = open(_snapshot(self.directory, generation), "rb")
+        except OSError as exc:
+            raise FeedError(f"generation {generation}: {exc.strerror}") from None
+        with snapshot:
+            header = orjson.loads(snapshot.readline())
+            table = yield from compile_steps(header["base"], _entities(snapshot, header["did_lines"]), _entities(snapshot))
+        dids, routes, seq, offset = self._read_changes(generation, 0, 0)
+        table = yield from apply_changes_steps(table, dids, routes)
+        return table, generation, seq, offset
+
+    def _changes_steps(self, dids: dict, routes: dict, seq: int, offset: int) -> Generator[None, None, tuple]:
+        table = yield from apply_changes_steps(self._table, dids, routes)
+        return table, self.generation, seq, offset
+
+    def _read_changes(self, generation: int, seq: int, offset: int) -> tuple[dict, dict, int, int]:
+        """The complete change sets of ``generation`` after ``offset``, merged into one (the last one of a key wins)."""
+        path = _changes(self.directory, generation)
         dids: dict[str, Any] = {}
         routes: dict[tuple[str, str], Any] = {}
-        seq = self.seq
+        size = os.stat(path).st_size
+        if size <= offset:
+            return dids, routes, seq, offset
+        with open(path, "rb") as changes:
+            changes.seek(offset)
+            data = changes.read(size - offset)
+        end = data.rfind(b"\n") + 1  # a torn last line (a writer that died mid-write) is left unread
         for line in data[:end].splitlines():
             change = orjson.loads(line)
             if change["seq"] != seq + 1:
-                raise FeedError(f"generation {self.generation}: change set {change['seq']} after {seq}")
+                raise FeedError(f"generation {generation}: change set {change['seq']} after {seq}")
             seq += 1
             dids.update((prefix, d) for prefix, d in change["dids"])
             routes.update(((tenant, prefix), r) for tenant, prefix, r in change["routes"])
-        self._table = apply_changes(self._table, dids, routes)
-        self.seq, self._offset = seq, self._offset + end
+        return dids, routes, seq, offset + end
+
+
+def _entities(snapshot: BinaryIO, lines: int | None = None) -> Iterator[dict[str, Any]]:
+    """The entities of the next ``lines`` lines of a snapshot (None: the rest), read a line at a time."""
+    count = 0
+    while lines is None or count < lines:
+        line = snapshot.readline()
+        if not line:
+            return
+        count += 1
+        yield from orjson.loads(line)
 
 
 def watch_file(table: Path, feed: Path, interval: float = 0.2) -> int:

@@ -61,6 +61,9 @@ __all__ = ["mod_init", "Router"]
 
 TABLE_ENV = "C4_TABLE"
 FEED_ENV = "C4_FEED"
+# Seconds of a large table change (a bulk import, a new snapshot) a worker
+# takes on per call; it routes with the previous table until it is done.
+STEP_BUDGET = 0.002
 DUMP_ENV = "C4_RTJSON_DUMP"
 # Transaction flag: the 401/407 of the current rtjson route was answered.
 FLT_AUTH = 1
@@ -171,7 +174,10 @@ class Router:
         if self._source is None or self._source.path != Path(path):
             if not path:
                 raise RuntimeError(f"environment variable {FEED_ENV} or {TABLE_ENV} is not set: no routing table")
-            self._source = FeedTableSource(path) if self.feed_path else FileTableSource(path)
+            if self.feed_path:
+                self._source = FeedTableSource(path, step_budget=STEP_BUDGET)
+            else:
+                self._source = FileTableSource(path)
             self._pid = os.getpid()
             KSR.info(f"c4: routing table {path} loaded: version {self._source.current().version}\n")
         return self._source

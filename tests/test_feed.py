@@ -6,12 +6,13 @@ document in tests/test_incremental.py; this is about how the files behave.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import stat
 
+from c4kemi import feed as feed_module
+from c4kemi import table as table_module
 from c4kemi.document import validate_document
-from c4kemi.feed import LOCK, FeedTableSource, FeedWriter
+from c4kemi.feed import FeedTableSource, FeedWriter
 from c4kemi.table import compile_validated
 from tables import document
 
@@ -67,18 +68,33 @@ def test_a_trunk_change_is_a_new_generation_and_old_ones_are_removed(tmp_path):
     assert reader.current().trunks["carrier-a-1"].fr_timer == 3000
 
 
-def test_one_reader_rebuilds_at_a_time_the_others_keep_their_table(tmp_path):
-    feed, writer, reader = started(tmp_path)
+def test_a_worker_spreads_a_new_snapshot_over_calls_and_routes_meanwhile(tmp_path, monkeypatch):
+    monkeypatch.setattr(table_module, "STEP", 2)  # the test table is small: steps of 2 entities
+    feed = tmp_path / "feed"
+    writer = FeedWriter(feed)
+    writer.publish(validate_document(document()))
+    reader = FeedTableSource(feed, check_interval=0, step_budget=0)  # one step per call
     doc = document()
     doc["ipbxs"][0]["targets"] = ["sip:10.0.0.12"]
-    old = reader.current()
     writer.publish(validate_document(doc))
-    with open(feed / LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker is compiling
-        assert reader.refresh() is False
-        assert reader.current() is old and reader.generation == 1
-    assert reader.refresh() is True
+    old = reader.current()  # starts the new generation: its first step
+    calls = 1
+    while reader.current() is old:
+        assert reader.generation == 1  # the old table, whole, until the new one is complete
+        calls += 1
+    assert calls > 3  # 4 DIDs and 4 routes in steps of 2
+    assert reader.generation == 2
     assert reader.current().version == compile_validated(validate_document(doc)).version
+
+
+def test_work_pending_too_long_is_finished_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(table_module, "STEP", 1)
+    monkeypatch.setattr(feed_module, "MAX_PENDING", 0.0)
+    feed, writer, _ = started(tmp_path)
+    reader = FeedTableSource(feed, check_interval=0, step_budget=0)
+    writer.publish(with_did("3977"))
+    assert reader.refresh() is True  # overdue at once: no spreading
+    assert reader.current().find_did("39771", None).prefix == "3977"
 
 
 def test_a_gap_in_the_change_sets_keeps_the_table_and_is_counted(tmp_path):

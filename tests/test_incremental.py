@@ -18,6 +18,7 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from c4kemi import table as table_module
 from c4kemi.db.source import PostgresTableSource
 from c4kemi.decision import route_json
 from c4kemi.document import DocumentError, validate_document
@@ -249,12 +250,14 @@ def test_the_postgresql_store_takes_changes_in_as_a_full_compile_would(changes):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(CHANGES, min_size=1, max_size=10), st.sampled_from([200_000, 2]))
-def test_change_sets_through_the_feed_give_the_full_compile(tmp_path_factory, changes, max_changes):
+def test_change_sets_through_the_feed_give_the_full_compile(tmp_path_factory, monkeypatch, changes, max_changes):
+    monkeypatch.setattr(table_module, "STEP", 1)  # the stepped reader takes one entity per call
     feed = tmp_path_factory.mktemp("feed")
     writer = FeedWriter(feed, max_changes=max_changes)
     doc = document()
     writer.publish(validate_document(doc))
     reader = FeedTableSource(feed, check_interval=0)
+    stepped = FeedTableSource(feed, check_interval=0, step_budget=0)  # a KEMI worker's: spread over calls
     for change in changes:
         before = json.loads(json.dumps(doc))
         apply(doc, change)
@@ -269,6 +272,10 @@ def test_change_sets_through_the_feed_give_the_full_compile(tmp_path_factory, ch
             assert reader.current().sources is previous.sources and reader.generation == writer.generation
         assert taken != "changes" or change[0] not in ("trunk", "ipbx")
         assert table_view(reader.current()) == table_view(compile_validated(checked))
+        stepped.refresh()
+        while stepped.pending:
+            assert stepped.current().version in (previous.version, reader.current().version)  # old or new, never half
+        assert table_view(stepped.current()) == table_view(reader.current())
     late = FeedTableSource(feed, check_interval=0)  # a reader that starts now: snapshot plus every change set
     assert table_view(late.current()) == table_view(reader.current())
     writer.close()
