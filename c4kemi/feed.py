@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import os
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
@@ -47,7 +48,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from .document import DocumentError, load_document
+from .document import COLLECTIONS, DocumentError, load_raw, validate_document, validate_entity
 from .files import write_atomically
 from .table import BASE_COLLECTIONS, RoutingTable, apply_changes_steps, compile_steps, finish
 
@@ -85,8 +86,8 @@ def _route_key(r: Mapping[str, Any]) -> tuple[str, str]:
     return r["tenant"], r["prefix"]
 
 
-def _same_route(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    # orjson tells 1 from 1.0 (equal in Python, different weights once read back).
+def _same(a: Any, b: Any) -> bool:
+    # orjson tells 1 from 1.0 and True (equal in Python, not to the checks or once read back).
     return a == b and orjson.dumps(a) == orjson.dumps(b)
 
 
@@ -100,13 +101,30 @@ def _diff(old: Mapping, new: Iterable[Mapping[str, Any]], key: Callable, same: C
         before = old.get(k)
         if before is None or not same(before, entity):
             changes[k] = entity
-    if len(by_key) - sum(1 for k, e in changes.items() if k not in old) != len(old):  # some were removed
+    if len(by_key) - sum(1 for k in changes if k not in old) != len(old):  # some were removed
         changes.update((k, None) for k in old if k not in by_key)
     return by_key, changes
 
 
+def _base_bytes(raw: Mapping[str, Any]) -> bytes | None:
+    """The small collections as written, to tell whether they changed (None: cannot tell)."""
+    try:
+        return orjson.dumps([raw.get(name, []) for name in BASE_COLLECTIONS])
+    except TypeError:  # what orjson cannot write (a huge int): the whole document gets checked
+        return None
+
+
 class FeedWriter:
-    """Publishes checked documents to a feed directory, as change sets when it can."""
+    """Checks documents and publishes them to a feed directory, as change sets when it can.
+
+    It keeps the last published document as written (DIDs and routes by
+    key). When a new one differs only in DIDs and routes, only the entities
+    that differ are checked (``validate_entity``, against the collections
+    of the last checked document: unchanged, so everything else in the
+    document is as good as it was); anything else is a whole-document check
+    and a new snapshot. Either way what is refused is what
+    ``validate_document`` refuses (tests/test_incremental.py).
+    """
 
     def __init__(self, directory: str | Path, max_changes: int = MAX_CHANGES) -> None:
         self.directory = Path(directory)
@@ -116,37 +134,69 @@ class FeedWriter:
         generations = [int(p.name[9:-5]) for p in self.directory.glob("snapshot-*.json") if p.name[9:-5].isdigit()]
         self.generation = max(generations, default=0)  # the next publish starts a new one
         self.seq = 0
-        self._base: dict[str, Any] | None = None
-        self._dids: dict[str, Any] = {}
-        self._routes: dict[tuple[str, str], Any] = {}
+        self._base: bytes | None = None  # the small collections as written
+        self._refs: dict[str, Any] = {}  # ... as checked, what DIDs and routes may refer to
+        self._dids: dict[str, Any] = {}  # DIDs as written, by prefix
+        self._routes: dict[tuple[str, str], Any] = {}  # routes as written, by (tenant, prefix)
         self._out: int | None = None
 
-    def publish(self, document: Mapping[str, Any]) -> str:
-        """Publish a checked document; returns what it took: "snapshot", "changes" or "unchanged"."""
-        base = {name: document[name] for name in BASE_COLLECTIONS}
-        if self._base is None or base != self._base or orjson.dumps(base) != orjson.dumps(self._base):
-            self._write_snapshot(document, base)
+    def publish(self, raw: Any, source: str | None = None) -> str:
+        """Check a parsed document and publish it: "snapshot", "changes" or "unchanged".
+
+        Raises DocumentError (nothing published) when the document is refused.
+        """
+        found = self._entity_changes(raw)
+        if found is None or len(found[2]) + len(found[3]) > self.max_changes:
+            self._write_snapshot(raw, validate_document(raw, source))
             return "snapshot"
-        dids, did_changes = _diff(self._dids, document["dids"], _did_key, dict.__eq__)
-        routes, route_changes = _diff(self._routes, document["routes"], _route_key, _same_route)
+        dids, routes, did_changes, route_changes = found
         if not did_changes and not route_changes:
             return "unchanged"
-        if len(did_changes) + len(route_changes) > self.max_changes:
-            self._write_snapshot(document, base)
-            return "snapshot"
+        errors: list[str] = []
+        checked_dids = self._checked("dids", did_changes, errors)
+        checked_routes = self._checked("routes", route_changes, errors)
+        if errors:
+            raise DocumentError(errors, source)
         self.seq += 1
         line = orjson.dumps({
             "seq": self.seq,
-            "dids": [[prefix, d] for prefix, d in did_changes.items()],
-            "routes": [[tenant, prefix, r] for (tenant, prefix), r in route_changes.items()],
+            "dids": [[prefix, d] for prefix, d in checked_dids.items()],
+            "routes": [[tenant, prefix, r] for (tenant, prefix), r in checked_routes.items()],
         }) + b"\n"
         os.write(self._out, line)  # one write of a whole line, O_APPEND
         self._dids, self._routes = dids, routes
         return "changes"
 
-    def _write_snapshot(self, document: Mapping[str, Any], base: dict[str, Any]) -> None:
+    def _entity_changes(self, raw: Any) -> tuple[dict, dict, dict, dict] | None:
+        """(DIDs and routes by key, what changed of each), or None when the whole document must be checked."""
+        if self._base is None or not isinstance(raw, dict) or not raw.keys() <= set(COLLECTIONS):
+            return None
+        dids, routes = raw.get("dids", []), raw.get("routes", [])
+        if not isinstance(dids, list) or not isinstance(routes, list) or _base_bytes(raw) != self._base:
+            return None
+        try:
+            # A DID's fields are strings: == is enough (a valid old one never equals a wrong type).
+            did_by_key, did_changes = _diff(self._dids, dids, _did_key, operator.eq)
+            route_by_key, route_changes = _diff(self._routes, routes, _route_key, _same)
+        except (TypeError, KeyError):  # not an object, no key, a key that is not a string: the full check names it
+            return None
+        if len(did_by_key) != len(dids) or len(route_by_key) != len(routes):  # a duplicate key: the full check names it
+            return None
+        return did_by_key, route_by_key, did_changes, route_changes
+
+    def _checked(self, collection: str, changes: Mapping, errors: list[str]) -> dict:
+        out = {}
+        for key, entity in changes.items():
+            try:
+                out[key] = None if entity is None else validate_entity(collection, entity, self._refs)
+            except DocumentError as exc:
+                errors.extend(exc.errors)
+        return out
+
+    def _write_snapshot(self, raw: Mapping[str, Any], document: Mapping[str, Any]) -> None:
         self.generation += 1
         self.seq = 0
+        base = {name: document[name] for name in BASE_COLLECTIONS}
         dids, routes = document["dids"], document["routes"]
         did_lines = [orjson.dumps(dids[i:i + SNAPSHOT_LINE]) for i in range(0, len(dids), SNAPSHOT_LINE)]
         route_lines = [orjson.dumps(routes[i:i + SNAPSHOT_LINE]) for i in range(0, len(routes), SNAPSHOT_LINE)]
@@ -156,9 +206,14 @@ class FeedWriter:
             os.close(self._out)
         self._out = os.open(_changes(self.directory, self.generation), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         write_atomically(self.directory / POINTER, orjson.dumps({"generation": self.generation}))
-        self._base = base
-        self._dids = {d["prefix"]: d for d in document["dids"]}
-        self._routes = {_route_key(r): r for r in document["routes"]}
+        self._base = _base_bytes(raw)
+        self._refs = {
+            "tenants": [t["name"] for t in base["tenants"]],
+            "normalization_profiles": [p["name"] for p in base["normalization_profiles"]],
+            **{name: {e["name"]: e for e in base[name]} for name in ("carriers", "ipbxs", "trunks")},
+        }
+        self._dids = {d["prefix"]: d for d in raw.get("dids", [])}  # the document was good: every key is there
+        self._routes = {_route_key(r): r for r in raw.get("routes", [])}
         for path in [*self.directory.glob("snapshot-*.json"), *self.directory.glob("changes-*.jsonl")]:
             number = path.name.split("-", 1)[1].split(".", 1)[0]
             if number.isdigit() and int(number) < self.generation - 1:  # readers still switching use the previous one
@@ -347,7 +402,7 @@ def watch_file(table: Path, feed: Path, interval: float = 0.2) -> int:
 
     seen = stamp()
     try:
-        writer.publish(load_document(table))
+        writer.publish(load_raw(table), str(table))
     except DocumentError as exc:
         for error in exc.errors:
             log.error("%s: %s", table, error)
@@ -362,7 +417,7 @@ def watch_file(table: Path, feed: Path, interval: float = 0.2) -> int:
         seen = now  # a bad document is refused once, not at every look
         started = time.monotonic()
         try:
-            taken = writer.publish(load_document(table))
+            taken = writer.publish(load_raw(table), str(table))
         except DocumentError as exc:
             log.error("routing table %s refused, the feed keeps the last good one: %s", table, exc)
             continue
