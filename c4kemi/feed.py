@@ -49,7 +49,8 @@ from typing import Any, BinaryIO
 import orjson
 
 from .document import COLLECTIONS, DocumentError, load_raw, validate_document, validate_entity
-from .files import write_atomically
+from .files import file_stamp, write_atomically
+from .store import PolledSource
 from .table import BASE_COLLECTIONS, RoutingTable, apply_changes_steps, compile_steps, finish
 
 __all__ = ["FeedError", "FeedTableSource", "FeedWriter", "watch_file"]
@@ -225,7 +226,7 @@ class FeedWriter:
             self._out = None
 
 
-class FeedTableSource:
+class FeedTableSource(PolledSource):
     """A reader of the feed: the table to route with, kept current by applying change sets.
 
     The same interface as ``FileTableSource``: ``current()`` at most once per
@@ -250,7 +251,7 @@ class FeedTableSource:
         self.generation, self.seq, self._offset = -1, 0, 0
         self._pending: Generator[None, None, tuple] | None = None
         self._pending_since = 0.0
-        self._pointer_stamp = self._stat(self.directory / POINTER)
+        self._pointer_stamp = file_stamp(self.directory / POINTER)
         # The first load must succeed, and is done at once.
         self._table, self.generation, self.seq, self._offset = finish(self._generation_steps(self._read_pointer()))
         self._next_check = time.monotonic() + check_interval
@@ -259,14 +260,6 @@ class FeedTableSource:
     def pending(self) -> bool:
         """Work under way (a worker spreading a large change over calls)."""
         return self._pending is not None
-
-    @staticmethod
-    def _stat(path: Path) -> tuple | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
 
     def _read_pointer(self) -> int:
         try:
@@ -279,18 +272,14 @@ class FeedTableSource:
         if self._pending is not None:
             self._advance()
             return self._table
-        now = time.monotonic()
-        if now >= self._next_check:
-            self._next_check = now + self.check_interval
-            self.refresh()
-        return self._table
+        return super().current()
 
     def refresh(self) -> bool:
         """Take in what the feed published; True if a new table is now in use."""
         if self._pending is not None:  # finish what is under way first
             return self._advance()
         try:
-            stamp = self._stat(self.directory / POINTER)
+            stamp = file_stamp(self.directory / POINTER)
             if stamp != self._pointer_stamp:
                 self._pointer_stamp = stamp
                 generation = self._read_pointer()
@@ -397,10 +386,7 @@ def watch_file(table: Path, feed: Path, interval: float = 0.2) -> int:
     """
     writer = FeedWriter(feed)
 
-    def stamp() -> tuple | None:
-        return FeedTableSource._stat(table)
-
-    seen = stamp()
+    seen = file_stamp(table)
     try:
         writer.publish(load_raw(table), str(table))
     except DocumentError as exc:
@@ -411,7 +397,7 @@ def watch_file(table: Path, feed: Path, interval: float = 0.2) -> int:
     log.info("routing table %s published to %s (generation %s)", table, feed, writer.generation)
     while True:
         time.sleep(interval)
-        now = stamp()
+        now = file_stamp(table)
         if now is None or now == seen:
             continue
         seen = now  # a bad document is refused once, not at every look

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["write_atomically"]
+__all__ = ["file_stamp", "write_atomically"]
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -17,3 +17,12 @@ def write_atomically(path: Path, data: bytes) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
+
+
+def file_stamp(path: Path) -> tuple | None:
+    """What changes when a file is rewritten or replaced (None: no such file); one stat."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
