@@ -13,6 +13,7 @@ from aiohttp import web
 
 from c4kemi.db.source import StoreUnavailable
 from c4kemi.document import DocumentError
+from c4kemi.feed import CHECK_INTERVAL as FEED_CHECK_INTERVAL
 from c4kemi.feed import FeedError, FeedTableSource
 from c4kemi.store import FileTableSource
 
@@ -55,7 +56,7 @@ def run_server(args: argparse.Namespace) -> int:
     else:
         try:
             # Only the app's refresh task reloads (check_interval=inf keeps the
-            # stat off the request path), once a second, with or without
+            # stat off the request path), once a second (the feed: twice), with or without
             # traffic, in a thread: a new feed snapshot compiles off the event loop.
             if feed:
                 source = FeedTableSource(feed, check_interval=math.inf)
@@ -64,7 +65,8 @@ def run_server(args: argparse.Namespace) -> int:
         except (DocumentError, FeedError) as exc:
             print(f"c4 serve: refusing to start: {exc}", file=sys.stderr)
             return 1
-        refresh, where, version = REFRESH_INTERVAL, str(feed or args.table), source.current().version
+        refresh = FEED_CHECK_INTERVAL if feed else REFRESH_INTERVAL
+        where, version = str(feed or args.table), source.current().version
     access_log = logging.getLogger("aiohttp.access") if args.access_log else None
     app = make_app(
         source, max_body=args.max_body, refresh_interval=refresh,

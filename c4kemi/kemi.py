@@ -27,7 +27,7 @@ before Kamailio forks (else loaded in ``child_init`` or on first use):
 ``FeedTableSource`` on the node's table feed (``C4_FEED``, set by
 ``c4 kamailio``, which runs ``c4 feed``: see c4kemi/feed.py), else
 ``FileTableSource`` on the document itself (``C4_TABLE``). A call looks at
-it at most once a second and swaps in a changed table; a broken document
+it at most twice a second (the file: once) and swaps in a changed table; a broken document
 is logged and the last good table keeps serving.
 
 Imports stay lean (no aiohttp): this runs inside every SIP worker.

@@ -13,7 +13,7 @@ Reload: the launcher runs ``c4 feed`` (c4kemi/feed.py), the node's one
 checker of the table file: on a change it checks the document once and
 publishes what changed to a private feed directory in Kamailio's runtime
 directory (``C4_FEED``). Each Kamailio worker (and ``--serve-api``'s c4
-serve) looks at the feed at most once a second and applies the change set:
+serve) looks at the feed at most twice a second and applies the change set:
 milliseconds, not a recompile. A broken document is logged and the last
 good table keeps serving. Write the new file atomically (write a temp file
 and rename it over the old one). The table is checked by ``c4 feed`` only:
