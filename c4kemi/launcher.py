@@ -153,10 +153,10 @@ def table_cache(args: argparse.Namespace) -> Path:
     return path
 
 
-def follower(args: argparse.Namespace, path: Path) -> Helper:
-    """c4 db follow: keeps PATH, the KEMI workers' table file, equal to PostgreSQL."""
-    argv = [sys.executable, "-m", "c4kemi.cli", "db", "follow", "--out", str(path)]
-    return Helper(argv, f"c4 db follow ({path})", path.is_file, {"C4_DSN": args.dsn})
+def follower(args: argparse.Namespace, path: Path, feed: Path) -> Helper:
+    """c4 db follow: keeps PATH, the node's copy of the table, equal to PostgreSQL, and publishes it to FEED."""
+    argv = [sys.executable, "-m", "c4kemi.cli", "db", "follow", "--out", str(path), "--feed", str(feed)]
+    return Helper(argv, f"c4 db follow ({path})", (feed / "current").is_file, {"C4_DSN": args.dsn})
 
 
 def feed_writer(table_path: Path, feed: Path) -> Helper:
@@ -249,16 +249,16 @@ def call_hint(document: dict, listen: str) -> list[str]:
 
 
 def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
+    feed = launch.rundir / "feed"
     if args.dsn:
         if args.table:
             raise LaunchError("--table or --dsn, not both: with --dsn the table comes from PostgreSQL")
         table_path = table_cache(args)
-        launch.helpers.append(follower(args, table_path))
+        launch.helpers.append(follower(args, table_path, feed))
         document = None
     else:
         table_path, document = table_file(args.table)
-    feed = launch.rundir / "feed"
-    launch.helpers.append(feed_writer(table_path, feed))
+        launch.helpers.append(feed_writer(table_path, feed))
     if sys.version_info[:2] != (3, 11):
         launch.banner.append(
             f"warning: this is Python {sys.version_info[0]}.{sys.version_info[1]}; app_python3 embeds 3.11, "
@@ -270,7 +270,7 @@ def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
     launch.env["PYTHONPATH"] = python_path()
     launch.env["PYTHONDONTWRITEBYTECODE"] = "1"
     if args.dsn:
-        launch.banner.append(f"routing table from PostgreSQL, kept in {table_path} by c4 db follow, published to {feed} by c4 feed")
+        launch.banner.append(f"routing table from PostgreSQL, kept in {table_path} and published to {feed} by c4 db follow")
         return
     launch.banner.append(f"routing table {table_path}: checked by c4 feed on change, workers take in what changed within a second")
     hint(launch, document, args)
