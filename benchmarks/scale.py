@@ -372,7 +372,7 @@ def bench_nopause(args: argparse.Namespace, modes: list[str]) -> None:
             log = open(workdir / "router.log", "wb")
             router = subprocess.Popen(
                 [sys.executable, "-m", "c4kemi.cli", "kamailio", *mode_args(mode), "--table", str(path),
-                 "--listen", f"udp:{ROUTER}:{router_port}", "--workers", args.workers.split(",")[-1], "--log-level", "1"],
+                 "--listen", f"udp:{ROUTER}:{router_port}", "--workers", args.workers.split(",")[-1], "--log-level", "2"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
             callee = caller = None
             try:
@@ -413,10 +413,13 @@ def bench_nopause(args: argparse.Namespace, modes: list[str]) -> None:
                     continue
                 print(f"| {mode} | {phase} | {len(times)} | {statistics.median(times):.1f} | "
                       f"{times[int(len(times) * 0.99)]:.1f} | {times[-1]:.1f} |", flush=True)
-            feed_lines = [line for line in (workdir / "router.log").read_text(errors="replace").splitlines()
-                          if "published (generation" in line]
+            lines = (workdir / "router.log").read_text(errors="replace").splitlines()
+            feed_lines = [line for line in lines if "published (generation" in line]
             for line in feed_lines[-2:]:  # the last edit and the bulk edit, as c4 feed took them
                 print(f"|  | c4 feed: {line.split('routing table ', 1)[-1].split(': ', 1)[-1]} | | | | |")
+            taken = sum("routing table feed" in line and "reloaded" in line for line in lines)
+            print(f"|  | readers: {taken} change sets taken in (all workers), "
+                  f"{sum('refused' in line or 'ERROR' in line for line in lines)} errors logged | | | | |")
     print("\nfailed calls (sipp): " + ", ".join(f"{mode} {count}" for mode, count in failures.items()))
 
 
