@@ -27,7 +27,8 @@ with ``http_async_client`` loaded by absolute path from ``build/modules``
 the API (past it new INVITEs get a fast 503), ``--api-workers`` the
 http_async_client workers. With ``--serve-api`` (and ``--table``) the
 launcher also runs ``c4 serve`` on the host and port of ``--api``, waits for
-its ``/health``, and stops it with Kamailio; c4 serve reloads the table.
+its ``/health``, and stops it with Kamailio; c4 serve reads the table feed
+(``--feed``) that ``c4 feed`` writes, as the KEMI workers do.
 
 Modes plug in through ``MODES``: a mode names its config file and prepares
 its defines, environment, banner and helper processes.
