@@ -1,6 +1,6 @@
 """Carrier-scale benchmark (issue #8): decision speed, cost of a change, memory and start per node.
 
-    .venv/bin/python benchmarks/scale.py [decision|change|kamailio|all] [--dids 1000000] [--routes 100000]
+    .venv/bin/python benchmarks/scale.py [decision|change|kamailio|nopause|all] [--dids 1000000] [--routes 100000]
 
 Tables come from benchmarks/generate.py (100 tenants, 1,000 trunks, 5
 profiles; ``--dids`` DIDs and ``--routes`` routes). Not a test: the numbers
@@ -17,12 +17,26 @@ side, and medians of repeated runs are reported.
   into read+parse, validation and compile; and the compiled table's own
   update for a DID added, changed and removed and a route changed: from a
   whole checked document (``update_table``, what the stores do) and from a
-  known change set (``apply_changes``), against a full compile.
+  known change set (``apply_changes``), against a full compile. Then the
+  same edit through the table feed (c4kemi/feed.py): the writer's check
+  and diff (``c4 feed``, once per node) and one reader's
+  ``FeedTableSource.refresh`` (what each KEMI worker and c4 serve pay).
 - ``kamailio`` (goals 3 and 4): ``c4 kamailio`` in KEMI mode with 1 and
   with 8 SIP workers: the time from the command to the first routed answer
   (a 403 to an INVITE from an unknown source: the table is loaded), and the
   sum of the PSS (/proc/PID/smaps_rollup) of all Kamailio processes.
   ``--c4`` starts another checkout's c4 for a side-by-side baseline.
+  ``--modes kemi,http`` also times HTTP mode (``--serve-api``) to its first
+  routed answer.
+- ``nopause`` (goal 2): in each mode, ``c4 kamailio`` with the generated
+  table plus a bench tenant whose calls go to a local sipp callee; a sipp
+  caller at ``--rate`` calls/s (benchmarks/sip.py's scenario: setup time
+  per call) for three phases: ``--phase`` seconds without changes, then one
+  DID edit of the file per second for ``--changes`` seconds, then one bulk
+  edit of ``--bulk`` DIDs and ``--phase`` seconds more. Per phase, by the
+  time each INVITE was sent: calls answered, p50, p99 and max setup time;
+  and the calls sipp counted as failed. The log lines of c4 feed and of the
+  readers say what each change cost them.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ import json
 import os
 import platform
 import random
+import socket
 import statistics
 import sys
 import tempfile
@@ -43,9 +58,24 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import COUNTRIES, IPBXS_PER_TENANT, TENANTS, make_document, routing_query  # noqa: E402
+from sip import (  # noqa: E402
+    CALLEE,
+    CALLEE_SCENARIO,
+    CALLER,
+    ROOT,
+    ROUTER,
+    SCENARIOS,
+    free_port,
+    read_log,
+    read_stat,
+    stop,
+    wait_options,
+)
 
 from c4kemi.decision import route_json  # noqa: E402
-from c4kemi.document import _refuse_duplicate_keys, validate_document  # noqa: E402
+from c4kemi.document import _refuse_duplicate_keys, load_raw, validate_document  # noqa: E402
+from c4kemi.feed import FeedTableSource, FeedWriter  # noqa: E402
+from c4kemi.files import write_atomically  # noqa: E402
 from c4kemi.store import FileTableSource  # noqa: E402
 from c4kemi.table import apply_changes, compile_validated, update_table  # noqa: E402
 
@@ -145,6 +175,33 @@ def bench_change(n_dids: int, n_routes: int, repeat: int) -> None:
                              ("  compile_validated", compile_)):
             print(f"| {name} | {statistics.median(values) * 1000:.0f} |")
     bench_update(document, repeat)
+    bench_feed(document, repeat)
+
+
+def bench_feed(document: dict, repeat: int) -> None:
+    """One DID edit of the file through the table feed: c4 feed once per node, then each reader."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "table.json"
+        writer = FeedWriter(Path(tmp) / "feed")
+        writer.publish(orjson.loads(orjson.dumps(document)))  # it keeps what it published: not the dicts edited below
+        reader = FeedTableSource(writer.directory, check_interval=0)
+        parse, publish, apply = [], [], []
+        for run in range(repeat):
+            flip_ipbx(document["dids"][run])
+            path.write_bytes(orjson.dumps(document))
+            raw, seconds = timed(load_raw, path)
+            parse.append(seconds)
+            taken, seconds = timed(writer.publish, raw)
+            assert taken == "changes"
+            publish.append(seconds)
+            _, seconds = timed(reader.refresh)
+            apply.append(seconds)
+        print("\n| through the table feed, one DID changed in the file | median (ms) |")
+        print("|---|---:|")
+        for name, values in (("c4 feed: read + parse (load_raw), once per node", parse),
+                             ("c4 feed: FeedWriter.publish (compare by key, check the changed DID, append a line)", publish),
+                             ("each reader: FeedTableSource.refresh (stat, read the line, apply_changes)", apply)):
+            print(f"| {name} | {statistics.median(values) * 1000:.1f} |")
 
 
 def bench_update(document: dict, repeat: int) -> None:
@@ -247,21 +304,29 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def bench_kamailio(n_dids: int, n_routes: int, counts: list[int], port: int, c4: list[str]) -> None:
+def mode_args(mode: str) -> list[str]:
+    """c4 kamailio's arguments for a mode: HTTP mode runs its c4 serve (--serve-api) on a free port."""
+    if mode == "kemi":
+        return ["--mode", "kemi"]
+    return ["--mode", "http", "--serve-api", "--api", f"http://{ROUTER}:{free_port(socket.SOCK_STREAM, ROUTER)}"]
+
+
+def bench_kamailio(n_dids: int, n_routes: int, counts: list[int], port: int, c4: list[str], modes: list[str]) -> None:
     """Goals 3 and 4 with a real Kamailio: c4 kamailio started, time to the first routed answer, sum of PSS."""
     import signal
     import subprocess
-    print(f"\n## Kamailio, KEMI mode (goals 3 and 4), {n_dids:,} DIDs, {n_routes:,} routes\n")
+    print(f"\n## Kamailio (goals 3 and 4), {n_dids:,} DIDs, {n_routes:,} routes\n")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "table.json"
         path.write_bytes(orjson.dumps(make_document(n_dids, n_routes)))
-        print("| SIP workers | c4 kamailio to first routed answer (s) | answer | Kamailio processes | sum of PSS (MiB) | x 1 worker |")
-        print("|---:|---:|---|---:|---:|---:|")
+        print("| mode | SIP workers | c4 kamailio to first routed answer (s) | answer | Kamailio processes | sum of PSS (MiB) | x 1 worker |")
+        print("|---|---:|---:|---|---:|---:|---:|")
         first = None
-        for count in counts:
+        for mode, count in [(mode, count) for mode in modes for count in counts]:
+            first = None if count == counts[0] else first
             started = time.monotonic()
             launcher = subprocess.Popen(
-                [*c4, "kamailio", "--mode", "kemi", "--table", str(path), "--listen", f"udp:127.0.0.1:{port}",
+                [*c4, "kamailio", *mode_args(mode), "--table", str(path), "--listen", f"udp:127.0.0.1:{port}",
                  "--workers", str(count)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             try:
                 answer = None
@@ -275,19 +340,114 @@ def bench_kamailio(n_dids: int, n_routes: int, counts: list[int], port: int, c4:
                 launcher.send_signal(signal.SIGTERM)
                 launcher.wait(timeout=30)
             first = first or total
-            print(f"| {count} | {ready:.1f} | {answer} | {len(pids)} | {total:.0f} | {total / first:.2f} |", flush=True)
+            print(f"| {mode} | {count} | {ready:.1f} | {answer} | {len(pids)} | {total:.0f} | {total / first:.2f} |", flush=True)
+
+
+PHASES = ("no change", "one DID edit per second", "bulk edit")
+
+
+def flip_ipbx(did: dict) -> None:
+    """Move a DID to its tenant's other IPBX (generate.py names them pbx-TENANT-0 and -1)."""
+    did["ipbx"] = did["ipbx"][:-1] + str(1 - int(did["ipbx"][-1]))
+
+
+def bench_entities(callee_port: int) -> dict:
+    """The SIP calls' own tenant: bench-pbx (the sipp caller) -> route "" -> bench-trunk (the sipp callee)."""
+    return {
+        "tenants": [{"name": "bench"}],
+        "ipbxs": [{"name": "bench-pbx", "tenant": "bench", "targets": [f"sip:{CALLER}:5999"], "sources": [CALLER]}],
+        "carriers": [{"name": "bench-carrier"}],
+        "trunks": [{"name": "bench-trunk", "carrier": "bench-carrier", "target": f"sip:{CALLEE}:{callee_port}"}],
+        "routes": [{"tenant": "bench", "prefix": "", "trunks": ["bench-trunk"]}],
+    }
+
+
+def bench_nopause(args: argparse.Namespace, modes: list[str]) -> None:
+    """Goal 2: setup times under steady SIP load while changes arrive, per phase, in each mode."""
+    import subprocess
+    print(f"\n## No pauses (goal 2), {args.dids:,} DIDs, {args.routes:,} routes, {args.rate} calls/s, "
+          f"{args.workers.split(',')[-1]} workers, phases of {args.phase} s, {args.changes} edits, bulk edit of {args.bulk:,} DIDs\n")
+    print("| mode | phase | calls answered | p50 (ms) | p99 (ms) | max (ms) |")
+    print("|---|---|---:|---:|---:|---:|")
+    failures = {}
+    for mode in modes:
+        with tempfile.TemporaryDirectory(prefix="c4-nopause-") as tmp:
+            workdir = Path(tmp)
+            callee_port, router_port = free_port(socket.SOCK_DGRAM, CALLEE), free_port(socket.SOCK_DGRAM, ROUTER)
+            document = make_document(args.dids, args.routes)
+            for name, items in bench_entities(callee_port).items():  # the calls: bench-pbx -> route "" -> the callee
+                document[name] = document.get(name, []) + items
+            path = workdir / "table.json"
+            write_atomically(path, orjson.dumps(document))
+            log = open(workdir / "router.log", "wb")
+            router = subprocess.Popen(
+                [sys.executable, "-m", "c4kemi.cli", "kamailio", *mode_args(mode), "--table", str(path),
+                 "--listen", f"udp:{ROUTER}:{router_port}", "--workers", args.workers.split(",")[-1], "--log-level", "2"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+            callee = caller = None
+            try:
+                wait_options(router_port, router, timeout=300)
+                callee = subprocess.Popen(
+                    ["sipp", "-sf", str(CALLEE_SCENARIO), "-i", CALLEE, "-p", str(callee_port), "-nostdin", "-max_socket", "4096"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
+                time.sleep(0.5)
+                duration = 2 * args.phase + args.changes
+                caller = subprocess.Popen(
+                    ["sipp", "-sf", str(SCENARIOS / "uac_bench.xml"), "-i", CALLER, "-p", "0", "-s", "0612345678",
+                     "-r", str(args.rate), "-m", str(args.rate * duration), "-l", str(args.rate * 5), "-nostdin",
+                     "-default_behaviors", "all,-abortunexp", "-trace_logs", "-trace_stat", "-fd", "3600",
+                     "-timeout", str(duration + 30), f"{ROUTER}:{router_port}"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir)
+                t0 = time.time()
+                bounds = [t0, t0 + args.phase, t0 + args.phase + args.changes, float("inf")]
+                time.sleep(max(0.0, bounds[1] - time.time()))
+                for i in range(args.changes):  # one DID edit per second, as a provisioning tool would write the file
+                    flip_ipbx(document["dids"][i % len(document["dids"])])
+                    write_atomically(path, orjson.dumps(document))
+                    time.sleep(max(0.0, bounds[1] + i + 1 - time.time()))
+                for did in document["dids"][:args.bulk]:
+                    flip_ipbx(did)
+                write_atomically(path, orjson.dumps(document))
+                caller.wait(timeout=duration + 90)
+            finally:
+                for proc in (callee, router):
+                    if proc is not None:
+                        stop(proc)
+                log.close()
+            setups = read_log(workdir).answered
+            failures[mode] = read_stat(workdir).get("FailedCall(C)", -1)
+            for number, phase in enumerate(PHASES):
+                times = sorted(ms for sent, ms in setups if bounds[number] <= sent < bounds[number + 1])
+                if not times:
+                    print(f"| {mode} | {phase} | 0 | | | |")
+                    continue
+                print(f"| {mode} | {phase} | {len(times)} | {statistics.median(times):.1f} | "
+                      f"{times[int(len(times) * 0.99)]:.1f} | {times[-1]:.1f} |", flush=True)
+            lines = (workdir / "router.log").read_text(errors="replace").splitlines()
+            feed_lines = [line for line in lines if "published (generation" in line]
+            for line in feed_lines[-2:]:  # the last edit and the bulk edit, as c4 feed took them
+                print(f"|  | c4 feed: {line.split('routing table ', 1)[-1].split(': ', 1)[-1]} | | | | |")
+            taken = sum("routing table feed" in line and "reloaded" in line for line in lines)
+            print(f"|  | readers: {taken} change sets taken in (all workers), "
+                  f"{sum('refused' in line or 'ERROR' in line for line in lines)} errors logged | | | | |")
+    print("\nfailed calls (sipp): " + ", ".join(f"{mode} {count}" for mode, count in failures.items()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["decision", "change", "kamailio", "all"])
+    parser.add_argument("what", nargs="?", default="all", choices=["decision", "change", "kamailio", "nopause", "all"])
     parser.add_argument("--port", type=int, default=15080, help="kamailio: the UDP port to listen on")
     parser.add_argument("--c4", help="kamailio: the c4 command to start (default: this venv's), e.g. another checkout's")
     parser.add_argument("--sizes", default="1000,100000,1000000")
     parser.add_argument("--dids", type=int, default=1_000_000)
     parser.add_argument("--routes", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--workers", default="1,8", help="kamailio: SIP worker counts to compare")
+    parser.add_argument("--workers", default="1,8", help="kamailio: SIP worker counts to compare (nopause: the last)")
+    parser.add_argument("--modes", default="kemi,http", help="kamailio, nopause: modes")
+    parser.add_argument("--rate", type=int, default=500, help="nopause: calls per second")
+    parser.add_argument("--phase", type=int, default=60, help="nopause: seconds without changes, and after the bulk edit")
+    parser.add_argument("--changes", type=int, default=60, help="nopause: DID edits, one per second")
+    parser.add_argument("--bulk", type=int, default=100_000, help="nopause: DIDs changed by the bulk edit")
     args = parser.parse_args()
     print(f"# {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -297,7 +457,9 @@ def main() -> None:
         bench_change(args.dids, args.routes, args.repeat)
     if args.what in ("kamailio", "all"):
         c4 = args.c4.split() if args.c4 else [str(Path(sys.executable).with_name("c4"))]
-        bench_kamailio(args.dids, args.routes, [int(c) for c in args.workers.split(",")], args.port, c4)
+        bench_kamailio(args.dids, args.routes, [int(c) for c in args.workers.split(",")], args.port, c4, args.modes.split(","))
+    if args.what == "nopause":  # minutes of SIP load: only when asked for
+        bench_nopause(args, args.modes.split(","))
 
 
 if __name__ == "__main__":

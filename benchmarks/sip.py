@@ -327,29 +327,33 @@ def read_stat(workdir: Path) -> dict:
 
 
 class CallLog(NamedTuple):
-    setup_ms: list[float]  # setup time of each answered call
+    answered: list[tuple[float, float]]  # per answered call: (INVITE sent, Unix time; setup time, ms)
     refused: int  # calls answered 503
     sending_s: float  # first to last INVITE sent: longer than asked when sipp fell behind
+
+    @property
+    def setup_ms(self) -> list[float]:
+        return [ms for _, ms in self.answered]
 
 
 def read_log(workdir: Path) -> CallLog:
     """What the caller scenario logged: "setup SENT_S SENT_US OK_S OK_US"
     (gettimeofday before the INVITE and at the 200), "refused SENT_S SENT_US" after a 503.
     """
-    setup_ms, refused, sent = [], 0, []
+    answered, refused, sent = [], 0, []
     for path in workdir.glob("uac_bench_*_logs.log"):
         for line in path.read_text().splitlines():
             parts = line.split()
             if len(parts) == 5 and parts[0] == "setup":
                 sent_s, sent_us, ok_s, ok_us = map(float, parts[1:])
-                setup_ms.append((ok_s - sent_s) * 1000 + (ok_us - sent_us) / 1000)
+                answered.append((sent_s + sent_us / 1e6, (ok_s - sent_s) * 1000 + (ok_us - sent_us) / 1000))
             elif len(parts) == 3 and parts[0] == "refused":
                 refused += 1
                 sent_s, sent_us = map(float, parts[1:])
             else:
                 continue
             sent.append(sent_s + sent_us / 1e6)
-    return CallLog(setup_ms, refused, max(sent) - min(sent) if sent else 0.0)
+    return CallLog(answered, refused, max(sent) - min(sent) if sent else 0.0)
 
 
 def show(point: dict) -> None:

@@ -1,4 +1,4 @@
-"""``c4 serve``: run the c4http application on a routing table file."""
+"""``c4 serve``: run the c4http application on a routing table file, a table feed, or PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from aiohttp import web
 
 from c4kemi.db.source import StoreUnavailable
 from c4kemi.document import DocumentError
+from c4kemi.feed import CHECK_INTERVAL as FEED_CHECK_INTERVAL
+from c4kemi.feed import FeedError, FeedTableSource
 from c4kemi.store import FileTableSource
 
 from .app import DEFAULT_ROUTING_FROM, make_app
@@ -37,8 +39,9 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 def run_server(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; 0 on a clean stop, 1 if it cannot start."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
-    if bool(args.table) == bool(args.dsn):
-        print("c4 serve: give --table FILE or --dsn DSN (or $C4_DSN), one of them", file=sys.stderr)
+    feed = getattr(args, "feed", None)
+    if sum(map(bool, (args.table, feed, args.dsn))) != 1:
+        print("c4 serve: give --table FILE, --feed DIR or --dsn DSN (or $C4_DSN), one of them", file=sys.stderr)
         return 2
     api_token, api_listen = getattr(args, "api_token", None), getattr(args, "api_listen", None)
     if api_listen and not args.dsn:
@@ -53,12 +56,17 @@ def run_server(args: argparse.Namespace) -> int:
     else:
         try:
             # Only the app's refresh task reloads (check_interval=inf keeps the
-            # stat off the request path), once a second, with or without traffic.
-            source = FileTableSource(args.table, check_interval=math.inf)
-        except DocumentError as exc:
+            # stat off the request path), once a second (the feed: twice), with or without
+            # traffic, in a thread: a new feed snapshot compiles off the event loop.
+            if feed:
+                source = FeedTableSource(feed, check_interval=math.inf)
+            else:
+                source = FileTableSource(args.table, check_interval=math.inf)
+        except (DocumentError, FeedError) as exc:
             print(f"c4 serve: refusing to start: {exc}", file=sys.stderr)
             return 1
-        refresh, where, version = REFRESH_INTERVAL, str(args.table), source.current().version
+        refresh = FEED_CHECK_INTERVAL if feed else REFRESH_INTERVAL
+        where, version = str(feed or args.table), source.current().version
     access_log = logging.getLogger("aiohttp.access") if args.access_log else None
     app = make_app(
         source, max_body=args.max_body, refresh_interval=refresh,

@@ -3,7 +3,8 @@
     c4 check FILE                          validate a routing document
     c4 route --table FILE [REQUEST_JSON]   dry-run decisions (stdin: one per line)
     c4 kamailio --mode kemi|http ...       run Kamailio with the router
-    c4 serve --table FILE | --dsn DSN ...  run the c4http service
+    c4 serve --table FILE | --feed DIR | --dsn DSN ...  run the c4http service
+    c4 feed --table FILE --out DIR         publish a document's changes to a table feed
     c4 db migrate|import|export|token|follow   the PostgreSQL store
 
 Subcommands that need heavy imports (aiohttp) import them when they run.
@@ -102,6 +103,15 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feed(args: argparse.Namespace) -> int:
+    import logging
+
+    from .feed import watch_file
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    return watch_file(Path(args.table).resolve(), Path(args.out), args.interval)
+
+
 def cmd_kamailio(args: argparse.Namespace) -> int:
     from .launcher import run_kamailio
 
@@ -136,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--json", action="store_true", help="with --explain: the explanation as one JSON line per request")
     route.set_defaults(func=cmd_route)
 
+    feed = sub.add_parser("feed", help="check a routing document once per change and publish what changed to a table feed")
+    feed.add_argument("--table", required=True, help="routing document (.json or .toml) to watch")
+    feed.add_argument("--out", required=True, help="the feed directory (node-local; made private) that Kamailio workers and c4 serve read")
+    feed.add_argument("--interval", type=float, default=0.2, help="seconds between looks at the document")
+    feed.set_defaults(func=cmd_feed)
+
     from .launcher import add_arguments as add_kamailio_arguments
 
     kamailio = sub.add_parser("kamailio", help="run Kamailio with the router in the foreground")
@@ -149,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     db.set_defaults(func=cmd_db)
 
     serve = sub.add_parser("serve", help="run the c4http routing service")
-    serve.add_argument("--table", help="routing document (.json or .toml); or --dsn")
+    serve.add_argument("--table", help="routing document (.json or .toml); or --feed, or --dsn")
+    serve.add_argument("--feed", help="the node's table feed written by `c4 feed` (what c4 kamailio --serve-api gives it)")
     serve.add_argument("--dsn", default=os.environ.get("C4_DSN"), help="PostgreSQL DSN: the table from the database (default: $C4_DSN)")
     serve.add_argument(
         "--table-cache", default="/var/lib/c4/routing-table.json",

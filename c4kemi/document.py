@@ -74,16 +74,26 @@ class DocumentError(ValueError):
 
 def load_document(path: str | Path) -> dict[str, Any]:
     """Read and validate a .json or .toml routing document."""
+    return validate_document(load_raw(path), str(path))
+
+
+def load_raw(path: str | Path) -> Any:
+    """Read and parse a .json or .toml routing document, not validated yet."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DocumentError([f"cannot read file: {exc.strerror}"], str(path)) from None
-    return parse_document(data, path.suffix.lower().lstrip(".") or "json", source=str(path))
+    return parse_raw(data, path.suffix.lower().lstrip(".") or "json", source=str(path))
 
 
 def parse_document(data: bytes | str, fmt: str = "json", source: str | None = None) -> dict[str, Any]:
     """Parse and validate a routing document given as bytes or text."""
+    return validate_document(parse_raw(data, fmt, source), source)
+
+
+def parse_raw(data: bytes | str, fmt: str = "json", source: str | None = None) -> Any:
+    """Parse a routing document given as bytes or text (duplicate keys refused), not validated yet."""
     try:
         if fmt == "toml":
             raw = tomllib.loads(data.decode() if isinstance(data, bytes) else data)
@@ -97,7 +107,7 @@ def parse_document(data: bytes | str, fmt: str = "json", source: str | None = No
         if isinstance(exc, RecursionError):
             exc = "nested too deeply"
         raise DocumentError([f"not valid {fmt.upper()}: {exc}"], source) from None
-    return validate_document(raw, source)
+    return raw
 
 
 def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -22,11 +22,13 @@ they mirror, so the two read side by side:
 
 Every Kamailio worker is a forked process with its own interpreter state
 and no running threads (``threads_mode=0``), so each worker keeps its own
-``FileTableSource`` (path from the ``C4_TABLE`` environment variable, set by
-``c4 kamailio``), inherited from ``mod_init``, which loads the table once
-before Kamailio forks (else loaded in ``child_init`` or on first use). A call looks at
-the file at most once a second and swaps in a changed table; a broken
-document is logged and the last good table keeps serving.
+table source, inherited from ``mod_init``, which loads the table once
+before Kamailio forks (else loaded in ``child_init`` or on first use):
+``FeedTableSource`` on the node's table feed (``C4_FEED``, set by
+``c4 kamailio``, which runs ``c4 feed``: see c4kemi/feed.py), else
+``FileTableSource`` on the document itself (``C4_TABLE``). A call looks at
+it at most twice a second (the file: once) and swaps in a changed table; a broken document
+is logged and the last good table keeps serving.
 
 Imports stay lean (no aiohttp): this runs inside every SIP worker.
 
@@ -51,12 +53,17 @@ import orjson
 
 from c4kemi.decision import RequestError, call_json, decide_call
 from c4kemi.document import DocumentError
+from c4kemi.feed import FeedError, FeedTableSource
 from c4kemi.secret import DIALOG_ENV, dialog_mac
 from c4kemi.store import FileTableSource
 
 __all__ = ["mod_init", "Router"]
 
 TABLE_ENV = "C4_TABLE"
+FEED_ENV = "C4_FEED"
+# Seconds of a large table change (a bulk import, a new snapshot) a worker
+# takes on per call; it routes with the previous table until it is done.
+STEP_BUDGET = 0.002
 DUMP_ENV = "C4_RTJSON_DUMP"
 # Transaction flag: the 401/407 of the current rtjson route was answered.
 FLT_AUTH = 1
@@ -146,7 +153,8 @@ class Router:
 
     def __init__(self) -> None:
         self.table_path = os.environ.get(TABLE_ENV, "")
-        self._source: FileTableSource | None = None
+        self.feed_path = os.environ.get(FEED_ENV, "")
+        self._source: FileTableSource | FeedTableSource | None = None
         self._pid = 0
         self.dump_dir = os.environ.get(DUMP_ENV) or None
         # Signs the router's Record-Route (c4d); from the deployment secret
@@ -160,14 +168,18 @@ class Router:
 
     # -- table ---------------------------------------------------------
 
-    def source(self) -> FileTableSource:
+    def source(self) -> FileTableSource | FeedTableSource:
         """This process's table source: inherited from mod_init (preload), else created on first use."""
-        if self._source is None or self._source.path != Path(self.table_path):
-            if not self.table_path:
-                raise RuntimeError(f"environment variable {TABLE_ENV} is not set: no routing table")
-            self._source = FileTableSource(self.table_path)
+        path = self.feed_path or self.table_path
+        if self._source is None or self._source.path != Path(path):
+            if not path:
+                raise RuntimeError(f"environment variable {FEED_ENV} or {TABLE_ENV} is not set: no routing table")
+            if self.feed_path:
+                self._source = FeedTableSource(path, step_budget=STEP_BUDGET)
+            else:
+                self._source = FileTableSource(path)
             self._pid = os.getpid()
-            KSR.info(f"c4: routing table {self.table_path} loaded: version {self._source.current().version}\n")
+            KSR.info(f"c4: routing table {path} loaded: version {self._source.current().version}\n")
         return self._source
 
     def preload(self) -> None:
@@ -179,11 +191,11 @@ class Router:
         from writing to every inherited object (which would copy them all).
         Not fatal: a worker that has no table loads it itself (child_init).
         """
-        if not self.table_path:
+        if not (self.feed_path or self.table_path):
             return
         try:
             self.source()
-        except (DocumentError, OSError) as exc:
+        except (DocumentError, FeedError, OSError) as exc:
             self._source = None
             KSR.err(f"c4: cannot load routing table before fork: {exc}\n")
             return
@@ -194,7 +206,7 @@ class Router:
         if rank > 0:  # SIP workers; timer/main processes route nothing
             try:
                 self.source()
-            except (DocumentError, OSError, RuntimeError) as exc:
+            except (DocumentError, FeedError, OSError, RuntimeError) as exc:
                 # Not fatal: the worker retries on its first call and answers 500 until the file is good.
                 KSR.err(f"c4: cannot load routing table in child {rank}: {exc}\n")
         return 0
@@ -336,7 +348,7 @@ class Router:
         self._strip_identity()
         try:
             table = self.source().current()
-        except (DocumentError, OSError, RuntimeError) as exc:
+        except (DocumentError, FeedError, OSError, RuntimeError) as exc:
             KSR.err(f"c4: no routing table: {exc}\n")
             KSR.sl.sl_send_reply(500, "No Routing Table")
             return 1

@@ -9,11 +9,15 @@ the environment (``C4_TABLE``, ``PYTHONPATH``), so the config files are never
 edited by hand. SIGINT/SIGTERM are forwarded to Kamailio, which stops its
 workers and exits; if this launcher dies, Kamailio gets SIGTERM too.
 
-Reload (KEMI mode): each Kamailio worker watches the table file through
-``FileTableSource``; on a call it stats the file at most once a second and
-swaps in the new table when the file changed. A broken document is logged
-and the last good table keeps serving. Write the new file atomically
-(write a temp file and rename it over the old one).
+Reload: the launcher runs ``c4 feed`` (c4kemi/feed.py), the node's one
+checker of the table file: on a change it checks the document once and
+publishes what changed to a private feed directory in Kamailio's runtime
+directory (``C4_FEED``). Each Kamailio worker (and ``--serve-api``'s c4
+serve) looks at the feed at most twice a second and applies the change set:
+milliseconds, not a recompile. A broken document is logged and the last
+good table keeps serving. Write the new file atomically (write a temp file
+and rename it over the old one). The table is checked by ``c4 feed`` only:
+a bad table at start stops the launch with its errors.
 
 HTTP mode runs ``kamailio-http.cfg`` against the c4http service at
 ``--api`` (base URL; the routing endpoint is ``/kamailio/rtjson`` under it)
@@ -23,7 +27,8 @@ with ``http_async_client`` loaded by absolute path from ``build/modules``
 the API (past it new INVITEs get a fast 503), ``--api-workers`` the
 http_async_client workers. With ``--serve-api`` (and ``--table``) the
 launcher also runs ``c4 serve`` on the host and port of ``--api``, waits for
-its ``/health``, and stops it with Kamailio; c4 serve reloads the table.
+its ``/health``, and stops it with Kamailio; c4 serve reads the table feed
+(``--feed``) that ``c4 feed`` writes, as the KEMI workers do.
 
 Modes plug in through ``MODES``: a mode names its config file and prepares
 its defines, environment, banner and helper processes.
@@ -115,6 +120,7 @@ class Launch:
     env: dict[str, str] = field(default_factory=dict)
     banner: list[str] = field(default_factory=list)
     helpers: list[Helper] = field(default_factory=list)
+    rundir: Path = Path(".")  # Kamailio's runtime directory (private, removed on exit)
 
 
 @dataclass
@@ -148,10 +154,16 @@ def table_cache(args: argparse.Namespace) -> Path:
     return path
 
 
-def follower(args: argparse.Namespace, path: Path) -> Helper:
-    """c4 db follow: keeps PATH, the KEMI workers' table file, equal to PostgreSQL."""
-    argv = [sys.executable, "-m", "c4kemi.cli", "db", "follow", "--out", str(path)]
-    return Helper(argv, f"c4 db follow ({path})", path.is_file, {"C4_DSN": args.dsn})
+def follower(args: argparse.Namespace, path: Path, feed: Path) -> Helper:
+    """c4 db follow: keeps PATH, the node's copy of the table, equal to PostgreSQL, and publishes it to FEED."""
+    argv = [sys.executable, "-m", "c4kemi.cli", "db", "follow", "--out", str(path), "--feed", str(feed)]
+    return Helper(argv, f"c4 db follow ({path})", (feed / "current").is_file, {"C4_DSN": args.dsn})
+
+
+def feed_writer(table_path: Path, feed: Path) -> Helper:
+    """c4 feed: checks TABLE_PATH once per change and publishes what changed to FEED."""
+    argv = [sys.executable, "-m", "c4kemi.cli", "feed", "--table", str(table_path), "--out", str(feed)]
+    return Helper(argv, f"c4 feed ({table_path})", (feed / "current").is_file)
 
 
 @dataclass(frozen=True)
@@ -168,27 +180,31 @@ def quoted(value: str | Path) -> str:
     return f'"{text}"'
 
 
-def check_table(path: str | None) -> tuple[Path, dict]:
-    """``c4 check`` semantics: the document must load and pass every check.
+# Above this size the launcher does not read the table for its call hint (start time, issue #8).
+HINT_MAX_BYTES = 1 << 20
 
-    Not compiled here: whoever serves it (Kamailio's main process, c4 serve)
-    compiles it once; this only names its version (issue #8: start time).
+
+def table_file(path: str | None) -> tuple[Path, dict | None]:
+    """The table file, and its document for the call hint when it is small.
+
+    Not checked here: ``c4 feed`` checks it once, before Kamailio starts
+    (a refused table stops the launch with its errors), and Kamailio's main
+    process compiles what it published without checking again.
     """
-    from .document import DocumentError, load_document
-    from .table import document_version
-
     if not path:
         raise LaunchError("--table FILE is required")
     table_path = Path(path).resolve()
     if not table_path.is_file():
         raise LaunchError(f"{path}: no such file")
-    try:
-        document = load_document(table_path)
-    except DocumentError as exc:
-        lines = [f"{path}: {error}" for error in exc.errors]
-        lines.append(f"{path}: refused, {len(exc.errors)} error(s); Kamailio not started")
-        raise LaunchError("\n".join(lines)) from None
-    return table_path, {"document": document, "version": document_version(document)}
+    document = None
+    if table_path.stat().st_size <= HINT_MAX_BYTES:
+        from .document import DocumentError, parse_document
+
+        try:
+            document = parse_document(table_path.read_bytes(), table_path.suffix.lower().lstrip(".") or "json")
+        except DocumentError:
+            pass  # c4 feed names the errors
+    return table_path, document
 
 
 def python_path() -> str:
@@ -234,14 +250,16 @@ def call_hint(document: dict, listen: str) -> list[str]:
 
 
 def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
+    feed = launch.rundir / "feed"
     if args.dsn:
         if args.table:
             raise LaunchError("--table or --dsn, not both: with --dsn the table comes from PostgreSQL")
         table_path = table_cache(args)
-        launch.helpers.append(follower(args, table_path))
-        info = None
+        launch.helpers.append(follower(args, table_path, feed))
+        document = None
     else:
-        table_path, info = check_table(args.table)
+        table_path, document = table_file(args.table)
+        launch.helpers.append(feed_writer(table_path, feed))
     if sys.version_info[:2] != (3, 11):
         launch.banner.append(
             f"warning: this is Python {sys.version_info[0]}.{sys.version_info[1]}; app_python3 embeds 3.11, "
@@ -249,14 +267,20 @@ def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
         )
     launch.defines["C4_KEMI_SCRIPT"] = quoted(KEMI_SCRIPT)
     launch.env["C4_TABLE"] = str(table_path)
+    launch.env["C4_FEED"] = str(feed)
     launch.env["PYTHONPATH"] = python_path()
     launch.env["PYTHONDONTWRITEBYTECODE"] = "1"
-    if info is None:
-        launch.banner.append(f"routing table from PostgreSQL, kept in {table_path} by c4 db follow (workers reload it on change)")
+    if args.dsn:
+        launch.banner.append(f"routing table from PostgreSQL, kept in {table_path} and published to {feed} by c4 db follow")
         return
-    launch.banner.append(f"routing table {table_path}: version {info['version']} (reloaded on change, checked at most once a second per worker)")
-    launch.banner.append("place a test call (called number from the example table):")
-    launch.banner.extend("  " + line for line in call_hint(info["document"], args.listen[0]))
+    launch.banner.append(f"routing table {table_path}: checked by c4 feed on change, workers take in what changed within a second")
+    hint(launch, document, args)
+
+
+def hint(launch: Launch, document: dict | None, args: argparse.Namespace) -> None:
+    if isinstance(document, dict):
+        launch.banner.append("place a test call (called number from the example table):")
+        launch.banner.extend("  " + line for line in call_hint(document, args.listen[0]))
 
 
 def api_endpoint(api: str) -> tuple[str, str, int]:
@@ -309,11 +333,12 @@ def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
             launch.helpers.append(Helper(argv, f"c4 serve on {host}:{port}", health, {"C4_DSN": args.dsn}))
             launch.banner.append(f"c4 serve on {host}:{port}, routing table from PostgreSQL (saved in {cache})")
             return
-        table_path, info = check_table(args.table)
-        launch.helpers.append(Helper(argv + ["--table", str(table_path)], f"c4 serve on {host}:{port}", health))
-        launch.banner.append(f"c4 serve on {host}:{port}, routing table {table_path}: version {info['version']} (reloaded on change)")
-        launch.banner.append("place a test call (called number from the example table):")
-        launch.banner.extend("  " + line for line in call_hint(info["document"], args.listen[0]))
+        table_path, document = table_file(args.table)
+        feed = launch.rundir / "feed"
+        launch.helpers.append(feed_writer(table_path, feed))
+        launch.helpers.append(Helper(argv + ["--feed", str(feed)], f"c4 serve on {host}:{port}", health))
+        launch.banner.append(f"c4 serve on {host}:{port}, routing table {table_path} through the feed {feed} (changes taken in within a second)")
+        hint(launch, document, args)
     elif args.table or args.dsn:
         raise LaunchError("--table and --dsn are read by c4 serve in HTTP mode: add --serve-api, or run c4 serve yourself")
 
@@ -386,14 +411,13 @@ def _run(args: argparse.Namespace) -> int:
         args.listen = [DEFAULT_LISTEN]
     if args.workers < 1 or args.shm < 16 or args.pkg < 4:
         raise LaunchError("--workers must be >= 1, --shm >= 16 MiB, --pkg >= 4 MiB")
-    launch = Launch(config=CONFIG_DIR / mode.config_name)
-    mode.prepare(args, launch)
-    _add_secret_keys(args, launch)
-    if not launch.config.is_file():
-        raise LaunchError(f"{launch.config}: config file missing")
-
-    rundir = Path(tempfile.mkdtemp(prefix="c4-kamailio-"))
+    rundir = Path(tempfile.mkdtemp(prefix="c4-kamailio-"))  # 0700
     try:
+        launch = Launch(config=CONFIG_DIR / mode.config_name, rundir=rundir)
+        mode.prepare(args, launch)
+        _add_secret_keys(args, launch)
+        if not launch.config.is_file():
+            raise LaunchError(f"{launch.config}: config file missing")
         command = build_command(args, launch, rundir)
         for helper in launch.helpers:  # --serve-api: c4 serve reads the live counts
             if "serve" in helper.argv:

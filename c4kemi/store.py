@@ -13,20 +13,39 @@ last good table keeps serving. Synchronous on purpose: Kamailio workers
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .document import DocumentError, load_document
+from .files import file_stamp
 from .table import RoutingTable, load_table, update_table
 
-__all__ = ["FileTableSource"]
+__all__ = ["FileTableSource", "PolledSource"]
 
 log = logging.getLogger("c4.store")
 
 
-class FileTableSource:
+class PolledSource:
+    """``current()`` looks for changes (``refresh()``) at most once per ``check_interval``."""
+
+    check_interval: float
+    _next_check: float
+    _table: RoutingTable
+
+    def refresh(self) -> bool:
+        raise NotImplementedError
+
+    def current(self) -> RoutingTable:
+        """The table to route with now (changes taken in first, at most once per check_interval)."""
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self.check_interval
+            self.refresh()
+        return self._table
+
+
+class FileTableSource(PolledSource):
     def __init__(
         self,
         path: str | Path,
@@ -41,28 +60,13 @@ class FileTableSource:
         self.loaded_at = time.time()
         self.reloads = 0
         self.failed_reloads = 0
-        self._stamp = self._stat()
+        self._stamp = file_stamp(self.path)
         self._table = load_table(self.path)  # the first load must succeed
         self._next_check = time.monotonic() + check_interval
 
-    def _stat(self) -> tuple | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
-
-    def current(self) -> RoutingTable:
-        """The table to route with now (reloaded first if the file changed)."""
-        now = time.monotonic()
-        if now >= self._next_check:
-            self._next_check = now + self.check_interval
-            self.refresh()
-        return self._table
-
     def refresh(self) -> bool:
         """Reload if the file changed; True if a new table is now in use."""
-        stamp = self._stat()
+        stamp = file_stamp(self.path)
         if stamp is None or stamp == self._stamp:
             return False
         self._stamp = stamp  # a bad document is refused once, not every second

@@ -20,7 +20,7 @@ import hashlib
 import ipaddress
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -32,9 +32,13 @@ from .document import load_document, validate_document
 from .numbers import Profile
 
 __all__ = [
-    "Endpoint", "Target", "Did", "RouteChoice", "RoutingTable", "apply_changes", "compile_table", "compile_validated",
-    "document_version", "load_table", "update_table",
+    "Endpoint", "Target", "Did", "RouteChoice", "RoutingTable", "apply_changes", "apply_changes_steps", "compile_steps",
+    "compile_table", "compile_validated", "document_version", "finish", "load_table", "update_table",
 ]
+
+# A step of compile_steps / apply_changes_steps: this many DIDs or routes
+# (a few ms), so a Kamailio worker can spread a large change over calls.
+STEP = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,43 +267,71 @@ _DIGEST_MASK = 2**64 - 1
 
 def compile_validated(document: Mapping[str, Any]) -> RoutingTable:
     """Compile a document already returned by ``c4kemi.document`` (validated, defaults filled in)."""
-    ipbxs, trunks = _endpoints(document)
+    return finish(compile_steps({name: document[name] for name in BASE_COLLECTIONS}, document["dids"], document["routes"]))
+
+
+def finish(steps: Generator[None, None, RoutingTable]) -> RoutingTable:
+    """Run compile_steps or apply_changes_steps to the end: the table."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def compile_steps(
+    base: Mapping[str, Any], dids: Iterable[Mapping[str, Any]], routes: Iterable[Mapping[str, Any]]
+) -> Generator[None, None, RoutingTable]:
+    """``compile_validated`` in steps: yields after every ``STEP`` DIDs or routes, returns the table.
+
+    ``base`` holds the checked ``BASE_COLLECTIONS``; ``dids`` and ``routes``
+    may be lazy (c4kemi/feed.py reads a snapshot a chunk at a time).
+    """
+    ipbxs, trunks = _endpoints(base)
 
     networks = [
         (ipaddress.ip_network(cidr), by_name[entity["name"]])
         for collection, by_name in (("trunks", trunks), ("ipbxs", ipbxs))
-        for entity in document[collection]
+        for entity in base[collection]
         for cidr in entity["sources"]
     ]
 
     digest = 0
-    dids = {}
-    for d in document["dids"]:
+    did_entries = {}
+    for n, d in enumerate(dids, 1):
         did = _did(d, ipbxs)
-        dids[did.prefix] = did
+        did_entries[did.prefix] = did
         digest += _did_digest(did)
+        if not n % STEP:
+            yield
 
-    routes: dict[str, dict[str, RouteChoice]] = {}
-    for r in document["routes"]:
+    route_entries: dict[str, dict[str, RouteChoice]] = {}
+    n = 0
+    for n, r in enumerate(routes, 1):
         route = _route(r, trunks)
-        routes.setdefault(route.tenant, {})[route.prefix] = route
+        route_entries.setdefault(route.tenant, {})[route.prefix] = route
         digest += _route_digest(route)
+        if not n % STEP:
+            yield
 
-    base = {name: document[name] for name in BASE_COLLECTIONS}
+    base = {name: base[name] for name in BASE_COLLECTIONS}
     base_digest = hashlib.sha256(orjson.dumps(base, option=orjson.OPT_SORT_KEYS)).digest()
     digest &= _DIGEST_MASK
+    counts = {name: len(items) for name, items in base.items()}
+    counts.update(dids=len(did_entries), routes=n)
+    dids, routes = did_entries, route_entries
     return RoutingTable(
         sources=SourceIndex.build(networks),
         dids=PrefixIndex.build(dids),
         routes=MappingProxyType({tenant: PrefixIndex.build(entries) for tenant, entries in routes.items()}),
         version=_version(base_digest, digest),
-        counts=MappingProxyType({name: len(items) for name, items in document.items()}),
+        counts=MappingProxyType(counts),
         base=MappingProxyType(base),
         ipbxs=MappingProxyType(ipbxs),
         trunks=MappingProxyType(trunks),
         base_digest=base_digest,
         entity_digest=digest,
-        tenant_channels=MappingProxyType({t["name"]: t["max_channels"] for t in document["tenants"] if "max_channels" in t}),
+        tenant_channels=MappingProxyType({t["name"]: t["max_channels"] for t in base["tenants"] if "max_channels" in t}),
     )
 
 
@@ -362,12 +394,21 @@ def apply_changes(
     (``c4kemi.document.validate_entity``); the caller keeps the keys
     unique. Costs the changes plus a copy of the indexes they touch.
     """
+    return finish(apply_changes_steps(table, dids, routes))
+
+
+def apply_changes_steps(
+    table: RoutingTable,
+    dids: Mapping[str, Mapping[str, Any] | None] = MappingProxyType({}),
+    routes: Mapping[tuple[str, str], Mapping[str, Any] | None] = MappingProxyType({}),
+) -> Generator[None, None, RoutingTable]:
+    """``apply_changes`` in steps: yields after every ``STEP`` DIDs or routes, returns the table."""
     if not dids and not routes:
         return table
     digest = table.entity_digest
     did_entries = table.dids.entries
     compiled_dids: dict[str, Did | None] = {}
-    for prefix, d in dids.items():
+    for n, (prefix, d) in enumerate(dids.items(), 1):
         old = did_entries.get(prefix)
         if old is not None:
             digest -= _did_digest(old)
@@ -376,8 +417,10 @@ def apply_changes(
         else:
             did = compiled_dids[prefix] = _did(d, table.ipbxs)
             digest += _did_digest(did)
+        if not n % STEP:
+            yield
     by_tenant: dict[str, dict[str, RouteChoice | None]] = {}
-    for (tenant, prefix), r in routes.items():
+    for n, ((tenant, prefix), r) in enumerate(routes.items(), 1):
         index = table.routes.get(tenant)
         old = index.entries.get(prefix) if index is not None else None
         if old is not None:
@@ -387,6 +430,8 @@ def apply_changes(
         else:
             route = by_tenant.setdefault(tenant, {})[prefix] = _route(r, table.trunks)
             digest += _route_digest(route)
+        if not n % STEP:
+            yield
     route_indexes = dict(table.routes) if by_tenant else table.routes
     for tenant, changes in by_tenant.items():
         index = route_indexes.get(tenant) or PrefixIndex.build({})

@@ -70,6 +70,7 @@ def kemi(ksr, monkeypatch, tmp_path, table_document):
     table.write_text(json.dumps(table_document))
     monkeypatch.setenv("C4_TABLE", str(table))
     monkeypatch.delenv("C4_RTJSON_DUMP", raising=False)
+    monkeypatch.delenv("C4_FEED", raising=False)
     module = importlib.import_module("c4kemi.kemi")
     monkeypatch.setattr(module, "KSR", ksr)
     return module

@@ -17,6 +17,7 @@ import pytest
 from c4kemi.db.documents import connect, import_document
 from c4kemi.db.source import PostgresTableSource, StoreUnavailable
 from c4kemi.document import validate_document
+from c4kemi.feed import FeedTableSource
 from c4kemi.table import compile_table
 from tables import document
 
@@ -122,6 +123,33 @@ def test_db_follow_keeps_the_file_equal_to_the_database(pg_dsn, tmp_path):
         while len(json.loads(out.read_text())["dids"]) != 3:  # by NOTIFY: the periodic check is 60 s away
             assert time.monotonic() - started < 10, "the file did not follow"
             time.sleep(0.02)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_db_follow_publishes_changes_to_the_feed_as_change_sets(pg_dsn, tmp_path):
+    asyncio.run(imported(pg_dsn))
+    out, feed = tmp_path / "routing.json", tmp_path / "feed"
+    proc = subprocess.Popen([sys.executable, "-m", "c4kemi.cli", "db", "follow", "--dsn", pg_dsn, "--out", str(out),
+                             "--feed", str(feed), "--check-interval", "60"], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not (feed / "current").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+            time.sleep(0.05)
+        reader = FeedTableSource(feed, check_interval=0)
+        assert reader.current().counts["dids"] == 4
+        asyncio.run(execute(pg_dsn, "DELETE FROM dids WHERE prefix = '4420'"))
+        started = time.monotonic()
+        while reader.current().counts["dids"] != 3:  # by NOTIFY: the periodic check is 60 s away
+            assert time.monotonic() - started < 10, "the feed did not follow"
+            time.sleep(0.02)
+        assert (reader.generation, reader.seq) == (1, 1)  # one change set, no new snapshot
+        while len(json.loads(out.read_text())["dids"]) != 3:  # the node's copy is written just after
+            assert time.monotonic() - started < 10, "the file did not follow"
+            time.sleep(0.02)
+        assert reader.current().version == compile_table(json.loads(out.read_text())).version
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -15,12 +15,15 @@ import asyncio
 import json
 import os
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from c4kemi import table as table_module
 from c4kemi.db.source import PostgresTableSource
 from c4kemi.decision import route_json
 from c4kemi.document import DocumentError, validate_document
+from c4kemi.feed import FeedTableSource, FeedWriter
 from c4kemi.store import FileTableSource
 from c4kemi.table import RoutingTable, apply_changes, compile_validated, document_version, update_table
 from tables import document, request
@@ -106,10 +109,36 @@ CHANGES = st.one_of(
 )
 
 
+# Mistakes a provisioning tool could write: the feed's writer must refuse exactly what the whole-document check refuses.
+MISTAKES = st.one_of(
+    st.tuples(st.just("raw-dids"), st.sampled_from([
+        {"tenant": "acme", "prefix": "3970", "ipbx": "acme-pbx"},  # a duplicate prefix (the document has 3970)
+        {"tenant": "acme", "prefix": "3971", "ipbx": "no-such-pbx"},
+        {"tenant": "acme", "prefix": "3972", "ipbx": "globex-pbx"},  # another tenant's IPBX
+        {"tenant": "acme", "prefix": "3973", "ipbx": "acme-pbx", "match": "("},
+        {"tenant": "acme", "prefix": "39x", "ipbx": "acme-pbx"},
+        {"tenant": "acme", "prefix": 3974, "ipbx": "acme-pbx"},
+        {"tenant": "acme", "prefix": ["39"], "ipbx": "acme-pbx"},
+        {"tenant": "acme", "prefix": "3975", "ipbx": "acme-pbx", "extra": 1},
+        "3976",
+    ])),
+    st.tuples(st.just("raw-routes"), st.sampled_from([
+        {"tenant": "acme", "prefix": "44", "trunks": ["no-such-trunk"]},
+        {"tenant": "acme", "prefix": "45", "trunks": [{"trunk": "carrier-a-1", "priority": True, "weight": 1}]},
+        {"tenant": "acme", "prefix": "46", "trunks": [{"trunk": "carrier-a-1", "priority": 0, "weight": -1}]},
+        {"tenant": "nobody", "prefix": "47", "trunks": ["carrier-a-1"]},
+        {"tenant": "acme", "prefix": "48", "trunks": []},
+        {"tenant": ["acme"], "prefix": "49", "trunks": ["carrier-a-1"]},
+    ])),
+)
+
+
 def apply(doc: dict, change: tuple) -> None:
-    """One change to a raw document; keys stay unique (a clash replaces the entity)."""
+    """One change to a raw document; keys stay unique (a clash replaces the entity) but for raw-* mistakes."""
     kind = change[0]
-    if kind in ("did+", "route+"):
+    if kind in ("raw-dids", "raw-routes"):
+        doc[kind[4:]].append(change[1])
+    elif kind in ("did+", "route+"):
         collection = "dids" if kind == "did+" else "routes"
         new = change[1]
         key = (lambda e: e["prefix"]) if collection == "dids" else (lambda e: (e["tenant"], e["prefix"]))
@@ -241,3 +270,41 @@ def test_the_postgresql_store_takes_changes_in_as_a_full_compile_would(changes):
             assert table_view(source.current()) == table_view(compile_validated(checked))
 
     asyncio.run(take_all())
+
+
+# -- the table feed (c4 feed writes, every worker reads) -------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(CHANGES, MISTAKES), min_size=1, max_size=10), st.sampled_from([200_000, 2]))
+def test_change_sets_through_the_feed_give_the_full_compile(tmp_path_factory, monkeypatch, changes, max_changes):
+    monkeypatch.setattr(table_module, "STEP", 1)  # the stepped reader takes one entity per call
+    feed = tmp_path_factory.mktemp("feed")
+    writer = FeedWriter(feed, max_changes=max_changes)
+    doc = document()
+    writer.publish(json.loads(json.dumps(doc)))
+    reader = FeedTableSource(feed, check_interval=0)
+    stepped = FeedTableSource(feed, check_interval=0, step_budget=0)  # a KEMI worker's: spread over calls
+    for change in changes:
+        before = json.loads(json.dumps(doc))
+        apply(doc, change)
+        checked = checked_or_none(doc)
+        if checked is None:  # the writer refuses what the whole-document check refuses, and publishes nothing
+            with pytest.raises(DocumentError):
+                writer.publish(json.loads(json.dumps(doc)))
+            doc = before
+            continue
+        previous = reader.current()
+        taken = writer.publish(json.loads(json.dumps(doc)))
+        reader.refresh()
+        if taken == "changes":  # applied, not compiled again
+            assert reader.current().sources is previous.sources and reader.generation == writer.generation
+        assert taken != "changes" or change[0] not in ("trunk", "ipbx")
+        assert table_view(reader.current()) == table_view(compile_validated(checked))
+        stepped.refresh()
+        while stepped.pending:
+            assert stepped.current().version in (previous.version, reader.current().version)  # old or new, never half
+        assert table_view(stepped.current()) == table_view(reader.current())
+    late = FeedTableSource(feed, check_interval=0)  # a reader that starts now: snapshot plus every change set
+    assert table_view(late.current()) == table_view(reader.current())
+    writer.close()

@@ -7,6 +7,8 @@ while being stopped.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -55,3 +57,24 @@ def test_kamailio_stopping_cleanly_on_sigterm_gives_0(tmp_path):
 def test_kamailio_crashing_on_its_own_gives_128_plus_n(tmp_path):
     proc = start_launcher(tmp_path, 'touch "$READY"\nkill -SEGV $$\n')
     assert proc.wait(timeout=20) == 128 + signal.SIGSEGV
+
+
+def test_a_bad_table_stops_the_launch_with_every_error(tmp_path):
+    # The launcher does not check the table itself (start time): c4 feed does, once, and names every error.
+    table = tmp_path / "table.json"
+    document = json.loads(EXAMPLE_TABLE.read_text())
+    document["dids"][0]["ipbx"] = "no-such-pbx"
+    document["routes"][0]["trunks"] = ["no-such-trunk"]
+    table.write_text(json.dumps(document))
+    started = tmp_path / "started"
+    fake = tmp_path / "kamailio"
+    fake.write_text(f'#!/bin/sh\ntouch "{started}"\n')
+    fake.chmod(0o755)
+    result = subprocess.run(
+        [sys.executable, "-m", "c4kemi.cli", "kamailio", "--kamailio", str(fake), "--table", str(table)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "C4_STATE_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 2
+    assert "no-such-pbx" in result.stderr and "no-such-trunk" in result.stderr
+    assert "refused, 2 error(s)" in result.stderr and "Kamailio not started" in result.stderr
+    assert not started.exists()

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 
+from ..files import write_atomically
 from .documents import connect, export_document, routing_version
 
 __all__ = ["CHANNEL", "UNAVAILABLE", "Follower", "document_bytes", "write_atomically"]
@@ -37,17 +36,6 @@ log = logging.getLogger("c4.db")
 CHANNEL = "c4_routing"
 # What "PostgreSQL cannot be reached" looks like from asyncpg.
 UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write then rename: a reader (a Kamailio worker) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # 0600: the document holds trunk passwords.
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
 
 
 class Follower:

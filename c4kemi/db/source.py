@@ -9,7 +9,8 @@ service starts, it routes with that file and catches up when the database
 is back.
 
 ``follow_to_file`` is ``c4 db follow``: the same following, each checked
-document written atomically to a file (KEMI mode's table file).
+document written atomically to a file (the node's copy), and with a feed
+directory published to KEMI mode's workers (c4kemi/feed.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..document import DocumentError, validate_document
+from ..document import DocumentError, load_raw, validate_document
+from ..feed import FeedWriter
 from ..table import RoutingTable, compile_validated, load_table, update_table
 from .follow import UNAVAILABLE, Follower, document_bytes, write_atomically
 
@@ -114,16 +116,28 @@ class PostgresTableSource:
                 log.error("cannot save the routing table to %s: %s", self.cache_file, exc)
 
 
-async def follow_to_file(dsn: str, out: Path, check_interval: float = 5.0) -> None:
-    """``c4 db follow``: keep OUT equal to the checked routing document, until cancelled."""
+async def follow_to_file(dsn: str, out: Path, check_interval: float = 5.0, feed: Path | None = None) -> None:
+    """``c4 db follow``: keep OUT equal to the checked routing document, until cancelled.
+
+    With ``feed``, each document is also published to that table feed; its
+    writer checks only what changed since the last one (the whole document
+    the first time), and OUT is written once it passed.
+    """
+    writer = FeedWriter(feed) if feed is not None else None
+
+    def checked(document: dict[str, Any]) -> dict[str, Any]:
+        if writer is None:
+            return validate_document(document)
+        writer.publish(document)  # refused: DocumentError, nothing published
+        return document
 
     async def write(document: dict[str, Any], version: int) -> None:
         try:
-            checked = await asyncio.to_thread(validate_document, document)
+            good = await asyncio.to_thread(checked, document)
         except DocumentError as exc:
             log.error("routing version %s in PostgreSQL refused, %s left as it is: %s", version, out, exc)
             return
-        await asyncio.to_thread(write_atomically, out, document_bytes(checked))
+        await asyncio.to_thread(write_atomically, out, document_bytes(good))
         log.info("routing version %s written to %s", version, out)
 
     follower = Follower(dsn, write, check_interval=check_interval)
@@ -133,4 +147,9 @@ async def follow_to_file(dsn: str, out: Path, check_interval: float = 5.0) -> No
         follower.lost(exc)
         if out.is_file():
             log.warning("routing with the last table saved in %s until PostgreSQL is back", out)
+            if writer is not None:
+                try:
+                    await asyncio.to_thread(writer.publish, load_raw(out), str(out))
+                except DocumentError as exc:
+                    log.error("the saved table %s is refused: %s", out, exc)
     await follower.run()

@@ -1,0 +1,414 @@
+"""The node's table feed: one process checks a routing document, every reader applies what changed.
+
+Parsing and checking a document costs seconds at a million DIDs. Before the
+feed, every process that routes (each KEMI worker, c4 serve) did it on every
+change, and routed nothing meanwhile. Now one writer per node does it
+(``c4 feed``, started by ``c4 kamailio``): it checks the new document once,
+compares it with the previous one by entity key, and publishes what changed.
+Readers (``FeedTableSource``) apply a change set with ``apply_changes``:
+milliseconds for a few DIDs or routes.
+
+A feed directory (node-local, mode 0700, written by one writer only)::
+
+    current            {"generation": N}, replaced atomically
+    snapshot-N.json    the checked document generation N starts from, as
+                       lines: {"base": {tenants, ..., trunks}, "did_lines": K},
+                       then K lines of DIDs and the routes' lines, each
+                       line a JSON array of at most SNAPSHOT_LINE entities
+    changes-N.jsonl    append-only, one change set per line:
+                       {"seq": 1, "dids": [[prefix, did or null], ...],
+                        "routes": [[tenant, prefix, route or null], ...]}
+
+A change to the small collections (tenants, profiles, IPBXs, carriers,
+trunks), or a change set larger than ``max_changes``, starts a new
+generation: a new snapshot, which readers compile whole (without checking
+it again: the writer did). A KEMI worker spreads a large change or a new
+snapshot over calls (a few ms of it per call, ``step_budget``) and routes
+with the table it has until the new one is complete: a bulk import does
+not stop routing. A line is read only once it is complete (a writer that
+dies mid-line leaves a torn tail that readers ignore; a restarted writer
+starts a new generation). The generation before the current one is kept
+for readers still switching; older ones are removed.
+
+Readers trust the feed: it is written by the node's own writer into a
+private directory. Every byte from outside (the document) is checked by the
+writer before it is published.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import operator
+import os
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from .document import COLLECTIONS, DocumentError, load_raw, validate_document, validate_entity
+from .files import file_stamp, write_atomically
+from .store import PolledSource
+from .table import BASE_COLLECTIONS, RoutingTable, apply_changes_steps, compile_steps, finish
+
+__all__ = ["FeedError", "FeedTableSource", "FeedWriter", "watch_file"]
+
+log = logging.getLogger("c4.feed")
+
+POINTER = "current"
+# Entities per line of a snapshot: a reader parses one line per step or so.
+SNAPSHOT_LINE = 10_000
+# Seconds a reader spreads work over calls before it finishes it at once.
+MAX_PENDING = 30.0
+# Seconds between a reader's looks at the feed (two stats): with c4 feed's
+# 0.2 s, a small change routes within a second of the file's rename.
+CHECK_INTERVAL = 0.5
+# Above this many changed DIDs and routes a new snapshot is cheaper for the
+# writer to describe than a change set is for every reader to apply.
+MAX_CHANGES = 200_000
+
+
+class FeedError(RuntimeError):
+    """The feed cannot be read (no generation published yet, or a file missing)."""
+
+
+def _snapshot(directory: Path, generation: int) -> Path:
+    return directory / f"snapshot-{generation}.json"
+
+
+def _changes(directory: Path, generation: int) -> Path:
+    return directory / f"changes-{generation}.jsonl"
+
+
+def _did_key(d: Mapping[str, Any]) -> str:
+    return d["prefix"]
+
+
+def _route_key(r: Mapping[str, Any]) -> tuple[str, str]:
+    return r["tenant"], r["prefix"]
+
+
+def _same(a: Any, b: Any) -> bool:
+    # orjson tells 1 from 1.0 and True (equal in Python, not to the checks or once read back).
+    return a == b and orjson.dumps(a) == orjson.dumps(b)
+
+
+def _diff(old: Mapping, new: Iterable[Mapping[str, Any]], key: Callable, same: Callable) -> tuple[dict, dict]:
+    """(the new entities by key, key -> changed entity or None for removed)."""
+    by_key: dict = {}
+    changes: dict = {}
+    for entity in new:
+        k = key(entity)
+        by_key[k] = entity
+        before = old.get(k)
+        if before is None or not same(before, entity):
+            changes[k] = entity
+    if len(by_key) - sum(1 for k in changes if k not in old) != len(old):  # some were removed
+        changes.update((k, None) for k in old if k not in by_key)
+    return by_key, changes
+
+
+def _base_bytes(raw: Mapping[str, Any]) -> bytes | None:
+    """The small collections as written, to tell whether they changed (None: cannot tell)."""
+    try:
+        return orjson.dumps([raw.get(name, []) for name in BASE_COLLECTIONS])
+    except TypeError:  # what orjson cannot write (a huge int): the whole document gets checked
+        return None
+
+
+class FeedWriter:
+    """Checks documents and publishes them to a feed directory, as change sets when it can.
+
+    It keeps the last published document as written (DIDs and routes by
+    key). When a new one differs only in DIDs and routes, only the entities
+    that differ are checked (``validate_entity``, against the collections
+    of the last checked document: unchanged, so everything else in the
+    document is as good as it was); anything else is a whole-document check
+    and a new snapshot. Either way what is refused is what
+    ``validate_document`` refuses (tests/test_incremental.py).
+    """
+
+    def __init__(self, directory: str | Path, max_changes: int = MAX_CHANGES) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)  # the documents hold trunk passwords
+        self.max_changes = max_changes
+        generations = [int(p.name[9:-5]) for p in self.directory.glob("snapshot-*.json") if p.name[9:-5].isdigit()]
+        self.generation = max(generations, default=0)  # the next publish starts a new one
+        self.seq = 0
+        self._base: bytes | None = None  # the small collections as written
+        self._refs: dict[str, Any] = {}  # ... as checked, what DIDs and routes may refer to
+        self._dids: dict[str, Any] = {}  # DIDs as written, by prefix
+        self._routes: dict[tuple[str, str], Any] = {}  # routes as written, by (tenant, prefix)
+        self._out: int | None = None
+
+    def publish(self, raw: Any, source: str | None = None) -> str:
+        """Check a parsed document and publish it: "snapshot", "changes" or "unchanged".
+
+        Raises DocumentError (nothing published) when the document is refused.
+        """
+        found = self._entity_changes(raw)
+        if found is None or len(found[2]) + len(found[3]) > self.max_changes:
+            self._write_snapshot(raw, validate_document(raw, source))
+            return "snapshot"
+        dids, routes, did_changes, route_changes = found
+        if not did_changes and not route_changes:
+            return "unchanged"
+        errors: list[str] = []
+        checked_dids = self._checked("dids", did_changes, errors)
+        checked_routes = self._checked("routes", route_changes, errors)
+        if errors:
+            raise DocumentError(errors, source)
+        self.seq += 1
+        line = orjson.dumps({
+            "seq": self.seq,
+            "dids": [[prefix, d] for prefix, d in checked_dids.items()],
+            "routes": [[tenant, prefix, r] for (tenant, prefix), r in checked_routes.items()],
+        }) + b"\n"
+        os.write(self._out, line)  # one write of a whole line, O_APPEND
+        self._dids, self._routes = dids, routes
+        return "changes"
+
+    def _entity_changes(self, raw: Any) -> tuple[dict, dict, dict, dict] | None:
+        """(DIDs and routes by key, what changed of each), or None when the whole document must be checked."""
+        if self._base is None or not isinstance(raw, dict) or not raw.keys() <= set(COLLECTIONS):
+            return None
+        dids, routes = raw.get("dids", []), raw.get("routes", [])
+        if not isinstance(dids, list) or not isinstance(routes, list) or _base_bytes(raw) != self._base:
+            return None
+        try:
+            # A DID's fields are strings: == is enough (a valid old one never equals a wrong type).
+            did_by_key, did_changes = _diff(self._dids, dids, _did_key, operator.eq)
+            route_by_key, route_changes = _diff(self._routes, routes, _route_key, _same)
+        except (TypeError, KeyError):  # not an object, no key, a key that is not a string: the full check names it
+            return None
+        if len(did_by_key) != len(dids) or len(route_by_key) != len(routes):  # a duplicate key: the full check names it
+            return None
+        return did_by_key, route_by_key, did_changes, route_changes
+
+    def _checked(self, collection: str, changes: Mapping, errors: list[str]) -> dict:
+        out = {}
+        for key, entity in changes.items():
+            try:
+                out[key] = None if entity is None else validate_entity(collection, entity, self._refs)
+            except DocumentError as exc:
+                errors.extend(exc.errors)
+        return out
+
+    def _write_snapshot(self, raw: Mapping[str, Any], document: Mapping[str, Any]) -> None:
+        self.generation += 1
+        self.seq = 0
+        base = {name: document[name] for name in BASE_COLLECTIONS}
+        dids, routes = document["dids"], document["routes"]
+        did_lines = [orjson.dumps(dids[i:i + SNAPSHOT_LINE]) for i in range(0, len(dids), SNAPSHOT_LINE)]
+        route_lines = [orjson.dumps(routes[i:i + SNAPSHOT_LINE]) for i in range(0, len(routes), SNAPSHOT_LINE)]
+        header = orjson.dumps({"base": base, "did_lines": len(did_lines)})
+        write_atomically(_snapshot(self.directory, self.generation), b"\n".join([header, *did_lines, *route_lines]) + b"\n")
+        if self._out is not None:
+            os.close(self._out)
+        self._out = os.open(_changes(self.directory, self.generation), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        write_atomically(self.directory / POINTER, orjson.dumps({"generation": self.generation}))
+        self._base = _base_bytes(raw)
+        self._refs = {
+            "tenants": [t["name"] for t in base["tenants"]],
+            "normalization_profiles": [p["name"] for p in base["normalization_profiles"]],
+            **{name: {e["name"]: e for e in base[name]} for name in ("carriers", "ipbxs", "trunks")},
+        }
+        self._dids = {d["prefix"]: d for d in raw.get("dids", [])}  # the document was good: every key is there
+        self._routes = {_route_key(r): r for r in raw.get("routes", [])}
+        for path in [*self.directory.glob("snapshot-*.json"), *self.directory.glob("changes-*.jsonl")]:
+            number = path.name.split("-", 1)[1].split(".", 1)[0]
+            if number.isdigit() and int(number) < self.generation - 1:  # readers still switching use the previous one
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._out is not None:
+            os.close(self._out)
+            self._out = None
+
+
+class FeedTableSource(PolledSource):
+    """A reader of the feed: the table to route with, kept current by applying change sets.
+
+    The same interface as ``FileTableSource``: ``current()`` at most once per
+    ``check_interval`` stats two files and takes in what is new; synchronous
+    (Kamailio workers have no running threads). With ``step_budget``
+    (seconds; KEMI workers) the work is spread over calls: each call does
+    at most about that much of it (whole steps of ``c4kemi.table.STEP``
+    entities) and routes with the previous table until the new one is
+    complete; work pending longer than ``MAX_PENDING`` seconds (a worker
+    that gets few calls) is finished at once. Without it (c4 serve, in a
+    thread; the main process before the fork) the work is done at once.
+    """
+
+    def __init__(self, directory: str | Path, check_interval: float = CHECK_INTERVAL, step_budget: float | None = None) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory  # what the table comes from, for messages
+        self.check_interval = check_interval
+        self.step_budget = step_budget
+        self.loaded_at = time.time()
+        self.reloads = 0
+        self.failed_reloads = 0
+        self.generation, self.seq, self._offset = -1, 0, 0
+        self._pending: Generator[None, None, tuple] | None = None
+        self._pending_since = 0.0
+        self._pointer_stamp = file_stamp(self.directory / POINTER)
+        # The first load must succeed, and is done at once.
+        self._table, self.generation, self.seq, self._offset = finish(self._generation_steps(self._read_pointer()))
+        self._next_check = time.monotonic() + check_interval
+
+    @property
+    def pending(self) -> bool:
+        """Work under way (a worker spreading a large change over calls)."""
+        return self._pending is not None
+
+    def _read_pointer(self) -> int:
+        try:
+            return int(orjson.loads((self.directory / POINTER).read_bytes())["generation"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FeedError(f"table feed {self.directory}: no generation published ({exc})") from None
+
+    def current(self) -> RoutingTable:
+        """The table to route with now (what the feed published since, taken in first)."""
+        if self._pending is not None:
+            self._advance()
+            return self._table
+        return super().current()
+
+    def refresh(self) -> bool:
+        """Take in what the feed published; True if a new table is now in use."""
+        if self._pending is not None:  # finish what is under way first
+            return self._advance()
+        try:
+            stamp = file_stamp(self.directory / POINTER)
+            if stamp != self._pointer_stamp:
+                self._pointer_stamp = stamp
+                generation = self._read_pointer()
+                if generation != self.generation:
+                    return self._start(self._generation_steps(generation))
+            dids, routes, seq, offset = self._read_changes(self.generation, self.seq, self._offset)
+        except (FeedError, OSError, ValueError, KeyError, TypeError) as exc:
+            return self._failed(exc)
+        if seq == self.seq:
+            return False
+        return self._start(self._changes_steps(dids, routes, seq, offset))
+
+    def _start(self, steps: Generator[None, None, tuple]) -> bool:
+        self._pending, self._pending_since = steps, time.monotonic()
+        return self._advance()
+
+    def _advance(self) -> bool:
+        """One call's share of the pending work; True when it completed and the new table is in use."""
+        budget = self.step_budget
+        if budget is None or time.monotonic() - self._pending_since > MAX_PENDING:
+            budget = math.inf
+        deadline = time.perf_counter() + budget
+        try:
+            while True:
+                next(self._pending)
+                if time.perf_counter() >= deadline:
+                    return False
+        except StopIteration as done:
+            table, self.generation, self.seq, self._offset = done.value
+        except (FeedError, OSError, ValueError, KeyError, TypeError) as exc:
+            self._pending = None
+            return self._failed(exc)
+        self._pending = None
+        self._table = table
+        self.loaded_at = time.time()
+        self.reloads += 1
+        log.info("routing table feed %s reloaded: version %s (generation %s, change set %s)",
+                 self.directory, table.version, self.generation, self.seq)
+        return True
+
+    def _failed(self, exc: Exception) -> bool:
+        """The call must not fail: keep the table we have, look at the pointer again next time."""
+        self.failed_reloads += 1
+        self._pointer_stamp = None
+        log.error("routing table feed %s: %s; still serving version %s", self.directory, exc,
+                  self._table.version)
+        return False
+
+    def _generation_steps(self, generation: int) -> Generator[None, None, tuple]:
+        """The table of ``generation``: its snapshot compiled (not checked again: the writer did), then its change sets."""
+        try:
+            snapshot = open(_snapshot(self.directory, generation), "rb")
+        except OSError as exc:
+            raise FeedError(f"generation {generation}: {exc.strerror}") from None
+        with snapshot:
+            header = orjson.loads(snapshot.readline())
+            table = yield from compile_steps(header["base"], _entities(snapshot, header["did_lines"]), _entities(snapshot))
+        dids, routes, seq, offset = self._read_changes(generation, 0, 0)
+        table = yield from apply_changes_steps(table, dids, routes)
+        return table, generation, seq, offset
+
+    def _changes_steps(self, dids: dict, routes: dict, seq: int, offset: int) -> Generator[None, None, tuple]:
+        table = yield from apply_changes_steps(self._table, dids, routes)
+        return table, self.generation, seq, offset
+
+    def _read_changes(self, generation: int, seq: int, offset: int) -> tuple[dict, dict, int, int]:
+        """The complete change sets of ``generation`` after ``offset``, merged into one (the last one of a key wins)."""
+        path = _changes(self.directory, generation)
+        dids: dict[str, Any] = {}
+        routes: dict[tuple[str, str], Any] = {}
+        size = os.stat(path).st_size
+        if size <= offset:
+            return dids, routes, seq, offset
+        with open(path, "rb") as changes:
+            changes.seek(offset)
+            data = changes.read(size - offset)
+        end = data.rfind(b"\n") + 1  # a torn last line (a writer that died mid-write) is left unread
+        for line in data[:end].splitlines():
+            change = orjson.loads(line)
+            if change["seq"] != seq + 1:
+                raise FeedError(f"generation {generation}: change set {change['seq']} after {seq}")
+            seq += 1
+            dids.update((prefix, d) for prefix, d in change["dids"])
+            routes.update(((tenant, prefix), r) for tenant, prefix, r in change["routes"])
+        return dids, routes, seq, offset + end
+
+
+def _entities(snapshot: BinaryIO, lines: int | None = None) -> Iterator[dict[str, Any]]:
+    """The entities of the next ``lines`` lines of a snapshot (None: the rest), read a line at a time."""
+    count = 0
+    while lines is None or count < lines:
+        line = snapshot.readline()
+        if not line:
+            return
+        count += 1
+        yield from orjson.loads(line)
+
+
+def watch_file(table: Path, feed: Path, interval: float = 0.2) -> int:
+    """``c4 feed``: publish TABLE to FEED, then every change of it, until stopped.
+
+    The first document must be good (exit 1 with its errors); after that a
+    refused document is logged and the feed keeps the last good one.
+    """
+    writer = FeedWriter(feed)
+
+    seen = file_stamp(table)
+    try:
+        writer.publish(load_raw(table), str(table))
+    except DocumentError as exc:
+        for error in exc.errors:
+            log.error("%s: %s", table, error)
+        log.error("%s: refused, %d error(s); nothing published", table, len(exc.errors))
+        return 1
+    log.info("routing table %s published to %s (generation %s)", table, feed, writer.generation)
+    while True:
+        time.sleep(interval)
+        now = file_stamp(table)
+        if now is None or now == seen:
+            continue
+        seen = now  # a bad document is refused once, not at every look
+        started = time.monotonic()
+        try:
+            taken = writer.publish(load_raw(table), str(table))
+        except DocumentError as exc:
+            log.error("routing table %s refused, the feed keeps the last good one: %s", table, exc)
+            continue
+        log.info("routing table %s: %s published (generation %s, change set %s) in %.0f ms",
+                 table, taken, writer.generation, writer.seq, (time.monotonic() - started) * 1000)

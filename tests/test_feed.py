@@ -1,0 +1,118 @@
+"""The table feed's files: generations, torn lines, staggered rebuilds, a restarted writer.
+
+The tables a reader builds are compared with a full compile of the same
+document in tests/test_incremental.py; this is about how the files behave.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from c4kemi import feed as feed_module
+from c4kemi import table as table_module
+from c4kemi.document import validate_document
+from c4kemi.feed import FeedTableSource, FeedWriter
+from c4kemi.table import compile_validated
+from tables import document
+
+
+def with_did(prefix: str) -> dict:
+    doc = document()
+    doc["dids"].append({"tenant": "acme", "prefix": prefix, "ipbx": "acme-pbx"})
+    return doc
+
+
+def started(tmp_path):
+    feed = tmp_path / "feed"
+    writer = FeedWriter(feed)
+    writer.publish(document())
+    return feed, writer, FeedTableSource(feed, check_interval=0)
+
+
+def test_the_feed_directory_is_private_and_a_did_is_one_line(tmp_path):
+    feed, writer, reader = started(tmp_path)
+    assert stat.S_IMODE(os.stat(feed).st_mode) == 0o700
+    assert writer.publish(with_did("3977")) == "changes"
+    assert writer.publish(with_did("3977")) == "unchanged"
+    lines = (feed / "changes-1.jsonl").read_bytes().splitlines()
+    assert len(lines) == 1 and b'"3977"' in lines[0]
+    assert reader.refresh() is True
+    assert reader.current().find_did("39771", None).prefix == "3977"
+
+
+def test_a_torn_last_line_is_left_until_it_is_complete(tmp_path):
+    feed, writer, reader = started(tmp_path)
+    writer.publish(with_did("3977"))
+    changes = feed / "changes-1.jsonl"
+    line = changes.read_bytes()
+    changes.write_bytes(line[:-9])  # the writer died in the middle of its write
+    good = reader.current()
+    reader.refresh()
+    assert reader.current() is good and reader.current().find_did("39771", None) is None
+    changes.write_bytes(line)
+    assert reader.refresh() is True
+    assert reader.current().find_did("39771", None).prefix == "3977"
+
+
+def test_a_trunk_change_is_a_new_generation_and_old_ones_are_removed(tmp_path):
+    feed, writer, reader = started(tmp_path)
+    for timer in (1000, 2000, 3000):
+        doc = document()
+        doc["trunks"][0]["fr_timer"] = timer
+        assert writer.publish(doc) == "snapshot"
+    assert writer.generation == 4
+    assert sorted(p.name for p in feed.glob("snapshot-*")) == ["snapshot-3.json", "snapshot-4.json"]
+    assert sorted(p.name for p in feed.glob("changes-*")) == ["changes-3.jsonl", "changes-4.jsonl"]
+    assert reader.refresh() is True and reader.generation == 4
+    assert reader.current().trunks["carrier-a-1"].fr_timer == 3000
+
+
+def test_a_worker_spreads_a_new_snapshot_over_calls_and_routes_meanwhile(tmp_path, monkeypatch):
+    monkeypatch.setattr(table_module, "STEP", 2)  # the test table is small: steps of 2 entities
+    feed = tmp_path / "feed"
+    writer = FeedWriter(feed)
+    writer.publish(document())
+    reader = FeedTableSource(feed, check_interval=0, step_budget=0)  # one step per call
+    doc = document()
+    doc["ipbxs"][0]["targets"] = ["sip:10.0.0.12"]
+    writer.publish(doc)
+    old = reader.current()  # starts the new generation: its first step
+    calls = 1
+    while reader.current() is old:
+        assert reader.generation == 1  # the old table, whole, until the new one is complete
+        calls += 1
+    assert calls > 3  # 4 DIDs and 4 routes in steps of 2
+    assert reader.generation == 2
+    assert reader.current().version == compile_validated(validate_document(doc)).version
+
+
+def test_work_pending_too_long_is_finished_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(table_module, "STEP", 1)
+    monkeypatch.setattr(feed_module, "MAX_PENDING", 0.0)
+    feed, writer, _ = started(tmp_path)
+    reader = FeedTableSource(feed, check_interval=0, step_budget=0)
+    writer.publish(with_did("3977"))
+    assert reader.refresh() is True  # overdue at once: no spreading
+    assert reader.current().find_did("39771", None).prefix == "3977"
+
+
+def test_a_gap_in_the_change_sets_keeps_the_table_and_is_counted(tmp_path):
+    feed, writer, reader = started(tmp_path)
+    good = reader.current()
+    with open(feed / "changes-1.jsonl", "ab") as out:
+        out.write(b'{"seq": 2, "dids": [["3977", null]], "routes": []}\n')
+    assert reader.refresh() is False
+    assert reader.failed_reloads == 1 and reader.current() is good
+
+
+def test_a_restarted_writer_starts_a_new_generation(tmp_path):
+    feed, writer, reader = started(tmp_path)
+    writer.publish(with_did("3977"))
+    with open(feed / "changes-1.jsonl", "ab") as out:
+        out.write(b'{"seq": 2, "dids": [["39')  # torn by the crash
+    writer.close()
+    again = FeedWriter(feed)
+    assert again.publish(with_did("3988")) == "snapshot" and again.generation == 2
+    assert reader.refresh() is True
+    assert reader.current().find_did("39881", None) is not None and reader.current().find_did("39771", None) is None
