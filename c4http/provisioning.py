@@ -8,6 +8,7 @@
            /api/v1/dids/{prefix}           the same for DIDs
            /api/v1/routes/{tenant}/{prefix}  and routes; the default route (prefix "")
                                              is /api/v1/routes/{tenant}/
+    GET    /api/v1/cdrs                    call records (c4http/cdrs.py)
     GET    /api/v1/openapi.json            the OpenAPI 3 description (no token needed)
 
 An item's JSON is its entry in the routing document in checked form (as
@@ -178,6 +179,9 @@ def add_api(app: web.Application, dsn: str, api_token: str | None = None, *, poo
         item.add_route("GET", get_item)
         item.add_route("PATCH", patch_item)
         item.add_route("DELETE", delete_item)
+    from .cdrs import list_cdrs  # imports this module
+
+    api.router.add_get("/cdrs", list_cdrs, name="cdrs")
     api.router.add_get(OPENAPI_PATH, openapi_description, name="openapi")
     app.add_subapp(API_PREFIX, api)
 
