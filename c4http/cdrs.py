@@ -22,7 +22,7 @@ from aiohttp import web
 from c4kemi.db.cdrs import select_records
 
 from .auth import PRINCIPAL
-from .provisioning import DEFAULT_LIMIT, MAX_LIMIT, POOL, ApiError, reply
+from .provisioning import POOL, ApiError, page_limit, reply
 
 __all__ = ["list_cdrs"]
 
@@ -57,15 +57,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 async def list_cdrs(request: web.Request) -> web.Response:
     """One page of call records: ``{"items": [...], "next": CURSOR or null}``."""
     principal, query = request[PRINCIPAL], request.query
-    unknown = sorted(set(query) - set(PARAMETERS))
-    if unknown:
-        raise ApiError(400, f"unknown query parameter(s) {', '.join(unknown)}: use {', '.join(PARAMETERS)}")
-    try:
-        limit = int(query.get("limit", DEFAULT_LIMIT))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}, got {query.get('limit')!r}")
+    limit = page_limit(query, PARAMETERS)
     since, until = _time(query, "since"), _time(query, "until")
     number = query.get("number")
     if number is not None:

@@ -397,20 +397,26 @@ def _decode_cursor(spec: Spec, cursor: str) -> list[str]:
     return key
 
 
-async def list_items(request: web.Request) -> web.Response:
-    """One page of a collection, in key order: ``{"items": [...], "next": CURSOR or null}``."""
-    spec, principal = _spec(request), request[PRINCIPAL]
-    _may_read(spec, principal)
-    query = request.query
-    unknown = sorted(set(query) - {"limit", "cursor", "tenant"})
+def page_limit(query, parameters: tuple[str, ...]) -> int:
+    """A list's ``limit``, once the query is known to hold only ``parameters``."""
+    unknown = sorted(set(query) - set(parameters))
     if unknown:
-        raise ApiError(400, f"unknown query parameter(s) {', '.join(unknown)}: use limit, cursor, tenant")
+        raise ApiError(400, f"unknown query parameter(s) {', '.join(unknown)}: use {', '.join(parameters)}")
     try:
         limit = int(query.get("limit", DEFAULT_LIMIT))
     except ValueError:
         limit = 0
     if not 1 <= limit <= MAX_LIMIT:
         raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}, got {query.get('limit')!r}")
+    return limit
+
+
+async def list_items(request: web.Request) -> web.Response:
+    """One page of a collection, in key order: ``{"items": [...], "next": CURSOR or null}``."""
+    spec, principal = _spec(request), request[PRINCIPAL]
+    _may_read(spec, principal)
+    query = request.query
+    limit = page_limit(query, ("limit", "cursor", "tenant"))
     conditions: list[str] = []
     params: list[Any] = []
     if "tenant" in query:
