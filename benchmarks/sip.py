@@ -1,6 +1,7 @@
 """SIP benchmark: KEMI mode vs HTTP mode on real SIP traffic, side by side.
 
     .venv/bin/python benchmarks/sip.py [--rate 300] [--calls 3000] [--rounds 3] [--modes kemi,http]
+    .venv/bin/python benchmarks/sip.py --modes kemi,kemi+cdr,http,http+cdr    # the cost of call records
 
 For each round and each mode (alternating, so drift of this noisy machine
 hits both alike) it starts the router with ``c4 kamailio`` (HTTP mode also
@@ -14,8 +15,10 @@ router) at ``--rate`` calls/s from the IPBX's address. It records:
 - CPU time per call of the router's processes (Kamailio, plus c4 serve in
   HTTP mode), from /proc, so the two modes' costs compare directly.
 
-It prints one row per round and mode, then the medians over rounds and the
-HTTP/KEMI ratios. Everything runs on this one machine (sipp included), so
+A mode with ``+cdr`` runs with call records on (``--cdr-file``, docs/cdr.md);
+the CPU counted then includes ``c4 cdr``, and the row says how many records
+were written. It prints one row per round and mode, then the medians over
+rounds and the HTTP/KEMI ratios. Everything runs on this one machine (sipp included), so
 only the ratios measured in one run mean anything.
 """
 
@@ -106,13 +109,18 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def run_round(mode: str, args: argparse.Namespace, workdir: Path) -> dict:
+    base, _, records = mode.partition("+")
     callee_port = free_port(socket.SOCK_DGRAM, CALLEE)
     router_port = free_port(socket.SOCK_DGRAM, ROUTER)
     table_path = workdir / "table.json"
     table_path.write_text(json.dumps(table(callee_port)))
-    command = [sys.executable, "-m", "c4kemi.cli", "kamailio", "--mode", mode, "--table", str(table_path),
+    cdr_path = workdir / f"cdr-{base}.jsonl"
+    cdr_path.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "c4kemi.cli", "kamailio", "--mode", base, "--table", str(table_path),
                "--listen", f"udp:{ROUTER}:{router_port}", "--workers", str(args.workers), "--log-level", "1"]
-    if mode == "http":
+    if records == "cdr":
+        command += ["--cdr-file", str(cdr_path)]
+    if base == "http":
         api_port = free_port(socket.SOCK_STREAM, ROUTER)
         command += ["--serve-api", "--api", f"http://{ROUTER}:{api_port}"]
     log = open(workdir / f"router-{mode}.log", "ab")
@@ -121,6 +129,8 @@ def run_round(mode: str, args: argparse.Namespace, workdir: Path) -> dict:
     callee = caller = None
     try:
         wait_options(router_port)
+        if records == "cdr":
+            wait_log(workdir / f"router-{mode}.log", "c4 cdr: connected")
         callee = subprocess.Popen(
             ["sipp", "-sf", str(CALLEE_SCENARIO), "-i", CALLEE, "-p", str(callee_port), "-nostdin",
              "-max_socket", "4096"],
@@ -153,7 +163,16 @@ def run_round(mode: str, args: argparse.Namespace, workdir: Path) -> dict:
         "setup_median_ms": statistics.median(setup_times) if setup_times else float("nan"),
         "setup_p99_ms": sorted(setup_times)[int(len(setup_times) * 0.99)] if setup_times else float("nan"),
         "cpu_ms_per_call": cpu * 1000 / max(1, stats["SuccessfulCall(C)"] + stats["FailedCall(C)"]),
+        "records": len(cdr_path.read_bytes().splitlines()) if cdr_path.exists() else None,
     }
+
+
+def wait_log(path: Path, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{text!r} never appeared in {path}")
+        time.sleep(0.05)
 
 
 def read_stat(workdir: Path) -> dict:
@@ -199,7 +218,8 @@ def main() -> None:
             for mode in modes:
                 r = run_round(mode, args, Path(tmp))
                 results[mode].append(r)
-                print(f"| {number} | {mode} | {r['ok']} | {r['failed']} | {r['setup_median_ms']:.2f} | "
+                records = "" if r["records"] is None else f" ({r['records']} records)"
+                print(f"| {number} | {mode}{records} | {r['ok']} | {r['failed']} | {r['setup_median_ms']:.2f} | "
                       f"{r['setup_p99_ms']:.2f} | {r['cpu_ms_per_call']:.3f} |", flush=True)
     print()
     print("| mode | failed (total) | setup median, median of rounds (ms) | CPU per call, median (ms) |")
