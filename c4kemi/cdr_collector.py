@@ -204,7 +204,11 @@ def handle(data: bytes, sink: JsonLines) -> dict | None:
     except (orjson.JSONDecodeError, EventError) as exc:
         log.error("c4 cdr: event refused (%s): %r", exc, data[:300])
         return None
-    sink.append(record)
+    try:
+        sink.append(record)
+    except OSError as exc:  # a full disk, say: this record is lost, the next may be written
+        log.error("c4 cdr: cannot write the record of %s to %s: %s", record["call_id"], sink.path, exc)
+        return None
     return record
 
 
@@ -247,9 +251,14 @@ async def _main(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tasks.append(asyncio.ensure_future(collect(host, port, sink, on_record)))
-    await stop.wait()
-    for task in tasks:
+    stopping = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in [stopping, *tasks]:
         task.cancel()
+    failed = [task for task in done if task is not stopping]
+    if failed:  # a bug: exit (and say why) rather than run on without collecting
+        log.error("c4 cdr: stopped by an unexpected error: %r", failed[0].exception())
+        return 1
     return 0
 
 

@@ -167,3 +167,15 @@ def test_shipping_stores_each_record_once_and_empties_the_spool(tmp_path, pg_dsn
     assert [r["call_id"] for r in stored] == ["c0", "c1", "c2"]
     assert stored[1] == records[1]  # the row reads back as the record
     assert spool.path.stat().st_size == 0
+
+
+def test_a_record_that_cannot_be_written_is_logged_and_the_next_one_is(tmp_path, caplog, monkeypatch):
+    from c4kemi.cdr_collector import handle
+
+    sink = JsonLines(tmp_path / "cdr.jsonl")
+    real = sink.append
+    monkeypatch.setattr(sink, "append", lambda record: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    assert handle(orjson.dumps(ANSWERED), sink) is None
+    assert "cannot write the record of a1@pbx" in caplog.text
+    monkeypatch.setattr(sink, "append", real)
+    assert handle(orjson.dumps(ANSWERED), sink)["call_id"] == "a1@pbx"

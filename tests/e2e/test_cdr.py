@@ -245,3 +245,15 @@ def test_the_record_says_the_callee_hung_up(router, sipp, tmp_path):
     (record,) = read_records(path, 1)
     assert (record["code"], record["answered_by"], record["ended_by"]) == (200, "acme-pbx", "callee")
     assert record["duration_ms"] >= 250
+
+
+def test_http_mode_records_a_call_refused_because_the_api_is_down(http_router, tmp_path):
+    path = tmp_path / "cdr.jsonl"
+    r = http_router.start(routing_document(), api=None, extra_args=["--cdr-file", str(path)])
+    wait_connected(r)
+
+    assert busy_call(r, "api-down") == 503
+
+    (record,) = read_records(path, 1)
+    assert (record["call_id"], record["tenant"], record["attempts"]) == ("api-down@cdr-test", None, [])
+    assert (record["code"], record["reason"], record["ended_by"]) == (503, "Service Unavailable", "router")
