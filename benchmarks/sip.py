@@ -100,6 +100,8 @@ SETUPS = {s.name: s for s in (
     Setup("http", "http"),
     Setup("kemi-limits", "kemi", limits=True),
     Setup("http-limits", "http", limits=True),
+    Setup("kemi-cdr", "kemi", args=("--cdr-file", "{workdir}/cdr.jsonl")),
+    Setup("http-cdr", "http", args=("--cdr-file", "{workdir}/cdr.jsonl")),
 )}
 SHORT = {"setups": "static,kemi,http", "rates": "500,1000,2000", "repetitions": 2, "duration": 10, "overload_duration": 10}
 FULL = {"setups": ",".join(SETUPS), "rates": ",".join(str(r) for r in range(250, 4001, 250)), "repetitions": 2,

@@ -147,7 +147,9 @@ def make_app(
                 from_uri=query.get("from_uri"),
                 table=table.version,
             )
-            return web.Response(body=data, content_type=JSON)
+            # A 404 still names its sender and numbers, for the call record (docs/cdr.md).
+            headers = {CALL_HEADER: call_json(call)} if call else None
+            return web.Response(body=data, content_type=JSON, headers=headers)
         # What Kamailio counts and limits the call by, beside the rtjson (which
         # stays the same bytes): docs/routing.md, "Channel limits".
         return web.Response(body=data, content_type=JSON, headers={CALL_HEADER: call_json(call)})

@@ -219,7 +219,46 @@ def _collection_paths(name: str) -> dict[str, Any]:
     }
 
 
+NULLABLE_TEXT = {"type": ["string", "null"]}
+TIME = {"type": "string", "format": "date-time", "description": "UTC, milliseconds"}
+CDR = {"type": "object", "description": "one call (docs/cdr.md, \"The record\")", "properties": {
+    "id": {"type": "string", "description": "the record's own id (32 hex digits)"},
+    "call_id": {"type": "string"},
+    "tenant": {**NULLABLE_TEXT, "description": "null: refused before a tenant was known (403), or a shared carrier's 404"},
+    "direction": {"enum": ["inbound", "outbound", "on-net", None]},
+    "source": {**NULLABLE_TEXT, "description": "the trunk or IPBX that sent the call"},
+    "source_kind": {"enum": ["trunk", "ipbx", None]},
+    "calling": {**NULLABLE_TEXT, "description": "E.164 without +, or the caller's user part when not a number"},
+    "called": {**NULLABLE_TEXT, "description": "E.164 without +"},
+    "attempts": {"type": "array", "description": "every destination tried, in order", "items": {"type": "object", "properties": {
+        "destination": NULLABLE_TEXT, "kind": {"enum": ["trunk", "ipbx", None]}, "uri": NULLABLE_TEXT, "code": {"type": "integer"}}}},
+    "answered_by": {**NULLABLE_TEXT, "description": "the destination that answered; null: not answered"},
+    "invite_at": TIME, "answer_at": {**TIME, "type": ["string", "null"]}, "end_at": TIME,
+    "duration_ms": {"type": "integer", "description": "answer to end; 0 when not answered"},
+    "code": {"type": "integer", "description": "the final answer to the caller (200 when answered)"},
+    "reason": {"type": "string"},
+    "ended_by": {"enum": ["caller", "callee", "timeout", "router", None]},
+}}  # fmt: skip
+CDRS_PATH = {"get": {
+    "summary": "call records, oldest first (c4 kamailio --cdr-db)",
+    "description": "Tenant tokens see their own tenant's records only.", "operationId": "list_cdrs",
+    "parameters": [
+        {"name": "tenant", "in": "query", "schema": {"type": "string"}},
+        {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"},
+         "description": "INVITE at or after (ISO 8601 with a time zone)"},
+        {"name": "until", "in": "query", "schema": {"type": "string", "format": "date-time"}, "description": "INVITE before"},
+        {"name": "number", "in": "query", "schema": {"type": "string"}, "description": "calling or called number, E.164"},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
+        {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "the previous page's next"},
+    ],
+    "responses": {"200": _json({"type": "object", "required": ["items", "next"], "properties": {
+        "items": {"type": "array", "items": {"$ref": REF + "Cdr"}},
+        "next": {"type": ["string", "null"], "description": "cursor of the next page; null on the last"},
+    }}, "one page"), **ERRORS},
+}}  # fmt: skip
+
 SERVICE_PATHS = {
+    API_PREFIX + "/cdrs": CDRS_PATH,
     "/kamailio/rtjson": {"post": {
         "summary": "route a call: the routing request in, {\"rtjson\": ...} out (docs/routing.md)",
         "description": "Only for source addresses in --routing-from (loopback by default); the reply carries trunk credentials.",
@@ -266,6 +305,7 @@ def description() -> dict[str, Any]:
             "errors": {"type": "array", "items": {"type": "string"}, "description": "every problem, on 409 and 422"},
         }},
     }  # fmt: skip
+    schemas["Cdr"] = CDR
     for schema_name, properties, required in ENTITIES.values():
         schemas[schema_name] = {"type": "object", "additionalProperties": False, "required": required, "properties": properties}
     return {

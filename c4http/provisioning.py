@@ -8,6 +8,7 @@
            /api/v1/dids/{prefix}           the same for DIDs
            /api/v1/routes/{tenant}/{prefix}  and routes; the default route (prefix "")
                                              is /api/v1/routes/{tenant}/
+    GET    /api/v1/cdrs                    call records (c4http/cdrs.py)
     GET    /api/v1/openapi.json            the OpenAPI 3 description (no token needed)
 
 An item's JSON is its entry in the routing document in checked form (as
@@ -178,6 +179,9 @@ def add_api(app: web.Application, dsn: str, api_token: str | None = None, *, poo
         item.add_route("GET", get_item)
         item.add_route("PATCH", patch_item)
         item.add_route("DELETE", delete_item)
+    from .cdrs import list_cdrs  # imports this module
+
+    api.router.add_get("/cdrs", list_cdrs, name="cdrs")
     api.router.add_get(OPENAPI_PATH, openapi_description, name="openapi")
     app.add_subapp(API_PREFIX, api)
 
@@ -393,20 +397,26 @@ def _decode_cursor(spec: Spec, cursor: str) -> list[str]:
     return key
 
 
-async def list_items(request: web.Request) -> web.Response:
-    """One page of a collection, in key order: ``{"items": [...], "next": CURSOR or null}``."""
-    spec, principal = _spec(request), request[PRINCIPAL]
-    _may_read(spec, principal)
-    query = request.query
-    unknown = sorted(set(query) - {"limit", "cursor", "tenant"})
+def page_limit(query, parameters: tuple[str, ...]) -> int:
+    """A list's ``limit``, once the query is known to hold only ``parameters``."""
+    unknown = sorted(set(query) - set(parameters))
     if unknown:
-        raise ApiError(400, f"unknown query parameter(s) {', '.join(unknown)}: use limit, cursor, tenant")
+        raise ApiError(400, f"unknown query parameter(s) {', '.join(unknown)}: use {', '.join(parameters)}")
     try:
         limit = int(query.get("limit", DEFAULT_LIMIT))
     except ValueError:
         limit = 0
     if not 1 <= limit <= MAX_LIMIT:
         raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}, got {query.get('limit')!r}")
+    return limit
+
+
+async def list_items(request: web.Request) -> web.Response:
+    """One page of a collection, in key order: ``{"items": [...], "next": CURSOR or null}``."""
+    spec, principal = _spec(request), request[PRINCIPAL]
+    _may_read(spec, principal)
+    query = request.query
+    limit = page_limit(query, ("limit", "cursor", "tenant"))
     conditions: list[str] = []
     params: list[Any] = []
     if "tenant" in query:

@@ -6,6 +6,7 @@
     c4 serve --table FILE | --feed DIR | --dsn DSN ...  run the c4http service
     c4 feed --table FILE --out DIR         publish a document's changes to a table feed
     c4 db migrate|import|export|token|follow   the PostgreSQL store
+    c4 cdr --evapi HOST:PORT --file FILE | --db   collect the call records (c4 kamailio starts it)
 
 Subcommands that need heavy imports (aiohttp) import them when they run.
 """
@@ -124,6 +125,12 @@ def cmd_db(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_cdr(args: argparse.Namespace) -> int:
+    from .cdr_collector import run
+
+    return run(args)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from c4http.server import run_server
 
@@ -163,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="the PostgreSQL store: migrate, import, export, API tokens")
     add_db_arguments(db)
     db.set_defaults(func=cmd_db)
+
+    from .cdr_collector import add_arguments as add_cdr_arguments
+
+    cdr = sub.add_parser("cdr", help="collect Kamailio's call events into records (a file, or PostgreSQL)")
+    add_cdr_arguments(cdr)
+    cdr.set_defaults(func=cmd_cdr)
 
     serve = sub.add_parser("serve", help="run the c4http routing service")
     serve.add_argument("--table", help="routing document (.json or .toml); or --feed, or --dsn")

@@ -72,7 +72,12 @@ def decide_call(table: RoutingTable, query: Any) -> tuple[dict, dict | None]:
          "routes": [{"trunk": "carrier-a-1", "max": N, "cps": N}, ...]}
 
     ``routes`` has one entry per rtjson route, in the same order; an IPBX's
-    route has ``"trunk": ""``.
+    route has ``"trunk": ""``. For the call records (c4kemi/cdr.py) the call
+    also names the numbers in E.164 (``"calling"``, ``"called"``) and each
+    route's destination (``"name"``: the trunk or IPBX, ``"uri"``: its
+    ``dst_uri``). A refusal (403, 404) gives a call too when something is
+    known: for a 404 the sender, its tenant and the numbers (no ``routes``);
+    for a 403 nothing (None).
     """
     call: dict = {}
     reply = _decide(table, query, call)
@@ -153,6 +158,8 @@ def _decide(table: RoutingTable, query: Any, call: dict | None) -> dict:
     else:
         called, calling = called.removeprefix("+"), calling.removeprefix("+")
     if len(called) > MAX_NUMBER_LENGTH or not is_digits(called):
+        if call is not None:
+            _sender_facts(call, sender, sender.tenant, calling, called)
         return refusal(*NO_ROUTE)
     calling_is_number = calling_fits and len(calling) <= MAX_NUMBER_LENGTH and is_digits(calling)
     if not calling_is_number:
@@ -166,22 +173,22 @@ def _decide(table: RoutingTable, query: Any, call: dict | None) -> dict:
     elif sender.kind == "ipbx" and (route := table.find_route(sender.tenant, called)) is not None:
         destinations = trunk_order(route, call_id)
     else:
+        if call is not None:
+            _sender_facts(call, sender, sender.tenant, calling, called)
         return refusal(*NO_ROUTE)
     if call is not None:
         tenant = did.tenant if did is not None else sender.tenant
         trunk = sender.kind == "trunk"
+        _sender_facts(call, sender, tenant, calling, called, on_net=did is not None)
         call.update({
-            "tenant": tenant,
-            "direction": "inbound" if trunk else ("on-net" if did is not None else "outbound"),
             "tenant_max": _limit(table.tenant_channels.get(tenant)),
-            "source": sender.name,
-            "source_kind": sender.kind,
             "source_max": _limit(sender.max_channels) if trunk else -1,
             "source_cps": _limit(sender.max_cps) if trunk else -1,
             "routes": [
-                {"trunk": e.name, "max": _limit(e.max_channels), "cps": _limit(e.max_cps)} if e.kind == "trunk"
-                else {"trunk": "", "max": -1, "cps": -1}
-                for e in destinations for _ in e.targets
+                {"trunk": e.name, "max": _limit(e.max_channels), "cps": _limit(e.max_cps), "name": e.name, "uri": t.uri}
+                if e.kind == "trunk"
+                else {"trunk": "", "max": -1, "cps": -1, "name": e.name, "uri": t.uri}
+                for e in destinations for t in e.targets
             ],
         })
 
@@ -224,6 +231,16 @@ def _decide(table: RoutingTable, query: Any, call: dict | None) -> dict:
                 branch["auth"] = dict(endpoint.auth)
             routes.append(branch)
     return {"rtjson": {"version": RTJSON_VERSION, "routing": "serial", "success": True, "routes": routes}}
+
+
+def _sender_facts(call: dict, sender: Endpoint, tenant: str, calling: str, called: str, on_net: bool = False) -> None:
+    """What the call record keeps of who sent the call and the numbers (also for a 404)."""
+    call["tenant"] = tenant
+    call["direction"] = "inbound" if sender.kind == "trunk" else ("on-net" if on_net else "outbound")
+    call["source"] = sender.name
+    call["source_kind"] = sender.kind
+    call["calling"] = calling
+    call["called"] = called
 
 
 def _asserted_identity(e164: str, host: str) -> str:

@@ -19,6 +19,10 @@ they mirror, so the two read side by side:
   ``ksr_route_release_trunk_channel``
 - ``branch_route[MANAGE_BRANCH]``: ``ksr_branch_manage``
 - ``failure_route[MANAGE_FAILURE]``: ``ksr_failure_manage``
+- ``route[CDR_REFUSED]``, ``route[CDR_START]``, ``route[CDR_TRY]``,
+  ``route[CDR_RESULT]``, ``route[CDR_LOCAL]`` and the dialog module's
+  ``event_route[dialog:*]`` (call records, docs/cdr.md): ``ksr_route_cdr_*``
+  and ``ksr_dialog_event``
 
 Every Kamailio worker is a forked process with its own interpreter state
 and no running threads (``threads_mode=0``), so each worker keeps its own
@@ -45,6 +49,7 @@ import gc
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -65,6 +70,9 @@ FEED_ENV = "C4_FEED"
 # takes on per call; it routes with the previous table until it is done.
 STEP_BUDGET = 0.002
 DUMP_ENV = "C4_RTJSON_DUMP"
+# Set by `c4 kamailio` when call records are on (the config then loads evapi
+# and names ksr_dialog_event as the dialog module's event callback).
+CDR_ENV = "C4_CDR"
 # Transaction flag: the 401/407 of the current rtjson route was answered.
 FLT_AUTH = 1
 # AVPs named in kamailio-kemi.cfg for uac_auth().
@@ -77,6 +85,19 @@ AUTH_REALM_AVP = "$avp(c4_auth_realm)"
 # which may run in another worker. kamailio-http.cfg sets it from C4-Call.
 CALL_AVP = "$avp(c4_call)"
 SIZE_VAR = "$var(c4_size)"
+
+# What a call record needs, kept with the dialog (shared memory, every
+# process): the call from the decision, when the INVITE came, the rtjson
+# route being tried, "index:code" of every route tried, the answer time,
+# the final code and reason, and who ended the call (docs/cdr.md).
+CDR_CALL = "$dlg_var(c4_call)"
+CDR_INVITE = "$dlg_var(c4_invite)"
+CDR_TRY = "$dlg_var(c4_try)"
+CDR_TRIES = "$dlg_var(c4_tries)"
+CDR_ANSWER = "$dlg_var(c4_answer)"
+CDR_CODE = "$dlg_var(c4_code)"
+CDR_REASON = "$dlg_var(c4_reason)"
+CDR_BY = "$dlg_var(c4_by)"
 
 # KEMI names the branch and failure routes by method name.
 BRANCH_ROUTE = "ksr_branch_manage"
@@ -165,6 +186,7 @@ class Router:
         # A route of the current relay was skipped for a trunk limit
         # (kamailio-http.cfg: $var(c4_full)); the branch route runs within t_relay.
         self._full = False
+        self.cdr = bool(os.environ.get(CDR_ENV))
 
     # -- table ---------------------------------------------------------
 
@@ -322,6 +344,7 @@ class Router:
 
     def ksr_route_decide(self, msg) -> int:
         """The routing decision, in process (HTTP mode: route[RELAY_API] and its response route)."""
+        invite_at = _now()
         query = {
             "event": "sip-routing",
             "source_ip": _pv("$si"),
@@ -350,12 +373,14 @@ class Router:
             table = self.source().current()
         except (DocumentError, FeedError, OSError, RuntimeError) as exc:
             KSR.err(f"c4: no routing table: {exc}\n")
+            self.ksr_route_cdr_refused(None, invite_at, 500, "No Routing Table")
             KSR.sl.sl_send_reply(500, "No Routing Table")
             return 1
         try:
             reply, call = decide_call(table, query)
         except RequestError as exc:
             KSR.notice(f"c4: bad routing request from {query['source_ip']}: {exc}\n")
+            self.ksr_route_cdr_refused(None, invite_at, 400, "Bad Request")
             KSR.sl.sl_send_reply(400, "Bad Request")
             return 1
         rtjson = reply["rtjson"]
@@ -363,16 +388,21 @@ class Router:
         if self.dump_dir is not None:
             self._dump_decision(query, data)
         if not rtjson.get("success"):
-            KSR.sl.sl_send_reply(int(rtjson.get("code", 500)), str(rtjson.get("reason", "Server Error")))
+            code, reason = int(rtjson.get("code", 500)), str(rtjson.get("reason", "Server Error"))
+            self.ksr_route_cdr_refused(call, invite_at, code, reason)
+            KSR.sl.sl_send_reply(code, reason)
             return 1
 
         KSR.rr.record_route_params(";c4d=" + self._dialog_mac())
         # What the call counts against, from the same decision.
-        KSR.pv.sets(CALL_AVP, call_json(call))
+        call_text = call_json(call)
+        KSR.pv.sets(CALL_AVP, call_text)
+        self.ksr_route_cdr_start(call_text, invite_at)
         if not self.ksr_route_channels(call):
             return 1
         if KSR.rtjson.init_routes(data.decode()) < 0 or KSR.rtjson.push_routes() < 0:
             KSR.err("c4: rtjson refused the routing document\n")
+            self.ksr_route_cdr_local(500, "Routing Error")
             KSR.sl.sl_send_reply(500, "Routing Error")
             return 1
         return self.ksr_route_relay_routes(msg)
@@ -408,10 +438,10 @@ class Router:
         KSR.dialog.get_profile_size(profile, value, SIZE_VAR)
         return int(KSR.pv.get(SIZE_VAR) or 0)
 
-    @staticmethod
-    def _refuse(code: int, reason: str) -> bool:
+    def _refuse(self, code: int, reason: str) -> bool:
         """A stateful refusal, as HTTP mode's: the transaction absorbs retransmissions, and the dialog ends with the reply."""
         KSR.tm.t_newtran()
+        self.ksr_route_cdr_local(code, reason)
         KSR.tm.t_reply(code, reason)
         return False
 
@@ -486,9 +516,11 @@ class Router:
             if KSR.rtjson.next_route() < 0:
                 if self._full:
                     KSR.notice(f"c4: every route left for {_pv('$ci')} is at a limit\n")
+                    self.ksr_route_cdr_local(503, "All Trunks Busy")
                     KSR.tm.t_reply(503, "All Trunks Busy")
                     return 1
                 KSR.warn(f"c4: cannot send to {_pv('$du')} for {_pv('$ci')}, no route left\n")
+                self.ksr_route_cdr_local(500, "Relay Failed")
                 KSR.tm.t_reply(500, "Relay Failed")
                 return 1
             KSR.warn(f"c4: cannot send to the route before {_pv('$du')} for {_pv('$ci')}, trying it\n")
@@ -510,6 +542,7 @@ class Router:
                 if not self.ksr_route_trunk_channel():
                     KSR.set_drop()  # the relay fails: the next route is tried
                     return 1
+                self.ksr_route_cdr_try()
                 if KSR.rtjson.update_branch() < 0:
                     KSR.warn("c4: rtjson update_branch failed\n")
         except Exception:
@@ -528,10 +561,12 @@ class Router:
 
     def _failure(self, msg) -> None:
         if KSR.tm.t_is_canceled() > 0:
+            self.ksr_route_cdr_result()
             return
         code = KSR.tm.t_get_status_code()
         if code in (401, 407) and self._answer_challenge(msg):
             return
+        self.ksr_route_cdr_result()
         timeout = KSR.tm.t_branch_timeout() > 0 or KSR.tm.t_any_timeout() > 0
         if code == 408 or 500 <= code <= 599 or timeout:
             KSR.resetflag(FLT_AUTH)
@@ -575,6 +610,107 @@ class Router:
         self.ksr_route_relay_routes(msg)
         return True
 
+    # -- call records (docs/cdr.md) ---------------------------------------------
+    #
+    # Off unless `c4 kamailio` was given a record sink (C4_CDR). The facts
+    # are kept in dialog variables and sent, once the call is over, as one
+    # JSON event through evapi (its dispatcher process does the socket I/O:
+    # the worker only hands it a pointer); c4 cdr makes the record.
+
+    def ksr_route_cdr_refused(self, call: dict | None, invite_at: str, code: int, reason: str) -> None:
+        """route[CDR_REFUSED]: a call refused before it had a dialog; its record goes at once."""
+        if self.cdr:
+            event = {"call_id": _pv("$ci"), "invite": invite_at, "end": _now(), "code": code, "reason": reason, "by": "router"}
+            if call:
+                event["call"] = call
+            self._cdr_emit(event)
+
+    def ksr_route_cdr_start(self, call_text: str, invite_at: str) -> None:
+        """route[CDR_START]: a routed call keeps its facts with its dialog (created by dlg_manage)."""
+        if self.cdr:
+            KSR.pv.sets(CDR_CALL, call_text)
+            KSR.pv.sets(CDR_INVITE, invite_at)
+
+    def ksr_route_cdr_try(self) -> None:
+        """route[CDR_TRY]: the rtjson route of the branch being sent (its index: rtjson's idx - 1)."""
+        if self.cdr:
+            KSR.pv.sets(CDR_TRY, str(int(KSR.pv.get("$xavp(rtjson=>idx)") or 1) - 1))
+
+    def ksr_route_cdr_result(self) -> None:
+        """route[CDR_RESULT]: a branch failed (failure route): its code, and the call's end so far."""
+        if not self.cdr:
+            return
+        code = KSR.tm.t_get_status_code()
+        self._cdr_append_try(code)
+        if KSR.tm.t_is_canceled() > 0:
+            by = "caller"
+        elif KSR.tm.t_branch_timeout() > 0 or KSR.tm.t_any_timeout() > 0:
+            by = "timeout"
+        else:
+            by = "callee"
+        self._cdr_final(code, _pv("$T_reply_reason") or "", by)
+
+    def ksr_route_cdr_local(self, code: int, reason: str) -> None:
+        """route[CDR_LOCAL]: the router answers a routed call itself (a limit, no route left)."""
+        if self.cdr:
+            self._cdr_final(code, reason, "router")
+
+    def ksr_dialog_event(self, msg, event: str) -> int:
+        """event_route[dialog:start|end|failed] (the dialog module's event_callback)."""
+        try:
+            if event == "dialog:start":  # the 2xx: answer time and the route that answered
+                KSR.pv.sets(CDR_ANSWER, _now())
+                self._cdr_append_try(int(KSR.pv.get("$rs") or 200))
+                self._cdr_final(int(KSR.pv.get("$rs") or 200), _pv("$rr") or "", "")
+            elif event == "dialog:end":
+                if KSR.is_BYE():
+                    by = "caller" if _pv("$ft") == _pv("$dlg(from_tag)") else "callee"
+                else:  # the dialog's timeout (C4_DIALOG_TIMEOUT), or ended by RPC
+                    by = "timeout"
+                KSR.pv.sets(CDR_BY, by)
+                self._cdr_emit_dialog()
+            elif event == "dialog:failed":
+                self._cdr_emit_dialog()
+        except Exception:
+            _log_exception(event)
+        return 1
+
+    @staticmethod
+    def _cdr_append_try(code: int) -> None:
+        tries = _pv(CDR_TRIES)
+        entry = f"{_pv(CDR_TRY) or '0'}:{code}"
+        KSR.pv.sets(CDR_TRIES, f"{tries},{entry}" if tries else entry)
+
+    @staticmethod
+    def _cdr_final(code: int, reason: str, by: str) -> None:
+        KSR.pv.sets(CDR_CODE, str(code))
+        KSR.pv.sets(CDR_REASON, reason)
+        KSR.pv.sets(CDR_BY, by)
+
+    def _cdr_emit_dialog(self) -> None:
+        """route[CDR_EMIT]: the record of a routed call, from its dialog variables."""
+        call = _pv(CDR_CALL)
+        event = {
+            "call_id": _pv("$dlg(callid)"),
+            "invite": _pv(CDR_INVITE),
+            "end": _now(),
+            "tries": _pv(CDR_TRIES) or "",
+            "code": int(_pv(CDR_CODE) or 500),
+            "reason": _pv(CDR_REASON) or "",
+            "by": _pv(CDR_BY) or "",
+        }
+        if call:
+            event["call"] = orjson.loads(call)
+        answer = _pv(CDR_ANSWER)
+        if answer:
+            event["answer"] = answer
+        self._cdr_emit(event)
+
+    @staticmethod
+    def _cdr_emit(event: dict) -> None:
+        if KSR.evapi.relay(orjson.dumps({k: v for k, v in event.items() if v is not None}).decode()) < 0:
+            KSR.err(f"c4: call record of {event.get('call_id')} not sent (evapi)\n")
+
     # -- replies, onsend, errors ----------------------------------------------
 
     def ksr_reply_route(self, msg) -> int:
@@ -597,6 +733,11 @@ class Router:
             KSR.sl.send_reply(500, "Server Internal Error")  # stateful when a transaction exists
         except Exception:
             _log_exception("error reply")
+
+
+def _now() -> str:
+    """The time as Kamailio's $TV(Sn) gives it: seconds.microseconds."""
+    return f"{time.time():.6f}"
 
 
 def mod_init() -> Router:

@@ -30,6 +30,11 @@ launcher also runs ``c4 serve`` on the host and port of ``--api``, waits for
 its ``/health``, and stops it with Kamailio; c4 serve reads the table feed
 (``--feed``) that ``c4 feed`` writes, as the KEMI workers do.
 
+Call records (docs/cdr.md): ``--cdr-file FILE`` or ``--cdr-db`` turns them on
+in either mode: the launcher starts ``c4 cdr`` before Kamailio, on a free
+loopback port for Kamailio's ``evapi``, and stops it after. Off by default:
+then evapi is not loaded and no call keeps any record state.
+
 Modes plug in through ``MODES``: a mode names its config file and prepares
 its defines, environment, banner and helper processes.
 """
@@ -41,6 +46,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -67,6 +73,7 @@ HTTP_ASYNC_ENV = "C4_HTTP_ASYNC_CLIENT"
 HTTP_ASYNC_BUILT = PACKAGE_ROOT / "build" / "modules" / "http_async_client.so"
 SIPP_SCENARIOS = PACKAGE_ROOT / "tests" / "e2e" / "scenarios"  # in a checkout only
 DEFAULT_TABLE_CACHE = Path("/var/lib/c4/routing-table.json")
+DEFAULT_CDR_SPOOL = Path("/var/lib/c4/cdr-spool.jsonl")
 RTJSON_PATH = "/kamailio/rtjson"  # c4http.app.RTJSON_PATH (not imported: no aiohttp here)
 # tm's fr_timer in kamailio-http.cfg: the API must answer (or time out) before it.
 CFG_FR_TIMER_MS = 5000
@@ -104,6 +111,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Kamailio's JSON-RPC datagram socket, read by `c4 serve --kamailio-rpc` for the live channel counts "
              "(default: rpc.sock in Kamailio's runtime directory, given to --serve-api's c4 serve)",
     )
+    parser.add_argument("--cdr-file", default=None, help="call records on: append them to this JSON-lines file (docs/cdr.md)")
+    parser.add_argument("--cdr-db", action="store_true",
+                        help="call records on: ship them to the cdrs table of --dsn (or $C4_DSN), spooled in --cdr-spool")
+    parser.add_argument("--cdr-spool", default=str(DEFAULT_CDR_SPOOL), help="with --cdr-db: where records wait for PostgreSQL")
+    parser.add_argument("--cdr-spool-max-mb", type=int, default=1024,
+                        help="with --cdr-db: the spool's bound in MiB; when full, new records are dropped (and logged)")
     parser.add_argument("--kamailio", default=None, help="Kamailio binary (default: kamailio on PATH or /usr/sbin)")
     parser.add_argument("--dry-run", action="store_true", help="print the Kamailio command and environment, do not start")
     parser.add_argument("--secret-file", default=None,
@@ -339,8 +352,43 @@ def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
         launch.helpers.append(Helper(argv + ["--feed", str(feed)], f"c4 serve on {host}:{port}", health))
         launch.banner.append(f"c4 serve on {host}:{port}, routing table {table_path} through the feed {feed} (changes taken in within a second)")
         hint(launch, document, args)
-    elif args.table or args.dsn:
+    elif args.table or (args.dsn and not args.cdr_db):
         raise LaunchError("--table and --dsn are read by c4 serve in HTTP mode: add --serve-api, or run c4 serve yourself")
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def add_cdr(args: argparse.Namespace, launch: Launch) -> None:
+    """Call records on (--cdr-file, --cdr-db): evapi in Kamailio, c4 cdr beside it."""
+    if args.cdr_file and args.cdr_db:
+        raise LaunchError("--cdr-file or --cdr-db, not both")
+    if not (args.cdr_file or args.cdr_db):
+        return
+    evapi = f"127.0.0.1:{free_loopback_port()}"
+    argv = [sys.executable, "-m", "c4kemi.cli", "cdr", "--evapi", evapi]
+    env = {}
+    if args.cdr_db:
+        dsn = args.dsn or os.environ.get("C4_DSN")
+        if not dsn:
+            raise LaunchError("--cdr-db needs --dsn or $C4_DSN")
+        if args.cdr_spool_max_mb < 1:
+            raise LaunchError("--cdr-spool-max-mb must be >= 1")
+        output = Path(args.cdr_spool).resolve()
+        argv += ["--db", "--spool", str(output), "--spool-max-mb", str(args.cdr_spool_max_mb)]
+        env["C4_DSN"] = dsn
+        where = f"the cdrs table (spooled in {output}, at most {args.cdr_spool_max_mb} MiB)"
+    else:
+        output = Path(args.cdr_file).resolve()
+        argv += ["--file", str(output)]
+        where = str(output)
+    launch.helpers.append(Helper(argv, f"c4 cdr on evapi {evapi}", output.exists, env))
+    launch.defines["C4_CDR_EVAPI"] = quoted(evapi)
+    launch.env["C4_CDR"] = "1"
+    launch.banner.append(f"call records to {where}")
 
 
 MODES: dict[str, Mode] = {
@@ -415,6 +463,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         launch = Launch(config=CONFIG_DIR / mode.config_name, rundir=rundir)
         mode.prepare(args, launch)
+        add_cdr(args, launch)
         _add_secret_keys(args, launch)
         if not launch.config.is_file():
             raise LaunchError(f"{launch.config}: config file missing")

@@ -78,20 +78,26 @@ def test_the_call_names_tenant_direction_source_and_one_trunk_per_route():
     assert outbound == {
         "tenant": "acme", "direction": "outbound", "tenant_max": 10,
         "source": "acme-pbx", "source_kind": "ipbx", "source_max": -1, "source_cps": -1,
-        "routes": [{"trunk": "carrier-a-1", "max": 2, "cps": 5}, {"trunk": "carrier-b-1", "max": 0, "cps": -1}],
+        "calling": "39611111111", "called": "39298765432",
+        "routes": [{"trunk": "carrier-a-1", "max": 2, "cps": 5, "name": "carrier-a-1", "uri": "sip:192.0.2.10:5060"},
+                   {"trunk": "carrier-b-1", "max": 0, "cps": -1, "name": "carrier-b-1", "uri": "sip:198.51.100.20:5060;transport=tcp"}],
     }  # fmt: skip
     _, inbound = decide_call(table, request("192.0.2.1", "0612345678"))
     assert inbound["direction"] == "inbound" and inbound["tenant"] == "acme"
     assert (inbound["source"], inbound["source_kind"], inbound["source_max"], inbound["source_cps"]) == ("carrier-a-1", "trunk", 2, 5)
     # an IPBX with two targets: two rtjson routes, no trunk
-    assert inbound["routes"] == [{"trunk": "", "max": -1, "cps": -1}] * 2
+    assert [(r["trunk"], r["max"], r["cps"], r["name"]) for r in inbound["routes"]] == [("", -1, -1, "acme-pbx")] * 2
+    assert [r["uri"] for r in inbound["routes"]] == ["sip:10.0.0.10:5060", "sip:10.0.0.11:5060"]
     _, onnet = decide_call(table, request("10.0.1.1", "39612345678"))
     assert (onnet["direction"], onnet["tenant"]) == ("on-net", "acme")
     _, globex = decide_call(table, request("2001:db8::1", "0044123"))
     assert (globex["tenant"], globex["tenant_max"]) == ("globex", -1)
-    # refusals count nothing
+    # refusals count nothing: a 403 has no call, a 404 only what the call record keeps (no routes)
     assert decide_call(table, request("203.0.113.1", "0612345678"))[1] is None
-    assert decide_call(table, request("192.0.2.1", "0799999999"))[1] is None
+    assert decide_call(table, request("192.0.2.1", "0799999999"))[1] == {
+        "tenant": None, "direction": "inbound", "source": "carrier-a-1", "source_kind": "trunk",  # a shared carrier's
+        "calling": "39611111111", "called": "39799999999",
+    }  # fmt: skip
     # ASCII JSON for the C4-Call header, whatever the names
     assert call_json({"tenant": "zoé"}) == '{"tenant":"zo\\u00e9"}'
 

@@ -78,3 +78,28 @@ def test_a_bad_table_stops_the_launch_with_every_error(tmp_path):
     assert "no-such-pbx" in result.stderr and "no-such-trunk" in result.stderr
     assert "refused, 2 error(s)" in result.stderr and "Kamailio not started" in result.stderr
     assert not started.exists()
+
+
+def dry_run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "c4kemi.cli", "kamailio", "--dry-run", "--table", str(EXAMPLE_TABLE), *args],
+                          capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin", **(env or {})})
+
+
+def test_call_records_are_off_unless_asked_for(tmp_path):
+    off = dry_run()
+    assert off.returncode == 0 and "C4_CDR" not in off.stdout and "c4kemi.cli cdr" not in off.stdout
+    on = dry_run("--cdr-file", str(tmp_path / "cdr.jsonl"))
+    assert on.returncode == 0, on.stderr
+    assert "C4_CDR=1" in on.stdout and "-A C4_CDR_EVAPI=\"127.0.0.1:" in on.stdout
+    assert "c4kemi.cli cdr --evapi 127.0.0.1:" in on.stdout and f"--file {tmp_path / 'cdr.jsonl'}" in on.stdout
+
+
+def test_records_to_postgresql_take_the_dsn_from_the_environment_never_the_command_line(tmp_path):
+    dsn = "postgresql://c4:pw-7f3a@db/c4"
+    missing = dry_run("--cdr-db")
+    assert missing.returncode == 2 and "--cdr-db needs --dsn or $C4_DSN" in missing.stderr
+    on = dry_run("--cdr-db", "--cdr-spool", str(tmp_path / "spool.jsonl"), env={"C4_DSN": dsn})
+    assert on.returncode == 0, on.stderr
+    assert "C4_DSN=*** " in on.stdout and "--db --spool" in on.stdout and "pw-7f3a" not in on.stdout
+    both = dry_run("--cdr-db", "--cdr-file", "x", env={"C4_DSN": dsn})
+    assert both.returncode == 2 and "not both" in both.stderr

@@ -1,0 +1,116 @@
+"""Call records: what Kamailio reports about a finished call, made into one record.
+
+Pure: no I/O. Both Kamailio configs report a finished call the same way, one
+JSON *event* through ``evapi`` (docs/cdr.md); ``c4 cdr`` (c4kemi/cdr_collector.py)
+turns each event into a record with ``make_record`` and writes it. The event
+carries facts only, so the record's format lives in this one place::
+
+    {"call_id": "...",
+     "call": {...},                 # the decision's call (c4kemi.decision.decide_call), absent for a 403
+     "invite": "1764178801.123456", # seconds since the epoch, as Kamailio's $TV(Sn)
+     "answer": "...",               # absent: never answered
+     "end": "...",
+     "tries": "0:503,1:200",        # rtjson route index : SIP code, in order
+     "code": 200, "reason": "OK",   # the final answer to the caller (200 for an answered call)
+     "by": "caller"}                # who ended it: caller, callee, timeout, router
+
+Every member is checked: an event is untrusted data (the reason phrase and
+the Call-ID come from SIP peers). A malformed one raises ``EventError``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+__all__ = ["ENDED_BY", "EventError", "make_record"]
+
+ENDED_BY = ("caller", "callee", "timeout", "router")
+MAX_TRIES = 64  # more than any routing document gives one call
+
+
+class EventError(ValueError):
+    """A call event that cannot be made into a record; the message says why."""
+
+
+def _time(event: dict, name: str, required: bool = True) -> int | None:
+    """A time of the event in whole milliseconds (the record's precision)."""
+    value = event.get(name)
+    if value is None or value == "":
+        if required:
+            raise EventError(f"missing {name!r}")
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise EventError(f"{name!r} is not a time: {value!r}") from None
+    if not 0 < seconds < 1e11:
+        raise EventError(f"{name!r} is out of range: {value!r}")
+    return round(seconds * 1000)
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    moment = datetime.fromtimestamp(ms // 1000, UTC) + timedelta(milliseconds=ms % 1000)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _attempts(tries: Any, routes: list) -> list[dict]:
+    """'0:503,1:200' -> one entry per destination tried, named from the call's routes."""
+    if not isinstance(tries, str) or not tries:
+        return []
+    attempts = []
+    for item in tries.split(",")[:MAX_TRIES]:
+        index, _, code = item.partition(":")
+        if not (index.isdigit() and code.isdigit()):
+            raise EventError(f"bad 'tries' entry {item!r}")
+        route = routes[int(index)] if int(index) < len(routes) and isinstance(routes[int(index)], dict) else {}
+        attempts.append({
+            "destination": _text(route.get("name")),
+            "kind": ("trunk" if route.get("trunk") else "ipbx") if route else None,
+            "uri": _text(route.get("uri")),
+            "code": int(code),
+        })
+    return attempts
+
+
+def make_record(event: Any, record_id: str) -> dict:
+    """The call record (docs/cdr.md, "The record") for one event from Kamailio."""
+    if not isinstance(event, dict):
+        raise EventError("an event must be a JSON object")
+    call = event.get("call")
+    if not isinstance(call, dict):
+        call = {}
+    code = event.get("code")
+    if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 699:
+        raise EventError(f"bad 'code': {code!r}")
+    invite = _time(event, "invite")
+    answer = _time(event, "answer", required=False)
+    end = _time(event, "end")
+    routes = call.get("routes") if isinstance(call.get("routes"), list) else []
+    attempts = _attempts(event.get("tries"), routes)
+    by = event.get("by")
+    return {
+        "id": record_id,
+        "call_id": _text(event.get("call_id")) or "",
+        "tenant": _text(call.get("tenant")),
+        "direction": _text(call.get("direction")),
+        "source": _text(call.get("source")),
+        "source_kind": _text(call.get("source_kind")),
+        "calling": _text(call.get("calling")),
+        "called": _text(call.get("called")),
+        "attempts": attempts,
+        "answered_by": attempts[-1]["destination"] if answer is not None and attempts else None,
+        "invite_at": _iso(invite),
+        "answer_at": _iso(answer),
+        "end_at": _iso(end),
+        "duration_ms": max(0, end - answer) if answer is not None else 0,
+        "code": code,
+        "reason": _text(event.get("reason")) or "",
+        "ended_by": by if by in ENDED_BY else None,
+    }

@@ -1,0 +1,90 @@
+"""The KEMI handler's call records (c4kemi/kemi.py, docs/cdr.md) against a fake KSR.
+
+The end-to-end suite (tests/e2e/test_cdr.py) checks the records of real calls
+in both modes; these pin what the handler keeps and sends at each step.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from test_kemi_channels import branch, sizes
+from test_kemi_handler import failure, invite
+
+from c4kemi.cdr import make_record
+
+
+@pytest.fixture
+def recording(kemi, monkeypatch):
+    monkeypatch.setenv("C4_CDR", "1")
+    return kemi.mod_init()
+
+
+def sent(ksr) -> list[dict]:
+    return [orjson.loads(args[0]) for args in ksr.called("evapi.relay")]
+
+
+def test_an_answered_call_after_failover_sends_one_event_when_it_ends(recording, ksr):
+    invite(ksr, called="39298765432")
+    sizes(ksr, {})
+    recording.ksr_request_route(None)
+    assert ksr.pv_values["$dlg_var(c4_call)"] == ksr.pv_values["$avp(c4_call)"]
+    invite_at = ksr.pv_values["$dlg_var(c4_invite)"]
+
+    branch(ksr, idx=1)
+    recording.ksr_branch_manage(None)
+    failure(ksr, 503, idx=1)
+    recording.ksr_failure_manage(None)
+    branch(ksr, idx=2)
+    recording.ksr_branch_manage(None)
+    ksr.pv_values.update({"$rs": 200, "$rr": "OK"})
+    recording.ksr_dialog_event(None, "dialog:start")
+    assert sent(ksr) == []  # nothing until the call ends
+    ksr.pv_values.update({"$rm": "BYE", "$ft": "ft1", "$dlg(from_tag)": "ft1", "$dlg(callid)": "call-1@test"})
+    recording.ksr_dialog_event(None, "dialog:end")
+
+    (event,) = sent(ksr)
+    assert (event["call_id"], event["invite"], event["tries"], event["code"], event["by"]) == (
+        "call-1@test", invite_at, "0:503,1:200", 200, "caller")
+    record = make_record(event, "1")
+    assert [(a["destination"], a["code"]) for a in record["attempts"]] == [("carrier-a-1", 503), ("carrier-b-1", 200)]
+    assert (record["tenant"], record["answered_by"], record["direction"]) == ("acme", "carrier-b-1", "outbound")
+
+
+def test_the_callee_hanging_up_and_the_dialog_timeout_say_so(recording, ksr):
+    ksr.pv_values.update({"$rm": "BYE", "$ft": "callee-tag", "$dlg(from_tag)": "ft1", "$dlg_var(c4_invite)": "1.0",
+                          "$dlg_var(c4_code)": "200"})
+    recording.ksr_dialog_event(None, "dialog:end")
+    ksr.pv_values["$rm"] = "OPTIONS"  # the faked message of a timeout
+    recording.ksr_dialog_event(None, "dialog:end")
+    assert [event["by"] for event in sent(ksr)] == ["callee", "timeout"]
+
+
+@pytest.mark.parametrize("canceled, timeout, by", [(True, False, "caller"), (False, True, "timeout"), (False, False, "callee")])
+def test_a_failed_branch_says_who_ended_the_call_so_far(recording, ksr, canceled, timeout, by):
+    failure(ksr, 487 if canceled else 408 if timeout else 486, timeout=timeout)
+    ksr.returns["tm.t_is_canceled"] = 1 if canceled else -1
+    ksr.pv_values.update({"$dlg_var(c4_try)": "0", "$T_reply_reason": "Whatever"})
+    recording.ksr_failure_manage(None)
+    assert ksr.pv_values["$dlg_var(c4_by)"] == by
+    assert ksr.pv_values["$dlg_var(c4_tries)"] == f"0:{ksr.returns['tm.t_get_status_code']}"
+
+
+def test_a_refusal_is_sent_at_once_with_what_the_decision_knew(recording, ksr):
+    invite(ksr, source="192.0.2.1", called="0799999999")  # a trunk, no DID: 404
+    recording.ksr_request_route(None)
+    (event,) = sent(ksr)
+    assert (event["code"], event["reason"], event["by"]) == (404, "No Route", "router")
+    assert (event["call"]["source"], event["call"]["called"]) == ("carrier-a-1", "39799999999")
+    assert "$dlg_var(c4_call)" not in ksr.pv_values
+
+
+def test_records_off_keep_and_send_nothing(handler, ksr):
+    invite(ksr, called="39298765432")
+    sizes(ksr, {})
+    handler.ksr_request_route(None)
+    branch(ksr, idx=1)
+    handler.ksr_branch_manage(None)
+    failure(ksr, 503)
+    handler.ksr_failure_manage(None)
+    assert sent(ksr) == [] and not any(name.startswith("$dlg_var") for name in ksr.pv_values)
