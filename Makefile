@@ -19,7 +19,7 @@ DEBIAN_PACKAGES := kamailio kamailio-python3-modules kamailio-json-modules \
 	libcurl4-openssl-dev libevent-dev dpkg-dev build-essential bison flex \
 	postgresql
 
-.PHONY: help setup debian-packages module venv run test test-e2e bench clean
+.PHONY: help setup debian-packages module venv run test test-e2e bench bench-http clean
 
 help:
 	@echo "make run    start the router (KEMI mode, example table); MODE=http: c4 serve + Kamailio"
@@ -67,6 +67,16 @@ test-e2e: setup
 
 bench: setup
 	$(VENV)/bin/python benchmarks/decision.py
+
+# c4 serve against the FastAPI reference, load from wrk (Debian's package),
+# server and wrk pinned to different cores (benchmarks/http_reference.py).
+BENCH_PACKAGES := wrk
+
+bench-http: setup
+	@dpkg-query -W -f='$${Status}\n' $(BENCH_PACKAGES) 2>/dev/null | grep -q '^install ok installed' || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_PACKAGES) >/dev/null; }
+	$(VENV)/bin/pip install -q -e '.[reference]'
+	$(VENV)/bin/python benchmarks/http_reference.py
 
 clean:
 	rm -rf $(VENV) build
