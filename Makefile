@@ -25,6 +25,7 @@ help:
 	@echo "make run    start the router (KEMI mode, example table); MODE=http: c4 serve + Kamailio"
 	@echo "make test   run the whole test suite"
 	@echo "make test-e2e  only the end-to-end tests (Kamailio + sipp)"
+	@echo "make bench-http  c4 serve against the FastAPI reference with wrk (benchmarks/README.md)"
 
 setup: debian-packages module venv
 
