@@ -73,6 +73,16 @@ def wrk_command(url: str, connections: int, duration: int, queries: Path, cpu: s
     ]  # fmt: skip
 
 
+def write_inputs(directory: Path, dids: int, routes: int, count: int) -> tuple[Path, Path, list[bytes]]:
+    """The generated table and ``count`` queries on it (one JSON per line, for wrk_route.lua)."""
+    table, queries = directory / "table.json", directory / "queries.jsonl"
+    document = make_document(dids, routes)
+    table.write_bytes(orjson.dumps(document))
+    bodies = [orjson.dumps(q) for q in make_requests(document, count, random.Random(11))]
+    queries.write_bytes(b"\n".join(bodies) + b"\n")
+    return table, queries, bodies
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -204,10 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="c4-http-ref-") as tmp:
         tmp = Path(tmp)
-        table, queries = tmp / "table.json", tmp / "queries.jsonl"
-        table.write_bytes(orjson.dumps(make_document(args.dids, args.routes)))
-        bodies = [orjson.dumps(q) for q in make_requests(orjson.loads(table.read_bytes()), args.queries, random.Random(11))]
-        queries.write_bytes(b"\n".join(bodies) + b"\n")
+        table, queries, bodies = write_inputs(tmp, args.dids, args.routes, args.queries)
 
         ports = {name: free_port() for name in SERVERS}
         commands = server_commands(table, ports, args.server_cpu)
