@@ -20,13 +20,14 @@ DEBIAN_PACKAGES := kamailio kamailio-python3-modules kamailio-json-modules \
 	libcurl4-openssl-dev libevent-dev dpkg-dev build-essential bison flex \
 	postgresql
 
-.PHONY: help setup debian-packages module venv run test test-e2e bench clean
+.PHONY: help setup debian-packages module venv run test test-e2e bench bench-http bench-packages clean
 
 help:
 	@echo "make run    start the router (KEMI mode, example table); MODE=http: c4 serve + Kamailio"
 	@echo "make test   run the whole test suite"
 	@echo "make test-e2e  only the end-to-end tests (Kamailio + sipp)"
-	@echo "make bench  SIP benchmark, short run, then benchmarks/README.md; ARGS=--full for the whole ladder"
+	@echo "make bench  SIP ladder (short; ARGS=--full: whole) and c4 serve vs FastAPI, then benchmarks/README.md"
+	@echo "make bench-http  c4 serve against the FastAPI reference with wrk (benchmarks/README.md)"
 
 setup: debian-packages module venv
 
@@ -67,15 +68,27 @@ test: setup
 test-e2e: setup
 	$(VENV)/bin/python -m pytest -q tests/e2e
 
-# The SIP capacity ladder and overload runs (benchmarks/sip.py), then the
-# report (benchmarks/report.py: tables and plots in benchmarks/README.md).
-# Only this target installs the bench extra (matplotlib): make test needs none.
-$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
-	@$(VENV)/bin/pip install -q -e '.[test,bench]'
-	@touch $@
+# make bench: the SIP capacity ladder and overload runs (benchmarks/sip.py),
+# c4 serve against the FastAPI reference under wrk (benchmarks/http_reference.py,
+# server and wrk pinned to different cores), then the report
+# (benchmarks/report.py: tables and plots in benchmarks/README.md).
+# ARGS=--full: the whole SIP ladder. Only these targets install wrk and the
+# bench and reference extras (matplotlib, FastAPI): make test needs none.
+BENCH_PACKAGES := wrk
+HTTP_BENCH_ARGS ?= -d 5
 
-bench: setup $(VENV)/.bench-installed
+bench-packages: setup
+	@dpkg-query -W -f='$${Status}\n' $(BENCH_PACKAGES) 2>/dev/null | grep -q '^install ok installed' || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_PACKAGES) >/dev/null; }
+	@$(VENV)/bin/pip install -q -e '.[test,bench,reference]'
+
+bench: bench-packages
 	$(VENV)/bin/python benchmarks/sip.py $(ARGS)
+	$(VENV)/bin/python benchmarks/http_reference.py $(HTTP_BENCH_ARGS)
+	$(VENV)/bin/python benchmarks/report.py
+
+bench-http: bench-packages
+	$(VENV)/bin/python benchmarks/http_reference.py $(HTTP_BENCH_ARGS)
 	$(VENV)/bin/python benchmarks/report.py
 
 clean:

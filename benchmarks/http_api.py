@@ -113,22 +113,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(table: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def c4_command() -> list[str]:
+    """This venv's ``c4``."""
     script = Path(sys.executable).parent / "c4"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "c4kemi.cli"]
-    process = subprocess.Popen([*command, "serve", "--table", table, "--port", str(port)], stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+    return [str(script)] if script.exists() else [sys.executable, "-m", "c4kemi.cli"]
+
+
+def launch(command: list[str], port: int, name: str, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """Start a server listening on loopback ``port`` and wait until it accepts connections."""
+    process = subprocess.Popen(command, stderr=stderr)
+    for _ in range(600):
         if process.poll() is not None:
-            raise SystemExit(f"c4 serve exited with {process.returncode}")
+            raise SystemExit(f"{name} exited with {process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return process, url
+                return process
         except OSError:
             time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    raise SystemExit("c4 serve did not come up")
+    raise SystemExit(f"{name} did not come up")
+
+
+def start_server(table: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = launch([*c4_command(), "serve", "--table", table, "--port", str(port)], port, "c4 serve")
+    return process, f"http://127.0.0.1:{port}"
 
 
 def main(argv: list[str] | None = None) -> int:

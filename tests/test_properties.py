@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from c4kemi.decision import RequestError, decide
+from c4kemi.decision import RequestError, call_json, decide
 from c4kemi.document import DocumentError, validate_document
 from c4kemi.numbers import Profile, strip_separators
 from c4kemi.table import PrefixIndex, SourceIndex, compile_table
@@ -156,3 +157,16 @@ def test_any_uri_text_routes_or_refuses(ruri, from_uri):
         assert all(re.fullmatch(r"sip:\+?[0-9]+@\S+", route["uri"]) for route in rtjson["routes"])
     else:
         assert rtjson["code"] == 404
+
+
+calls = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(), calls, max_size=6))
+def test_call_json_is_the_text_of_json_dumps(call):
+    # The C4-Call header's fast path (orjson) against the reference encoding.
+    assert call_json(call) == json.dumps(call, ensure_ascii=True, separators=(",", ":"))
