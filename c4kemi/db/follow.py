@@ -103,8 +103,12 @@ class Follower:
             if lost.is_set():
                 raise ConnectionError("connection to PostgreSQL lost")
             self._changed.clear()
-            if await routing_version(conn) != self.version:
-                await self._load(conn)
+            await self._check(conn)
+
+    async def _check(self, conn: asyncpg.Connection) -> None:
+        """Woken (or the periodic check): take in what changed since the last look."""
+        if await routing_version(conn) != self.version:
+            await self._load(conn)
 
     async def _load(self, conn: asyncpg.Connection) -> None:
         document, version = await export_document(conn)
