@@ -325,16 +325,18 @@ def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
             raise LaunchError(f"--serve-api runs c4 serve at the root of a plain http URL, not {args.api!r}")
         argv = [sys.executable, "-m", "c4kemi.cli", "serve", "--host", host, "--port", str(port)]
         health = http_answers(f"http://{urlsplit(args.api).netloc}/health")
+        feed = launch.rundir / "feed"
         if args.dsn:
             if args.table:
                 raise LaunchError("--table or --dsn, not both: with --dsn the table comes from PostgreSQL")
+            # c4 db follow writes the feed from the change log; c4 serve reads it and serves the API on the database.
             cache = table_cache(args)
-            argv += ["--table-cache", str(cache)]
-            launch.helpers.append(Helper(argv, f"c4 serve on {host}:{port}", health, {"C4_DSN": args.dsn}))
-            launch.banner.append(f"c4 serve on {host}:{port}, routing table from PostgreSQL (saved in {cache})")
+            launch.helpers.append(follower(args, cache, feed))
+            launch.helpers.append(Helper(argv + ["--feed", str(feed)], f"c4 serve on {host}:{port}", health, {"C4_DSN": args.dsn}))
+            launch.banner.append(f"c4 serve on {host}:{port}, routing table from PostgreSQL through c4 db follow and the feed {feed} "
+                                 f"(saved in {cache})")
             return
         table_path, document = table_file(args.table)
-        feed = launch.rundir / "feed"
         launch.helpers.append(feed_writer(table_path, feed))
         launch.helpers.append(Helper(argv + ["--feed", str(feed)], f"c4 serve on {host}:{port}", health))
         launch.banner.append(f"c4 serve on {host}:{port}, routing table {table_path} through the feed {feed} (changes taken in within a second)")

@@ -9,6 +9,7 @@ calls within about a second, and PostgreSQL going away refuses no call.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import urllib.request
 import uuid
@@ -148,3 +149,25 @@ def test_a_restart_while_postgres_is_down_still_routes(router, pg_dsn, pg_cluste
         assert call_did(again) == 486 and last_target(peers) == PBX
     finally:
         pg_cluster.start()
+
+
+def test_serve_api_with_dsn_takes_api_writes_through_the_change_log(http_router, pg_dsn, peers, monkeypatch):
+    """`c4 kamailio --mode http --serve-api --dsn`: c4 db follow writes the feed from the change log, c4 serve reads it."""
+    monkeypatch.setenv("C4_API_TOKEN", ADMIN_TOKEN)
+    document = routing_document(pbx_port=peers.ports[PBX], pbx2_port=peers.ports[PBX2])
+    import_into(pg_dsn, document)
+    api = f"http://127.0.0.1:{free_tcp_port()}"
+    r = http_router.start(document, api=api, extra_args=[
+        "--serve-api", "--dsn", pg_dsn, "--table-cache", str(http_router.workdir / "http-cache.json")])
+    assert call_did(r) == 486 and last_target(peers) == PBX
+
+    assert api_patch(api, "dids/39612345", b'{"ipbx": "acme-pbx-2"}') == 200
+    changed = time.monotonic()
+    while last_target(peers) != PBX2:
+        assert time.monotonic() - changed < CHANGE_BOUND, f"the change never reached routing\n{r.log_text()[-3000:]}"
+        time.sleep(0.05)
+        assert call_did(r) == 486
+    log = r.log_text()
+    # One change set from the log (no second snapshot), applied by c4 serve's feed reader.
+    assert "changes published (generation 1, change set 1)" in log, log[-3000:]
+    assert re.search(r"feed \S+ reloaded: version \w+ \(generation 1, change set 1\)", log), log[-3000:]
