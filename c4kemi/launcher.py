@@ -25,10 +25,15 @@ with ``http_async_client`` loaded by absolute path from ``build/modules``
 (built by ``make setup``). ``--api-timeout`` (ms, below the 5000 ms
 ``fr_timer``) bounds each query, ``--max-inflight`` the queries waiting for
 the API (past it new INVITEs get a fast 503), ``--api-workers`` the
-http_async_client workers. With ``--serve-api`` (and ``--table``) the
-launcher also runs ``c4 serve`` on the host and port of ``--api``, waits for
-its ``/health``, and stops it with Kamailio; c4 serve reads the table feed
-(``--feed``) that ``c4 feed`` writes, as the KEMI workers do.
+http_async_client workers. With ``--serve-api`` (and ``--table`` or
+``--dsn``) the launcher also runs ``c4 serve`` on the host and port of
+``--api``, waits for its ``/health``, and stops it with Kamailio; c4 serve
+reads the table feed (``--feed``) that ``c4 feed`` writes, as the KEMI
+workers do.
+
+With ``--dsn`` (either mode), ``c4 db follow`` is the feed's writer
+instead of ``c4 feed``: it follows PostgreSQL's change log and publishes
+the DIDs and routes that changed (c4kemi/db/changes.py).
 
 Modes plug in through ``MODES``: a mode names its config file and prepares
 its defines, environment, banner and helper processes.

@@ -9,10 +9,11 @@ so once again when it is back. Two users:
 
 - ``c4 serve --dsn`` compiles each document into its routing table
   (``PostgresTableSource``);
-- ``c4 db follow`` (started by ``c4 kamailio --dsn``) writes it, atomically,
-  to the node's table file, which the Kamailio workers already watch. So the
-  workers never hold a database connection, and the file is the node's last
-  good table when PostgreSQL is down at start.
+- ``c4 db follow`` without ``--feed`` writes it, atomically, to a file.
+
+``c4 db follow --feed`` (started by ``c4 kamailio --dsn``) follows the
+change log instead of whole documents: ``ChangeFollower`` in changes.py,
+which overrides ``_check`` and ``_load``.
 """
 
 from __future__ import annotations

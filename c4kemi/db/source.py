@@ -8,9 +8,11 @@ the current table, ``update_table``). Each good document is also saved to
 service starts, it routes with that file and catches up when the database
 is back.
 
-``follow_to_file`` is ``c4 db follow``: the same following, each checked
-document written atomically to a file (the node's copy), and with a feed
-directory published to KEMI mode's workers (c4kemi/feed.py).
+``follow_to_file`` is ``c4 db follow``: each checked document written
+atomically to a file (the node's copy); with a feed directory it follows
+the change log (``ChangeFollower``) and publishes change sets to the
+node's table feed (c4kemi/feed.py), which KEMI workers and the launcher's
+c4 serve read.
 """
 
 from __future__ import annotations
