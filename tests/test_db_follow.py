@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 
 import asyncpg
 import pytest
@@ -350,3 +351,22 @@ async def test_a_bulk_statement_or_pruned_rows_read_the_whole_document(pg_dsn, t
     finally:
         await conn.close()
         node.publisher.writer.close()
+
+
+async def test_a_follower_that_may_not_prune_goes_on_following(pg_dsn, tmp_path, caplog):
+    role = f"reader_{uuid.uuid4().hex[:8]}"  # roles are the server's, not the database's: a name of its own
+    await execute(pg_dsn, f"CREATE ROLE {role} LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    await imported(pg_dsn)
+    node = Node(pg_dsn.replace("postgres@", f"{role}@"), tmp_path / "feed", retention=0)
+    await node.start()
+    await execute(pg_dsn, "DELETE FROM dids WHERE prefix = '4420'")
+    conn = await connect(node.follower.dsn)
+    try:
+        await node.follower._check(conn)  # takes the change set in, then fails to prune
+        assert "cannot prune the routing change log" in caplog.text
+        await execute(pg_dsn, "DELETE FROM dids WHERE prefix = '3970'")
+        await node.follower._check(conn)
+    finally:
+        await conn.close()
+        node.publisher.writer.close()
+    assert node.table().counts["dids"] == 2 and node.follower.documents == 1

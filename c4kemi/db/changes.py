@@ -134,8 +134,11 @@ class ChangeFollower(Follower):
 
     async def prune(self, conn: asyncpg.Connection) -> None:
         """Delete change rows older than the retention; record the highest seq deleted."""
-        await conn.execute(
-            "WITH gone AS (DELETE FROM routing_changes WHERE changed_at < now() - make_interval(secs => $1) RETURNING seq)"
-            " UPDATE routing_changes_pruned SET up_to = greatest(up_to, (SELECT max(seq) FROM gone))",
-            self.retention,
-        )
+        try:
+            await conn.execute(
+                "WITH gone AS (DELETE FROM routing_changes WHERE changed_at < now() - make_interval(secs => $1) RETURNING seq)"
+                " UPDATE routing_changes_pruned SET up_to = greatest(up_to, (SELECT max(seq) FROM gone))",
+                self.retention,
+            )
+        except asyncpg.PostgresError as exc:  # a read-only role or replica: following goes on, another node prunes
+            log.warning("cannot prune the routing change log: %s: %s", type(exc).__name__, exc)

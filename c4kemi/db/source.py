@@ -205,8 +205,11 @@ class FeedPublisher:
         while True:
             await self._changed.wait()
             self._changed.clear()
+            # The lists are taken under the lock (the entities themselves are replaced, never changed);
+            # writing them (about a second at 1M DIDs) does not hold up the next change.
+            document = await self.run(self.writer.document)
             try:
-                await self.run(lambda: write_atomically(self.out, document_bytes(self.writer.document())))
+                await asyncio.to_thread(write_atomically, self.out, document_bytes(document))
             except OSError as exc:
                 log.error("cannot save the routing table to %s: %s", self.out, exc)
             await asyncio.sleep(SAVE_INTERVAL)
