@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_incremental import CHANGES, apply, table_view
 
+from c4http.app import make_app
 from c4kemi.db.changes import ChangeFollower
 from c4kemi.db.documents import connect, export_document, import_document
 from c4kemi.db.source import FeedPublisher, PostgresTableSource, StoreUnavailable
@@ -370,3 +371,30 @@ async def test_a_follower_that_may_not_prune_goes_on_following(pg_dsn, tmp_path,
         await conn.close()
         node.publisher.writer.close()
     assert node.table().counts["dids"] == 2 and node.follower.documents == 1
+
+
+async def test_provisioning_api_writes_arrive_as_change_sets(aiohttp_client, pg_dsn, tmp_path):
+    """The HTTP-mode node: the API writes PostgreSQL, the follower publishes change sets, c4 serve's reader routes with them."""
+    await imported(pg_dsn)
+    node = Node(pg_dsn, tmp_path / "feed")
+    await node.start()
+    client = await aiohttp_client(make_app(node.reader, dsn=pg_dsn, api_token="admin-token"))
+    writes = [
+        ("POST", "/api/v1/dids", {"tenant": "acme", "prefix": "3988", "ipbx": "acme-branch", "match": "3988[0-9]+"}),
+        ("PATCH", "/api/v1/dids/39612345", {"ipbx": "acme-branch"}),
+        ("PATCH", "/api/v1/routes/acme/39", {"trunks": [{"trunk": "carrier-b-2", "priority": 0, "weight": 2.5}]}),
+        ("POST", "/api/v1/routes", {"tenant": "globex", "prefix": "49", "trunks": ["carrier-a-1"]}),
+        ("DELETE", "/api/v1/dids/4420", None),
+        ("DELETE", "/api/v1/routes/acme/44", None),
+    ]
+    conn = await connect(pg_dsn)
+    try:
+        for method, path, body in writes:
+            async with client.request(method, path, json=body, headers={"Authorization": "Bearer admin-token"}) as response:
+                assert response.status in (200, 201, 204), await response.text()
+            await node.follower._check(conn)
+            assert table_view(node.table()) == table_view(await exported_table(pg_dsn)), (method, path)
+    finally:
+        await conn.close()
+        node.publisher.writer.close()
+    assert (node.follower.documents, node.follower.change_sets, node.reader.seq) == (1, len(writes), len(writes))
