@@ -18,6 +18,8 @@ A feed directory (node-local, mode 0700, written by one writer only)::
     changes-N.jsonl    append-only, one change set per line:
                        {"seq": 1, "dids": [[prefix, did or null], ...],
                         "routes": [[tenant, prefix, route or null], ...]}
+    store.json         c4 db follow only: its PostgreSQL state for /health
+                       ({"state": "ok" or "stale", "stale_since", ...})
 
 A change to the small collections (tenants, profiles, IPBXs, carriers,
 trunks), or a change set larger than ``max_changes``, starts a new
@@ -58,6 +60,8 @@ __all__ = ["FeedError", "FeedTableSource", "FeedWriter", "watch_file"]
 log = logging.getLogger("c4.feed")
 
 POINTER = "current"
+# The state of the store behind the writer (c4 db follow: PostgreSQL reachable or not), for /health.
+STORE_STATUS = "store.json"
 # Entities per line of a snapshot: a reader parses one line per step or so.
 SNAPSHOT_LINE = 10_000
 # Seconds a reader spreads work over calls before it finishes it at once.
@@ -296,6 +300,14 @@ class FeedTableSource(PolledSource):
         # The first load must succeed, and is done at once.
         self._table, self.generation, self.seq, self._offset = finish(self._generation_steps(self._read_pointer()))
         self._next_check = time.monotonic() + check_interval
+
+    def status(self) -> dict[str, Any]:
+        """The writer's store status (c4 db follow writes one: PostgreSQL "ok" or "stale"), else a file's."""
+        try:
+            status = orjson.loads((self.directory / STORE_STATUS).read_bytes())
+        except (OSError, ValueError):
+            status = None
+        return status if isinstance(status, dict) and status.get("state") in ("ok", "stale") else {"kind": "file", "state": "ok"}
 
     @property
     def pending(self) -> bool:

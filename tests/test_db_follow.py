@@ -22,7 +22,7 @@ from test_incremental import CHANGES, apply, table_view
 from c4http.app import make_app
 from c4kemi.db.changes import ChangeFollower
 from c4kemi.db.documents import connect, export_document, import_document
-from c4kemi.db.source import FeedPublisher, PostgresTableSource, StoreUnavailable
+from c4kemi.db.source import FeedPublisher, PostgresTableSource, StoreUnavailable, follow_to_file
 from c4kemi.document import DocumentError, validate_document
 from c4kemi.feed import FeedTableSource, FeedWriter
 from c4kemi.table import compile_table, compile_validated
@@ -398,3 +398,26 @@ async def test_provisioning_api_writes_arrive_as_change_sets(aiohttp_client, pg_
         await conn.close()
         node.publisher.writer.close()
     assert (node.follower.documents, node.follower.change_sets, node.reader.seq) == (1, len(writes), len(writes))
+
+
+async def test_the_feed_says_when_postgresql_is_away(pg_dsn, pg_cluster, tmp_path):
+    """c4 serve --feed's /health shows the store's state: c4 db follow writes it into the feed."""
+    await imported(pg_dsn)
+    feed = tmp_path / "feed"
+    following = asyncio.create_task(follow_to_file(pg_dsn, tmp_path / "table.json", 0.3, feed))
+    try:
+        await until(lambda: (feed / "current").is_file())
+        reader = FeedTableSource(feed, check_interval=0)
+        await until(lambda: reader.status()["state"] == "ok")
+        assert reader.status()["kind"] == "postgresql"
+        pg_cluster.stop()
+        try:
+            await until(lambda: reader.status()["state"] == "stale")
+            assert reader.status()["stale_since"] is not None
+        finally:
+            pg_cluster.start()
+        await until(lambda: reader.status()["state"] == "ok", timeout=15)
+    finally:
+        following.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await following

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -119,6 +120,16 @@ class Follower:
             except Exception:  # the receiver's bug must not stop the following
                 log.exception("routing version %s could not be taken in", version)
             self.version = version  # refused or not, taken in once: the next change is retried
+
+    def status(self) -> dict[str, Any]:
+        """The store's state as /health reports it: "stale" while PostgreSQL is away."""
+        stale = self.stale_since
+        return {
+            "kind": "postgresql",
+            "routing_version": self.version,
+            "state": "stale" if stale is not None else "ok",
+            "stale_since": datetime.fromtimestamp(stale, UTC).isoformat() if stale is not None else None,
+        }
 
     def lost(self, exc: BaseException) -> None:
         if self.stale_since is None:  # said once per outage, not once per retry

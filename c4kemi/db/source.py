@@ -21,12 +21,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..document import DocumentError, load_raw, validate_document
-from ..feed import FeedWriter
+from ..feed import STORE_STATUS, FeedWriter
 from ..table import RoutingTable, compile_validated, load_table, update_table
 from .changes import ChangeFollower
 from .follow import UNAVAILABLE, Follower, document_bytes, write_atomically
@@ -36,6 +37,7 @@ __all__ = ["PostgresTableSource", "StoreUnavailable", "follow_to_file"]
 log = logging.getLogger("c4.db")
 
 SAVE_INTERVAL = 2.0  # seconds between rewrites of c4 db follow's copy of the table
+REPORT_INTERVAL = 0.5  # seconds between looks at the follower's state, for the feed's store status
 
 
 class StoreUnavailable(RuntimeError):
@@ -67,13 +69,7 @@ class PostgresTableSource:
         return False
 
     def status(self) -> dict[str, Any]:
-        stale = self.follower.stale_since
-        return {
-            "kind": "postgresql",
-            "routing_version": self.follower.version,
-            "state": "stale" if stale is not None else "ok",
-            "stale_since": datetime.fromtimestamp(stale, UTC).isoformat() if stale is not None else None,
-        }
+        return self.follower.status()
 
     async def start(self) -> None:
         """The first table: from PostgreSQL, else from the saved file."""
@@ -147,11 +143,13 @@ async def follow_to_file(dsn: str, out: Path, check_interval: float = 5.0, feed:
     publisher = FeedPublisher(FeedWriter(feed), out)
     follower = ChangeFollower(dsn, publisher.document, publisher.changes, check_interval=check_interval)
     saving = asyncio.create_task(publisher.save_when_changed(), name="c4-save-table")
+    reporting = asyncio.create_task(publisher.report(follower), name="c4-report-state")
     try:
         await _start(follower, out, publisher)
         await follower.run()
     finally:
         saving.cancel()
+        reporting.cancel()
 
 
 async def _start(follower: Follower, out: Path, publisher: FeedPublisher | None) -> None:
@@ -200,6 +198,19 @@ class FeedPublisher:
         if taken != "unchanged":
             self._changed.set()
         return True
+
+    async def report(self, follower: Follower) -> None:
+        """Keep the feed's store status (what the feed's c4 serve shows in /health) equal to the follower's."""
+        written = None
+        while True:
+            status = follower.status()
+            if status != written:
+                try:
+                    await asyncio.to_thread(write_atomically, self.writer.directory / STORE_STATUS, orjson.dumps(status))
+                    written = status
+                except OSError as exc:
+                    log.error("cannot write the store status to %s: %s", self.writer.directory, exc)
+            await asyncio.sleep(REPORT_INTERVAL)
 
     async def save_when_changed(self) -> None:
         while True:
