@@ -9,6 +9,7 @@ calls within about a second, and PostgreSQL going away refuses no call.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import urllib.request
@@ -151,7 +152,12 @@ def test_a_restart_while_postgres_is_down_still_routes(router, pg_dsn, pg_cluste
         pg_cluster.start()
 
 
-def test_serve_api_with_dsn_takes_api_writes_through_the_change_log(http_router, pg_dsn, peers, monkeypatch):
+def health_status(api: str) -> str:
+    with urllib.request.urlopen(f"{api}/health", timeout=5) as response:
+        return json.loads(response.read())["status"]
+
+
+def test_serve_api_with_dsn_takes_api_writes_through_the_change_log(http_router, pg_dsn, pg_cluster, peers, monkeypatch):
     """`c4 kamailio --mode http --serve-api --dsn`: c4 db follow writes the feed from the change log, c4 serve reads it."""
     monkeypatch.setenv("C4_API_TOKEN", ADMIN_TOKEN)
     document = routing_document(pbx_port=peers.ports[PBX], pbx2_port=peers.ports[PBX2])
@@ -171,3 +177,15 @@ def test_serve_api_with_dsn_takes_api_writes_through_the_change_log(http_router,
     # One change set from the log (no second snapshot), applied by c4 serve's feed reader.
     assert "changes published (generation 1, change set 1)" in log, log[-3000:]
     assert re.search(r"feed \S+ reloaded: version \w+ \(generation 1, change set 1\)", log), log[-3000:]
+
+    # c4 serve holds no database connection for routing: it learns PostgreSQL is away from the follower, through the feed.
+    assert health_status(api) == "ok"
+    pg_cluster.stop()
+    try:
+        deadline = time.monotonic() + 10
+        while health_status(api) != "degraded":
+            assert time.monotonic() < deadline, "/health never said degraded"
+            time.sleep(0.1)
+        assert call_did(r) == 486 and last_target(peers) == PBX2  # routing goes on with the last table
+    finally:
+        pg_cluster.start()
