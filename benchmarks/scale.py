@@ -1,6 +1,6 @@
 """Carrier-scale benchmark (issue #8): decision speed, cost of a change, memory and start per node.
 
-    .venv/bin/python benchmarks/scale.py [decision|change|kamailio|nopause|all] [--dids 1000000] [--routes 100000]
+    .venv/bin/python benchmarks/scale.py [decision|change|pgchange|kamailio|nopause|all] [--dids 1000000] [--routes 100000]
 
 Tables come from benchmarks/generate.py (100 tenants, 1,000 trunks, 5
 profiles; ``--dids`` DIDs and ``--routes`` routes). Not a test: the numbers
@@ -21,6 +21,13 @@ side, and medians of repeated runs are reported.
   same edit through the table feed (c4kemi/feed.py): the writer's check
   and diff (``c4 feed``, once per node) and one reader's
   ``FeedTableSource.refresh`` (what each KEMI worker and c4 serve pay).
+- ``pgchange`` (goal 1 through the API): the generated table imported into
+  PostgreSQL (a throwaway server unless ``--dsn``), then one DID changed
+  by SQL as the provisioning API writes it: the write with its change-log
+  triggers, ``c4 db follow``'s work (read the change log and that DID,
+  check it, append a change set) and one reader's ``refresh``; and, once,
+  what the follower did before per change (export the whole table, then
+  compare it).
 - ``kamailio`` (goals 3 and 4): ``c4 kamailio`` in KEMI mode with 1 and
   with 8 SIP workers: the time from the command to the first routed answer
   (a 403 to an INVITE from an unknown source: the table is loaded), and the
@@ -64,7 +71,7 @@ from sip import (  # noqa: E402
     CALLER,
     ROOT,
     ROUTER,
-    SCENARIOS,
+    SCENARIO,
     free_port,
     read_log,
     read_stat,
@@ -202,6 +209,73 @@ def bench_feed(document: dict, repeat: int) -> None:
                              ("c4 feed: FeedWriter.publish (compare by key, check the changed DID, append a line)", publish),
                              ("each reader: FeedTableSource.refresh (stat, read the line, apply_changes)", apply)):
             print(f"| {name} | {statistics.median(values) * 1000:.1f} |")
+
+
+def bench_pgchange(n_dids: int, n_routes: int, repeat: int, dsn: str | None) -> None:
+    """One DID change through PostgreSQL (as the provisioning API writes it) and its change log, to every reader."""
+    import asyncio
+
+    print(f"\n## One DID change through PostgreSQL (goal 1), {n_dids:,} DIDs, {n_routes:,} routes; medians of {repeat} runs, ms\n")
+    cluster = None
+    if dsn is None:  # a throwaway server, as the tests make one
+        sys.path.insert(0, str(ROOT / "tests"))
+        from postgres import Cluster
+
+        cluster = Cluster()
+        cluster.start()
+        dsn = cluster.dsn(cluster.create_database())
+    try:
+        asyncio.run(_pgchange(make_document(n_dids, n_routes), repeat, dsn))
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+
+
+async def _pgchange(document: dict, repeat: int, dsn: str) -> None:
+    from c4kemi.db.changes import ChangeFollower
+    from c4kemi.db.documents import connect, export_document, import_document
+    from c4kemi.db.migrate import migrate
+    from c4kemi.db.source import FeedPublisher
+
+    conn = await connect(dsn)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            await migrate(conn)
+            _, seconds = await atimed(import_document(conn, validate_document(document)))
+            print(f"c4 db import of the document: {seconds:.1f} s\n")
+            publisher = FeedPublisher(FeedWriter(Path(tmp) / "feed"), Path(tmp) / "table.json")
+            follower = ChangeFollower(dsn, publisher.document, publisher.changes)
+            _, seconds = await atimed(follower.load_once())
+            reader = FeedTableSource(publisher.writer.directory, check_interval=0)
+            write, follow, apply = [], [], []
+            for run in range(repeat):
+                did = document["dids"][run]
+                flip_ipbx(did)
+                _, seconds = await atimed(conn.execute("UPDATE dids SET ipbx = $1 WHERE prefix = $2", did["ipbx"], did["prefix"]))
+                write.append(seconds)
+                _, seconds = await atimed(follower._check(conn))  # what the NOTIFY wakes
+                follow.append(seconds)
+                _, seconds = timed(reader.refresh)
+                apply.append(seconds)
+            assert follower.documents == 1 and follower.change_sets == repeat and reader.seq == repeat
+            exported, export_seconds = await atimed(export_document(conn))
+            _, publish_seconds = timed(publisher.writer.publish, exported[0])
+        finally:
+            await conn.close()
+    print("| step | median (ms) |")
+    print("|---|---:|")
+    for name, values in (("the write: UPDATE of one DID, committed (with the change log triggers)", write),
+                         ("c4 db follow: read the log and the DID, check it, append a change set", follow),
+                         ("each reader: FeedTableSource.refresh (apply_changes)", apply),
+                         ("before: export_document (the whole table, per change)", [export_seconds]),
+                         ("before: then FeedWriter.publish of it (compare every entity)", [publish_seconds])):
+        print(f"| {name} | {statistics.median(values) * 1000:.1f} |")
+
+
+async def atimed(awaitable):
+    t0 = time.perf_counter()
+    out = await awaitable
+    return out, time.perf_counter() - t0
 
 
 def bench_update(document: dict, repeat: int) -> None:
@@ -393,7 +467,7 @@ def bench_nopause(args: argparse.Namespace, modes: list[str]) -> None:
                 time.sleep(0.5)
                 duration = 2 * args.phase + args.changes
                 caller = subprocess.Popen(
-                    ["sipp", "-sf", str(SCENARIOS / "uac_bench.xml"), "-i", CALLER, "-p", "0", "-s", "0612345678",
+                    ["sipp", "-sf", str(SCENARIO), "-i", CALLER, "-p", "0", "-s", "0612345678",
                      "-r", str(args.rate), "-m", str(args.rate * duration), "-l", str(args.rate * 5), "-nostdin",
                      "-default_behaviors", "all,-abortunexp", "-trace_logs", "-trace_stat", "-fd", "3600",
                      "-timeout", str(duration + 30), f"{ROUTER}:{router_port}"],
@@ -435,13 +509,14 @@ def bench_nopause(args: argparse.Namespace, modes: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["decision", "change", "kamailio", "nopause", "all"])
+    parser.add_argument("what", nargs="?", default="all", choices=["decision", "change", "pgchange", "kamailio", "nopause", "all"])
     parser.add_argument("--port", type=int, default=15080, help="kamailio: the UDP port to listen on")
     parser.add_argument("--c4", help="kamailio: the c4 command to start (default: this venv's), e.g. another checkout's")
     parser.add_argument("--sizes", default="1000,100000,1000000")
     parser.add_argument("--dids", type=int, default=1_000_000)
     parser.add_argument("--routes", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--dsn", help="pgchange: an empty database to use (default: a throwaway server, as the tests make)")
     parser.add_argument("--workers", default="1,8", help="kamailio: SIP worker counts to compare (nopause: the last)")
     parser.add_argument("--modes", default="kemi,http", help="kamailio, nopause: modes")
     parser.add_argument("--rate", type=int, default=500, help="nopause: calls per second")
@@ -455,6 +530,8 @@ def main() -> None:
         bench_decision([int(s) for s in args.sizes.split(",")], args.routes, args.repeat)
     if args.what in ("change", "all"):
         bench_change(args.dids, args.routes, args.repeat)
+    if args.what == "pgchange":  # needs PostgreSQL: only when asked for
+        bench_pgchange(args.dids, args.routes, args.repeat, args.dsn)
     if args.what in ("kamailio", "all"):
         c4 = args.c4.split() if args.c4 else [str(Path(sys.executable).with_name("c4"))]
         bench_kamailio(args.dids, args.routes, [int(c) for c in args.workers.split(",")], args.port, c4, args.modes.split(","))

@@ -40,14 +40,15 @@ def run_server(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; 0 on a clean stop, 1 if it cannot start."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     feed = getattr(args, "feed", None)
-    if sum(map(bool, (args.table, feed, args.dsn))) != 1:
+    # With --feed, --dsn (or $C4_DSN) is only the provisioning API's database: c4 db follow writes the feed.
+    if sum(map(bool, (args.table, feed, args.dsn and not feed))) != 1:
         print("c4 serve: give --table FILE, --feed DIR or --dsn DSN (or $C4_DSN), one of them", file=sys.stderr)
         return 2
     api_token, api_listen = getattr(args, "api_token", None), getattr(args, "api_listen", None)
     if api_listen and not args.dsn:
         print("c4 serve: --api-listen needs a database: give --dsn or set C4_DSN", file=sys.stderr)
         return 2
-    if args.dsn:
+    if args.dsn and not feed:
         from c4kemi.db.source import PostgresTableSource
 
         # The table arrives when the app starts (cleanup_ctx), then follows NOTIFY.

@@ -18,6 +18,8 @@ A feed directory (node-local, mode 0700, written by one writer only)::
     changes-N.jsonl    append-only, one change set per line:
                        {"seq": 1, "dids": [[prefix, did or null], ...],
                         "routes": [[tenant, prefix, route or null], ...]}
+    store.json         c4 db follow only: its PostgreSQL state for /health
+                       ({"state": "ok" or "stale", "stale_since", ...})
 
 A change to the small collections (tenants, profiles, IPBXs, carriers,
 trunks), or a change set larger than ``max_changes``, starts a new
@@ -58,6 +60,8 @@ __all__ = ["FeedError", "FeedTableSource", "FeedWriter", "watch_file"]
 log = logging.getLogger("c4.feed")
 
 POINTER = "current"
+# The state of the store behind the writer (c4 db follow: PostgreSQL reachable or not), for /health.
+STORE_STATUS = "store.json"
 # Entities per line of a snapshot: a reader parses one line per step or so.
 SNAPSHOT_LINE = 10_000
 # Seconds a reader spreads work over calls before it finishes it at once.
@@ -110,6 +114,10 @@ def _diff(old: Mapping, new: Iterable[Mapping[str, Any]], key: Callable, same: C
     return by_key, changes
 
 
+def _unchanged(before: Any, after: Any, same: Callable) -> bool:
+    return before is None if after is None else before is not None and same(before, after)
+
+
 def _base_bytes(raw: Mapping[str, Any]) -> bytes | None:
     """The small collections as written, to tell whether they changed (None: cannot tell)."""
     try:
@@ -139,6 +147,7 @@ class FeedWriter:
         self.generation = max(generations, default=0)  # the next publish starts a new one
         self.seq = 0
         self._base: bytes | None = None  # the small collections as written
+        self._base_doc: dict[str, Any] = {}  # ... as values
         self._refs: dict[str, Any] = {}  # ... as checked, what DIDs and routes may refer to
         self._dids: dict[str, Any] = {}  # DIDs as written, by prefix
         self._routes: dict[tuple[str, str], Any] = {}  # routes as written, by (tenant, prefix)
@@ -156,6 +165,40 @@ class FeedWriter:
         dids, routes, did_changes, route_changes = found
         if not did_changes and not route_changes:
             return "unchanged"
+        self._append(did_changes, route_changes, source)
+        self._dids, self._routes = dids, routes
+        return "changes"
+
+    def publish_changes(self, dids: Mapping[str, Any], routes: Mapping[tuple[str, str], Any], source: str | None = None) -> str:
+        """Publish DIDs and routes known to have changed (None: removed), by key: "changes" or "unchanged".
+
+        For a writer told what changed (c4 db follow reads PostgreSQL's
+        change log) instead of a whole document: the same check of each
+        changed entity as ``publish``, so what it refuses is what the
+        whole-document check of the resulting document refuses. Raises
+        DocumentError (nothing published) when refused.
+        """
+        if self._base is None:
+            raise FeedError("publish_changes before a first document")
+        did_changes = {k: d for k, d in dids.items() if not _unchanged(self._dids.get(k), d, operator.eq)}
+        route_changes = {k: r for k, r in routes.items() if not _unchanged(self._routes.get(k), r, _same)}
+        if not did_changes and not route_changes:
+            return "unchanged"
+        self._append(did_changes, route_changes, source)
+        for known, changes in ((self._dids, did_changes), (self._routes, route_changes)):
+            for key, entity in changes.items():
+                if entity is None:
+                    known.pop(key, None)
+                else:
+                    known[key] = entity
+        return "changes"
+
+    def document(self) -> dict[str, Any]:
+        """The last published document, as written (the node's copy of the table)."""
+        return {**self._base_doc, "dids": list(self._dids.values()), "routes": list(self._routes.values())}
+
+    def _append(self, did_changes: Mapping, route_changes: Mapping, source: str | None) -> None:
+        """Check the changed entities and append them as one change set (DocumentError: nothing appended)."""
         errors: list[str] = []
         checked_dids = self._checked("dids", did_changes, errors)
         checked_routes = self._checked("routes", route_changes, errors)
@@ -168,8 +211,6 @@ class FeedWriter:
             "routes": [[tenant, prefix, r] for (tenant, prefix), r in checked_routes.items()],
         }) + b"\n"
         os.write(self._out, line)  # one write of a whole line, O_APPEND
-        self._dids, self._routes = dids, routes
-        return "changes"
 
     def _entity_changes(self, raw: Any) -> tuple[dict, dict, dict, dict] | None:
         """(DIDs and routes by key, what changed of each), or None when the whole document must be checked."""
@@ -211,6 +252,7 @@ class FeedWriter:
         self._out = os.open(_changes(self.directory, self.generation), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         write_atomically(self.directory / POINTER, orjson.dumps({"generation": self.generation}))
         self._base = _base_bytes(raw)
+        self._base_doc = {name: raw.get(name, []) for name in BASE_COLLECTIONS}
         self._refs = {
             "tenants": [t["name"] for t in base["tenants"]],
             "normalization_profiles": [p["name"] for p in base["normalization_profiles"]],
@@ -258,6 +300,14 @@ class FeedTableSource(PolledSource):
         # The first load must succeed, and is done at once.
         self._table, self.generation, self.seq, self._offset = finish(self._generation_steps(self._read_pointer()))
         self._next_check = time.monotonic() + check_interval
+
+    def status(self) -> dict[str, Any]:
+        """The writer's store status (c4 db follow writes one: PostgreSQL "ok" or "stale"), else a file's."""
+        try:
+            status = orjson.loads((self.directory / STORE_STATUS).read_bytes())
+        except (OSError, ValueError):
+            status = None
+        return status if isinstance(status, dict) and status.get("state") in ("ok", "stale") else {"kind": "file", "state": "ok"}
 
     @property
     def pending(self) -> bool:

@@ -25,10 +25,15 @@ with ``http_async_client`` loaded by absolute path from ``build/modules``
 (built by ``make setup``). ``--api-timeout`` (ms, below the 5000 ms
 ``fr_timer``) bounds each query, ``--max-inflight`` the queries waiting for
 the API (past it new INVITEs get a fast 503), ``--api-workers`` the
-http_async_client workers. With ``--serve-api`` (and ``--table``) the
-launcher also runs ``c4 serve`` on the host and port of ``--api``, waits for
-its ``/health``, and stops it with Kamailio; c4 serve reads the table feed
-(``--feed``) that ``c4 feed`` writes, as the KEMI workers do.
+http_async_client workers. With ``--serve-api`` (and ``--table`` or
+``--dsn``) the launcher also runs ``c4 serve`` on the host and port of
+``--api``, waits for its ``/health``, and stops it with Kamailio; c4 serve
+reads the table feed (``--feed``) that ``c4 feed`` writes, as the KEMI
+workers do.
+
+With ``--dsn`` (either mode), ``c4 db follow`` is the feed's writer
+instead of ``c4 feed``: it follows PostgreSQL's change log and publishes
+the DIDs and routes that changed (c4kemi/db/changes.py).
 
 Call records (docs/cdr.md): ``--cdr-file FILE`` or ``--cdr-db`` turns them on
 in either mode: the launcher starts ``c4 cdr`` before Kamailio, on a free
@@ -338,16 +343,18 @@ def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
             raise LaunchError(f"--serve-api runs c4 serve at the root of a plain http URL, not {args.api!r}")
         argv = [sys.executable, "-m", "c4kemi.cli", "serve", "--host", host, "--port", str(port)]
         health = http_answers(f"http://{urlsplit(args.api).netloc}/health")
+        feed = launch.rundir / "feed"
         if args.dsn:
             if args.table:
                 raise LaunchError("--table or --dsn, not both: with --dsn the table comes from PostgreSQL")
+            # c4 db follow writes the feed from the change log; c4 serve reads it and serves the API on the database.
             cache = table_cache(args)
-            argv += ["--table-cache", str(cache)]
-            launch.helpers.append(Helper(argv, f"c4 serve on {host}:{port}", health, {"C4_DSN": args.dsn}))
-            launch.banner.append(f"c4 serve on {host}:{port}, routing table from PostgreSQL (saved in {cache})")
+            launch.helpers.append(follower(args, cache, feed))
+            launch.helpers.append(Helper(argv + ["--feed", str(feed)], f"c4 serve on {host}:{port}", health, {"C4_DSN": args.dsn}))
+            launch.banner.append(f"c4 serve on {host}:{port}, routing table from PostgreSQL through c4 db follow and the feed {feed} "
+                                 f"(saved in {cache})")
             return
         table_path, document = table_file(args.table)
-        feed = launch.rundir / "feed"
         launch.helpers.append(feed_writer(table_path, feed))
         launch.helpers.append(Helper(argv + ["--feed", str(feed)], f"c4 serve on {host}:{port}", health))
         launch.banner.append(f"c4 serve on {host}:{port}, routing table {table_path} through the feed {feed} (changes taken in within a second)")

@@ -11,14 +11,21 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 
+import asyncpg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_incremental import CHANGES, apply, table_view
 
-from c4kemi.db.documents import connect, import_document
-from c4kemi.db.source import PostgresTableSource, StoreUnavailable
-from c4kemi.document import validate_document
-from c4kemi.feed import FeedTableSource
-from c4kemi.table import compile_table
+from c4http.app import make_app
+from c4kemi.db.changes import ChangeFollower
+from c4kemi.db.documents import connect, export_document, import_document
+from c4kemi.db.source import FeedPublisher, PostgresTableSource, StoreUnavailable, follow_to_file
+from c4kemi.document import DocumentError, validate_document
+from c4kemi.feed import FeedTableSource, FeedWriter
+from c4kemi.table import compile_table, compile_validated
 from tables import document
 
 
@@ -153,3 +160,264 @@ def test_db_follow_publishes_changes_to_the_feed_as_change_sets(pg_dsn, tmp_path
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# -- the change log (migration 0005): c4 db follow --feed fetches only what changed ----------------
+
+
+class Node:
+    """c4 db follow --feed, in process: a ChangeFollower publishing to a feed, and a worker's reader of it."""
+
+    def __init__(self, dsn, feed, **kwargs):
+        self.publisher = FeedPublisher(FeedWriter(feed), feed.parent / f"{feed.name}-table.json")
+        self.follower = ChangeFollower(dsn, self.publisher.document, self.publisher.changes, **kwargs)
+        self.feed = feed
+        self.reader = None
+
+    async def start(self):
+        await self.follower.load_once()
+        self.reader = FeedTableSource(self.feed, check_interval=0)
+
+    def table(self):
+        self.reader.refresh()
+        return self.reader.current()
+
+
+async def exported_table(dsn):
+    """What a whole export gives: the compiled table, or None when the checker refuses the data."""
+    conn = await connect(dsn)
+    try:
+        doc, _ = await export_document(conn)
+    finally:
+        await conn.close()
+    try:
+        return compile_validated(validate_document(doc))
+    except DocumentError:
+        return None
+
+
+async def write_through_sql(conn, before, after) -> None:
+    """The difference between two documents, written as a provisioning tool would: plain SQL, one transaction."""
+    async with conn.transaction():
+        old_dids = {d["prefix"]: d for d in before["dids"]}
+        new_dids = {d["prefix"]: d for d in after["dids"]}
+        for prefix in old_dids.keys() - new_dids.keys():
+            await conn.execute("DELETE FROM dids WHERE prefix = $1", prefix)
+        for prefix, d in new_dids.items():
+            if prefix not in old_dids:
+                await conn.execute("INSERT INTO dids (tenant, prefix, ipbx, match) VALUES ($1, $2, $3, $4)",
+                                   d["tenant"], prefix, d["ipbx"], d.get("match"))
+            elif d != old_dids[prefix]:
+                await conn.execute("UPDATE dids SET tenant = $1, ipbx = $2, match = $3 WHERE prefix = $4",
+                                   d["tenant"], d["ipbx"], d.get("match"), prefix)
+        old_routes = {(r["tenant"], r["prefix"]): r for r in before["routes"]}
+        new_routes = {(r["tenant"], r["prefix"]): r for r in after["routes"]}
+        for key in old_routes.keys() - new_routes.keys():
+            await conn.execute("DELETE FROM routes WHERE tenant = $1 AND prefix = $2", *key)
+        for key, r in new_routes.items():
+            if r == old_routes.get(key):
+                continue
+            if key in old_routes:
+                await conn.execute("DELETE FROM route_trunks WHERE tenant = $1 AND prefix = $2", *key)
+            else:
+                await conn.execute("INSERT INTO routes (tenant, prefix) VALUES ($1, $2)", *key)
+            for position, c in enumerate(r["trunks"]):
+                c = {"trunk": c, "priority": position, "weight": 1} if isinstance(c, str) else c
+                await conn.execute("INSERT INTO route_trunks VALUES ($1, $2, $3, $4, $5, $6)",
+                                   *key, position, c["trunk"], c["priority"], float(c["weight"]))
+        if after["trunks"][0]["fr_timer"] != before["trunks"][0]["fr_timer"]:
+            await conn.execute("UPDATE trunks SET fr_timer = $1 WHERE name = $2", after["trunks"][0]["fr_timer"],
+                               after["trunks"][0]["name"])
+        if after["ipbxs"][0]["targets"] != before["ipbxs"][0]["targets"]:
+            await conn.execute("UPDATE ipbxs SET targets = $1 WHERE name = $2", after["ipbxs"][0]["targets"],
+                               after["ipbxs"][0]["name"])
+
+
+# A DID whose match PostgreSQL stores but the checker refuses, then the same DID made good again.
+BAD_THEN_GOOD = st.sampled_from([
+    ("raw-did", {"tenant": "acme", "prefix": "3955", "ipbx": "acme-pbx", "match": "("}),
+    ("raw-did", {"tenant": "acme", "prefix": "3955", "ipbx": "acme-pbx", "match": "39[0-9]*"}),
+])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(CHANGES, BAD_THEN_GOOD), min_size=1, max_size=8))
+def test_changes_made_through_sql_and_followed_through_the_log_give_the_export_table(pg_dsn, tmp_path_factory, changes):
+    async def run() -> None:
+        doc = document()
+        await imported(pg_dsn, doc)
+        node = Node(pg_dsn, tmp_path_factory.mktemp("feed") / "feed")
+        await node.start()
+        good = await exported_table(pg_dsn)
+        conn = await connect(pg_dsn)
+        try:
+            for change in changes:
+                after = json.loads(json.dumps(doc))
+                if change[0] == "raw-did":
+                    after["dids"] = [d for d in after["dids"] if d["prefix"] != change[1]["prefix"]] + [change[1]]
+                else:
+                    apply(after, change)
+                try:
+                    await write_through_sql(conn, doc, after)
+                except asyncpg.PostgresError:  # what the schema itself refuses (another tenant's IPBX, ...)
+                    continue
+                changed, doc = after != doc, after
+                documents, change_sets = node.follower.documents, node.follower.change_sets
+                await node.follower._check(conn)  # what a NOTIFY or the periodic check runs
+                expected = await exported_table(pg_dsn)
+                if expected is None:  # refused: the feed keeps the last good table
+                    assert node.table().version == good.version
+                    continue
+                good = expected
+                assert table_view(node.table()) == table_view(expected)
+                if change[0] in ("trunk", "ipbx") and changed:  # the small collections: a whole export
+                    assert node.follower.documents == documents + 1
+                elif not node.follower.refused and node.follower.change_sets > change_sets:
+                    assert node.follower.documents == documents  # a change set, not a whole export
+        finally:
+            await conn.close()
+            node.publisher.writer.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+async def node(pg_dsn, tmp_path):
+    """A running c4 db follow --feed (in process), checking every 0.3 s besides NOTIFY."""
+    await imported(pg_dsn)
+    node = Node(pg_dsn, tmp_path / "feed", check_interval=0.3)
+    await node.start()
+    task = asyncio.create_task(node.follower.run())
+    yield node
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    node.publisher.writer.close()
+
+
+async def test_a_lost_notify_is_caught_by_the_periodic_check(node, pg_dsn):
+    # Without the 0001 trigger no NOTIFY is sent (and the version does not move): only the log says it changed.
+    await execute(pg_dsn, "ALTER TABLE dids DISABLE TRIGGER dids_changed;"
+                          " INSERT INTO dids (tenant, prefix, ipbx) VALUES ('acme', '3988', 'acme-pbx')")
+    await until(lambda: node.table().counts["dids"] == 5)
+    assert (node.follower.documents, node.follower.change_sets) == (1, 1)
+    assert table_view(node.table()) == table_view(await exported_table(pg_dsn))
+
+
+async def test_a_cut_connection_is_reopened_and_what_changed_meanwhile_arrives(node, pg_dsn):
+    terminated = 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()'
+    await execute(pg_dsn, f"{terminated}; DELETE FROM dids WHERE prefix = '4420'")
+    await until(lambda: node.table().counts["dids"] == 3)
+    await execute(pg_dsn, f"{terminated}; DELETE FROM routes WHERE tenant = 'globex'")
+    await until(lambda: node.table().counts["routes"] == 3)
+    assert node.follower.documents == 1  # caught up through the log, not a whole export
+    assert table_view(node.table()) == table_view(await exported_table(pg_dsn))
+
+
+async def test_a_follower_restarted_after_changes_catches_up(pg_dsn, tmp_path):
+    await imported(pg_dsn)
+    first = Node(pg_dsn, tmp_path / "feed")
+    await first.start()
+    assert first.table().counts["dids"] == 4
+    first.publisher.writer.close()  # stopped
+    await execute(pg_dsn, "DELETE FROM dids WHERE prefix = '4420'; INSERT INTO tenants VALUES ('initech')")
+    again = Node(pg_dsn, tmp_path / "feed")  # the same feed directory: a new generation
+    await again.start()
+    assert first.table().counts["dids"] == 3
+    assert table_view(first.table()) == table_view(await exported_table(pg_dsn))  # an old reader switches too
+    again.publisher.writer.close()
+
+
+async def test_a_bulk_statement_or_pruned_rows_read_the_whole_document(pg_dsn, tmp_path):
+    await imported(pg_dsn)
+    node = Node(pg_dsn, tmp_path / "feed", retention=0)
+    await node.start()
+    conn = await connect(pg_dsn)
+    try:
+        await conn.execute("INSERT INTO dids (tenant, prefix, ipbx) SELECT 'acme', '5' || n, 'acme-pbx' FROM generate_series(1, 10001) n")
+        assert await conn.fetchval("SELECT count(*) FROM routing_changes WHERE collection = 'dids' AND prefix LIKE '5%'") == 0
+        await node.follower._check(conn)
+        assert node.follower.documents == 2 and node.table().counts["dids"] == 10005  # one whole export
+        await conn.execute("DELETE FROM dids WHERE prefix = '51'")
+        await node.follower._check(conn)
+        assert node.follower.documents == 2 and node.table().counts["dids"] == 10004  # one change set
+        # Rows this follower has not read are pruned (by another node): it cannot bridge the gap.
+        await conn.execute("DELETE FROM dids WHERE prefix = '52'")
+        await ChangeFollower(pg_dsn, None, None, retention=0).prune(conn)
+        await conn.execute("DELETE FROM dids WHERE prefix = '53'")
+        await node.follower._check(conn)
+        assert node.follower.documents == 3 and node.table().counts["dids"] == 10002
+        assert table_view(node.table()) == table_view(await exported_table(pg_dsn))
+        assert await conn.fetchval("SELECT count(*) FROM routing_changes WHERE seq <= $1", node.follower.seq) <= 1
+    finally:
+        await conn.close()
+        node.publisher.writer.close()
+
+
+async def test_a_follower_that_may_not_prune_goes_on_following(pg_dsn, tmp_path, caplog):
+    role = f"reader_{uuid.uuid4().hex[:8]}"  # roles are the server's, not the database's: a name of its own
+    await execute(pg_dsn, f"CREATE ROLE {role} LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    await imported(pg_dsn)
+    node = Node(pg_dsn.replace("postgres@", f"{role}@"), tmp_path / "feed", retention=0)
+    await node.start()
+    await execute(pg_dsn, "DELETE FROM dids WHERE prefix = '4420'")
+    conn = await connect(node.follower.dsn)
+    try:
+        await node.follower._check(conn)  # takes the change set in, then fails to prune
+        assert "cannot prune the routing change log" in caplog.text
+        await execute(pg_dsn, "DELETE FROM dids WHERE prefix = '3970'")
+        await node.follower._check(conn)
+    finally:
+        await conn.close()
+        node.publisher.writer.close()
+    assert node.table().counts["dids"] == 2 and node.follower.documents == 1
+
+
+async def test_provisioning_api_writes_arrive_as_change_sets(aiohttp_client, pg_dsn, tmp_path):
+    """The HTTP-mode node: the API writes PostgreSQL, the follower publishes change sets, c4 serve's reader routes with them."""
+    await imported(pg_dsn)
+    node = Node(pg_dsn, tmp_path / "feed")
+    await node.start()
+    client = await aiohttp_client(make_app(node.reader, dsn=pg_dsn, api_token="admin-token"))
+    writes = [
+        ("POST", "/api/v1/dids", {"tenant": "acme", "prefix": "3988", "ipbx": "acme-branch", "match": "3988[0-9]+"}),
+        ("PATCH", "/api/v1/dids/39612345", {"ipbx": "acme-branch"}),
+        ("PATCH", "/api/v1/routes/acme/39", {"trunks": [{"trunk": "carrier-b-2", "priority": 0, "weight": 2.5}]}),
+        ("POST", "/api/v1/routes", {"tenant": "globex", "prefix": "49", "trunks": ["carrier-a-1"]}),
+        ("DELETE", "/api/v1/dids/4420", None),
+        ("DELETE", "/api/v1/routes/acme/44", None),
+    ]
+    conn = await connect(pg_dsn)
+    try:
+        for method, path, body in writes:
+            async with client.request(method, path, json=body, headers={"Authorization": "Bearer admin-token"}) as response:
+                assert response.status in (200, 201, 204), await response.text()
+            await node.follower._check(conn)
+            assert table_view(node.table()) == table_view(await exported_table(pg_dsn)), (method, path)
+    finally:
+        await conn.close()
+        node.publisher.writer.close()
+    assert (node.follower.documents, node.follower.change_sets, node.reader.seq) == (1, len(writes), len(writes))
+
+
+async def test_the_feed_says_when_postgresql_is_away(pg_dsn, pg_cluster, tmp_path):
+    """c4 serve --feed's /health shows the store's state: c4 db follow writes it into the feed."""
+    await imported(pg_dsn)
+    feed = tmp_path / "feed"
+    following = asyncio.create_task(follow_to_file(pg_dsn, tmp_path / "table.json", 0.3, feed))
+    try:
+        await until(lambda: (feed / "current").is_file())
+        reader = FeedTableSource(feed, check_interval=0)
+        await until(lambda: reader.status()["state"] == "ok")
+        assert reader.status()["kind"] == "postgresql"
+        pg_cluster.stop()
+        try:
+            await until(lambda: reader.status()["state"] == "stale")
+            assert reader.status()["stale_since"] is not None
+        finally:
+            pg_cluster.start()
+        await until(lambda: reader.status()["state"] == "ok", timeout=15)
+    finally:
+        following.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await following

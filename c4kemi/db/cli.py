@@ -6,7 +6,7 @@
     c4 db token create --tenant NAME  print a new tenant API token (shown once)
     c4 db token revoke ID             revoke a token
     c4 db token list                  list tokens (never the tokens themselves)
-    c4 db follow --out FILE [--feed DIR]   keep FILE equal to the routing data, publish it to DIR (c4 kamailio --dsn runs it)
+    c4 db follow --out FILE [--feed DIR]   keep FILE equal to the routing data; publish its changes to DIR (c4 kamailio --dsn runs it)
 
 Every command takes ``--dsn`` (default: ``$C4_DSN``).
 """
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     follow = sub.add_parser("follow", parents=[dsn], help="keep a routing document file equal to the database (LISTEN/NOTIFY)")
     follow.add_argument("--out", required=True, help="the file to write, atomically (the KEMI workers' table)")
     follow.add_argument("--check-interval", type=float, default=5.0, help="seconds between version checks besides NOTIFY")
-    follow.add_argument("--feed", help="also publish each document to this table feed directory (what c4 kamailio --dsn reads)")
+    follow.add_argument("--feed", help="publish to this table feed directory what the change log says changed (what c4 kamailio --dsn reads)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-__all__ = ["connect", "export_document", "import_document", "routing_version", "setup_connection"]
+__all__ = ["connect", "did_entity", "export_document", "read_document", "read_routes", "import_document", "routing_version", "setup_connection"]
 
 # Routing tables, the ones referring to others first (TRUNCATE takes them together).
 ROUTING_TABLES = ("route_trunks", "routes", "dids", "sources", "trunks", "ipbxs", "carriers", "normalization_profiles")
@@ -66,49 +66,62 @@ def _number(value: float) -> int | float:
 async def export_document(conn: asyncpg.Connection) -> tuple[dict[str, Any], int]:
     """The whole routing document and its routing version, from one snapshot."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        version = await routing_version(conn)
-        ipbx_sources: dict[str, list[str]] = {}
-        trunk_sources: dict[str, list[str]] = {}
-        for row in await conn.fetch("SELECT cidr, ipbx, trunk FROM sources ORDER BY ipbx, trunk, position"):
-            owner = ipbx_sources.setdefault(row["ipbx"], []) if row["ipbx"] else trunk_sources.setdefault(row["trunk"], [])
-            owner.append(str(row["cidr"]))
-        doc: dict[str, Any] = {
-            "tenants": [
-                {"name": row["name"], **_limits(row, "max_channels")}
-                for row in await conn.fetch("SELECT name, max_channels FROM tenants ORDER BY name")
-            ],
-            "normalization_profiles": [
-                dict(row) for row in await conn.fetch(
-                    "SELECT name, country_code, intl_prefix, ld_prefix, always_plus, to_e164, from_e164"
-                    " FROM normalization_profiles ORDER BY name"
-                )
-            ],
-            "ipbxs": [
-                {"name": row["name"], "tenant": row["tenant"], "targets": list(row["targets"]), **_endpoint(row, ipbx_sources)}
-                for row in await conn.fetch("SELECT * FROM ipbxs ORDER BY name")
-            ],
-            "carriers": [dict(row) for row in await conn.fetch("SELECT name, tenant FROM carriers ORDER BY name")],
-            "trunks": [
-                {
-                    "name": row["name"], "carrier": row["carrier"], "target": row["target"], **_endpoint(row, trunk_sources),
-                    "auth": {"username": row["auth_username"], "password": row["auth_password"], "realm": row["auth_realm"]}
-                    if row["auth_username"] is not None else None,
-                    **_limits(row, "max_channels", "max_cps"),
-                }
-                for row in await conn.fetch("SELECT * FROM trunks ORDER BY name")
-            ],
-            "dids": [dict(row) for row in await conn.fetch("SELECT tenant, prefix, ipbx, match FROM dids ORDER BY prefix")],
-        }
-        choices: dict[tuple[str, str], list[dict]] = {}
-        for row in await conn.fetch("SELECT * FROM route_trunks ORDER BY tenant, prefix, position"):
-            choices.setdefault((row["tenant"], row["prefix"]), []).append(
-                {"trunk": row["trunk"], "priority": row["priority"], "weight": _number(row["weight"])}
+        return await read_document(conn), await routing_version(conn)
+
+
+def did_entity(row: asyncpg.Record) -> dict[str, Any]:
+    return {"tenant": row["tenant"], "prefix": row["prefix"], "ipbx": row["ipbx"], "match": row["match"]}
+
+
+async def read_routes(conn: asyncpg.Connection, where: str = "", *args: Any) -> list[dict[str, Any]]:
+    """Routes as the document has them (``where``: a condition on tenant and prefix, for a few keys)."""
+    choices: dict[tuple[str, str], list[dict]] = {}
+    for row in await conn.fetch(f"SELECT * FROM route_trunks {where} ORDER BY tenant, prefix, position", *args):
+        choices.setdefault((row["tenant"], row["prefix"]), []).append(
+            {"trunk": row["trunk"], "priority": row["priority"], "weight": _number(row["weight"])}
+        )
+    return [
+        {"tenant": tenant, "prefix": prefix, "trunks": choices.get((tenant, prefix), [])}
+        for tenant, prefix in await conn.fetch(f"SELECT tenant, prefix FROM routes {where} ORDER BY tenant, prefix", *args)
+    ]
+
+
+async def read_document(conn: asyncpg.Connection) -> dict[str, Any]:
+    """The whole routing document, in the caller's transaction (one snapshot)."""
+    ipbx_sources: dict[str, list[str]] = {}
+    trunk_sources: dict[str, list[str]] = {}
+    for row in await conn.fetch("SELECT cidr, ipbx, trunk FROM sources ORDER BY ipbx, trunk, position"):
+        owner = ipbx_sources.setdefault(row["ipbx"], []) if row["ipbx"] else trunk_sources.setdefault(row["trunk"], [])
+        owner.append(str(row["cidr"]))
+    doc: dict[str, Any] = {
+        "tenants": [
+            {"name": row["name"], **_limits(row, "max_channels")}
+            for row in await conn.fetch("SELECT name, max_channels FROM tenants ORDER BY name")
+        ],
+        "normalization_profiles": [
+            dict(row) for row in await conn.fetch(
+                "SELECT name, country_code, intl_prefix, ld_prefix, always_plus, to_e164, from_e164"
+                " FROM normalization_profiles ORDER BY name"
             )
-        doc["routes"] = [
-            {"tenant": tenant, "prefix": prefix, "trunks": choices.get((tenant, prefix), [])}
-            for tenant, prefix in await conn.fetch("SELECT tenant, prefix FROM routes ORDER BY tenant, prefix")
-        ]
-    return doc, version
+        ],
+        "ipbxs": [
+            {"name": row["name"], "tenant": row["tenant"], "targets": list(row["targets"]), **_endpoint(row, ipbx_sources)}
+            for row in await conn.fetch("SELECT * FROM ipbxs ORDER BY name")
+        ],
+        "carriers": [dict(row) for row in await conn.fetch("SELECT name, tenant FROM carriers ORDER BY name")],
+        "trunks": [
+            {
+                "name": row["name"], "carrier": row["carrier"], "target": row["target"], **_endpoint(row, trunk_sources),
+                "auth": {"username": row["auth_username"], "password": row["auth_password"], "realm": row["auth_realm"]}
+                if row["auth_username"] is not None else None,
+                **_limits(row, "max_channels", "max_cps"),
+            }
+            for row in await conn.fetch("SELECT * FROM trunks ORDER BY name")
+        ],
+        "dids": [did_entity(row) for row in await conn.fetch("SELECT tenant, prefix, ipbx, match FROM dids ORDER BY prefix")],
+        "routes": await read_routes(conn),
+    }
+    return doc
 
 
 async def import_document(conn: asyncpg.Connection, doc: dict[str, Any]) -> int:

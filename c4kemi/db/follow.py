@@ -9,10 +9,11 @@ so once again when it is back. Two users:
 
 - ``c4 serve --dsn`` compiles each document into its routing table
   (``PostgresTableSource``);
-- ``c4 db follow`` (started by ``c4 kamailio --dsn``) writes it, atomically,
-  to the node's table file, which the Kamailio workers already watch. So the
-  workers never hold a database connection, and the file is the node's last
-  good table when PostgreSQL is down at start.
+- ``c4 db follow`` without ``--feed`` writes it, atomically, to a file.
+
+``c4 db follow --feed`` (started by ``c4 kamailio --dsn``) follows the
+change log instead of whole documents: ``ChangeFollower`` in changes.py,
+which overrides ``_check`` and ``_load``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -103,8 +105,12 @@ class Follower:
             if lost.is_set():
                 raise ConnectionError("connection to PostgreSQL lost")
             self._changed.clear()
-            if await routing_version(conn) != self.version:
-                await self._load(conn)
+            await self._check(conn)
+
+    async def _check(self, conn: asyncpg.Connection) -> None:
+        """Woken (or the periodic check): take in what changed since the last look."""
+        if await routing_version(conn) != self.version:
+            await self._load(conn)
 
     async def _load(self, conn: asyncpg.Connection) -> None:
         document, version = await export_document(conn)
@@ -114,6 +120,16 @@ class Follower:
             except Exception:  # the receiver's bug must not stop the following
                 log.exception("routing version %s could not be taken in", version)
             self.version = version  # refused or not, taken in once: the next change is retried
+
+    def status(self) -> dict[str, Any]:
+        """The store's state as /health reports it: "stale" while PostgreSQL is away."""
+        stale = self.stale_since
+        return {
+            "kind": "postgresql",
+            "routing_version": self.version,
+            "state": "stale" if stale is not None else "ok",
+            "stale_since": datetime.fromtimestamp(stale, UTC).isoformat() if stale is not None else None,
+        }
 
     def lost(self, exc: BaseException) -> None:
         if self.stale_since is None:  # said once per outage, not once per retry

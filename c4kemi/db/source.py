@@ -8,9 +8,11 @@ the current table, ``update_table``). Each good document is also saved to
 service starts, it routes with that file and catches up when the database
 is back.
 
-``follow_to_file`` is ``c4 db follow``: the same following, each checked
-document written atomically to a file (the node's copy), and with a feed
-directory published to KEMI mode's workers (c4kemi/feed.py).
+``follow_to_file`` is ``c4 db follow``: each checked document written
+atomically to a file (the node's copy); with a feed directory it follows
+the change log (``ChangeFollower``) and publishes change sets to the
+node's table feed (c4kemi/feed.py), which KEMI workers and the launcher's
+c4 serve read.
 """
 
 from __future__ import annotations
@@ -18,19 +20,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..document import DocumentError, load_raw, validate_document
-from ..feed import FeedWriter
+from ..feed import STORE_STATUS, FeedWriter
 from ..table import RoutingTable, compile_validated, load_table, update_table
+from .changes import ChangeFollower
 from .follow import UNAVAILABLE, Follower, document_bytes, write_atomically
 
 __all__ = ["PostgresTableSource", "StoreUnavailable", "follow_to_file"]
 
 log = logging.getLogger("c4.db")
+
+SAVE_INTERVAL = 2.0  # seconds between rewrites of c4 db follow's copy of the table
+REPORT_INTERVAL = 0.5  # seconds between looks at the follower's state, for the feed's store status
 
 
 class StoreUnavailable(RuntimeError):
@@ -62,13 +69,7 @@ class PostgresTableSource:
         return False
 
     def status(self) -> dict[str, Any]:
-        stale = self.follower.stale_since
-        return {
-            "kind": "postgresql",
-            "routing_version": self.follower.version,
-            "state": "stale" if stale is not None else "ok",
-            "stale_since": datetime.fromtimestamp(stale, UTC).isoformat() if stale is not None else None,
-        }
+        return self.follower.status()
 
     async def start(self) -> None:
         """The first table: from PostgreSQL, else from the saved file."""
@@ -119,37 +120,107 @@ class PostgresTableSource:
 async def follow_to_file(dsn: str, out: Path, check_interval: float = 5.0, feed: Path | None = None) -> None:
     """``c4 db follow``: keep OUT equal to the checked routing document, until cancelled.
 
-    With ``feed``, each document is also published to that table feed; its
-    writer checks only what changed since the last one (the whole document
-    the first time), and OUT is written once it passed.
+    With ``feed`` it is the node's feed writer: change sets from the change
+    log (``ChangeFollower``) are checked and published as they come, whole
+    documents when it must; OUT, the node's copy, is rewritten at most every
+    ``SAVE_INTERVAL`` seconds after that (writing a million DIDs is no
+    per-change cost). Without, each whole document is checked and written.
     """
-    writer = FeedWriter(feed) if feed is not None else None
+    if feed is None:
+        async def write(document: dict[str, Any], version: int) -> None:
+            try:
+                good = await asyncio.to_thread(validate_document, document)
+            except DocumentError as exc:
+                log.error("routing version %s in PostgreSQL refused, %s left as it is: %s", version, out, exc)
+                return
+            await asyncio.to_thread(write_atomically, out, document_bytes(good))
+            log.info("routing version %s written to %s", version, out)
 
-    def checked(document: dict[str, Any]) -> dict[str, Any]:
-        if writer is None:
-            return validate_document(document)
-        writer.publish(document)  # refused: DocumentError, nothing published
-        return document
+        follower = Follower(dsn, write, check_interval=check_interval)
+        await _start(follower, out, None)
+        await follower.run()
+        return
+    publisher = FeedPublisher(FeedWriter(feed), out)
+    follower = ChangeFollower(dsn, publisher.document, publisher.changes, check_interval=check_interval)
+    saving = asyncio.create_task(publisher.save_when_changed(), name="c4-save-table")
+    reporting = asyncio.create_task(publisher.report(follower), name="c4-report-state")
+    try:
+        await _start(follower, out, publisher)
+        await follower.run()
+    finally:
+        saving.cancel()
+        reporting.cancel()
 
-    async def write(document: dict[str, Any], version: int) -> None:
-        try:
-            good = await asyncio.to_thread(checked, document)
-        except DocumentError as exc:
-            log.error("routing version %s in PostgreSQL refused, %s left as it is: %s", version, out, exc)
-            return
-        await asyncio.to_thread(write_atomically, out, document_bytes(good))
-        log.info("routing version %s written to %s", version, out)
 
-    follower = Follower(dsn, write, check_interval=check_interval)
+async def _start(follower: Follower, out: Path, publisher: FeedPublisher | None) -> None:
+    """The first table: from PostgreSQL, else (down) the node's saved copy until it is back."""
     try:
         await follower.load_once()
     except UNAVAILABLE as exc:
         follower.lost(exc)
         if out.is_file():
             log.warning("routing with the last table saved in %s until PostgreSQL is back", out)
-            if writer is not None:
+            if publisher is not None:
                 try:
-                    await asyncio.to_thread(writer.publish, load_raw(out), str(out))
+                    await publisher.run(publisher.writer.publish, load_raw(out), str(out))
                 except DocumentError as exc:
                     log.error("the saved table %s is refused: %s", out, exc)
-    await follower.run()
+
+
+class FeedPublisher:
+    """``c4 db follow --feed``'s receiver: checks and publishes to the feed, keeps the node's copy."""
+
+    def __init__(self, writer: FeedWriter, out: Path) -> None:
+        self.writer = writer
+        self.out = out
+        self._lock = asyncio.Lock()  # one thread at a time uses the writer
+        self._changed = asyncio.Event()
+
+    async def run(self, method: Callable[..., str], *args: Any) -> str:
+        async with self._lock:
+            return await asyncio.to_thread(method, *args)
+
+    async def document(self, document: dict[str, Any], version: int) -> bool:
+        return await self._publish(version, self.writer.publish, document, f"routing version {version}")
+
+    async def changes(self, dids: dict, routes: dict, version: int) -> bool:
+        return await self._publish(version, self.writer.publish_changes, dids, routes, f"routing version {version}")
+
+    async def _publish(self, version: int, method: Callable[..., str], *args: Any) -> bool:
+        started = time.monotonic()
+        try:
+            taken = await self.run(method, *args)
+        except DocumentError as exc:
+            log.error("routing version %s in PostgreSQL refused, the feed keeps the last good table: %s", version, exc)
+            return False
+        log.info("routing version %s: %s published (generation %s, change set %s) in %.0f ms", version, taken,
+                 self.writer.generation, self.writer.seq, (time.monotonic() - started) * 1000)
+        if taken != "unchanged":
+            self._changed.set()
+        return True
+
+    async def report(self, follower: Follower) -> None:
+        """Keep the feed's store status (what the feed's c4 serve shows in /health) equal to the follower's."""
+        written = None
+        while True:
+            status = follower.status()
+            if status != written:
+                try:
+                    await asyncio.to_thread(write_atomically, self.writer.directory / STORE_STATUS, orjson.dumps(status))
+                    written = status
+                except OSError as exc:
+                    log.error("cannot write the store status to %s: %s", self.writer.directory, exc)
+            await asyncio.sleep(REPORT_INTERVAL)
+
+    async def save_when_changed(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            # The lists are taken under the lock (the entities themselves are replaced, never changed);
+            # writing them (about a second at 1M DIDs) does not hold up the next change.
+            document = await self.run(self.writer.document)
+            try:
+                await asyncio.to_thread(write_atomically, self.out, document_bytes(document))
+            except OSError as exc:
+                log.error("cannot save the routing table to %s: %s", self.out, exc)
+            await asyncio.sleep(SAVE_INTERVAL)

@@ -9,6 +9,8 @@ calls within about a second, and PostgreSQL going away refuses no call.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 import urllib.request
 import uuid
@@ -146,5 +148,44 @@ def test_a_restart_while_postgres_is_down_still_routes(router, pg_dsn, pg_cluste
             kill_group(r.proc)  # Kamailio and its follower
             again = router.start(routing_document(), dsn=pg_dsn)  # the follower's file is the table
         assert call_did(again) == 486 and last_target(peers) == PBX
+    finally:
+        pg_cluster.start()
+
+
+def health_status(api: str) -> str:
+    with urllib.request.urlopen(f"{api}/health", timeout=5) as response:
+        return json.loads(response.read())["status"]
+
+
+def test_serve_api_with_dsn_takes_api_writes_through_the_change_log(http_router, pg_dsn, pg_cluster, peers, monkeypatch):
+    """`c4 kamailio --mode http --serve-api --dsn`: c4 db follow writes the feed from the change log, c4 serve reads it."""
+    monkeypatch.setenv("C4_API_TOKEN", ADMIN_TOKEN)
+    document = routing_document(pbx_port=peers.ports[PBX], pbx2_port=peers.ports[PBX2])
+    import_into(pg_dsn, document)
+    api = f"http://127.0.0.1:{free_tcp_port()}"
+    r = http_router.start(document, api=api, extra_args=[
+        "--serve-api", "--dsn", pg_dsn, "--table-cache", str(http_router.workdir / "http-cache.json")])
+    assert call_did(r) == 486 and last_target(peers) == PBX
+
+    assert api_patch(api, "dids/39612345", b'{"ipbx": "acme-pbx-2"}') == 200
+    changed = time.monotonic()
+    while last_target(peers) != PBX2:
+        assert time.monotonic() - changed < CHANGE_BOUND, f"the change never reached routing\n{r.log_text()[-3000:]}"
+        time.sleep(0.05)
+        assert call_did(r) == 486
+    log = r.log_text()
+    # One change set from the log (no second snapshot), applied by c4 serve's feed reader.
+    assert "changes published (generation 1, change set 1)" in log, log[-3000:]
+    assert re.search(r"feed \S+ reloaded: version \w+ \(generation 1, change set 1\)", log), log[-3000:]
+
+    # c4 serve holds no database connection for routing: it learns PostgreSQL is away from the follower, through the feed.
+    assert health_status(api) == "ok"
+    pg_cluster.stop()
+    try:
+        deadline = time.monotonic() + 10
+        while health_status(api) != "degraded":
+            assert time.monotonic() < deadline, "/health never said degraded"
+            time.sleep(0.1)
+        assert call_did(r) == 486 and last_target(peers) == PBX2  # routing goes on with the last table
     finally:
         pg_cluster.start()
