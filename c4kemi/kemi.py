@@ -11,6 +11,7 @@ they mirror, so the two read side by side:
 - ``request_route``: ``ksr_request_route``
 - ``route[WITHINDLG]``: ``ksr_route_withindlg``
 - ``route[RELAY]``: ``ksr_route_relay``
+- ``route[ADMIT]`` (overload protection): ``ksr_route_admit``
 - ``route[RELAY_API]`` and ``route[RELAY_API_RESPONSE]`` (ask c4http):
   ``ksr_route_decide`` (decide in process)
 - ``route[RELAY_ROUTES]``: ``ksr_route_relay_routes``
@@ -70,6 +71,16 @@ AUTH_REALM_AVP = "$avp(c4_auth_realm)"
 # which may run in another worker. kamailio-http.cfg sets it from C4-Call.
 CALL_AVP = "$avp(c4_call)"
 SIZE_VAR = "$var(c4_size)"
+
+# Admission control (kamailio-base.cfg): the bound and the Retry-After of
+# the 503, read from the cfg's defines (set by `c4 kamailio`).
+MAX_TRANSACTIONS_DEFINE = "$defn(C4_MAX_TRANSACTIONS)"
+RETRY_AFTER_DEFINE = "$defn(C4_RETRY_AFTER)"
+# tm's live transaction counts (tm.stats, summed over every process when
+# asked): "current" transactions, of which "waiting" have their final reply
+# and only linger to absorb retransmissions. (tmx's $stat() copies are
+# refreshed once a second or two per process: too late for a burst.)
+TM_STATS_RPC = '{"jsonrpc": "2.0", "method": "tm.stats", "id": 1}'
 
 # KEMI names the branch and failure routes by method name.
 BRANCH_ROUTE = "ksr_branch_manage"
@@ -157,6 +168,9 @@ class Router:
         # A route of the current relay was skipped for a trunk limit
         # (kamailio-http.cfg: $var(c4_full)); the branch route runs within t_relay.
         self._full = False
+        # Admission control, read in child_init (None: no bound, as in the unit tests).
+        self.max_transactions: int | None = None
+        self.retry_after = 0
 
     # -- table ---------------------------------------------------------
 
@@ -191,6 +205,7 @@ class Router:
 
     def child_init(self, rank: int) -> int:
         _setup_logging()
+        self._read_admission_bound()
         if rank > 0:  # SIP workers; timer/main processes route nothing
             try:
                 self.source()
@@ -198,6 +213,15 @@ class Router:
                 # Not fatal: the worker retries on its first call and answers 500 until the file is good.
                 KSR.err(f"c4: cannot load routing table in child {rank}: {exc}\n")
         return 0
+
+    def _read_admission_bound(self) -> None:
+        try:
+            bound = KSR.pv.get(MAX_TRANSACTIONS_DEFINE)
+            self.max_transactions = int(bound) if bound else None
+            self.retry_after = int(KSR.pv.get(RETRY_AFTER_DEFINE) or 0)
+        except (TypeError, ValueError):
+            KSR.err("c4: C4_MAX_TRANSACTIONS / C4_RETRY_AFTER are not numbers: no admission control\n")
+            self.max_transactions = None
 
     # -- request route -------------------------------------------------
 
@@ -250,8 +274,36 @@ class Router:
             KSR.sl.sl_send_reply(405, "Method Not Allowed")
             return
 
+        if not self.ksr_route_admit():
+            return
         KSR.hdr.remove("Route")  # no preloaded routes through the router
         self.ksr_route_decide(msg)
+
+    def ksr_route_admit(self) -> bool:
+        """route[ADMIT]: past the node's bound, a new call gets a fast 503 with Retry-After.
+
+        The bound is on SIP transactions in progress (tm's, created and
+        not yet answered with a final reply): each waits for an answer in shared
+        memory, and when the node falls behind they pile up (Little's law:
+        rate times delay), so the count rises before memory or the
+        caller's patience run out. The refusal is stateless, before any
+        transaction exists, and costs no shared memory; in-dialog requests,
+        ACK, CANCEL and retransmissions never get here.
+        """
+        if self.max_transactions is None:
+            return True
+        if self._transactions_in_progress() < self.max_transactions:
+            return True
+        if self.retry_after > 0:
+            KSR.hdr.append_to_reply(f"Retry-After: {self.retry_after}\r\n")
+        KSR.sl.sl_send_reply(503, "Service Unavailable")
+        return False
+
+    @staticmethod
+    def _transactions_in_progress() -> int:
+        KSR.jsonrpcs.exec(TM_STATS_RPC)
+        stats = orjson.loads(KSR.jsonrpcs.response())["result"]
+        return stats["current"] - stats["waiting"]
 
     def ksr_route_withindlg(self, msg) -> int:
         """route[WITHINDLG]: in-dialog requests follow their route set.

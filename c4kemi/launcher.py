@@ -1,6 +1,7 @@
 """``c4 kamailio``: run Kamailio in the foreground with the router.
 
     c4 kamailio --mode kemi --table FILE --listen udp:127.0.0.1:5060 [--workers N] [--shm MiB]
+                [--memory-manager tlsf|qm|fm] [--max-transactions N] [--retry-after SECONDS]
 
 Kamailio runs as a child (``-DD -E``: no daemon, logs on stderr) with the
 mode's config from ``kamailio/``; everything the config needs comes in on
@@ -24,6 +25,12 @@ the API (past it new INVITEs get a fast 503), ``--api-workers`` the
 http_async_client workers. With ``--serve-api`` (and ``--table``) the
 launcher also runs ``c4 serve`` on the host and port of ``--api``, waits for
 its ``/health``, and stops it with Kamailio; c4 serve reloads the table.
+
+Overload protection, both modes: past ``--max-transactions`` SIP
+transactions in progress new INVITEs get a stateless 503 with
+``Retry-After: --retry-after`` (kamailio-base.cfg, "Admission control").
+``--memory-manager`` picks Kamailio's allocator (``-x``/``-X``), TLSF by
+default.
 
 Modes plug in through ``MODES``: a mode names its config file and prepares
 its defines, environment, banner and helper processes.
@@ -66,6 +73,15 @@ RTJSON_PATH = "/kamailio/rtjson"  # c4http.app.RTJSON_PATH (not imported: no aio
 # tm's fr_timer in kamailio-http.cfg: the API must answer (or time out) before it.
 CFG_FR_TIMER_MS = 5000
 API_START_TIMEOUT = 20.0  # seconds for c4 serve to answer /health
+# Kamailio's memory managers (-x shared, -X private). TLSF by default: with
+# qm (Debian's default) a third of the CPU under load went to qm_malloc
+# (README, "Capacity").
+MEMORY_MANAGERS = ("tlsf", "qm", "fm")
+DEFAULT_MEMORY_MANAGER = "tlsf"
+# Admission control (kamailio-base.cfg): new INVITEs get 503 past this many
+# SIP transactions in progress, with this Retry-After (README, "Capacity").
+DEFAULT_MAX_TRANSACTIONS = 1000
+DEFAULT_RETRY_AFTER = 2
 
 
 class LaunchError(Exception):
@@ -79,6 +95,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=4, help="SIP worker processes")
     parser.add_argument("--shm", type=int, default=512, help="shared memory in MiB")
     parser.add_argument("--pkg", type=int, default=32, help="private memory per process in MiB")
+    parser.add_argument(
+        "--memory-manager", choices=MEMORY_MANAGERS, default=DEFAULT_MEMORY_MANAGER,
+        help=f"Kamailio's memory manager for shared and private memory (-x/-X; default {DEFAULT_MEMORY_MANAGER}, "
+             "Debian's default is qm)",
+    )
+    parser.add_argument(
+        "--max-transactions", type=int, default=DEFAULT_MAX_TRANSACTIONS,
+        help="overload protection: SIP transactions in progress at which new INVITEs get 503 with Retry-After "
+             f"(default {DEFAULT_MAX_TRANSACTIONS})",
+    )
+    parser.add_argument("--retry-after", type=int, default=DEFAULT_RETRY_AFTER,
+                        help=f"seconds in the Retry-After of an overload 503 (default {DEFAULT_RETRY_AFTER}; 0: no header)")
     parser.add_argument("--api", default="http://127.0.0.1:8080", help="c4http base URL (HTTP mode)")
     parser.add_argument("--log-level", type=int, default=2, help="Kamailio debug level (2: info)")
     parser.add_argument("--api-timeout", type=int, default=1000, help="HTTP mode: ms to wait for the API before answering 503 (< 5000)")
@@ -280,6 +308,9 @@ def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
         raise LaunchError(f"--api-timeout must be between 1 and {CFG_FR_TIMER_MS - 1} ms (below fr_timer, {CFG_FR_TIMER_MS} ms)")
     if args.max_inflight < 1 or args.api_workers < 1:
         raise LaunchError("--max-inflight and --api-workers must be >= 1")
+    if args.max_inflight > args.max_transactions:
+        # Every query in flight is a transaction in progress: the node's bound would always bite first.
+        raise LaunchError(f"--max-inflight ({args.max_inflight}) cannot exceed --max-transactions ({args.max_transactions})")
     module = Path(args.http_async_client).resolve()
     if not module.is_file():
         raise LaunchError(
@@ -340,6 +371,8 @@ def build_command(args: argparse.Namespace, launch: Launch, rundir: Path) -> lis
         "-DD", "-E",
         "-m", str(args.shm),
         "-M", str(args.pkg),
+        "-x", args.memory_manager,
+        "-X", args.memory_manager,
         "-n", str(args.workers),
         "-Y", str(rundir),
         "-w", str(rundir),
@@ -350,6 +383,8 @@ def build_command(args: argparse.Namespace, launch: Launch, rundir: Path) -> lis
         "C4_LOG_LEVEL": args.log_level,
         "C4_CTL_SOCKET": quoted(f"unix:{rundir / 'ctl.sock'}"),
         "C4_RPC_SOCKET": quoted(rpc_socket(args, rundir)),
+        "C4_MAX_TRANSACTIONS": args.max_transactions,
+        "C4_RETRY_AFTER": args.retry_after,
     }
     defines.update(launch.defines)
     for name, value in defines.items():
@@ -386,6 +421,8 @@ def _run(args: argparse.Namespace) -> int:
         args.listen = [DEFAULT_LISTEN]
     if args.workers < 1 or args.shm < 16 or args.pkg < 4:
         raise LaunchError("--workers must be >= 1, --shm >= 16 MiB, --pkg >= 4 MiB")
+    if args.max_transactions < 1 or args.retry_after < 0:
+        raise LaunchError("--max-transactions must be >= 1 and --retry-after >= 0")
     launch = Launch(config=CONFIG_DIR / mode.config_name)
     mode.prepare(args, launch)
     _add_secret_keys(args, launch)
@@ -409,7 +446,8 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         for line in launch.banner:
             print(f"c4 kamailio: {line}")
-        print(f"c4 kamailio: {args.mode} mode, listening on {', '.join(args.listen)}, {args.workers} workers, {args.shm} MiB shm")
+        print(f"c4 kamailio: {args.mode} mode, listening on {', '.join(args.listen)}, {args.workers} workers, "
+              f"{args.shm} MiB shm ({args.memory_manager}), new calls refused past {args.max_transactions} transactions in progress")
         print("c4 kamailio: Ctrl-C or SIGTERM stops Kamailio", flush=True)
         helpers = []
         try:
