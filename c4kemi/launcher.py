@@ -110,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", default="http://127.0.0.1:8080", help="c4http base URL (HTTP mode)")
     parser.add_argument("--log-level", type=int, default=2, help="Kamailio debug level (2: info)")
     parser.add_argument("--api-timeout", type=int, default=1000, help="HTTP mode: ms to wait for the API before answering 503 (< 5000)")
-    parser.add_argument("--max-inflight", type=int, default=200, help="HTTP mode: API queries in flight before new INVITEs get 503")
+    parser.add_argument("--max-inflight", type=int, default=100, help="HTTP mode: API queries in flight before new INVITEs get 503 (default 100)")
     parser.add_argument("--api-workers", type=int, default=4, help="HTTP mode: http_async_client workers (they also run the resume route)")
     parser.add_argument("--serve-api", action="store_true", help="HTTP mode: also run `c4 serve --table FILE` on the --api host and port")
     parser.add_argument(

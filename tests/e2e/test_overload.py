@@ -11,11 +11,11 @@ timing is asserted: the ringing only has to outlast the burst.
 from __future__ import annotations
 
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from .documents import CALLER_NATIONAL, DID_NATIONAL, NO_DID_NATIONAL, PBX, TRUNK_A, routing_document
-from .harness import sip_invite, sip_options_ok
+from .harness import sip_options_ok
+from .test_http_mode import invite  # a raw INVITE from the carrier, negative finals ACKed
 
 BOUND = 2
 RING_MS = 6000  # long enough for the burst on a loaded machine; not asserted
@@ -23,18 +23,6 @@ BURST = 8
 # tmx sums the transaction counts of all processes at most every 1/8 s per
 # process: give every worker's copy time to see the ringing calls.
 TMX_REFRESH = 0.5
-
-
-def invite(r, called: str):
-    """A raw INVITE from the carrier; the final reply (negative ones are ACKed)."""
-    tag = uuid.uuid4().hex[:8]
-    return sip_invite(
-        r.address, r.port, TRUNK_A,
-        ruri=f"sip:{called}@{r.target}",
-        from_header=f'"Alice" <sip:{CALLER_NATIONAL}@{TRUNK_A}>;tag={tag}',
-        to_header=f"<sip:{called}@{r.target}>",
-        timeout=15.0,
-    )  # fmt: skip
 
 
 def wait_for_invites(uas, count: int, timeout: float = 20.0) -> None:
