@@ -171,6 +171,7 @@ class Router:
         # Admission control, read in child_init (None: no bound, as in the unit tests).
         self.max_transactions: int | None = None
         self.retry_after = 0
+        self._stats_unreadable = False
 
     # -- table ---------------------------------------------------------
 
@@ -299,11 +300,17 @@ class Router:
         KSR.sl.sl_send_reply(503, "Service Unavailable")
         return False
 
-    @staticmethod
-    def _transactions_in_progress() -> int:
-        KSR.jsonrpcs.exec(TM_STATS_RPC)
-        stats = orjson.loads(KSR.jsonrpcs.response())["result"]
-        return stats["current"] - stats["waiting"]
+    def _transactions_in_progress(self) -> int:
+        """tm.stats' current minus waiting; 0 (admit, as HTTP mode does) if it cannot be read."""
+        try:
+            KSR.jsonrpcs.exec(TM_STATS_RPC)
+            stats = orjson.loads(KSR.jsonrpcs.response())["result"]
+            return int(stats["current"]) - int(stats["waiting"])
+        except (TypeError, ValueError, KeyError, orjson.JSONDecodeError):
+            if not self._stats_unreadable:  # once per process, not once per call
+                self._stats_unreadable = True
+                KSR.err("c4: cannot read tm.stats: no admission control in this process\n")
+            return 0
 
     def ksr_route_withindlg(self, msg) -> int:
         """route[WITHINDLG]: in-dialog requests follow their route set.

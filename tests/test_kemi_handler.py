@@ -249,6 +249,17 @@ def test_below_the_bound_a_new_invite_is_routed(handler, ksr):
     assert not ksr.called("sl.sl_send_reply") and ksr.called("tm.t_relay") == [()]
 
 
+def test_unreadable_transaction_counts_admit_the_call_and_say_so_once(handler, ksr):
+    at_load(ksr, in_progress=0)
+    ksr.returns["jsonrpcs.response"] = "not json"
+    handler.child_init(1)
+    for _ in range(2):
+        invite(ksr)
+        handler.ksr_request_route(None)
+    assert ksr.called("tm.t_relay") == [(), ()]
+    assert [text for level, text in ksr.logs if "tm.stats" in text] == ["c4: cannot read tm.stats: no admission control in this process\n"]
+
+
 def test_retransmissions_and_in_dialog_requests_are_never_refused(handler, ksr):
     at_load(ksr, in_progress=1000)
     handler.child_init(1)
