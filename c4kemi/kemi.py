@@ -75,12 +75,16 @@ SIZE_VAR = "$var(c4_size)"
 # Admission control (kamailio-base.cfg): the bound and the Retry-After of
 # the 503, read from the cfg's defines (set by `c4 kamailio`).
 MAX_TRANSACTIONS_DEFINE = "$defn(C4_MAX_TRANSACTIONS)"
+SHM_RESERVE_DEFINE = "$defn(C4_SHM_RESERVE)"
 RETRY_AFTER_DEFINE = "$defn(C4_RETRY_AFTER)"
-# tm's live transaction counts (tm.stats, summed over every process when
-# asked): "current" transactions, of which "waiting" have their final reply
-# and only linger to absorb retransmissions. (tmx's $stat() copies are
-# refreshed once a second or two per process: too late for a burst.)
+# What the admission control reads, live, on each new INVITE (JSON-RPC
+# through jsonrpcs, no socket involved): tm's transaction counts, summed
+# over every process ("current", of which "waiting" have their final reply
+# and only linger to absorb retransmissions), and shared memory in MiB.
+# (The $stat() copies of tmx and kex are refreshed only once a second or
+# two per process: too late for a burst.)
 TM_STATS_RPC = '{"jsonrpc": "2.0", "method": "tm.stats", "id": 1}'
+SHMMEM_RPC = '{"jsonrpc": "2.0", "method": "core.shmmem", "params": ["m"], "id": 1}'
 
 # KEMI names the branch and failure routes by method name.
 BRANCH_ROUTE = "ksr_branch_manage"
@@ -170,6 +174,7 @@ class Router:
         self._full = False
         # Admission control, read in child_init (None: no bound, as in the unit tests).
         self.max_transactions: int | None = None
+        self.shm_reserve = 0  # MiB of shared memory kept free for the calls already admitted
         self.retry_after = 0
         self._stats_unreadable = False
 
@@ -219,9 +224,10 @@ class Router:
         try:
             bound = KSR.pv.get(MAX_TRANSACTIONS_DEFINE)
             self.max_transactions = int(bound) if bound else None
+            self.shm_reserve = int(KSR.pv.get(SHM_RESERVE_DEFINE) or 0)
             self.retry_after = int(KSR.pv.get(RETRY_AFTER_DEFINE) or 0)
         except (TypeError, ValueError):
-            KSR.err("c4: C4_MAX_TRANSACTIONS / C4_RETRY_AFTER are not numbers: no admission control\n")
+            KSR.err("c4: C4_MAX_TRANSACTIONS / C4_SHM_RESERVE / C4_RETRY_AFTER are not numbers: no admission control\n")
             self.max_transactions = None
 
     # -- request route -------------------------------------------------
@@ -281,36 +287,40 @@ class Router:
         self.ksr_route_decide(msg)
 
     def ksr_route_admit(self) -> bool:
-        """route[ADMIT]: past the node's bound, a new call gets a fast 503 with Retry-After.
+        """route[ADMIT]: past the node's bounds, a new call gets a fast 503 with Retry-After.
 
-        The bound is on SIP transactions in progress (tm's, created and
-        not yet answered with a final reply): each waits for an answer in shared
-        memory, and when the node falls behind they pile up (Little's law:
-        rate times delay), so the count rises before memory or the
-        caller's patience run out. The refusal is stateless, before any
+        Refused while ``max_transactions`` SIP transactions are in progress
+        (created, no final reply yet: when the node falls behind, each
+        waits longer and their number grows, call rate times delay), or
+        while less than ``shm_reserve`` MiB of shared memory is free (kept
+        for the calls already admitted: answered calls' transactions stay
+        in memory a few seconds more). The refusal is stateless, before any
         transaction exists, and costs no shared memory; in-dialog requests,
         ACK, CANCEL and retransmissions never get here.
         """
         if self.max_transactions is None:
             return True
-        if self._transactions_in_progress() < self.max_transactions:
+        tm = self._rpc(TM_STATS_RPC)
+        shm = self._rpc(SHMMEM_RPC)
+        busy = tm is not None and tm["current"] - tm["waiting"] >= self.max_transactions
+        full = shm is not None and shm["free"] < self.shm_reserve
+        if not (busy or full):
             return True
         if self.retry_after > 0:
             KSR.hdr.append_to_reply(f"Retry-After: {self.retry_after}\r\n")
         KSR.sl.sl_send_reply(503, "Service Unavailable")
         return False
 
-    def _transactions_in_progress(self) -> int:
-        """tm.stats' current minus waiting; 0 (admit, as HTTP mode does) if it cannot be read."""
+    def _rpc(self, command: str) -> dict | None:
+        """A JSON-RPC command's result; None (admit, as HTTP mode does) if it cannot be read."""
         try:
-            KSR.jsonrpcs.exec(TM_STATS_RPC)
-            stats = orjson.loads(KSR.jsonrpcs.response())["result"]
-            return int(stats["current"]) - int(stats["waiting"])
-        except (TypeError, ValueError, KeyError, orjson.JSONDecodeError):
+            KSR.jsonrpcs.exec(command)
+            return {name: int(value) for name, value in orjson.loads(KSR.jsonrpcs.response())["result"].items()}
+        except (TypeError, ValueError, KeyError, AttributeError, orjson.JSONDecodeError):
             if not self._stats_unreadable:  # once per process, not once per call
                 self._stats_unreadable = True
-                KSR.err("c4: cannot read tm.stats: no admission control in this process\n")
-            return 0
+                KSR.err(f"c4: cannot read {command}: the admission control admits every call in this process\n")
+            return None
 
     def ksr_route_withindlg(self, msg) -> int:
         """route[WITHINDLG]: in-dialog requests follow their route set.

@@ -27,8 +27,9 @@ launcher also runs ``c4 serve`` on the host and port of ``--api``, waits for
 its ``/health``, and stops it with Kamailio; c4 serve reloads the table.
 
 Overload protection, both modes: past ``--max-transactions`` SIP
-transactions in progress new INVITEs get a stateless 503 with
-``Retry-After: --retry-after`` (kamailio-base.cfg, "Admission control").
+transactions in progress, or with less than an eighth of ``--shm`` free,
+new INVITEs get a stateless 503 with ``Retry-After: --retry-after``
+(kamailio-base.cfg, "Admission control").
 ``--memory-manager`` picks Kamailio's allocator (``-x``/``-X``), TLSF by
 default.
 
@@ -82,6 +83,9 @@ DEFAULT_MEMORY_MANAGER = "tlsf"
 # SIP transactions in progress, with this Retry-After (README, "Capacity").
 DEFAULT_MAX_TRANSACTIONS = 1000
 DEFAULT_RETRY_AFTER = 2
+# ... and while less than 1/8 of --shm is free: room for the calls already
+# admitted (1000 in setup and the answered calls' lingering transactions).
+SHM_RESERVE_FRACTION = 8
 
 
 class LaunchError(Exception):
@@ -384,12 +388,18 @@ def build_command(args: argparse.Namespace, launch: Launch, rundir: Path) -> lis
         "C4_CTL_SOCKET": quoted(f"unix:{rundir / 'ctl.sock'}"),
         "C4_RPC_SOCKET": quoted(rpc_socket(args, rundir)),
         "C4_MAX_TRANSACTIONS": args.max_transactions,
+        "C4_SHM_RESERVE": shm_reserve(args.shm),
         "C4_RETRY_AFTER": args.retry_after,
     }
     defines.update(launch.defines)
     for name, value in defines.items():
         command += ["-A", name if value is None else f"{name}={value}"]
     return command
+
+
+def shm_reserve(shm: int) -> int:
+    """MiB of shared memory the admission control keeps free: an eighth of it (64 of the default 512)."""
+    return shm // SHM_RESERVE_FRACTION
 
 
 def rpc_socket(args: argparse.Namespace, rundir: Path) -> str:

@@ -92,6 +92,12 @@ def test_admission_bound_and_retry_after_reach_the_config_in_both_modes(tmp_path
 def test_admission_defaults(tmp_path):
     argv = kamailio_argv(dry_run(tmp_path, "--table", str(EXAMPLE_TABLE)))
     assert "C4_MAX_TRANSACTIONS=1000" in argv and "C4_RETRY_AFTER=2" in argv
+    assert "C4_SHM_RESERVE=64" in argv  # an eighth of the default 512 MiB
+
+
+def test_shared_memory_reserve_follows_shm(tmp_path):
+    argv = kamailio_argv(dry_run(tmp_path, "--table", str(EXAMPLE_TABLE), "--shm", "128"))
+    assert "C4_SHM_RESERVE=16" in argv
 
 
 @pytest.mark.parametrize("args", [["--max-transactions", "0"], ["--retry-after", "-1"],
