@@ -1,7 +1,7 @@
 """``c4 kamailio``: run Kamailio in the foreground with the router.
 
     c4 kamailio --mode kemi --table FILE --listen udp:127.0.0.1:5060 [--workers N] [--shm MiB]
-                [--memory-manager tlsf|qm|fm] [--max-transactions N] [--retry-after SECONDS]
+                [--memory-manager tlsf|qm|fm] [--max-transactions N] [--shm-reserve MiB] [--retry-after SECONDS]
 
 Kamailio runs as a child (``-DD -E``: no daemon, logs on stderr) with the
 mode's config from ``kamailio/``; everything the config needs comes in on
@@ -27,7 +27,8 @@ launcher also runs ``c4 serve`` on the host and port of ``--api``, waits for
 its ``/health``, and stops it with Kamailio; c4 serve reloads the table.
 
 Overload protection, both modes: past ``--max-transactions`` SIP
-transactions in progress, or with less than an eighth of ``--shm`` free,
+transactions in progress, or with less than ``--shm-reserve`` MiB (an
+eighth of ``--shm``) free,
 new INVITEs get a stateless 503 with ``Retry-After: --retry-after``
 (kamailio-base.cfg, "Admission control").
 ``--memory-manager`` picks Kamailio's allocator (``-x``/``-X``), TLSF by
@@ -109,6 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="overload protection: SIP transactions in progress at which new INVITEs get 503 with Retry-After "
              f"(default {DEFAULT_MAX_TRANSACTIONS})",
     )
+    parser.add_argument("--shm-reserve", type=int, default=None,
+                        help="overload protection: MiB of shared memory kept free; below it new INVITEs get 503 "
+                             "(default: an eighth of --shm)")
     parser.add_argument("--retry-after", type=int, default=DEFAULT_RETRY_AFTER,
                         help=f"seconds in the Retry-After of an overload 503 (default {DEFAULT_RETRY_AFTER}; 0: no header)")
     parser.add_argument("--api", default="http://127.0.0.1:8080", help="c4http base URL (HTTP mode)")
@@ -388,7 +392,7 @@ def build_command(args: argparse.Namespace, launch: Launch, rundir: Path) -> lis
         "C4_CTL_SOCKET": quoted(f"unix:{rundir / 'ctl.sock'}"),
         "C4_RPC_SOCKET": quoted(rpc_socket(args, rundir)),
         "C4_MAX_TRANSACTIONS": args.max_transactions,
-        "C4_SHM_RESERVE": shm_reserve(args.shm),
+        "C4_SHM_RESERVE": shm_reserve(args),
         "C4_RETRY_AFTER": args.retry_after,
     }
     defines.update(launch.defines)
@@ -397,9 +401,9 @@ def build_command(args: argparse.Namespace, launch: Launch, rundir: Path) -> lis
     return command
 
 
-def shm_reserve(shm: int) -> int:
-    """MiB of shared memory the admission control keeps free: an eighth of it (64 of the default 512)."""
-    return shm // SHM_RESERVE_FRACTION
+def shm_reserve(args: argparse.Namespace) -> int:
+    """MiB of shared memory the admission control keeps free: --shm-reserve, else an eighth of --shm."""
+    return args.shm // SHM_RESERVE_FRACTION if args.shm_reserve is None else args.shm_reserve
 
 
 def rpc_socket(args: argparse.Namespace, rundir: Path) -> str:
@@ -433,6 +437,8 @@ def _run(args: argparse.Namespace) -> int:
         raise LaunchError("--workers must be >= 1, --shm >= 16 MiB, --pkg >= 4 MiB")
     if args.max_transactions < 1 or args.retry_after < 0:
         raise LaunchError("--max-transactions must be >= 1 and --retry-after >= 0")
+    if args.shm_reserve is not None and not 0 <= args.shm_reserve <= args.shm:
+        raise LaunchError(f"--shm-reserve must be between 0 and --shm ({args.shm} MiB)")
     launch = Launch(config=CONFIG_DIR / mode.config_name)
     mode.prepare(args, launch)
     _add_secret_keys(args, launch)

@@ -95,13 +95,15 @@ def test_admission_defaults(tmp_path):
     assert "C4_SHM_RESERVE=64" in argv  # an eighth of the default 512 MiB
 
 
-def test_shared_memory_reserve_follows_shm(tmp_path):
+def test_shared_memory_reserve_follows_shm_unless_given(tmp_path):
     argv = kamailio_argv(dry_run(tmp_path, "--table", str(EXAMPLE_TABLE), "--shm", "128"))
     assert "C4_SHM_RESERVE=16" in argv
+    argv = kamailio_argv(dry_run(tmp_path, "--table", str(EXAMPLE_TABLE), "--shm", "128", "--shm-reserve", "40"))
+    assert "C4_SHM_RESERVE=40" in argv
 
 
-@pytest.mark.parametrize("args", [["--max-transactions", "0"], ["--retry-after", "-1"],
+@pytest.mark.parametrize("args", [["--max-transactions", "0"], ["--retry-after", "-1"], ["--shm-reserve", "513"],
                                   ["--mode", "http", "--max-inflight", "300", "--max-transactions", "200"]])
 def test_bad_admission_bounds_are_refused(tmp_path, args):
     result = dry_run(tmp_path, *(["--table", str(EXAMPLE_TABLE)] if "http" not in args else ["--http-async-client", "/bin/true"]), *args)
-    assert result.returncode == 2 and ("--max-" in result.stderr or "--retry-after" in result.stderr), result.stderr
+    assert result.returncode == 2 and any(name in result.stderr for name in ("--max-", "--retry-after", "--shm-reserve")), result.stderr

@@ -1,7 +1,7 @@
 """Overload protection, both modes: past ``--max-transactions`` SIP transactions
-in progress, new INVITEs get a stateless 503 with Retry-After, while calls
-already admitted complete (their ACK and BYE go through) and OPTIONS is
-answered throughout.
+in progress, or short of ``--shm-reserve`` MiB of free shared memory, new
+INVITEs get a stateless 503 with Retry-After, while calls already admitted
+complete (their ACK and BYE go through) and OPTIONS is answered throughout.
 
 The bound is made tiny (2) and held by two calls that ring for a few seconds
 at a real sipp callee; a burst of raw INVITEs sent meanwhile is refused. No
@@ -64,4 +64,13 @@ def test_past_the_bound_new_invites_get_503_and_admitted_calls_complete(router, 
 
     # Below the bound again: a new call is admitted (this number has no DID: 404).
     assert invite(r, NO_DID_NATIONAL).code == 404
+    assert sip_options_ok(r.address, r.port) and r.alive()
+
+
+def test_short_of_shared_memory_every_new_invite_gets_503_and_options_still_200(router):
+    # A reserve as large as shared memory itself: never that much free.
+    r = router.start(routing_document(), shm=64, extra_args=["--shm-reserve", "64"])
+    finals = [invite(r, NO_DID_NATIONAL) for _ in range(3)]
+    assert [f.code for f in finals] == [503] * 3, finals
+    assert all(f.message.header("Retry-After") == "2" for f in finals)
     assert sip_options_ok(r.address, r.port) and r.alive()
