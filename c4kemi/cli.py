@@ -27,7 +27,7 @@ EXAMPLE_TABLE = Path(__file__).parent / "examples" / "example.json"
 # c4 serve's listen backlog. aiohttp's default, 128, overflowed when Kamailio's
 # http_async_client opened hundreds of connections in a burst: the kernel
 # dropped the SYNs, and a dropped SYN is retried after 1 s, the whole
-# default --api-timeout (README, "Capacity").
+# default --api-timeout (README, "Capacity and overload").
 SERVE_BACKLOG = 4096
 
 

@@ -28,9 +28,8 @@ its ``/health``, and stops it with Kamailio; c4 serve reloads the table.
 
 Overload protection, both modes: past ``--max-transactions`` SIP
 transactions in progress, or with less than ``--shm-reserve`` MiB (an
-eighth of ``--shm``) free,
-new INVITEs get a stateless 503 with ``Retry-After: --retry-after``
-(kamailio-base.cfg, "Admission control").
+eighth of ``--shm``) free, new INVITEs get a stateless 503 with
+``Retry-After: --retry-after`` (kamailio-base.cfg, "Admission control").
 ``--memory-manager`` picks Kamailio's allocator (``-x``/``-X``), TLSF by
 default.
 
@@ -77,11 +76,11 @@ CFG_FR_TIMER_MS = 5000
 API_START_TIMEOUT = 20.0  # seconds for c4 serve to answer /health
 # Kamailio's memory managers (-x shared, -X private). TLSF by default: with
 # qm (Debian's default) a third of the CPU under load went to qm_malloc
-# (README, "Capacity").
+# (README, "Capacity and overload").
 MEMORY_MANAGERS = ("tlsf", "qm", "fm")
 DEFAULT_MEMORY_MANAGER = "tlsf"
 # Admission control (kamailio-base.cfg): new INVITEs get 503 past this many
-# SIP transactions in progress, with this Retry-After (README, "Capacity").
+# SIP transactions in progress, with this Retry-After (README, "Capacity and overload").
 DEFAULT_MAX_TRANSACTIONS = 1000
 DEFAULT_RETRY_AFTER = 2
 # ... and while less than 1/8 of --shm is free: room for the calls already
@@ -463,7 +462,7 @@ def _run(args: argparse.Namespace) -> int:
         for line in launch.banner:
             print(f"c4 kamailio: {line}")
         print(f"c4 kamailio: {args.mode} mode, listening on {', '.join(args.listen)}, {args.workers} workers, "
-              f"{args.shm} MiB shm ({args.memory_manager}), new calls refused past {args.max_transactions} transactions in progress")
+              f"{args.shm} MiB shm ({args.memory_manager}), new calls refused past {args.max_transactions} transactions in progress or under {shm_reserve(args)} MiB free")
         print("c4 kamailio: Ctrl-C or SIGTERM stops Kamailio", flush=True)
         helpers = []
         try:
