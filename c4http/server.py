@@ -95,6 +95,7 @@ def run_server(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             access_log=access_log,
+            backlog=args.backlog,
             print=lambda message: log.info(logfmt(event="listening", detail=message.splitlines()[0].strip("= "))),
             handle_signals=True,  # SIGINT and SIGTERM: stop accepting, finish, run cleanups
         )

@@ -26,6 +26,11 @@ from .document import COLLECTIONS, DocumentError, load_document, target_warnings
 from .table import compile_validated, load_table
 
 EXAMPLE_TABLE = Path(__file__).parent / "examples" / "example.json"
+# c4 serve's listen backlog. aiohttp's default, 128, overflowed when Kamailio's
+# http_async_client opened hundreds of connections in a burst: the kernel
+# dropped the SYNs, and a dropped SYN is retried after 1 s, the whole
+# default --api-timeout (README, "Capacity and overload").
+SERVE_BACKLOG = 4096
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -188,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--access-log", action="store_true", help="log every request (off by default)")
+    serve.add_argument(
+        "--backlog", type=int, default=SERVE_BACKLOG,
+        help=f"listen backlog: connections the kernel queues before c4 serve accepts them (default {SERVE_BACKLOG}; "
+             "capped by net.core.somaxconn)",
+    )
     serve.add_argument("--max-body", type=int, default=64 * 1024, help="largest accepted request body in bytes")
     serve.add_argument(
         "--kamailio-rpc", metavar="SOCKET", default=None,

@@ -11,6 +11,7 @@ they mirror, so the two read side by side:
 - ``request_route``: ``ksr_request_route``
 - ``route[WITHINDLG]``: ``ksr_route_withindlg``
 - ``route[RELAY]``: ``ksr_route_relay``
+- ``route[ADMIT]`` (overload protection): ``ksr_route_admit``
 - ``route[RELAY_API]`` and ``route[RELAY_API_RESPONSE]`` (ask c4http):
   ``ksr_route_decide`` (decide in process)
 - ``route[RELAY_ROUTES]``: ``ksr_route_relay_routes``
@@ -98,6 +99,19 @@ CDR_ANSWER = "$dlg_var(c4_answer)"
 CDR_CODE = "$dlg_var(c4_code)"
 CDR_REASON = "$dlg_var(c4_reason)"
 CDR_BY = "$dlg_var(c4_by)"
+# Admission control (kamailio-base.cfg): the bound and the Retry-After of
+# the 503, read from the cfg's defines (set by `c4 kamailio`).
+MAX_TRANSACTIONS_DEFINE = "$defn(C4_MAX_TRANSACTIONS)"
+SHM_RESERVE_DEFINE = "$defn(C4_SHM_RESERVE)"
+RETRY_AFTER_DEFINE = "$defn(C4_RETRY_AFTER)"
+# What the admission control reads, live, on each new INVITE (JSON-RPC
+# through jsonrpcs, no socket involved): tm's transaction counts, summed
+# over every process ("current", of which "waiting" have their final reply
+# and only linger to absorb retransmissions), and shared memory in MiB.
+# (The $stat() copies of tmx and kex are refreshed only once a second or
+# two per process: too late for a burst.)
+TM_STATS_RPC = '{"jsonrpc": "2.0", "method": "tm.stats", "id": 1}'
+SHMMEM_RPC = '{"jsonrpc": "2.0", "method": "core.shmmem", "params": ["m"], "id": 1}'
 
 # KEMI names the branch and failure routes by method name.
 BRANCH_ROUTE = "ksr_branch_manage"
@@ -187,6 +201,11 @@ class Router:
         # (kamailio-http.cfg: $var(c4_full)); the branch route runs within t_relay.
         self._full = False
         self.cdr = bool(os.environ.get(CDR_ENV))
+        # Admission control, read in child_init (None: no bound, as in the unit tests).
+        self.max_transactions: int | None = None
+        self.shm_reserve = 0  # MiB of shared memory kept free for the calls already admitted
+        self.retry_after = 0
+        self._stats_unreadable = False
 
     # -- table ---------------------------------------------------------
 
@@ -225,6 +244,7 @@ class Router:
 
     def child_init(self, rank: int) -> int:
         _setup_logging()
+        self._read_admission_bound()
         if rank > 0:  # SIP workers; timer/main processes route nothing
             try:
                 self.source()
@@ -232,6 +252,16 @@ class Router:
                 # Not fatal: the worker retries on its first call and answers 500 until the file is good.
                 KSR.err(f"c4: cannot load routing table in child {rank}: {exc}\n")
         return 0
+
+    def _read_admission_bound(self) -> None:
+        try:
+            bound = KSR.pv.get(MAX_TRANSACTIONS_DEFINE)
+            self.max_transactions = int(bound) if bound else None
+            self.shm_reserve = int(KSR.pv.get(SHM_RESERVE_DEFINE) or 0)
+            self.retry_after = int(KSR.pv.get(RETRY_AFTER_DEFINE) or 0)
+        except (TypeError, ValueError):
+            KSR.err("c4: C4_MAX_TRANSACTIONS / C4_SHM_RESERVE / C4_RETRY_AFTER are not numbers: no admission control\n")
+            self.max_transactions = None
 
     # -- request route -------------------------------------------------
 
@@ -284,8 +314,47 @@ class Router:
             KSR.sl.sl_send_reply(405, "Method Not Allowed")
             return
 
+        if not self.ksr_route_admit():
+            return
         KSR.hdr.remove("Route")  # no preloaded routes through the router
         self.ksr_route_decide(msg)
+
+    def ksr_route_admit(self) -> bool:
+        """route[ADMIT]: past the node's bounds, a new call gets a fast 503 with Retry-After.
+
+        Refused while ``max_transactions`` SIP transactions are in progress
+        (created, no final reply yet: when the node falls behind, each
+        waits longer and their number grows, call rate times delay), or
+        while less than ``shm_reserve`` MiB of shared memory is free (kept
+        for the calls already admitted: answered calls' transactions stay
+        in memory a few seconds more). The refusal is stateless, before any
+        transaction exists, and costs no shared memory; in-dialog requests,
+        ACK, CANCEL and retransmissions never get here.
+        """
+        if self.max_transactions is None:
+            return True
+        tm = self._rpc(TM_STATS_RPC)
+        shm = self._rpc(SHMMEM_RPC)
+        busy = tm is not None and tm["current"] - tm["waiting"] >= self.max_transactions
+        full = shm is not None and shm["free"] < self.shm_reserve
+        if not (busy or full):
+            return True
+        self.ksr_route_cdr_refused(None, _now(), 503, "Service Unavailable")
+        if self.retry_after > 0:
+            KSR.hdr.append_to_reply(f"Retry-After: {self.retry_after}\r\n")
+        KSR.sl.sl_send_reply(503, "Service Unavailable")
+        return False
+
+    def _rpc(self, command: str) -> dict | None:
+        """A JSON-RPC command's result; None (admit, as HTTP mode does) if it cannot be read."""
+        try:
+            KSR.jsonrpcs.exec(command)
+            return {name: int(value) for name, value in orjson.loads(KSR.jsonrpcs.response())["result"].items()}
+        except (TypeError, ValueError, KeyError, AttributeError, orjson.JSONDecodeError):
+            if not self._stats_unreadable:  # once per process, not once per call
+                self._stats_unreadable = True
+                KSR.err(f"c4: cannot read {command}: the admission control admits every call in this process\n")
+            return None
 
     def ksr_route_withindlg(self, msg) -> int:
         """route[WITHINDLG]: in-dialog requests follow their route set.

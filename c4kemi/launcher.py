@@ -1,6 +1,7 @@
 """``c4 kamailio``: run Kamailio in the foreground with the router.
 
     c4 kamailio --mode kemi --table FILE --listen udp:127.0.0.1:5060 [--workers N] [--shm MiB]
+                [--memory-manager tlsf|qm|fm] [--max-transactions N] [--shm-reserve MiB] [--retry-after SECONDS]
 
 Kamailio runs as a child (``-DD -E``: no daemon, logs on stderr) with the
 mode's config from ``kamailio/``; everything the config needs comes in on
@@ -39,6 +40,13 @@ Call records (docs/cdr.md): ``--cdr-file FILE`` or ``--cdr-db`` turns them on
 in either mode: the launcher starts ``c4 cdr`` before Kamailio, on a free
 loopback port for Kamailio's ``evapi``, and stops it after. Off by default:
 then evapi is not loaded and no call keeps any record state.
+
+Overload protection, both modes: past ``--max-transactions`` SIP
+transactions in progress, or with less than ``--shm-reserve`` MiB (an
+eighth of ``--shm``) free, new INVITEs get a stateless 503 with
+``Retry-After: --retry-after`` (kamailio-base.cfg, "Admission control").
+``--memory-manager`` picks Kamailio's allocator (``-x``/``-X``), TLSF by
+default.
 
 Modes plug in through ``MODES``: a mode names its config file and prepares
 its defines, environment, banner and helper processes.
@@ -83,6 +91,18 @@ RTJSON_PATH = "/kamailio/rtjson"  # c4http.app.RTJSON_PATH (not imported: no aio
 # tm's fr_timer in kamailio-http.cfg: the API must answer (or time out) before it.
 CFG_FR_TIMER_MS = 5000
 API_START_TIMEOUT = 20.0  # seconds for c4 serve to answer /health
+# Kamailio's memory managers (-x shared, -X private). TLSF by default: with
+# qm (Debian's default) a third of the CPU under load went to qm_malloc
+# (README, "Capacity and overload").
+MEMORY_MANAGERS = ("tlsf", "qm", "fm")
+DEFAULT_MEMORY_MANAGER = "tlsf"
+# Admission control (kamailio-base.cfg): new INVITEs get 503 past this many
+# SIP transactions in progress, with this Retry-After (README, "Capacity and overload").
+DEFAULT_MAX_TRANSACTIONS = 1000
+DEFAULT_RETRY_AFTER = 2
+# ... and while less than 1/8 of --shm is free: room for the calls already
+# admitted (1000 in setup and the answered calls' lingering transactions).
+SHM_RESERVE_FRACTION = 8
 
 
 class LaunchError(Exception):
@@ -96,10 +116,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=4, help="SIP worker processes")
     parser.add_argument("--shm", type=int, default=512, help="shared memory in MiB")
     parser.add_argument("--pkg", type=int, default=32, help="private memory per process in MiB")
+    parser.add_argument(
+        "--memory-manager", choices=MEMORY_MANAGERS, default=DEFAULT_MEMORY_MANAGER,
+        help=f"Kamailio's memory manager for shared and private memory (-x/-X; default {DEFAULT_MEMORY_MANAGER}, "
+             "Debian's default is qm)",
+    )
+    parser.add_argument(
+        "--max-transactions", type=int, default=DEFAULT_MAX_TRANSACTIONS,
+        help="overload protection: SIP transactions in progress at which new INVITEs get 503 with Retry-After "
+             f"(default {DEFAULT_MAX_TRANSACTIONS})",
+    )
+    parser.add_argument("--shm-reserve", type=int, default=None,
+                        help="overload protection: MiB of shared memory kept free; below it new INVITEs get 503 "
+                             "(default: an eighth of --shm)")
+    parser.add_argument("--retry-after", type=int, default=DEFAULT_RETRY_AFTER,
+                        help=f"seconds in the Retry-After of an overload 503 (default {DEFAULT_RETRY_AFTER}; 0: no header)")
     parser.add_argument("--api", default="http://127.0.0.1:8080", help="c4http base URL (HTTP mode)")
     parser.add_argument("--log-level", type=int, default=2, help="Kamailio debug level (2: info)")
     parser.add_argument("--api-timeout", type=int, default=1000, help="HTTP mode: ms to wait for the API before answering 503 (< 5000)")
-    parser.add_argument("--max-inflight", type=int, default=200, help="HTTP mode: API queries in flight before new INVITEs get 503")
+    parser.add_argument("--max-inflight", type=int, default=100, help="HTTP mode: API queries in flight before new INVITEs get 503 (default 100)")
     parser.add_argument("--api-workers", type=int, default=4, help="HTTP mode: http_async_client workers (they also run the resume route)")
     parser.add_argument("--serve-api", action="store_true", help="HTTP mode: also run `c4 serve --table FILE` on the --api host and port")
     parser.add_argument(
@@ -322,6 +357,9 @@ def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
         raise LaunchError(f"--api-timeout must be between 1 and {CFG_FR_TIMER_MS - 1} ms (below fr_timer, {CFG_FR_TIMER_MS} ms)")
     if args.max_inflight < 1 or args.api_workers < 1:
         raise LaunchError("--max-inflight and --api-workers must be >= 1")
+    if args.max_inflight > args.max_transactions:
+        # Every query in flight is a transaction in progress: the node's bound would always bite first.
+        raise LaunchError(f"--max-inflight ({args.max_inflight}) cannot exceed --max-transactions ({args.max_transactions})")
     module = Path(args.http_async_client).resolve()
     if not module.is_file():
         raise LaunchError(
@@ -420,6 +458,8 @@ def build_command(args: argparse.Namespace, launch: Launch, rundir: Path) -> lis
         "-DD", "-E",
         "-m", str(args.shm),
         "-M", str(args.pkg),
+        "-x", args.memory_manager,
+        "-X", args.memory_manager,
         "-n", str(args.workers),
         "-Y", str(rundir),
         "-w", str(rundir),
@@ -430,11 +470,19 @@ def build_command(args: argparse.Namespace, launch: Launch, rundir: Path) -> lis
         "C4_LOG_LEVEL": args.log_level,
         "C4_CTL_SOCKET": quoted(f"unix:{rundir / 'ctl.sock'}"),
         "C4_RPC_SOCKET": quoted(rpc_socket(args, rundir)),
+        "C4_MAX_TRANSACTIONS": args.max_transactions,
+        "C4_SHM_RESERVE": shm_reserve(args),
+        "C4_RETRY_AFTER": args.retry_after,
     }
     defines.update(launch.defines)
     for name, value in defines.items():
         command += ["-A", name if value is None else f"{name}={value}"]
     return command
+
+
+def shm_reserve(args: argparse.Namespace) -> int:
+    """MiB of shared memory the admission control keeps free: --shm-reserve, else an eighth of --shm."""
+    return args.shm // SHM_RESERVE_FRACTION if args.shm_reserve is None else args.shm_reserve
 
 
 def rpc_socket(args: argparse.Namespace, rundir: Path) -> str:
@@ -466,6 +514,10 @@ def _run(args: argparse.Namespace) -> int:
         args.listen = [DEFAULT_LISTEN]
     if args.workers < 1 or args.shm < 16 or args.pkg < 4:
         raise LaunchError("--workers must be >= 1, --shm >= 16 MiB, --pkg >= 4 MiB")
+    if args.max_transactions < 1 or args.retry_after < 0:
+        raise LaunchError("--max-transactions must be >= 1 and --retry-after >= 0")
+    if args.shm_reserve is not None and not 0 <= args.shm_reserve <= args.shm:
+        raise LaunchError(f"--shm-reserve must be between 0 and --shm ({args.shm} MiB)")
     rundir = Path(tempfile.mkdtemp(prefix="c4-kamailio-"))  # 0700
     try:
         launch = Launch(config=CONFIG_DIR / mode.config_name, rundir=rundir)
@@ -489,7 +541,8 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         for line in launch.banner:
             print(f"c4 kamailio: {line}")
-        print(f"c4 kamailio: {args.mode} mode, listening on {', '.join(args.listen)}, {args.workers} workers, {args.shm} MiB shm")
+        print(f"c4 kamailio: {args.mode} mode, listening on {', '.join(args.listen)}, {args.workers} workers, "
+              f"{args.shm} MiB shm ({args.memory_manager}), new calls refused past {args.max_transactions} transactions in progress or under {shm_reserve(args)} MiB free")
         print("c4 kamailio: Ctrl-C or SIGTERM stops Kamailio", flush=True)
         helpers = []
         try:

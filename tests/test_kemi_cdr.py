@@ -88,3 +88,16 @@ def test_records_off_keep_and_send_nothing(handler, ksr):
     failure(ksr, 503)
     handler.ksr_failure_manage(None)
     assert sent(ksr) == [] and not any(name.startswith("$dlg_var") for name in ksr.pv_values)
+
+
+def test_a_call_shed_by_the_admission_control_still_gets_its_record(recording, ksr):
+    from test_kemi_handler import at_load
+
+    at_load(ksr, in_progress=10)
+    recording.child_init(1)
+    invite(ksr)
+    recording.ksr_request_route(None)
+    assert ksr.called("sl.sl_send_reply") == [(503, "Service Unavailable")]
+    (event,) = sent(ksr)
+    assert (event["call_id"], event["code"], event["reason"], event["by"]) == ("call-1@test", 503, "Service Unavailable", "router")
+    assert "call" not in event  # shed before any decision: nothing known of tenant or numbers

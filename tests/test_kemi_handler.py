@@ -220,6 +220,74 @@ def test_refusal_is_answered_with_its_code(handler, ksr):
     assert "tm.t_relay" not in ksr.names()
 
 
+# -- admission control (route[ADMIT]) -----------------------------------------------
+
+
+def at_load(ksr: FakeKSR, in_progress: int, free_mib: int = 400, bound: int = 10, reserve: int = 64, retry_after: int = 3) -> None:
+    """The cfg's defines, and the JSON-RPC answers: IN_PROGRESS transactions in progress (plus 4 waiting), FREE_MIB of shm free."""
+    ksr.pv_values["$defn(C4_MAX_TRANSACTIONS)"] = bound
+    ksr.pv_values["$defn(C4_SHM_RESERVE)"] = reserve
+    ksr.pv_values["$defn(C4_RETRY_AFTER)"] = retry_after
+    results = {"tm.stats": {"current": in_progress + 4, "waiting": 4, "total": 99},
+               "core.shmmem": {"total": 512, "free": free_mib, "used": 512 - free_mib}}
+
+    def response():
+        (command,) = ksr.called("jsonrpcs.exec")[-1]
+        return orjson.dumps({"jsonrpc": "2.0", "id": 1, "result": results[orjson.loads(command)["method"]]}).decode()
+
+    ksr.returns["jsonrpcs.response"] = response
+
+
+def test_past_the_bound_a_new_invite_gets_a_stateless_503_with_retry_after(handler, ksr):
+    at_load(ksr, in_progress=10)
+    handler.child_init(1)
+    invite(ksr)
+    handler.ksr_request_route(None)
+    assert ksr.called("hdr.append_to_reply") == [("Retry-After: 3\r\n",)]
+    assert ksr.called("sl.sl_send_reply") == [(503, "Service Unavailable")]
+    assert not ksr.called("tm.t_newtran") and not ksr.called("rtjson.init_routes")
+
+
+def test_short_of_shared_memory_a_new_invite_gets_the_same_503(handler, ksr):
+    at_load(ksr, in_progress=0, free_mib=63)
+    handler.child_init(1)
+    invite(ksr)
+    handler.ksr_request_route(None)
+    assert ksr.called("sl.sl_send_reply") == [(503, "Service Unavailable")]
+    assert not ksr.called("tm.t_newtran") and not ksr.called("rtjson.init_routes")
+
+
+def test_below_the_bound_a_new_invite_is_routed(handler, ksr):
+    at_load(ksr, in_progress=9)
+    handler.child_init(1)
+    invite(ksr)
+    handler.ksr_request_route(None)
+    assert not ksr.called("sl.sl_send_reply") and ksr.called("tm.t_relay") == [()]
+
+
+def test_unreadable_transaction_counts_admit_the_call_and_say_so_once(handler, ksr):
+    at_load(ksr, in_progress=0)
+    ksr.returns["jsonrpcs.response"] = "not json"
+    handler.child_init(1)
+    for _ in range(2):
+        invite(ksr)
+        handler.ksr_request_route(None)
+    assert ksr.called("tm.t_relay") == [(), ()]
+    assert len([text for level, text in ksr.logs if "cannot read" in text]) == 1, ksr.logs
+
+
+def test_retransmissions_and_in_dialog_requests_are_never_refused(handler, ksr):
+    at_load(ksr, in_progress=1000)
+    handler.child_init(1)
+    invite(ksr)
+    ksr.returns["tmx.t_precheck_trans"] = 1  # a retransmission of an admitted INVITE
+    handler.ksr_request_route(None)
+    ksr.pv_values["$rm"] = "BYE"
+    ksr.returns["siputils.has_totag"] = 1
+    handler.ksr_request_route(None)
+    assert not ksr.called("jsonrpcs.exec") and (503, "Service Unavailable") not in ksr.called("sl.sl_send_reply")
+
+
 # -- the KEMI import path stays lean -----------------------------------------------
 
 

@@ -103,3 +103,55 @@ def test_records_to_postgresql_take_the_dsn_from_the_environment_never_the_comma
     assert "C4_DSN=*** " in on.stdout and "--db --spool" in on.stdout and "pw-7f3a" not in on.stdout
     both = dry_run("--cdr-db", "--cdr-file", "x", env={"C4_DSN": dsn})
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+def argv_dry_run(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """``c4 kamailio --dry-run``: the Kamailio command it would run, on stdout."""
+    return subprocess.run(
+        [sys.executable, "-m", "c4kemi.cli", "kamailio", "--dry-run", "--kamailio", "/bin/true",
+         "--secret-file", str(tmp_path / "secret"), *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def kamailio_argv(result: subprocess.CompletedProcess) -> list[str]:
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()[-1].split()
+
+
+def test_memory_manager_is_tlsf_by_default_for_shared_and_private_memory(tmp_path):
+    argv = kamailio_argv(argv_dry_run(tmp_path, "--table", str(EXAMPLE_TABLE)))
+    assert argv[argv.index("-x") + 1] == "tlsf" and argv[argv.index("-X") + 1] == "tlsf"
+
+
+def test_memory_manager_option_is_passed_to_kamailio(tmp_path):
+    argv = kamailio_argv(argv_dry_run(tmp_path, "--table", str(EXAMPLE_TABLE), "--memory-manager", "qm"))
+    assert argv[argv.index("-x") + 1] == "qm" and argv[argv.index("-X") + 1] == "qm"
+    assert argv_dry_run(tmp_path, "--table", str(EXAMPLE_TABLE), "--memory-manager", "tcmalloc").returncode == 2
+
+
+@pytest.mark.parametrize("mode", ["kemi", "http"])
+def test_admission_bound_and_retry_after_reach_the_config_in_both_modes(tmp_path, mode):
+    argv = kamailio_argv(argv_dry_run(tmp_path, "--mode", mode, "--table", str(EXAMPLE_TABLE), *(["--serve-api"] if mode == "http" else []),
+                                 "--max-transactions", "321", "--retry-after", "9", "--http-async-client", "/bin/true"))
+    assert "C4_MAX_TRANSACTIONS=321" in argv and "C4_RETRY_AFTER=9" in argv
+
+
+def test_admission_defaults(tmp_path):
+    argv = kamailio_argv(argv_dry_run(tmp_path, "--table", str(EXAMPLE_TABLE)))
+    assert "C4_MAX_TRANSACTIONS=1000" in argv and "C4_RETRY_AFTER=2" in argv
+    assert "C4_SHM_RESERVE=64" in argv  # an eighth of the default 512 MiB
+
+
+def test_shared_memory_reserve_follows_shm_unless_given(tmp_path):
+    argv = kamailio_argv(argv_dry_run(tmp_path, "--table", str(EXAMPLE_TABLE), "--shm", "128"))
+    assert "C4_SHM_RESERVE=16" in argv
+    argv = kamailio_argv(argv_dry_run(tmp_path, "--table", str(EXAMPLE_TABLE), "--shm", "128", "--shm-reserve", "40"))
+    assert "C4_SHM_RESERVE=40" in argv
+
+
+@pytest.mark.parametrize("args", [["--max-transactions", "0"], ["--retry-after", "-1"], ["--shm-reserve", "513"],
+                                  ["--mode", "http", "--max-inflight", "300", "--max-transactions", "200"]])
+def test_bad_admission_bounds_are_refused(tmp_path, args):
+    result = argv_dry_run(tmp_path, *(["--table", str(EXAMPLE_TABLE)] if "http" not in args else ["--http-async-client", "/bin/true"]), *args)
+    assert result.returncode == 2 and any(name in result.stderr for name in ("--max-", "--retry-after", "--shm-reserve")), result.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -224,3 +225,18 @@ def test_cancel_while_waiting_for_the_api(http_router, processes, tmp_path):
         assert len(peers.invites) == 1
     finally:
         peers.close()
+
+
+def test_c4_serve_listens_with_a_deep_backlog(processes, tmp_path):
+    """A burst of new connections from http_async_client must not overflow the listen queue (README, "Capacity")."""
+    port = free_tcp_port()
+    table = tmp_path / "table.json"
+    write_json_atomically(table, routing_document())
+    argv = [sys.executable, "-m", "c4kemi.cli", "serve", "--table", str(table), "--port", str(port), "--backlog", "777"]
+    proc = processes.start(argv, tmp_path / "serve.log", cwd=REPO_ROOT)
+    deadline = time.monotonic() + 20
+    while not http_ok(f"http://127.0.0.1:{port}/health"):
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+        time.sleep(0.05)
+    listen = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout.split()
+    assert listen[2] == "777", listen  # LISTEN Recv-Q Send-Q: Send-Q is the backlog
