@@ -112,6 +112,10 @@ RETRY_AFTER_DEFINE = "$defn(C4_RETRY_AFTER)"
 # two per process: too late for a burst.)
 TM_STATS_RPC = '{"jsonrpc": "2.0", "method": "tm.stats", "id": 1}'
 SHMMEM_RPC = '{"jsonrpc": "2.0", "method": "core.shmmem", "params": ["m"], "id": 1}'
+# Calls that ring (early dialogs: a 1xx with a To-tag came back) are waiting
+# for a person, not for the node: they are taken out of the count. A live
+# counter of the dialog module, answered as ["dialog:early_dialogs = N"].
+EARLY_DIALOGS_RPC = '{"jsonrpc": "2.0", "method": "stats.get_statistics", "params": ["early_dialogs"], "id": 1}'
 
 # KEMI names the branch and failure routes by method name.
 BRANCH_ROUTE = "ksr_branch_manage"
@@ -323,8 +327,10 @@ class Router:
         """route[ADMIT]: past the node's bounds, a new call gets a fast 503 with Retry-After.
 
         Refused while ``max_transactions`` SIP transactions are in progress
-        (created, no final reply yet: when the node falls behind, each
-        waits longer and their number grows, call rate times delay), or
+        and not ringing (created, no final reply and no ringing 1xx yet:
+        when the node falls behind, each waits longer and their number
+        grows, call rate times delay; a ringing call waits for a person),
+        or
         while less than ``shm_reserve`` MiB of shared memory is free (kept
         for the calls already admitted: answered calls' transactions stay
         in memory a few seconds more). The refusal is stateless, before any
@@ -335,7 +341,9 @@ class Router:
             return True
         tm = self._rpc(TM_STATS_RPC)
         shm = self._rpc(SHMMEM_RPC)
-        busy = tm is not None and tm["current"] - tm["waiting"] >= self.max_transactions
+        in_progress = tm["current"] - tm["waiting"] if tm is not None else 0
+        # The ringing calls are asked for only near the bound: one RPC less per call below it.
+        busy = in_progress >= self.max_transactions and in_progress - self._early_dialogs() >= self.max_transactions
         full = shm is not None and shm["free"] < self.shm_reserve
         if not (busy or full):
             return True
@@ -345,16 +353,27 @@ class Router:
         KSR.sl.sl_send_reply(503, "Service Unavailable")
         return False
 
-    def _rpc(self, command: str) -> dict | None:
+    def _rpc(self, command: str):
         """A JSON-RPC command's result; None (admit, as HTTP mode does) if it cannot be read."""
         try:
             KSR.jsonrpcs.exec(command)
-            return {name: int(value) for name, value in orjson.loads(KSR.jsonrpcs.response())["result"].items()}
+            result = orjson.loads(KSR.jsonrpcs.response())["result"]
+            if isinstance(result, dict):
+                return {name: int(value) for name, value in result.items()}
+            return [str(line) for line in result]
         except (TypeError, ValueError, KeyError, AttributeError, orjson.JSONDecodeError):
             if not self._stats_unreadable:  # once per process, not once per call
                 self._stats_unreadable = True
                 KSR.err(f"c4: cannot read {command}: the admission control admits every call in this process\n")
             return None
+
+    def _early_dialogs(self) -> int:
+        """Calls ringing now (0 if the counter cannot be read: the bound then counts them too)."""
+        lines = self._rpc(EARLY_DIALOGS_RPC)
+        try:
+            return int(lines[0].rpartition("=")[2])
+        except (TypeError, IndexError, ValueError):
+            return 0
 
     def ksr_route_withindlg(self, msg) -> int:
         """route[WITHINDLG]: in-dialog requests follow their route set.

@@ -223,13 +223,16 @@ def test_refusal_is_answered_with_its_code(handler, ksr):
 # -- admission control (route[ADMIT]) -----------------------------------------------
 
 
-def at_load(ksr: FakeKSR, in_progress: int, free_mib: int = 400, bound: int = 10, reserve: int = 64, retry_after: int = 3) -> None:
-    """The cfg's defines, and the JSON-RPC answers: IN_PROGRESS transactions in progress (plus 4 waiting), FREE_MIB of shm free."""
+def at_load(ksr: FakeKSR, in_progress: int, free_mib: int = 400, bound: int = 10, reserve: int = 64, retry_after: int = 3,
+            ringing: int = 0) -> None:
+    """The cfg's defines, and the JSON-RPC answers: IN_PROGRESS transactions in progress (plus 4 waiting), RINGING
+    of them early dialogs, FREE_MIB of shm free."""
     ksr.pv_values["$defn(C4_MAX_TRANSACTIONS)"] = bound
     ksr.pv_values["$defn(C4_SHM_RESERVE)"] = reserve
     ksr.pv_values["$defn(C4_RETRY_AFTER)"] = retry_after
     results = {"tm.stats": {"current": in_progress + 4, "waiting": 4, "total": 99},
-               "core.shmmem": {"total": 512, "free": free_mib, "used": 512 - free_mib}}
+               "core.shmmem": {"total": 512, "free": free_mib, "used": 512 - free_mib},
+               "stats.get_statistics": [f"dialog:early_dialogs = {ringing}"]}
 
     def response():
         (command,) = ksr.called("jsonrpcs.exec")[-1]
@@ -255,6 +258,15 @@ def test_short_of_shared_memory_a_new_invite_gets_the_same_503(handler, ksr):
     handler.ksr_request_route(None)
     assert ksr.called("sl.sl_send_reply") == [(503, "Service Unavailable")]
     assert not ksr.called("tm.t_newtran") and not ksr.called("rtjson.init_routes")
+
+
+def test_ringing_calls_do_not_count_against_the_bound(handler, ksr):
+    at_load(ksr, in_progress=10, ringing=1)  # 9 not ringing: below the bound of 10
+    handler.child_init(1)
+    invite(ksr)
+    handler.ksr_request_route(None)
+    assert not ksr.called("sl.sl_send_reply") and ksr.called("tm.t_relay") == [()]
+    assert not [text for level, text in ksr.logs if "cannot read" in text]
 
 
 def test_below_the_bound_a_new_invite_is_routed(handler, ksr):
