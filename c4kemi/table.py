@@ -95,6 +95,15 @@ class RouteChoice:
     priorities: tuple[int, ...] = ()  # each group's priority, for explanations
 
 
+# DID numbers are checked against a filter of their first HEAD digits before
+# the DID dict is probed for each prefix length: a call from an IPBX mostly
+# dials numbers that are no DID, and at 1M DIDs every probe of the big dict
+# is a cache miss, while one look in the filter replaces them all. Eight
+# digits: a country code and enough of the national number to tell most
+# numbers apart, yet no longer than a DID (a whole number) usually is.
+HEAD = 8
+
+
 @dataclass(frozen=True, slots=True)
 class PrefixIndex:
     """Longest-prefix lookup: a dict per prefix, probed longest first."""
@@ -102,22 +111,40 @@ class PrefixIndex:
     entries: Mapping[str, Any]
     lengths: tuple[int, ...]  # distinct prefix lengths, descending
     sizes: Mapping[int, int] = field(default_factory=dict)  # prefix length -> entries of that length
+    # The filter: HEAD-digit head -> entries under it (prefixes of HEAD
+    # digits or more); the lengths below HEAD, probed whatever the head.
+    heads: Mapping[str, int] = field(default_factory=dict)
+    short_lengths: tuple[int, ...] = ()
+    # entries' own dict.get, for the hot path: a mapping proxy's get is a
+    # method call through the proxy, several times dearer than a dict's.
+    get: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def build(cls, entries: dict[str, Any]) -> PrefixIndex:
         sizes: dict[int, int] = {}
+        heads: dict[str, int] = {}
         for prefix in entries:
             sizes[len(prefix)] = sizes.get(len(prefix), 0) + 1
-        return cls(MappingProxyType(entries), tuple(sorted(sizes, reverse=True)), MappingProxyType(sizes))
+            if len(prefix) >= HEAD:
+                head = prefix[:HEAD]
+                heads[head] = heads.get(head, 0) + 1
+        return cls._made(entries, sizes, heads)
+
+    @classmethod
+    def _made(cls, entries: dict[str, Any], sizes: dict[int, int], heads: dict[str, int]) -> PrefixIndex:
+        lengths = tuple(sorted(sizes, reverse=True))
+        return cls(MappingProxyType(entries), lengths, MappingProxyType(sizes), MappingProxyType(heads),
+                   tuple(n for n in lengths if n < HEAD), entries.get)
 
     def updated(self, changes: Mapping[str, Any]) -> PrefixIndex:
         """A new index with ``changes`` applied (prefix -> entry, None: removed); self is unchanged.
 
-        Costs a copy of the entries dict (a few ms per million) plus the
-        changes: the entries themselves are shared with this index.
+        Costs a copy of the entries and heads dicts (a few ms per million)
+        plus the changes: the entries themselves are shared with this index.
         """
         entries = self.entries.copy()  # mappingproxy.copy(): the underlying dict's own copy
         sizes = dict(self.sizes)
+        heads = self.heads.copy()
         for prefix, entry in changes.items():
             present = prefix in entries
             if entry is None:
@@ -126,11 +153,19 @@ class PrefixIndex:
                     sizes[len(prefix)] -= 1
                     if not sizes[len(prefix)]:
                         del sizes[len(prefix)]
+                    if len(prefix) >= HEAD:
+                        head = prefix[:HEAD]
+                        heads[head] -= 1
+                        if not heads[head]:
+                            del heads[head]
             else:
                 entries[prefix] = entry
                 if not present:
                     sizes[len(prefix)] = sizes.get(len(prefix), 0) + 1
-        return PrefixIndex(MappingProxyType(entries), tuple(sorted(sizes, reverse=True)), MappingProxyType(sizes))
+                    if len(prefix) >= HEAD:
+                        head = prefix[:HEAD]
+                        heads[head] = heads.get(head, 0) + 1
+        return self._made(entries, sizes, heads)
 
     def candidates(self, number: str):
         """Entries whose prefix starts ``number``, longest prefix first."""
@@ -222,13 +257,21 @@ class RoutingTable:
     entity_digest: int = 0  # sum of the DID and route digests, modulo 2**64
     tenant_channels: Mapping[str, int] = field(default_factory=dict)  # tenant -> max_channels, limited ones only
 
-    def find_did(self, number: str, tenant: str | None) -> Did | None:
-        """Longest-prefix DID for an E.164 number within a tenant (None: all)."""
+    def find_did(self, number: str, tenant: str | None, filtered: bool = False) -> Did | None:
+        """Longest-prefix DID for an E.164 number within a tenant (None: all).
+
+        ``filtered``: look at the head filter first. For a call from an IPBX:
+        most numbers it dials are no DID, and the filter rules out the
+        probes of the long prefixes. A call from a trunk is meant to hit a
+        DID: there the filter would only cost one more look.
+        """
+        index = self.dids
+        lengths = index.short_lengths if filtered and number[:HEAD] not in index.heads else index.lengths
         # PrefixIndex.candidates, inline: this runs on every call.
-        entries, size = self.dids.entries, len(number)
-        for length in self.dids.lengths:
+        get, size = index.get, len(number)
+        for length in lengths:
             if length <= size:
-                did = entries.get(number[:length])
+                did = get(number[:length])
                 if did is None:
                     continue
                 if tenant is not None and did.tenant != tenant:
@@ -242,10 +285,10 @@ class RoutingTable:
         index = self.routes.get(tenant)
         if index is None:
             return None
-        entries, size = index.entries, len(number)
+        get, size = index.get, len(number)
         for length in index.lengths:
             if length <= size:
-                route = entries.get(number[:length])
+                route = get(number[:length])
                 if route is not None:
                     return route
         return None

@@ -48,7 +48,11 @@ def route_view(route) -> tuple:
 def index_view(index, view) -> tuple:
     assert sorted({len(p) for p in index.entries}, reverse=True) == list(index.lengths)
     assert dict(index.sizes) == {n: sum(1 for p in index.entries if len(p) == n) for n in index.lengths}
-    return {prefix: view(entry) for prefix, entry in index.entries.items()}, index.lengths
+    heads = [p[:table_module.HEAD] for p in index.entries if len(p) >= table_module.HEAD]
+    assert dict(index.heads) == {head: heads.count(head) for head in heads}  # the filter, counts and all
+    assert index.short_lengths == tuple(n for n in index.lengths if n < table_module.HEAD)
+    assert all(index.get(p) is entry for p, entry in index.entries.items()) and index.get("x") is None
+    return {prefix: view(entry) for prefix, entry in index.entries.items()}, index.lengths, dict(index.heads)
 
 
 def table_view(table: RoutingTable) -> dict:
@@ -67,6 +71,8 @@ def table_view(table: RoutingTable) -> dict:
 # -- random changes ----------------------------------------------------------------
 
 PREFIXES = st.text(alphabet="3946", min_size=1, max_size=5)
+# DIDs long enough for the head filter, several under the head of the document's 39612345 and 396123459.
+LONG_PREFIXES = st.text(alphabet="3946", max_size=4).map(lambda tail: "612345" + tail)
 ACME_TRUNKS = ["carrier-a-1", "carrier-b-1", "carrier-b-2"]
 WEIGHTS = st.sampled_from([0, 1, 2, 1.0, 2.5])
 
@@ -85,7 +91,7 @@ def did_values():
         lambda owner: st.builds(
             lambda prefix, match: {"tenant": owner[0], "prefix": "39" + prefix, "ipbx": owner[1],
                                    **({"match": match} if match is not None else {})},
-            PREFIXES, st.sampled_from([None, None, "39[0-9]*", "3[0-9]{3,}", ""]),
+            st.one_of(PREFIXES, LONG_PREFIXES), st.sampled_from([None, None, "39[0-9]*", "3[0-9]{3,}", ""]),
         )
     )
 
@@ -186,9 +192,16 @@ def test_update_table_gives_the_full_compile_for_any_change_sequence(changes):
         table = update_table(table, checked)
         assert table_view(table) == table_view(compile_validated(checked))
         assert document_version(checked) == table.version
-    for called in ("+39612345678", "+3961234", "+39466", "+4420123"):
-        query = request("192.0.2.1", called)
-        assert route_json(table, query) == route_json(compile_validated(validate_document(doc)), query)
+    full = compile_validated(validate_document(doc))
+    for source in ("192.0.2.1", "10.0.0.10"):  # a trunk, and an IPBX (its DIDs through the head filter)
+        for called in ("+39612345678", "+3961234", "+39466", "+4420123", "+396123453", "+3961234593", "+39612345"):
+            query = request(source, called)
+            assert route_json(table, query) == route_json(full, query)
+    # The head filter rules out only what the probes would not find.
+    numbers = {n for d in doc["dids"] for n in (d["prefix"], d["prefix"] + "3", d["prefix"] + "0000", d["prefix"][:-1])}
+    for number in numbers:
+        for tenant in ("acme", "globex"):
+            assert table.find_did(number, tenant, True) is table.find_did(number, tenant)
 
 
 def test_a_did_change_shares_everything_else():
