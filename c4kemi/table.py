@@ -183,6 +183,10 @@ class SourceIndex:
 
     v4: tuple[tuple[int, int, Mapping[int, Endpoint]], ...]  # (prefixlen, mask, {net: endpoint})
     v6: tuple[tuple[int, int, Mapping[int, Endpoint]], ...]
+    # The same levels as (mask, the dict's own get) for lookup: a mapping
+    # proxy's get is a method call through the proxy (see PrefixIndex.get).
+    v4_probes: tuple = field(default=(), compare=False, repr=False)
+    v6_probes: tuple = field(default=(), compare=False, repr=False)
 
     @classmethod
     def build(cls, networks: list[tuple[Any, Endpoint]]) -> SourceIndex:
@@ -193,11 +197,18 @@ class SourceIndex:
 
         def levels(version: int, bits: int):
             return tuple(
-                (length, ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1), MappingProxyType(nets))
+                (length, ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1), nets)
                 for length, nets in sorted(families[version].items(), reverse=True)
             )
 
-        return cls(levels(4, 32), levels(6, 128))
+        def probes(levels):
+            return tuple((mask, nets.get) for _, mask, nets in levels)
+
+        def read_only(levels):
+            return tuple((length, mask, MappingProxyType(nets)) for length, mask, nets in levels)
+
+        v4, v6 = levels(4, 32), levels(6, 128)
+        return cls(read_only(v4), read_only(v6), probes(v4), probes(v6))
 
     def lookup(self, address: str) -> Endpoint | None:
         """The endpoint whose most specific source CIDR holds ``address``.
@@ -205,18 +216,18 @@ class SourceIndex:
         Raises ValueError if ``address`` is not an IP address.
         """
         try:
-            value, levels = int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big"), self.v4
+            value, probes = int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big"), self.v4_probes
         except OSError:
             if address.startswith("[") and address.endswith("]"):
                 address = address[1:-1]
             try:
-                value, levels = int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big"), self.v6
+                value, probes = int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big"), self.v6_probes
             except OSError:
                 raise ValueError(f"{address!r} is not an IP address") from None
             if value >> 32 == 0xFFFF:  # IPv4-mapped IPv6 (::ffff:a.b.c.d)
-                value, levels = value & 0xFFFFFFFF, self.v4
-        for _, mask, nets in levels:
-            endpoint = nets.get(value & mask)
+                value, probes = value & 0xFFFFFFFF, self.v4_probes
+        for mask, get in probes:
+            endpoint = get(value & mask)
             if endpoint is not None:
                 return endpoint
         return None

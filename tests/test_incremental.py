@@ -57,6 +57,9 @@ def index_view(index, view) -> tuple:
 
 def table_view(table: RoutingTable) -> dict:
     """Everything a decision or an explanation can read from a table, as plain values."""
+    for levels, probes in ((table.sources.v4, table.sources.v4_probes), (table.sources.v6, table.sources.v6_probes)):
+        assert [mask for _, mask, _ in levels] == [mask for mask, _ in probes]  # lookup's probes are the levels
+        assert all(get(net) is e for (_, _, nets), (_, get) in zip(levels, probes) for net, e in nets.items())
     return {
         "sources": [[(length, mask, {net: endpoint_view(e) for net, e in nets.items()}) for length, mask, nets in levels]
                     for levels in (table.sources.v4, table.sources.v6)],
