@@ -23,6 +23,7 @@ import hashlib
 import ipaddress
 import re
 import socket
+from array import array
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,25 @@ class RouteChoice:
 HEAD = 8
 
 
+def head_buckets(long_prefixes: int) -> int:
+    """The filter's size for this many prefixes of HEAD digits or more: the
+    power of two of at least four buckets per prefix (a quarter full at most)."""
+    return 1 << (4 * long_prefixes - 1).bit_length()
+
+
+def _long(sizes: Mapping[int, int]) -> int:
+    return sum(count for length, count in sizes.items() if length >= HEAD)
+
+
+def _head_counts(prefixes: Iterable[str], buckets: int) -> array:
+    counts = array("I", bytes(4 * buckets))  # "I": 4 bytes here, more than enough
+    mask = buckets - 1
+    for prefix in prefixes:
+        if len(prefix) >= HEAD:
+            counts[hash(prefix[:HEAD]) & mask] += 1
+    return counts
+
+
 @dataclass(frozen=True, slots=True)
 class PrefixIndex:
     """Longest-prefix lookup: a dict per prefix, probed longest first."""
@@ -114,10 +134,14 @@ class PrefixIndex:
     entries: Mapping[str, Any]
     lengths: tuple[int, ...]  # distinct prefix lengths, descending
     sizes: Mapping[int, int] = field(default_factory=dict)  # prefix length -> entries of that length
-    # The filter: HEAD-digit head -> entries under it (prefixes of HEAD
-    # digits or more); the lengths below HEAD, probed whatever the head.
-    heads: Mapping[str, int] = field(default_factory=dict)
-    short_lengths: tuple[int, ...] = ()
+    # The filter: how many prefixes of HEAD digits or more have a head in
+    # each bucket (hash of the head); 0 rules those prefixes out. Counts, so
+    # that a removal keeps it exact; an array of ints, not a dict of heads:
+    # at 1M random DIDs the heads would take 80 MiB, the array takes 16.
+    # Python's str hash is salted per process: a table is only ever used
+    # in the process that built it (or a fork of it).
+    heads: array = field(default_factory=lambda: array("I", bytes(8)))
+    short_lengths: tuple[int, ...] = ()  # the lengths below HEAD, probed whatever the head
     # entries' own dict.get, for the hot path: a mapping proxy's get is a
     # method call through the proxy, several times dearer than a dict's.
     get: Any = field(default=None, compare=False, repr=False)
@@ -125,29 +149,27 @@ class PrefixIndex:
     @classmethod
     def build(cls, entries: dict[str, Any]) -> PrefixIndex:
         sizes: dict[int, int] = {}
-        heads: dict[str, int] = {}
         for prefix in entries:
             sizes[len(prefix)] = sizes.get(len(prefix), 0) + 1
-            if len(prefix) >= HEAD:
-                head = prefix[:HEAD]
-                heads[head] = heads.get(head, 0) + 1
-        return cls._made(entries, sizes, heads)
+        return cls._made(entries, sizes, _head_counts(entries, head_buckets(_long(sizes))))
 
     @classmethod
-    def _made(cls, entries: dict[str, Any], sizes: dict[int, int], heads: dict[str, int]) -> PrefixIndex:
+    def _made(cls, entries: dict[str, Any], sizes: dict[int, int], heads: array) -> PrefixIndex:
         lengths = tuple(sorted(sizes, reverse=True))
-        return cls(MappingProxyType(entries), lengths, MappingProxyType(sizes), MappingProxyType(heads),
+        return cls(MappingProxyType(entries), lengths, MappingProxyType(sizes), heads,
                    tuple(n for n in lengths if n < HEAD), entries.get)
 
     def updated(self, changes: Mapping[str, Any]) -> PrefixIndex:
         """A new index with ``changes`` applied (prefix -> entry, None: removed); self is unchanged.
 
-        Costs a copy of the entries and heads dicts (a few ms per million)
-        plus the changes: the entries themselves are shared with this index.
+        Costs a copy of the entries dict and the filter (a few ms per
+        million) plus the changes: the entries themselves are shared with
+        this index. When the filter must change size (the long prefixes
+        cross a power of two), it is counted again from all entries.
         """
         entries = self.entries.copy()  # mappingproxy.copy(): the underlying dict's own copy
         sizes = dict(self.sizes)
-        heads = self.heads.copy()
+        added, removed = [], []
         for prefix, entry in changes.items():
             present = prefix in entries
             if entry is None:
@@ -156,18 +178,20 @@ class PrefixIndex:
                     sizes[len(prefix)] -= 1
                     if not sizes[len(prefix)]:
                         del sizes[len(prefix)]
-                    if len(prefix) >= HEAD:
-                        head = prefix[:HEAD]
-                        heads[head] -= 1
-                        if not heads[head]:
-                            del heads[head]
+                    removed.append(prefix)
             else:
                 entries[prefix] = entry
                 if not present:
                     sizes[len(prefix)] = sizes.get(len(prefix), 0) + 1
-                    if len(prefix) >= HEAD:
-                        head = prefix[:HEAD]
-                        heads[head] = heads.get(head, 0) + 1
+                    added.append(prefix)
+        buckets = head_buckets(_long(sizes))
+        if buckets != len(self.heads):
+            return self._made(entries, sizes, _head_counts(entries, buckets))
+        heads, mask = array("I", self.heads), buckets - 1
+        for prefixes, step in ((added, 1), (removed, -1)):
+            for prefix in prefixes:
+                if len(prefix) >= HEAD:
+                    heads[hash(prefix[:HEAD]) & mask] += step
         return self._made(entries, sizes, heads)
 
     def candidates(self, number: str):
@@ -280,7 +304,8 @@ class RoutingTable:
         DID: there the filter would only cost one more look.
         """
         index = self.dids
-        lengths = index.short_lengths if filtered and number[:HEAD] not in index.heads else index.lengths
+        heads = index.heads
+        lengths = index.short_lengths if filtered and not heads[hash(number[:HEAD]) & (len(heads) - 1)] else index.lengths
         # PrefixIndex.candidates, inline: this runs on every call.
         get, size = index.get, len(number)
         for length in lengths:

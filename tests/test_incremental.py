@@ -48,11 +48,14 @@ def route_view(route) -> tuple:
 def index_view(index, view) -> tuple:
     assert sorted({len(p) for p in index.entries}, reverse=True) == list(index.lengths)
     assert dict(index.sizes) == {n: sum(1 for p in index.entries if len(p) == n) for n in index.lengths}
+    # The head filter: its size follows the long prefixes, its counts are theirs, bucket by bucket.
     heads = [p[:table_module.HEAD] for p in index.entries if len(p) >= table_module.HEAD]
-    assert dict(index.heads) == {head: heads.count(head) for head in heads}  # the filter, counts and all
+    buckets = table_module.head_buckets(len(heads))
+    assert len(index.heads) == buckets
+    assert list(index.heads) == [sum(1 for h in heads if hash(h) & (buckets - 1) == b) for b in range(buckets)]
     assert index.short_lengths == tuple(n for n in index.lengths if n < table_module.HEAD)
     assert all(index.get(p) is entry for p, entry in index.entries.items()) and index.get("x") is None
-    return {prefix: view(entry) for prefix, entry in index.entries.items()}, index.lengths, dict(index.heads)
+    return {prefix: view(entry) for prefix, entry in index.entries.items()}, index.lengths, list(index.heads)
 
 
 def table_view(table: RoutingTable) -> dict:
@@ -324,3 +327,18 @@ def test_change_sets_through_the_feed_give_the_full_compile(tmp_path_factory, mo
     late = FeedTableSource(feed, check_interval=0)  # a reader that starts now: snapshot plus every change set
     assert table_view(late.current()) == table_view(reader.current())
     writer.close()
+
+
+def test_the_head_filter_follows_every_change():
+    """Removals that keep the filter's size adjust its counts; growth past a power of two recounts it."""
+    prefixes = [f"3961234{i:03d}" for i in range(40)]
+    index = table_module.PrefixIndex.build({p: p for p in prefixes})
+    for change in ({prefixes[0]: None}, {"39999999": "new"}, {prefixes[1]: "changed"},
+                   {p: None for p in prefixes[2:32]}, {"3961234": "short"}, {f"4420{i:05d}": i for i in range(100)}):
+        size = len(index.heads)
+        index = index.updated(change)
+        fresh = table_module.PrefixIndex.build(dict(index.entries))
+        assert list(index.heads) == list(fresh.heads) and index.short_lengths == fresh.short_lengths
+        assert sum(index.heads) == sum(1 for p in index.entries if len(p) >= table_module.HEAD)
+        if change == {prefixes[0]: None}:
+            assert len(index.heads) == size  # the same size: counts adjusted, not recounted
