@@ -167,7 +167,7 @@ def _decide(table: RoutingTable, query: Any, call: dict | None) -> dict:
 
     # Rules 3 and 4: a DID in the sender's scope (on-net for an IPBX), else
     # for an IPBX the tenant's route.
-    did = table.find_did(called, sender.tenant)
+    did = table.find_did(called, sender.tenant, sender.kind == "ipbx")
     if did is not None:
         destinations = [did.ipbx]
     elif sender.kind == "ipbx" and (route := table.find_route(sender.tenant, called)) is not None:

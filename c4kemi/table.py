@@ -7,11 +7,14 @@ the cost does not grow with the number of DIDs, routes or sources:
 - sources: per address family, one dict per CIDR prefix length, keyed by
   the network address as an int, probed longest first;
 - DIDs: one dict keyed by prefix, probed for each prefix of the called
-  number, longest first;
+  number, longest first; for a call from an IPBX, a filter of the DIDs'
+  first ``HEAD`` digits first rules out the long prefixes (most numbers an
+  IPBX dials are no DID, and at 1M DIDs each probe is a cache miss);
 - routes: per tenant, the same.
 
 Reloading builds a new table and swaps it whole. A table is immutable:
-frozen dataclasses, tuples and read-only mapping proxies all the way down.
+frozen dataclasses, tuples and read-only mapping proxies all the way down
+(the hot path keeps the dicts' own bound ``get``, which cannot write).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import ipaddress
 import re
 import socket
+from array import array
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +99,34 @@ class RouteChoice:
     priorities: tuple[int, ...] = ()  # each group's priority, for explanations
 
 
+# DID numbers are checked against a filter of their first HEAD digits before
+# the DID dict is probed for each prefix length: a call from an IPBX mostly
+# dials numbers that are no DID, and at 1M DIDs every probe of the big dict
+# is a cache miss, while one look in the filter replaces them all. Eight
+# digits: a country code and enough of the national number to tell most
+# numbers apart, yet no longer than a DID (a whole number) usually is.
+HEAD = 8
+
+
+def head_buckets(long_prefixes: int) -> int:
+    """The filter's size for this many prefixes of HEAD digits or more: the
+    power of two of at least four buckets per prefix (a quarter full at most)."""
+    return 1 << (4 * long_prefixes - 1).bit_length()
+
+
+def _long(sizes: Mapping[int, int]) -> int:
+    return sum(count for length, count in sizes.items() if length >= HEAD)
+
+
+def _head_counts(prefixes: Iterable[str], buckets: int) -> array:
+    counts = array("I", bytes(4 * buckets))  # "I": 4 bytes here, more than enough
+    mask = buckets - 1
+    for prefix in prefixes:
+        if len(prefix) >= HEAD:
+            counts[hash(prefix[:HEAD]) & mask] += 1
+    return counts
+
+
 @dataclass(frozen=True, slots=True)
 class PrefixIndex:
     """Longest-prefix lookup: a dict per prefix, probed longest first."""
@@ -102,22 +134,42 @@ class PrefixIndex:
     entries: Mapping[str, Any]
     lengths: tuple[int, ...]  # distinct prefix lengths, descending
     sizes: Mapping[int, int] = field(default_factory=dict)  # prefix length -> entries of that length
+    # The filter: how many prefixes of HEAD digits or more have a head in
+    # each bucket (hash of the head); 0 rules those prefixes out. Counts, so
+    # that a removal keeps it exact; an array of ints, not a dict of heads:
+    # at 1M random DIDs the heads would take 80 MiB, the array takes 16.
+    # Python's str hash is salted per process: a table is only ever used
+    # in the process that built it (or a fork of it).
+    heads: array = field(default_factory=lambda: array("I", bytes(8)))
+    short_lengths: tuple[int, ...] = ()  # the lengths below HEAD, probed whatever the head
+    # entries' own dict.get, for the hot path: a mapping proxy's get is a
+    # method call through the proxy, several times dearer than a dict's.
+    get: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def build(cls, entries: dict[str, Any]) -> PrefixIndex:
         sizes: dict[int, int] = {}
         for prefix in entries:
             sizes[len(prefix)] = sizes.get(len(prefix), 0) + 1
-        return cls(MappingProxyType(entries), tuple(sorted(sizes, reverse=True)), MappingProxyType(sizes))
+        return cls._made(entries, sizes, _head_counts(entries, head_buckets(_long(sizes))))
+
+    @classmethod
+    def _made(cls, entries: dict[str, Any], sizes: dict[int, int], heads: array) -> PrefixIndex:
+        lengths = tuple(sorted(sizes, reverse=True))
+        return cls(MappingProxyType(entries), lengths, MappingProxyType(sizes), heads,
+                   tuple(n for n in lengths if n < HEAD), entries.get)
 
     def updated(self, changes: Mapping[str, Any]) -> PrefixIndex:
         """A new index with ``changes`` applied (prefix -> entry, None: removed); self is unchanged.
 
-        Costs a copy of the entries dict (a few ms per million) plus the
-        changes: the entries themselves are shared with this index.
+        Costs a copy of the entries dict and the filter (a few ms per
+        million) plus the changes: the entries themselves are shared with
+        this index. When the filter must change size (the long prefixes
+        cross a power of two), it is counted again from all entries.
         """
         entries = self.entries.copy()  # mappingproxy.copy(): the underlying dict's own copy
         sizes = dict(self.sizes)
+        added, removed = [], []
         for prefix, entry in changes.items():
             present = prefix in entries
             if entry is None:
@@ -126,11 +178,21 @@ class PrefixIndex:
                     sizes[len(prefix)] -= 1
                     if not sizes[len(prefix)]:
                         del sizes[len(prefix)]
+                    removed.append(prefix)
             else:
                 entries[prefix] = entry
                 if not present:
                     sizes[len(prefix)] = sizes.get(len(prefix), 0) + 1
-        return PrefixIndex(MappingProxyType(entries), tuple(sorted(sizes, reverse=True)), MappingProxyType(sizes))
+                    added.append(prefix)
+        buckets = head_buckets(_long(sizes))
+        if buckets != len(self.heads):
+            return self._made(entries, sizes, _head_counts(entries, buckets))
+        heads, mask = array("I", self.heads), buckets - 1
+        for prefixes, step in ((added, 1), (removed, -1)):
+            for prefix in prefixes:
+                if len(prefix) >= HEAD:
+                    heads[hash(prefix[:HEAD]) & mask] += step
+        return self._made(entries, sizes, heads)
 
     def candidates(self, number: str):
         """Entries whose prefix starts ``number``, longest prefix first."""
@@ -148,6 +210,10 @@ class SourceIndex:
 
     v4: tuple[tuple[int, int, Mapping[int, Endpoint]], ...]  # (prefixlen, mask, {net: endpoint})
     v6: tuple[tuple[int, int, Mapping[int, Endpoint]], ...]
+    # The same levels as (mask, the dict's own get) for lookup: a mapping
+    # proxy's get is a method call through the proxy (see PrefixIndex.get).
+    v4_probes: tuple = field(default=(), compare=False, repr=False)
+    v6_probes: tuple = field(default=(), compare=False, repr=False)
 
     @classmethod
     def build(cls, networks: list[tuple[Any, Endpoint]]) -> SourceIndex:
@@ -158,11 +224,18 @@ class SourceIndex:
 
         def levels(version: int, bits: int):
             return tuple(
-                (length, ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1), MappingProxyType(nets))
+                (length, ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1), nets)
                 for length, nets in sorted(families[version].items(), reverse=True)
             )
 
-        return cls(levels(4, 32), levels(6, 128))
+        def probes(levels):
+            return tuple((mask, nets.get) for _, mask, nets in levels)
+
+        def read_only(levels):
+            return tuple((length, mask, MappingProxyType(nets)) for length, mask, nets in levels)
+
+        v4, v6 = levels(4, 32), levels(6, 128)
+        return cls(read_only(v4), read_only(v6), probes(v4), probes(v6))
 
     def lookup(self, address: str) -> Endpoint | None:
         """The endpoint whose most specific source CIDR holds ``address``.
@@ -170,18 +243,18 @@ class SourceIndex:
         Raises ValueError if ``address`` is not an IP address.
         """
         try:
-            value, levels = int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big"), self.v4
+            value, probes = int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big"), self.v4_probes
         except OSError:
             if address.startswith("[") and address.endswith("]"):
                 address = address[1:-1]
             try:
-                value, levels = int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big"), self.v6
+                value, probes = int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big"), self.v6_probes
             except OSError:
                 raise ValueError(f"{address!r} is not an IP address") from None
             if value >> 32 == 0xFFFF:  # IPv4-mapped IPv6 (::ffff:a.b.c.d)
-                value, levels = value & 0xFFFFFFFF, self.v4
-        for _, mask, nets in levels:
-            endpoint = nets.get(value & mask)
+                value, probes = value & 0xFFFFFFFF, self.v4_probes
+        for mask, get in probes:
+            endpoint = get(value & mask)
             if endpoint is not None:
                 return endpoint
         return None
@@ -222,13 +295,22 @@ class RoutingTable:
     entity_digest: int = 0  # sum of the DID and route digests, modulo 2**64
     tenant_channels: Mapping[str, int] = field(default_factory=dict)  # tenant -> max_channels, limited ones only
 
-    def find_did(self, number: str, tenant: str | None) -> Did | None:
-        """Longest-prefix DID for an E.164 number within a tenant (None: all)."""
+    def find_did(self, number: str, tenant: str | None, filtered: bool = False) -> Did | None:
+        """Longest-prefix DID for an E.164 number within a tenant (None: all).
+
+        ``filtered``: look at the head filter first. For a call from an IPBX:
+        most numbers it dials are no DID, and the filter rules out the
+        probes of the long prefixes. A call from a trunk is meant to hit a
+        DID: there the filter would only cost one more look.
+        """
+        index = self.dids
+        heads = index.heads
+        lengths = index.short_lengths if filtered and not heads[hash(number[:HEAD]) & (len(heads) - 1)] else index.lengths
         # PrefixIndex.candidates, inline: this runs on every call.
-        entries, size = self.dids.entries, len(number)
-        for length in self.dids.lengths:
+        get, size = index.get, len(number)
+        for length in lengths:
             if length <= size:
-                did = entries.get(number[:length])
+                did = get(number[:length])
                 if did is None:
                     continue
                 if tenant is not None and did.tenant != tenant:
@@ -242,10 +324,10 @@ class RoutingTable:
         index = self.routes.get(tenant)
         if index is None:
             return None
-        entries, size = index.entries, len(number)
+        get, size = index.get, len(number)
         for length in index.lengths:
             if length <= size:
-                route = entries.get(number[:length])
+                route = get(number[:length])
                 if route is not None:
                     return route
         return None

@@ -48,11 +48,21 @@ def route_view(route) -> tuple:
 def index_view(index, view) -> tuple:
     assert sorted({len(p) for p in index.entries}, reverse=True) == list(index.lengths)
     assert dict(index.sizes) == {n: sum(1 for p in index.entries if len(p) == n) for n in index.lengths}
-    return {prefix: view(entry) for prefix, entry in index.entries.items()}, index.lengths
+    # The head filter: its size follows the long prefixes, its counts are theirs, bucket by bucket.
+    heads = [p[:table_module.HEAD] for p in index.entries if len(p) >= table_module.HEAD]
+    buckets = table_module.head_buckets(len(heads))
+    assert len(index.heads) == buckets
+    assert list(index.heads) == [sum(1 for h in heads if hash(h) & (buckets - 1) == b) for b in range(buckets)]
+    assert index.short_lengths == tuple(n for n in index.lengths if n < table_module.HEAD)
+    assert all(index.get(p) is entry for p, entry in index.entries.items()) and index.get("x") is None
+    return {prefix: view(entry) for prefix, entry in index.entries.items()}, index.lengths, list(index.heads)
 
 
 def table_view(table: RoutingTable) -> dict:
     """Everything a decision or an explanation can read from a table, as plain values."""
+    for levels, probes in ((table.sources.v4, table.sources.v4_probes), (table.sources.v6, table.sources.v6_probes)):
+        assert [mask for _, mask, _ in levels] == [mask for mask, _ in probes]  # lookup's probes are the levels
+        assert all(get(net) is e for (_, _, nets), (_, get) in zip(levels, probes) for net, e in nets.items())
     return {
         "sources": [[(length, mask, {net: endpoint_view(e) for net, e in nets.items()}) for length, mask, nets in levels]
                     for levels in (table.sources.v4, table.sources.v6)],
@@ -67,6 +77,8 @@ def table_view(table: RoutingTable) -> dict:
 # -- random changes ----------------------------------------------------------------
 
 PREFIXES = st.text(alphabet="3946", min_size=1, max_size=5)
+# DIDs long enough for the head filter, several under the head of the document's 39612345 and 396123459.
+LONG_PREFIXES = st.text(alphabet="3946", max_size=4).map(lambda tail: "612345" + tail)
 ACME_TRUNKS = ["carrier-a-1", "carrier-b-1", "carrier-b-2"]
 WEIGHTS = st.sampled_from([0, 1, 2, 1.0, 2.5])
 
@@ -85,7 +97,7 @@ def did_values():
         lambda owner: st.builds(
             lambda prefix, match: {"tenant": owner[0], "prefix": "39" + prefix, "ipbx": owner[1],
                                    **({"match": match} if match is not None else {})},
-            PREFIXES, st.sampled_from([None, None, "39[0-9]*", "3[0-9]{3,}", ""]),
+            st.one_of(PREFIXES, LONG_PREFIXES), st.sampled_from([None, None, "39[0-9]*", "3[0-9]{3,}", ""]),
         )
     )
 
@@ -186,9 +198,16 @@ def test_update_table_gives_the_full_compile_for_any_change_sequence(changes):
         table = update_table(table, checked)
         assert table_view(table) == table_view(compile_validated(checked))
         assert document_version(checked) == table.version
-    for called in ("+39612345678", "+3961234", "+39466", "+4420123"):
-        query = request("192.0.2.1", called)
-        assert route_json(table, query) == route_json(compile_validated(validate_document(doc)), query)
+    full = compile_validated(validate_document(doc))
+    for source in ("192.0.2.1", "10.0.0.10"):  # a trunk, and an IPBX (its DIDs through the head filter)
+        for called in ("+39612345678", "+3961234", "+39466", "+4420123", "+396123453", "+3961234593", "+39612345"):
+            query = request(source, called)
+            assert route_json(table, query) == route_json(full, query)
+    # The head filter rules out only what the probes would not find.
+    numbers = {n for d in doc["dids"] for n in (d["prefix"], d["prefix"] + "3", d["prefix"] + "0000", d["prefix"][:-1])}
+    for number in numbers:
+        for tenant in ("acme", "globex"):
+            assert table.find_did(number, tenant, True) is table.find_did(number, tenant)
 
 
 def test_a_did_change_shares_everything_else():
@@ -308,3 +327,18 @@ def test_change_sets_through_the_feed_give_the_full_compile(tmp_path_factory, mo
     late = FeedTableSource(feed, check_interval=0)  # a reader that starts now: snapshot plus every change set
     assert table_view(late.current()) == table_view(reader.current())
     writer.close()
+
+
+def test_the_head_filter_follows_every_change():
+    """Removals that keep the filter's size adjust its counts; growth past a power of two recounts it."""
+    prefixes = [f"3961234{i:03d}" for i in range(40)]
+    index = table_module.PrefixIndex.build({p: p for p in prefixes})
+    for change in ({prefixes[0]: None}, {"39999999": "new"}, {prefixes[1]: "changed"},
+                   {p: None for p in prefixes[2:32]}, {"3961234": "short"}, {f"4420{i:05d}": i for i in range(100)}):
+        size = len(index.heads)
+        index = index.updated(change)
+        fresh = table_module.PrefixIndex.build(dict(index.entries))
+        assert list(index.heads) == list(fresh.heads) and index.short_lengths == fresh.short_lengths
+        assert sum(index.heads) == sum(1 for p in index.entries if len(p) >= table_module.HEAD)
+        if change == {prefixes[0]: None}:
+            assert len(index.heads) == size  # the same size: counts adjusted, not recounted
