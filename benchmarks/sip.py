@@ -201,34 +201,20 @@ class ShmPoller(threading.Thread):
         self.poll()  # the last word, after the calls ended
 
 
-def memory_manager_wrapper(workdir: Path, manager: str | None) -> str:
-    """A kamailio command for ``c4 kamailio --kamailio`` that always uses MANAGER.
-
-    ``-x/-X`` come last so they win over any the launcher passes: every
-    setup runs the same manager whatever c4 kamailio's default.
-    """
-    binary = kamailio_binary(None)
-    if not manager:
-        return binary
-    path = workdir / "kamailio-mm.sh"
-    path.write_text(f'#!/bin/sh\nexec {shlex.quote(binary)} "$@" -x {shlex.quote(manager)} -X {shlex.quote(manager)}\n')
-    path.chmod(0o755)
-    return str(path)
-
-
 def router_command(setup: Setup, opts: argparse.Namespace, workdir: Path, port: int, callee_port: int, rpc: Path) -> list[str]:
+    manager = opts.memory_manager or "qm"  # empty: Debian's Kamailio default
     if setup.mode == "static":
         args = argparse.Namespace(kamailio=None, shm=opts.shm, pkg=opts.pkg, workers=opts.workers, log_level=1,
-                                  listen=[f"udp:{ROUTER}:{port}"], rpc_socket=str(rpc))
+                                  listen=[f"udp:{ROUTER}:{port}"], rpc_socket=str(rpc), memory_manager=manager,
+                                  max_transactions=1000, shm_reserve=None, retry_after=0)  # defines the relay config ignores
         launch = Launch(config=STATIC_CONFIG, defines={"C4_BENCH_CALLEE": f'"sip:{CALLEE}:{callee_port}"'})
-        command = build_command(args, launch, workdir)
-        return command + (["-x", opts.memory_manager, "-X", opts.memory_manager] if opts.memory_manager else [])
+        return build_command(args, launch, workdir)
     table = workdir / "table.json"
     table.write_bytes(orjson.dumps(bench_table(callee_port, setup.limits, opts.dids, opts.routes)))
     command = [sys.executable, "-m", "c4kemi.cli", "kamailio", "--mode", setup.mode, "--table", str(table),
                "--listen", f"udp:{ROUTER}:{port}", "--workers", str(opts.workers), "--shm", str(opts.shm),
                "--pkg", str(opts.pkg), "--log-level", "1", "--rpc-socket", str(rpc),
-               "--secret-file", str(workdir / "secret"), "--kamailio", memory_manager_wrapper(workdir, opts.memory_manager)]
+               "--secret-file", str(workdir / "secret"), "--memory-manager", manager]
     if setup.mode == "http":
         command += ["--serve-api", "--api", f"http://{ROUTER}:{free_port(socket.SOCK_STREAM, ROUTER)}"]
     return command + [arg.replace("{workdir}", str(workdir)) for arg in setup.args]
@@ -415,7 +401,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help=f"seconds of calls per ladder point (default {SHORT['duration']})")
     parser.add_argument("--overload", default="1.5,2", help="factors of each setup's highest clean rate; empty: none")
     parser.add_argument("--overload-duration", type=float, help=f"seconds per overload point (default {SHORT['overload_duration']})")
-    parser.add_argument("--memory-manager", default="tlsf", help="Kamailio's -x/-X for every setup (qm, fm, tlsf; empty: Kamailio's default)")
+    parser.add_argument("--memory-manager", default="tlsf", help="Kamailio memory manager for every setup (qm, fm, tlsf; empty: qm, the default of Debian's Kamailio)")
     parser.add_argument("--workers", type=int, default=4, help="Kamailio SIP workers")
     parser.add_argument("--shm", type=int, default=512, help="Kamailio shared memory, MiB")
     parser.add_argument("--pkg", type=int, default=32, help="Kamailio private memory per process, MiB")
