@@ -245,6 +245,7 @@ def run_point(setup: Setup, kind: str, rate: int, duration: float, repetition: i
             router = subprocess.Popen(router_command(setup, opts, workdir, port, callee_port, rpc), stdin=subprocess.DEVNULL,
                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
         callee = poller = None
+        hung = False
         try:
             try:
                 wait_options(port, router)
@@ -258,12 +259,17 @@ def run_point(setup: Setup, kind: str, rate: int, duration: float, repetition: i
             poller.start()
             time.sleep(0.5)
             cpu_before = cpu_seconds(router.pid)
-            caller = subprocess.run(
+            caller = subprocess.Popen(
                 ["sipp", "-sf", str(SCENARIO), "-i", CALLER, "-p", "0", "-s", CALLED,
                  "-r", str(rate), "-m", str(calls), "-l", str(rate * 10), "-nostdin",
-                 "-default_behaviors", "all,-abortunexp", "-trace_logs", "-trace_stat", "-fd", "3600",
+                 "-default_behaviors", "all,-abortunexp", "-trace_logs", "-trace_stat", "-fd", "1",
                  "-timeout", str(int(duration) + 40), f"{ROUTER}:{port}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir, timeout=duration + 60)
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
+            try:
+                caller.wait(timeout=duration + 60)
+            except subprocess.TimeoutExpired:  # sipp stuck past its own -timeout: the point is unclean, not the run
+                hung = True
+                stop(caller)
             cpu_after = cpu_seconds(router.pid)
             poller.stop()
             exit_code = router.poll()
@@ -278,12 +284,14 @@ def run_point(setup: Setup, kind: str, rate: int, duration: float, repetition: i
         calls_log = read_log(workdir)
     attempted, refused = stats.get("TotalCallCreated", 0), calls_log.refused
     completed = stats.get("SuccessfulCall(C)", 0) - refused
+    # sipp's statistics are dumped every second (-fd 1); calls it never finished count as failed.
+    failed = max(stats.get("FailedCall(C)", 0), attempted - completed - refused) if hung else stats.get("FailedCall(C)", 0)
     per_call = 1000 / max(1, attempted)
     cpu = {who: (cpu_after[who] - cpu_before[who]) * per_call for who in cpu_before}
     return {
         "setup": setup.name, "kind": kind, "rate": rate, "repetition": repetition, "duration_s": duration,
-        "sipp_exit": caller.returncode,
-        "attempted": attempted, "completed": completed, "failed": stats.get("FailedCall(C)", 0), "refused": refused,
+        "sipp_exit": caller.returncode, "sipp_hung": hung,
+        "attempted": attempted, "completed": completed, "failed": failed, "refused": refused,
         "retransmissions": stats.get("Retransmissions(C)", 0),
         # Over the time the calls were really offered, should sipp have fallen behind the rate.
         "completed_cps": completed / max(duration, calls_log.sending_s), "sending_s": calls_log.sending_s,
