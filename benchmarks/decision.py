@@ -22,6 +22,7 @@ import time
 import tracemalloc
 
 from generate import routing_query  # benchmarks/, the script's own directory
+from timing import time_pass
 
 from c4kemi.decision import route_json
 from c4kemi.table import compile_table
@@ -113,14 +114,7 @@ def measure(n_dids: int, n_routes: int, n_requests: int) -> dict:
 
     for query in requests[:2000]:  # warm up
         route_json(table, query)
-    gc.disable()
-    timings = []
-    clock = time.perf_counter_ns
-    for query in requests:
-        t0 = clock()
-        route_json(table, query)
-        timings.append(clock() - t0)
-    gc.enable()
+    timings = time_pass(table, requests)
     by_kind = {kind: sorted(t for i, t in enumerate(timings) if KINDS[i % 10] == kind) for kind in set(KINDS)}
     timings.sort()
     return {

@@ -78,8 +78,8 @@ from sip import (  # noqa: E402
     stop,
     wait_options,
 )
+from timing import time_pass  # noqa: E402
 
-from c4kemi.decision import route_json  # noqa: E402
 from c4kemi.document import _refuse_duplicate_keys, load_raw, validate_document  # noqa: E402
 from c4kemi.feed import FeedTableSource, FeedWriter  # noqa: E402
 from c4kemi.files import write_atomically  # noqa: E402
@@ -111,18 +111,6 @@ def make_requests(document: dict, count: int, rng: random.Random) -> list[dict]:
             source, called = "203.0.113.9", "0612345678"
         requests.append(routing_query(source, called, rng))
     return requests
-
-
-def time_pass(table, requests) -> list[int]:
-    gc.disable()
-    timings = []
-    clock = time.perf_counter_ns
-    for query in requests:
-        t0 = clock()
-        route_json(table, query)
-        timings.append(clock() - t0)
-    gc.enable()
-    return timings
 
 
 def bench_decision(sizes: list[int], n_routes: int, repeat: int) -> None:
