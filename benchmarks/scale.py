@@ -67,14 +67,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import COUNTRIES, IPBXS_PER_TENANT, TENANTS, make_document, routing_query  # noqa: E402
 from sip import (  # noqa: E402
     CALLEE,
-    CALLEE_SCENARIO,
     CALLER,
     ROOT,
     ROUTER,
-    SCENARIO,
+    finished,
     free_port,
     read_log,
     read_stat,
+    start_callee,
+    start_caller,
     stop,
     wait_options,
 )
@@ -449,17 +450,11 @@ def bench_nopause(args: argparse.Namespace, modes: list[str]) -> None:
             callee = caller = None
             try:
                 wait_options(router_port, router, timeout=300)
-                callee = subprocess.Popen(
-                    ["sipp", "-sf", str(CALLEE_SCENARIO), "-i", CALLEE, "-p", str(callee_port), "-nostdin", "-max_socket", "4096"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
+                callee = start_callee(workdir, callee_port)
                 time.sleep(0.5)
                 duration = 2 * args.phase + args.changes
-                caller = subprocess.Popen(
-                    ["sipp", "-sf", str(SCENARIO), "-i", CALLER, "-p", "0", "-s", "0612345678",
-                     "-r", str(args.rate), "-m", str(args.rate * duration), "-l", str(args.rate * 5), "-nostdin",
-                     "-default_behaviors", "all,-abortunexp", "-trace_logs", "-trace_stat", "-fd", "1",
-                     "-timeout", str(duration + 30), f"{ROUTER}:{router_port}"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
+                caller = start_caller(workdir, router_port, args.rate, args.rate * duration, limit=args.rate * 5,
+                                      timeout_s=duration + 30)
                 t0 = time.time()
                 bounds = [t0, t0 + args.phase, t0 + args.phase + args.changes, float("inf")]
                 time.sleep(max(0.0, bounds[1] - time.time()))
@@ -470,10 +465,7 @@ def bench_nopause(args: argparse.Namespace, modes: list[str]) -> None:
                 for did in document["dids"][:args.bulk]:
                     flip_ipbx(did)
                 write_atomically(path, orjson.dumps(document))
-                try:
-                    caller.wait(timeout=duration + 90)
-                except subprocess.TimeoutExpired:  # sipp stuck past its own -timeout: its unfinished calls count as failed
-                    pass
+                finished(caller, duration + 90)  # a stuck caller is stopped: its unfinished calls count as failed
             finally:
                 for proc in (caller, callee, router):
                     if proc is not None:

@@ -220,6 +220,37 @@ def router_command(setup: Setup, opts: argparse.Namespace, workdir: Path, port: 
     return command + [arg.replace("{workdir}", str(workdir)) for arg in setup.args]
 
 
+def start_callee(workdir: Path, port: int) -> subprocess.Popen:
+    """The sipp callee (the bench trunk): answers every call, takes ACK and BYE."""
+    return subprocess.Popen(
+        ["sipp", "-sf", str(CALLEE_SCENARIO), "-i", CALLEE, "-p", str(port), "-nostdin", "-max_socket", "4096"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
+
+
+def start_caller(workdir: Path, port: int, rate: int, calls: int, limit: int, timeout_s: int) -> subprocess.Popen:
+    """The sipp caller (the bench IPBX): CALLS calls at RATE to the router on PORT, at most LIMIT at once.
+
+    Statistics are dumped every second (-fd 1), so they survive a caller
+    that has to be stopped (see finished)."""
+    return subprocess.Popen(
+        ["sipp", "-sf", str(SCENARIO), "-i", CALLER, "-p", "0", "-s", CALLED,
+         "-r", str(rate), "-m", str(calls), "-l", str(limit), "-nostdin",
+         "-default_behaviors", "all,-abortunexp", "-trace_logs", "-trace_stat", "-fd", "1",
+         "-timeout", str(timeout_s), f"{ROUTER}:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
+
+
+def finished(caller: subprocess.Popen, timeout: float) -> bool:
+    """Wait for the caller; False if it outlived TIMEOUT (sipp stuck past its own -timeout: seen at
+    overload) and had to be stopped. Its unfinished calls then count as failed, not the whole run."""
+    try:
+        caller.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        stop(caller)
+        return False
+
+
 def stop(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -245,31 +276,19 @@ def run_point(setup: Setup, kind: str, rate: int, duration: float, repetition: i
             router = subprocess.Popen(router_command(setup, opts, workdir, port, callee_port, rpc), stdin=subprocess.DEVNULL,
                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
         callee = poller = None
-        hung = False
         try:
             try:
                 wait_options(port, router)
             except RuntimeError:
                 sys.stderr.write(log_path.read_text(errors="replace")[-3000:])
                 raise
-            callee = subprocess.Popen(
-                ["sipp", "-sf", str(CALLEE_SCENARIO), "-i", CALLEE, "-p", str(callee_port), "-nostdin", "-max_socket", "4096"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
+            callee = start_callee(workdir, callee_port)
             poller = ShmPoller(rpc)
             poller.start()
             time.sleep(0.5)
             cpu_before = cpu_seconds(router.pid)
-            caller = subprocess.Popen(
-                ["sipp", "-sf", str(SCENARIO), "-i", CALLER, "-p", "0", "-s", CALLED,
-                 "-r", str(rate), "-m", str(calls), "-l", str(rate * 10), "-nostdin",
-                 "-default_behaviors", "all,-abortunexp", "-trace_logs", "-trace_stat", "-fd", "1",
-                 "-timeout", str(int(duration) + 40), f"{ROUTER}:{port}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=workdir)
-            try:
-                caller.wait(timeout=duration + 60)
-            except subprocess.TimeoutExpired:  # sipp stuck past its own -timeout: the point is unclean, not the run
-                hung = True
-                stop(caller)
+            caller = start_caller(workdir, port, rate, calls, limit=rate * 10, timeout_s=int(duration) + 40)
+            hung = not finished(caller, duration + 60)
             cpu_after = cpu_seconds(router.pid)
             poller.stop()
             exit_code = router.poll()
