@@ -147,7 +147,10 @@ def render_sip(results: dict, plots: list[str]) -> str:
     if overload:
         lines += ["", "### Overload", "",
                   f"Each setup at multiples of its highest clean rate. Aim: completed calls/s within {1 - OVERLOAD_AIM:.0%} "
-                  "of the highest clean rate, 0 crashes. Setup times are those of the admitted (answered) calls.", ""]
+                  "of the highest clean rate, 0 crashes. Setup times are those of the admitted (answered) calls. "
+                  "\"failed\" counts calls that ended otherwise than answered or refused with a 503 (timeouts, "
+                  "errors): the aim does not count them, a VoIP engineer should (refusing fast is what lets callers "
+                  "retry elsewhere).", ""]
         body = []
         for r in overload:
             kept = ratio(r["completed_cps"], best.get(r["setup"]))
@@ -210,7 +213,7 @@ def reading(s: dict) -> list[str]:
         if runs:
             held = all(r["completed_cps"] >= OVERLOAD_AIM * best[setup] and r["crashes"] == 0 for r in runs)
             parts = [f"{fmt(r['rate'], 0)} offered: {r['completed_cps'] / best[setup]:.0%} completed, {r['refused_share']:.1%} 503, "
-                     f"{fmt(r['crashes'], 0)} crash(es)" for r in runs]
+                     f"{fmt(r['failed'], 0)} failed otherwise (timeouts, errors), {fmt(r['crashes'], 0)} crash(es)" for r in runs]
             out.append(f"- Overload, {setup} ({'; '.join(parts)}): the aim {'held' if held else 'did not hold'} "
                        f"(shares of its highest clean rate, {fmt(best[setup], 0)} calls/s).")
     return out or ["- Not enough points for a reading."]

@@ -93,6 +93,8 @@ def test_report_gives_capacity_ratios_aims_and_overload():
     overload = next(line for line in lines if line.startswith("| kemi | 1.5x"))
     assert "| 300 | 60 % | 26.7 |" in overload and overload.endswith("**missed** |")
     assert "![" not in text  # no plots asked for
+    # The reading names the calls that failed otherwise than with a fast 503 (the aim does not count them).
+    assert "failed otherwise (timeouts, errors)" in text
 
 
 def test_report_replaces_only_its_own_section():
