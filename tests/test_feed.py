@@ -6,12 +6,15 @@ document in tests/test_incremental.py; this is about how the files behave.
 
 from __future__ import annotations
 
+import copy
 import os
 import stat
 
+import pytest
+
 from c4kemi import feed as feed_module
 from c4kemi import table as table_module
-from c4kemi.document import validate_document
+from c4kemi.document import DocumentError, validate_document
 from c4kemi.feed import FeedTableSource, FeedWriter
 from c4kemi.table import compile_validated
 from tables import document
@@ -116,3 +119,47 @@ def test_a_restarted_writer_starts_a_new_generation(tmp_path):
     assert again.publish(with_did("3988")) == "snapshot" and again.generation == 2
     assert reader.refresh() is True
     assert reader.current().find_did("39881", None) is not None and reader.current().find_did("39771", None) is None
+
+
+def test_an_equal_weight_of_another_type_is_a_change(tmp_path):
+    """The writer compares entities in place with ==, which takes 1 for 1.0 or True: the checks do not."""
+    feed, writer, reader = started(tmp_path)
+    doc = document()
+    doc["routes"][1]["trunks"][0]["weight"] = 1.0
+    assert writer.publish(copy.deepcopy(doc)) == "changes"  # a fresh document each time, as parsed from the file
+    reader.refresh()
+    assert reader.current().version == compile_validated(validate_document(doc)).version
+    assert reader.current().version != compile_validated(validate_document(document())).version
+    doc["routes"][1]["trunks"][0]["weight"] = True
+    with pytest.raises(DocumentError, match="weight"):
+        writer.publish(copy.deepcopy(doc))
+
+
+def test_a_key_already_in_the_unchanged_part_is_refused(tmp_path):
+    feed, writer, reader = started(tmp_path)
+    doc = document()
+    first = doc["dids"][0]
+    doc["dids"].append(dict(first, ipbx="acme-branch"))  # the first DID's prefix again, at the end
+    with pytest.raises(DocumentError, match="duplicate"):
+        writer.publish(doc)
+    doc["routes"].insert(0, dict(doc["routes"][-1]))
+    doc["dids"].pop()
+    with pytest.raises(DocumentError, match="duplicate"):
+        writer.publish(doc)
+
+
+def test_a_moved_entity_is_no_change_and_an_edit_after_a_refusal_is_whole(tmp_path):
+    feed, writer, reader = started(tmp_path)
+    doc = document()
+    doc["dids"].append(doc["dids"].pop(0))
+    assert writer.publish(doc) == "unchanged"
+    bad = document()
+    bad["dids"][0]["ipbx"] = "no-such-pbx"
+    bad["dids"].append({"tenant": "acme", "prefix": "3977", "ipbx": "acme-pbx"})
+    with pytest.raises(DocumentError):
+        writer.publish(bad)
+    fixed = document()  # the refused document's good DID, without the bad one: one change from what was published
+    fixed["dids"].append({"tenant": "acme", "prefix": "3977", "ipbx": "acme-pbx"})
+    assert writer.publish(fixed) == "changes"
+    reader.refresh()
+    assert reader.current().version == compile_validated(validate_document(fixed)).version
