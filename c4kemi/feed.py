@@ -53,6 +53,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from . import table as table_module
 from .document import COLLECTIONS, DocumentError, load_raw, validate_document, validate_entity
 from .files import file_stamp, write_atomically
 from .store import PolledSource
@@ -372,12 +373,11 @@ class FeedTableSource(PolledSource):
                 generation = self._read_pointer()
                 if generation != self.generation:
                     return self._start(self._generation_steps(generation))
-            dids, routes, seq, offset = self._read_changes(self.generation, self.seq, self._offset)
+            if os.stat(_changes(self.directory, self.generation)).st_size <= self._offset:
+                return False
         except (FeedError, OSError, ValueError, KeyError, TypeError) as exc:
             return self._failed(exc)
-        if seq == self.seq:
-            return False
-        return self._start(self._changes_steps(dids, routes, seq, offset))
+        return self._start(self._changes_steps())
 
     def _start(self, steps: Generator[None, None, tuple]) -> bool:
         self._pending, self._pending_since = steps, time.monotonic()
@@ -400,6 +400,8 @@ class FeedTableSource(PolledSource):
             self._pending = None
             return self._failed(exc)
         self._pending = None
+        if table is self._table:  # only a torn line so far: nothing new
+            return False
         self._table = table
         self.loaded_at = time.time()
         self.reloads += 1
@@ -424,22 +426,28 @@ class FeedTableSource(PolledSource):
         with snapshot:
             header = orjson.loads(snapshot.readline())
             table = yield from compile_steps(header["base"], _entities(snapshot, header["did_lines"]), _entities(snapshot))
-        dids, routes, seq, offset = self._read_changes(generation, 0, 0)
+        dids, routes, seq, offset = yield from self._read_changes(generation, 0, 0)
         table = yield from apply_changes_steps(table, dids, routes)
         return table, generation, seq, offset
 
-    def _changes_steps(self, dids: dict, routes: dict, seq: int, offset: int) -> Generator[None, None, tuple]:
-        table = yield from apply_changes_steps(self._table, dids, routes)
+    def _changes_steps(self) -> Generator[None, None, tuple]:
+        dids, routes, seq, offset = yield from self._read_changes(self.generation, self.seq, self._offset)
+        table = yield from apply_changes_steps(self._table, dids, routes)  # nothing new: the same table
         return table, self.generation, seq, offset
 
-    def _read_changes(self, generation: int, seq: int, offset: int) -> tuple[dict, dict, int, int]:
-        """The complete change sets of ``generation`` after ``offset``, merged into one (the last one of a key wins)."""
+    def _read_changes(self, generation: int, seq: int, offset: int) -> Generator[None, None, tuple[dict, dict, int, int]]:
+        """The complete change sets of ``generation`` after ``offset``, merged into one (the last one of a key wins).
+
+        In steps: a line parsed per step, merged ``STEP`` entities a step
+        (a 100,000-DID bulk edit is one line of several MB).
+        """
         path = _changes(self.directory, generation)
         dids: dict[str, Any] = {}
         routes: dict[tuple[str, str], Any] = {}
         size = os.stat(path).st_size
         if size <= offset:
             return dids, routes, seq, offset
+        yield
         with open(path, "rb") as changes:
             changes.seek(offset)
             data = changes.read(size - offset)
@@ -449,8 +457,13 @@ class FeedTableSource(PolledSource):
             if change["seq"] != seq + 1:
                 raise FeedError(f"generation {generation}: change set {change['seq']} after {seq}")
             seq += 1
-            dids.update((prefix, d) for prefix, d in change["dids"])
-            routes.update(((tenant, prefix), r) for tenant, prefix, r in change["routes"])
+            yield
+            for start in range(0, len(change["dids"]), table_module.STEP):
+                dids.update((prefix, d) for prefix, d in change["dids"][start:start + table_module.STEP])
+                yield
+            for start in range(0, len(change["routes"]), table_module.STEP):
+                routes.update(((tenant, prefix), r) for tenant, prefix, r in change["routes"][start:start + table_module.STEP])
+                yield
         return dids, routes, seq, offset + end
 
 

@@ -163,3 +163,19 @@ def test_a_moved_entity_is_no_change_and_an_edit_after_a_refusal_is_whole(tmp_pa
     assert writer.publish(fixed) == "changes"
     reader.refresh()
     assert reader.current().version == compile_validated(validate_document(fixed)).version
+
+
+def test_a_worker_spreads_a_bulk_change_set_over_calls_reading_included(tmp_path, monkeypatch):
+    """Reading the change set, compiling it and updating the DID index: each in steps of STEP entities."""
+    monkeypatch.setattr(table_module, "STEP", 1)
+    feed, writer, _ = started(tmp_path)
+    reader = FeedTableSource(feed, check_interval=0, step_budget=0)  # one step per call
+    doc = document()
+    doc["dids"] += [{"tenant": "acme", "prefix": f"3977{i}", "ipbx": "acme-pbx"} for i in range(6)]
+    assert writer.publish(doc) == "changes"
+    old = reader.current()
+    calls = 1
+    while reader.current() is old:
+        calls += 1
+    assert calls >= 3 * 6  # 6 DIDs read, compiled and put in the index, one a step
+    assert reader.current().version == compile_validated(validate_document(doc)).version
