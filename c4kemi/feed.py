@@ -14,10 +14,13 @@ A feed directory (node-local, mode 0700, written by one writer only)::
     snapshot-N.json    the checked document generation N starts from, as
                        lines: {"base": {tenants, ..., trunks}, "did_lines": K},
                        then K lines of DIDs and the routes' lines, each
-                       line a JSON array of at most SNAPSHOT_LINE entities
+                       line a JSON array of at most LINE entities
     changes-N.jsonl    append-only, one change set per line:
                        {"seq": 1, "dids": [[prefix, did or null], ...],
                         "routes": [[tenant, prefix, route or null], ...]}
+                       (a set of more than LINE entities goes on over
+                       lines of the same seq, all but its last marked
+                       "more": true; readers take only whole sets)
     store.json         c4 db follow only: its PostgreSQL state for /health
                        ({"state": "ok" or "stale", "stale_since", ...})
 
@@ -66,8 +69,8 @@ log = logging.getLogger("c4.feed")
 POINTER = "current"
 # The state of the store behind the writer (c4 db follow: PostgreSQL reachable or not), for /health.
 STORE_STATUS = "store.json"
-# Entities per line of a snapshot: a reader parses one line per step or so.
-SNAPSHOT_LINE = 10_000
+# Entities per line of a snapshot or of a change set: a reader parses one line per step or so.
+LINE = 10_000
 # Seconds a reader spreads work over calls before it finishes it at once.
 MAX_PENDING = 30.0
 # Seconds between a reader's looks at the feed (two stats): with c4 feed's
@@ -240,12 +243,14 @@ class FeedWriter:
         if errors:
             raise DocumentError(errors, source)
         self.seq += 1
-        line = orjson.dumps({
-            "seq": self.seq,
-            "dids": [[prefix, d] for prefix, d in checked_dids.items()],
-            "routes": [[tenant, prefix, r] for (tenant, prefix), r in checked_routes.items()],
-        }) + b"\n"
-        os.write(self._out, line)  # one write of a whole line, O_APPEND
+        dids = [[prefix, d] for prefix, d in checked_dids.items()]
+        routes = [[tenant, prefix, r] for (tenant, prefix), r in checked_routes.items()]
+        # Lines of at most LINE entities (a reader parses one per step); "more": the set goes on on the next line.
+        parts = [(dids[i:i + LINE], []) for i in range(0, len(dids), LINE)]
+        parts += [([], routes[i:i + LINE]) for i in range(0, len(routes), LINE)]
+        lines = [orjson.dumps({"seq": self.seq, "dids": d, "routes": r, **({"more": True} if n < len(parts) else {})})
+                 for n, (d, r) in enumerate(parts, 1)]
+        os.write(self._out, b"\n".join(lines) + b"\n")  # one write, O_APPEND
 
     def _entity_changes(self, raw: Any) -> tuple[list, list, dict, dict] | None:
         """(DIDs and routes as written, what changed of each by key), or None when the whole document must be checked."""
@@ -277,8 +282,8 @@ class FeedWriter:
         self.seq = 0
         base = {name: document[name] for name in BASE_COLLECTIONS}
         dids, routes = document["dids"], document["routes"]
-        did_lines = [orjson.dumps(dids[i:i + SNAPSHOT_LINE]) for i in range(0, len(dids), SNAPSHOT_LINE)]
-        route_lines = [orjson.dumps(routes[i:i + SNAPSHOT_LINE]) for i in range(0, len(routes), SNAPSHOT_LINE)]
+        did_lines = [orjson.dumps(dids[i:i + LINE]) for i in range(0, len(dids), LINE)]
+        route_lines = [orjson.dumps(routes[i:i + LINE]) for i in range(0, len(routes), LINE)]
         header = orjson.dumps({"base": base, "did_lines": len(did_lines)})
         write_atomically(_snapshot(self.directory, self.generation), b"\n".join([header, *did_lines, *route_lines]) + b"\n")
         if self._out is not None:
@@ -451,20 +456,29 @@ class FeedTableSource(PolledSource):
         with open(path, "rb") as changes:
             changes.seek(offset)
             data = changes.read(size - offset)
-        end = data.rfind(b"\n") + 1  # a torn last line (a writer that died mid-write) is left unread
-        for line in data[:end].splitlines():
+        # A torn last line (a writer that died mid-write) is left unread; so are the lines of an unfinished set.
+        taken = position = 0
+        parts: list[dict] = []
+        for line in data[:data.rfind(b"\n") + 1].splitlines(keepends=True):
+            position += len(line)
             change = orjson.loads(line)
             if change["seq"] != seq + 1:
                 raise FeedError(f"generation {generation}: change set {change['seq']} after {seq}")
-            seq += 1
+            parts.append(change)
             yield
-            for start in range(0, len(change["dids"]), table_module.STEP):
-                dids.update((prefix, d) for prefix, d in change["dids"][start:start + table_module.STEP])
-                yield
-            for start in range(0, len(change["routes"]), table_module.STEP):
-                routes.update(((tenant, prefix), r) for tenant, prefix, r in change["routes"][start:start + table_module.STEP])
-                yield
-        return dids, routes, seq, offset + end
+            if change.get("more"):
+                continue
+            seq, taken = seq + 1, position
+            step = table_module.STEP
+            for part in parts:
+                for start in range(0, len(part["dids"]), step):
+                    dids.update((prefix, d) for prefix, d in part["dids"][start:start + step])
+                    yield
+                for start in range(0, len(part["routes"]), step):
+                    routes.update(((tenant, prefix), r) for tenant, prefix, r in part["routes"][start:start + step])
+                    yield
+            parts = []
+        return dids, routes, seq, offset + taken
 
 
 def _entities(snapshot: BinaryIO, lines: int | None = None) -> Iterator[dict[str, Any]]:

@@ -179,3 +179,23 @@ def test_a_worker_spreads_a_bulk_change_set_over_calls_reading_included(tmp_path
         calls += 1
     assert calls >= 3 * 6  # 6 DIDs read, compiled and put in the index, one a step
     assert reader.current().version == compile_validated(validate_document(doc)).version
+
+
+def test_a_large_change_set_spans_lines_and_is_taken_only_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(feed_module, "LINE", 2)
+    feed, writer, reader = started(tmp_path)
+    good = reader.current()
+    doc = document()
+    doc["dids"] += [{"tenant": "acme", "prefix": f"3977{i}", "ipbx": "acme-pbx"} for i in range(5)]
+    assert writer.publish(doc) == "changes"
+    changes = feed / "changes-1.jsonl"
+    data = changes.read_bytes()
+    lines = data.splitlines(keepends=True)
+    assert len(lines) == 3 and [b'"more":true' in line for line in lines] == [True, True, False]
+    assert all(b'"seq":1' in line for line in lines)
+    changes.write_bytes(b"".join(lines[:2]))  # the writer's write not complete yet: two whole lines of three
+    reader.refresh()
+    assert reader.current() is good and reader.seq == 0
+    changes.write_bytes(data)
+    assert reader.refresh() is True and reader.seq == 1
+    assert reader.current().version == compile_validated(validate_document(doc)).version

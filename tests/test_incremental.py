@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from c4kemi import feed as feed_module
 from c4kemi import table as table_module
 from c4kemi.db.source import PostgresTableSource
 from c4kemi.decision import route_json
@@ -318,6 +319,7 @@ def test_the_postgresql_store_takes_changes_in_as_a_full_compile_would(changes):
 @given(st.lists(st.one_of(CHANGES, MISTAKES), min_size=1, max_size=10), st.sampled_from([200_000, 2]))
 def test_change_sets_through_the_feed_give_the_full_compile(tmp_path_factory, monkeypatch, changes, max_changes):
     monkeypatch.setattr(table_module, "STEP", 1)  # the stepped reader takes one entity per call
+    monkeypatch.setattr(feed_module, "LINE", 2)  # snapshots and change sets over several lines
     feed = tmp_path_factory.mktemp("feed")
     writer = FeedWriter(feed, max_changes=max_changes)
     doc = document()
