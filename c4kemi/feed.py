@@ -363,7 +363,10 @@ class FeedTableSource(PolledSource):
     def current(self) -> RoutingTable:
         """The table to route with now (what the feed published since, taken in first)."""
         if self._pending is not None:
-            self._advance()
+            # A KEMI worker does its share of the work in the call. Without step_budget the
+            # work is under way in c4 serve's refresh thread: a request must not step it too.
+            if self.step_budget is not None:
+                self._advance()
             return self._table
         return super().current()
 

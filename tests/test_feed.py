@@ -7,8 +7,10 @@ document in tests/test_incremental.py; this is about how the files behave.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import stat
+import threading
 
 import pytest
 
@@ -199,3 +201,27 @@ def test_a_large_change_set_spans_lines_and_is_taken_only_whole(tmp_path, monkey
     changes.write_bytes(data)
     assert reader.refresh() is True and reader.seq == 1
     assert reader.current().version == compile_validated(validate_document(doc)).version
+
+
+def test_a_request_never_steps_the_work_of_c4_serve_s_refresh_thread(tmp_path, monkeypatch):
+    """c4 serve: refresh() runs in a thread while requests call current(); the table they get is whole, no step taken."""
+    feed, writer, _ = started(tmp_path)
+    reader = FeedTableSource(feed, check_interval=math.inf)  # as c4 serve makes it: only its refresh thread reloads
+    inside, go_on = threading.Event(), threading.Event()
+    real = feed_module.apply_changes_steps
+
+    def held(*args):
+        inside.set()
+        go_on.wait(10)
+        return (yield from real(*args))
+
+    monkeypatch.setattr(feed_module, "apply_changes_steps", held)
+    writer.publish(with_did("3977"))
+    old = reader.current()
+    thread = threading.Thread(target=reader.refresh)
+    thread.start()
+    assert inside.wait(10)
+    assert reader.current() is old  # a request meanwhile
+    go_on.set()
+    thread.join(10)
+    assert reader.failed_reloads == 0 and reader.current().find_did("39771", None).prefix == "3977"
