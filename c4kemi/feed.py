@@ -62,7 +62,7 @@ from .files import file_stamp, write_atomically
 from .store import PolledSource
 from .table import BASE_COLLECTIONS, RoutingTable, apply_changes_steps, compile_steps, finish
 
-__all__ = ["FeedError", "FeedTableSource", "FeedWriter", "watch_file"]
+__all__ = ["FeedError", "FeedTableSource", "FeedWriter", "load_frozen", "watch_file"]
 
 log = logging.getLogger("c4.feed")
 
@@ -505,7 +505,7 @@ def watch_file(table: Path, feed: Path, interval: float = 0.2) -> int:
 
     seen = file_stamp(table)
     try:
-        writer.publish(_load_frozen(table), str(table))
+        writer.publish(load_frozen(table), str(table))
     except DocumentError as exc:
         for error in exc.errors:
             log.error("%s: %s", table, error)
@@ -520,7 +520,7 @@ def watch_file(table: Path, feed: Path, interval: float = 0.2) -> int:
         seen = now  # a bad document is refused once, not at every look
         started = time.monotonic()
         try:
-            taken = writer.publish(_load_frozen(table), str(table))
+            taken = writer.publish(load_frozen(table), str(table))
         except DocumentError as exc:
             log.error("routing table %s refused, the feed keeps the last good one: %s", table, exc)
             continue
@@ -528,7 +528,7 @@ def watch_file(table: Path, feed: Path, interval: float = 0.2) -> int:
                  table, taken, writer.generation, writer.seq, (time.monotonic() - started) * 1000)
 
 
-def _load_frozen(table: Path) -> Any:
+def load_frozen(table: Path) -> Any:
     """``load_raw`` for the writer, which keeps a million entities at 1M DIDs.
 
     A parsed document holds no reference cycles, so the garbage collector
