@@ -42,8 +42,14 @@ side, and medians of repeated runs are reported.
   DID edit of the file per second for ``--changes`` seconds, then one bulk
   edit of ``--bulk`` DIDs and ``--phase`` seconds more. Per phase, by the
   time each INVITE was sent: calls answered, p50, p99 and max setup time;
-  and the calls sipp counted as failed. The log lines of c4 feed and of the
-  readers say what each change cost them.
+  and the calls sipp counted as failed, with sipp's reasons, the calls
+  refused with 503, and the router log's error lines. The log lines of the
+  writer and of the readers say what each change cost them. ``--store
+  pg`` drives the changes through PostgreSQL instead: the table imported
+  into a throwaway server (or ``--dsn``), ``c4 kamailio --dsn``, one DID
+  updated per second as the provisioning API writes it, then one UPDATE
+  of ``--bulk`` DIDs in one transaction. ``--logs DIR`` keeps the router
+  logs.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ import json
 import os
 import platform
 import random
+import re
 import socket
 import statistics
 import sys
@@ -81,8 +88,8 @@ from sip import (  # noqa: E402
 )
 from timing import time_pass  # noqa: E402
 
-from c4kemi.document import _refuse_duplicate_keys, load_raw, validate_document  # noqa: E402
-from c4kemi.feed import FeedTableSource, FeedWriter  # noqa: E402
+from c4kemi.document import _refuse_duplicate_keys, validate_document  # noqa: E402
+from c4kemi.feed import FeedTableSource, FeedWriter, load_frozen  # noqa: E402
 from c4kemi.files import write_atomically  # noqa: E402
 from c4kemi.store import FileTableSource  # noqa: E402
 from c4kemi.table import apply_changes, compile_validated, update_table  # noqa: E402
@@ -185,7 +192,7 @@ def bench_feed(document: dict, repeat: int) -> None:
         for run in range(repeat):
             flip_ipbx(document["dids"][run])
             path.write_bytes(orjson.dumps(document))
-            raw, seconds = timed(load_raw, path)
+            raw, seconds = timed(load_frozen, path)
             parse.append(seconds)
             taken, seconds = timed(writer.publish, raw)
             assert taken == "changes"
@@ -194,8 +201,8 @@ def bench_feed(document: dict, repeat: int) -> None:
             apply.append(seconds)
         print("\n| through the table feed, one DID changed in the file | median (ms) |")
         print("|---|---:|")
-        for name, values in (("c4 feed: read + parse (load_raw), once per node", parse),
-                             ("c4 feed: FeedWriter.publish (compare by key, check the changed DID, append a line)", publish),
+        for name, values in (("c4 feed: read + parse (load_frozen: the garbage collector paused), once per node", parse),
+                             ("c4 feed: FeedWriter.publish (find the change in place, check the changed DID, append a line)", publish),
                              ("each reader: FeedTableSource.refresh (stat, read the line, apply_changes)", apply)):
             print(f"| {name} | {statistics.median(values) * 1000:.1f} |")
 
@@ -407,6 +414,8 @@ def bench_kamailio(n_dids: int, n_routes: int, counts: list[int], port: int, c4:
 
 
 PHASES = ("no change", "one DID edit per second", "bulk edit")
+# An error in the router's log: Kamailio's and c4's own ERROR/CRITICAL lines (a refused table is one), a crash.
+ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL)\b|exited by a signal|core dumped")
 
 
 def flip_ipbx(did: dict) -> None:
@@ -425,11 +434,91 @@ def bench_entities(callee_port: int) -> dict:
     }
 
 
+class FileEdits:
+    """Changes as a provisioning tool makes them in the file store: the whole document rewritten, renamed over."""
+
+    def __init__(self, document: dict, workdir: Path) -> None:
+        self.document = document
+        self.path = workdir / "table.json"
+        write_atomically(self.path, orjson.dumps(document))
+
+    def router_args(self) -> list[str]:
+        return ["--table", str(self.path)]
+
+    def one(self, did: dict) -> None:
+        flip_ipbx(did)
+        write_atomically(self.path, orjson.dumps(self.document))
+
+    def bulk(self, dids: list[dict]) -> None:
+        for did in dids:
+            flip_ipbx(did)
+        write_atomically(self.path, orjson.dumps(self.document))
+
+    def close(self) -> None:
+        pass
+
+
+class SqlEdits:
+    """Changes through PostgreSQL, written as the provisioning API writes a DID; the bulk change in one transaction.
+
+    The document is imported into a fresh database first (as ``c4 db import`` does); c4 kamailio then
+    follows it (``--dsn``: c4 db follow and the change log).
+    """
+
+    def __init__(self, document: dict, workdir: Path, dsn: str) -> None:
+        import asyncio
+
+        from c4kemi.db.documents import connect, import_document
+        from c4kemi.db.migrate import migrate
+
+        self.dsn, self.workdir = dsn, workdir
+        self.loop = asyncio.new_event_loop()
+        self.conn = self.loop.run_until_complete(connect(dsn))
+        self.loop.run_until_complete(migrate(self.conn))
+        started = time.monotonic()
+        self.loop.run_until_complete(import_document(self.conn, validate_document(document)))
+        print(f"|  | table imported into PostgreSQL in {time.monotonic() - started:.1f} s | | | | |", flush=True)
+
+    def router_args(self) -> list[str]:
+        return ["--dsn", self.dsn, "--table-cache", str(self.workdir / "table-cache.json")]
+
+    def one(self, did: dict) -> None:
+        flip_ipbx(did)
+        self.loop.run_until_complete(self.conn.execute("UPDATE dids SET ipbx = $1 WHERE prefix = $2", did["ipbx"], did["prefix"]))
+
+    def bulk(self, dids: list[dict]) -> None:
+        for did in dids:
+            flip_ipbx(did)
+        self.loop.run_until_complete(self.conn.execute(
+            "UPDATE dids SET ipbx = new.ipbx FROM unnest($1::text[], $2::text[]) AS new(prefix, ipbx) WHERE dids.prefix = new.prefix",
+            [d["prefix"] for d in dids], [d["ipbx"] for d in dids]))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.conn.close())
+        self.loop.close()
+
+
 def bench_nopause(args: argparse.Namespace, modes: list[str]) -> None:
     """Goal 2: setup times under steady SIP load while changes arrive, per phase, in each mode."""
+    cluster = None
+    if args.store == "pg" and args.dsn is None:  # a throwaway server, as the tests make one
+        sys.path.insert(0, str(ROOT / "tests"))
+        from postgres import Cluster
+
+        cluster = Cluster()
+        cluster.start()
+    try:
+        _nopause(args, modes, cluster)
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+
+
+def _nopause(args: argparse.Namespace, modes: list[str], cluster) -> None:
     import subprocess
     print(f"\n## No pauses (goal 2), {args.dids:,} DIDs, {args.routes:,} routes, {args.rate} calls/s, "
-          f"{args.workers.split(',')[-1]} workers, phases of {args.phase} s, {args.changes} edits, bulk edit of {args.bulk:,} DIDs\n")
+          f"{args.workers.split(',')[-1]} workers, phases of {args.phase} s, {args.changes} edits, bulk edit of {args.bulk:,} DIDs, "
+          f"changes through {'PostgreSQL' if args.store == 'pg' else 'the file'}\n")
     print("| mode | phase | calls answered | p50 (ms) | p99 (ms) | max (ms) |")
     print("|---|---|---:|---:|---:|---:|")
     failures = {}
@@ -440,11 +529,13 @@ def bench_nopause(args: argparse.Namespace, modes: list[str]) -> None:
             document = make_document(args.dids, args.routes)
             for name, items in bench_entities(callee_port).items():  # the calls: bench-pbx -> route "" -> the callee
                 document[name] = document.get(name, []) + items
-            path = workdir / "table.json"
-            write_atomically(path, orjson.dumps(document))
+            if args.store == "pg":  # a fresh database per mode (--dsn: that database, emptied by the import)
+                edits = SqlEdits(document, workdir, args.dsn or cluster.dsn(cluster.create_database()))
+            else:
+                edits = FileEdits(document, workdir)
             log = open(workdir / "router.log", "wb")
             router = subprocess.Popen(
-                [sys.executable, "-m", "c4kemi.cli", "kamailio", *mode_args(mode), "--table", str(path),
+                [sys.executable, "-m", "c4kemi.cli", "kamailio", *mode_args(mode), *edits.router_args(),
                  "--listen", f"udp:{ROUTER}:{router_port}", "--workers", args.workers.split(",")[-1], "--log-level", "2"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
             callee = caller = None
@@ -458,22 +549,28 @@ def bench_nopause(args: argparse.Namespace, modes: list[str]) -> None:
                 t0 = time.time()
                 bounds = [t0, t0 + args.phase, t0 + args.phase + args.changes, float("inf")]
                 time.sleep(max(0.0, bounds[1] - time.time()))
-                for i in range(args.changes):  # one DID edit per second, as a provisioning tool would write the file
-                    flip_ipbx(document["dids"][i % len(document["dids"])])
-                    write_atomically(path, orjson.dumps(document))
+                for i in range(args.changes):  # one DID edit per second
+                    edits.one(document["dids"][i % len(document["dids"])])
                     time.sleep(max(0.0, bounds[1] + i + 1 - time.time()))
-                for did in document["dids"][:args.bulk]:
-                    flip_ipbx(did)
-                write_atomically(path, orjson.dumps(document))
-                finished(caller, duration + 90)  # a stuck caller is stopped: its unfinished calls count as failed
+                edits.bulk(document["dids"][:args.bulk])
+                ended = finished(caller, duration + 90)  # a stuck caller is stopped: its unfinished calls count as failed
             finally:
                 for proc in (caller, callee, router):
                     if proc is not None:
                         stop(proc)
                 log.close()
-            setups = read_log(workdir).answered
+                edits.close()
+            calls = read_log(workdir)
+            setups = calls.answered
             stats = read_stat(workdir)
-            failures[mode] = max(stats.get("FailedCall(C)", -1), stats.get("TotalCallCreated", 0) - stats.get("SuccessfulCall(C)", 0))
+            failed = max(stats.get("FailedCall(C)", -1), stats.get("TotalCallCreated", 0) - stats.get("SuccessfulCall(C)", 0))
+            # Why: sipp's own failure counters (FailedTimeoutOnRecv: no 200 within 10 s; FailedUnexpectedMessage:
+            # an error answer such as 408 or 500), 503s (admission control: sipp counts them as successful),
+            # and a caller stopped past its timeout (its calls in progress count as failed).
+            reasons = [f"{name[:-3]} {value}" for name, value in stats.items() if name.startswith("Failed") and name.endswith("(C)")
+                       and name != "FailedCall(C)" and value]
+            failures[mode] = f"{failed}" + (f" ({', '.join(reasons)})" if reasons else "") + f", {calls.refused} refused with 503" + (
+                "" if ended else ", caller stopped past its timeout")
             for number, phase in enumerate(PHASES):
                 times = sorted(ms for sent, ms in setups if bounds[number] <= sent < bounds[number + 1])
                 if not times:
@@ -481,13 +578,20 @@ def bench_nopause(args: argparse.Namespace, modes: list[str]) -> None:
                     continue
                 print(f"| {mode} | {phase} | {len(times)} | {statistics.median(times):.1f} | "
                       f"{times[int(len(times) * 0.99)]:.1f} | {times[-1]:.1f} |", flush=True)
+            if args.logs:  # the run's directory goes away: keep the router's log for reading
+                Path(args.logs).mkdir(parents=True, exist_ok=True)
+                kept = Path(args.logs) / f"router-{mode}.log"
+                kept.write_bytes((workdir / "router.log").read_bytes())
+                print(f"|  | router log kept in {kept} | | | | |")
             lines = (workdir / "router.log").read_text(errors="replace").splitlines()
             feed_lines = [line for line in lines if "published (generation" in line]
-            for line in feed_lines[-2:]:  # the last edit and the bulk edit, as c4 feed took them
-                print(f"|  | c4 feed: {line.split('routing table ', 1)[-1].split(': ', 1)[-1]} | | | | |")
+            for line in feed_lines[-2:]:  # the last edit and the bulk edit, as the writer took them
+                print(f"|  | writer: {line.split(' INFO ', 1)[-1]} | | | | |")
             taken = sum("routing table feed" in line and "reloaded" in line for line in lines)
-            print(f"|  | readers: {taken} change sets taken in (all workers), "
-                  f"{sum('refused' in line or 'ERROR' in line for line in lines)} errors logged | | | | |")
+            errors = [line for line in lines if ERROR_LINE.search(line)]
+            print(f"|  | readers: {taken} change sets taken in (all workers), {len(errors)} errors logged | | | | |")
+            for line in errors[:5]:
+                print(f"|  | error: {line.strip()[:200]} | | | | |")
     print("\nfailed calls (sipp): " + ", ".join(f"{mode} {count}" for mode, count in failures.items()))
 
 
@@ -500,13 +604,16 @@ def main() -> None:
     parser.add_argument("--dids", type=int, default=1_000_000)
     parser.add_argument("--routes", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--dsn", help="pgchange: an empty database to use (default: a throwaway server, as the tests make)")
+    parser.add_argument("--dsn", help="pgchange, nopause --store pg: an empty database to use (default: a throwaway server, as the tests make)")
     parser.add_argument("--workers", default="1,8", help="kamailio: SIP worker counts to compare (nopause: the last)")
     parser.add_argument("--modes", default="kemi,http", help="kamailio, nopause: modes")
     parser.add_argument("--rate", type=int, default=500, help="nopause: calls per second")
     parser.add_argument("--phase", type=int, default=60, help="nopause: seconds without changes, and after the bulk edit")
     parser.add_argument("--changes", type=int, default=60, help="nopause: DID edits, one per second")
     parser.add_argument("--bulk", type=int, default=100_000, help="nopause: DIDs changed by the bulk edit")
+    parser.add_argument("--store", default="file", choices=["file", "pg"],
+                        help="nopause: changes as file edits, or through PostgreSQL (a throwaway server unless --dsn)")
+    parser.add_argument("--logs", help="nopause: keep each mode's router log (Kamailio, c4 feed, c4 serve) in this directory")
     args = parser.parse_args()
     print(f"# {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

@@ -14,10 +14,13 @@ A feed directory (node-local, mode 0700, written by one writer only)::
     snapshot-N.json    the checked document generation N starts from, as
                        lines: {"base": {tenants, ..., trunks}, "did_lines": K},
                        then K lines of DIDs and the routes' lines, each
-                       line a JSON array of at most SNAPSHOT_LINE entities
+                       line a JSON array of at most LINE entities
     changes-N.jsonl    append-only, one change set per line:
                        {"seq": 1, "dids": [[prefix, did or null], ...],
                         "routes": [[tenant, prefix, route or null], ...]}
+                       (a set of more than LINE entities goes on over
+                       lines of the same seq, all but its last marked
+                       "more": true; readers take only whole sets)
     store.json         c4 db follow only: its PostgreSQL state for /health
                        ({"state": "ok" or "stale", "stale_since", ...})
 
@@ -39,31 +42,35 @@ writer before it is published.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import operator
 import os
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
+from itertools import compress, count
+from operator import ne
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
 
+from . import table as table_module
 from .document import COLLECTIONS, DocumentError, load_raw, validate_document, validate_entity
 from .files import file_stamp, write_atomically
 from .store import PolledSource
 from .table import BASE_COLLECTIONS, RoutingTable, apply_changes_steps, compile_steps, finish
 
-__all__ = ["FeedError", "FeedTableSource", "FeedWriter", "watch_file"]
+__all__ = ["FeedError", "FeedTableSource", "FeedWriter", "load_frozen", "watch_file"]
 
 log = logging.getLogger("c4.feed")
 
 POINTER = "current"
 # The state of the store behind the writer (c4 db follow: PostgreSQL reachable or not), for /health.
 STORE_STATUS = "store.json"
-# Entities per line of a snapshot: a reader parses one line per step or so.
-SNAPSHOT_LINE = 10_000
+# Entities per line of a snapshot or of a change set: a reader parses one line per step or so.
+LINE = 10_000
 # Seconds a reader spreads work over calls before it finishes it at once.
 MAX_PENDING = 30.0
 # Seconds between a reader's looks at the feed (two stats): with c4 feed's
@@ -99,19 +106,44 @@ def _same(a: Any, b: Any) -> bool:
     return a == b and orjson.dumps(a) == orjson.dumps(b)
 
 
-def _diff(old: Mapping, new: Iterable[Mapping[str, Any]], key: Callable, same: Callable) -> tuple[dict, dict]:
-    """(the new entities by key, key -> changed entity or None for removed)."""
-    by_key: dict = {}
-    changes: dict = {}
-    for entity in new:
+def _differing_span(old: list, new: list, strict: bool) -> tuple[int, int]:
+    """(a, b): ``old`` and ``new`` are equal but for old[a:len(old) - b] and new[a:len(new) - b].
+
+    An edit of the file changes a few entities and leaves the others where
+    they were: the common head and tail are found by comparing entities in
+    place, in C (``map``), without hashing keys or serializing anything.
+    ``==`` tells 1 from 1.0 or True only inside strings; ``strict`` (routes,
+    whose weights and priorities are numbers) then compares the head and
+    tail once more as orjson writes them, and on a difference gives the
+    whole list (the key-by-key comparison then tells exactly).
+    """
+    size = min(len(old), len(new))
+    a = next(compress(count(), map(ne, old, new)), size)
+    b = 0 if a == size else min(next(compress(count(), map(ne, reversed(old), reversed(new))), size), size - a)
+    if strict and (orjson.dumps(old[:a]) != orjson.dumps(new[:a])
+                   or orjson.dumps(old[len(old) - b:]) != orjson.dumps(new[len(new) - b:])):
+        return 0, 0
+    return a, b
+
+
+def _diff(old: Mapping, old_list: list, new: list, key: Callable, strict: bool) -> dict:
+    """key -> changed entity, or None for removed; raises ValueError on a duplicate key.
+
+    Only the span where the lists differ (``_differing_span``) is compared
+    by key: the entities around it are the old ones, whose keys were unique.
+    """
+    a, b = _differing_span(old_list, new, strict)
+    before = {key(e): e for e in old_list[a:len(old_list) - b]}
+    after: dict = {}
+    for entity in new[a:len(new) - b]:
         k = key(entity)
-        by_key[k] = entity
-        before = old.get(k)
-        if before is None or not same(before, entity):
-            changes[k] = entity
-    if len(by_key) - sum(1 for k in changes if k not in old) != len(old):  # some were removed
-        changes.update((k, None) for k in old if k not in by_key)
-    return by_key, changes
+        if k in after or (k in old and k not in before):  # twice in the span, or also in the unchanged head or tail
+            raise ValueError(f"duplicate key {k!r}")
+        after[k] = entity
+    same = _same if strict else operator.eq
+    changes = {k: e for k, e in after.items() if k not in before or not same(before[k], e)}
+    changes.update((k, None) for k in before if k not in after)
+    return changes
 
 
 def _unchanged(before: Any, after: Any, same: Callable) -> bool:
@@ -151,6 +183,7 @@ class FeedWriter:
         self._refs: dict[str, Any] = {}  # ... as checked, what DIDs and routes may refer to
         self._dids: dict[str, Any] = {}  # DIDs as written, by prefix
         self._routes: dict[tuple[str, str], Any] = {}  # routes as written, by (tenant, prefix)
+        self._lists: tuple[list, list] | None = None  # the last document's DIDs and routes, in its order
         self._out: int | None = None
 
     def publish(self, raw: Any, source: str | None = None) -> str:
@@ -163,11 +196,11 @@ class FeedWriter:
             self._write_snapshot(raw, validate_document(raw, source))
             return "snapshot"
         dids, routes, did_changes, route_changes = found
-        if not did_changes and not route_changes:
-            return "unchanged"
-        self._append(did_changes, route_changes, source)
-        self._dids, self._routes = dids, routes
-        return "changes"
+        if did_changes or route_changes:
+            self._append(did_changes, route_changes, source)
+            self._take(did_changes, route_changes)
+        self._lists = dids, routes  # what the next document is compared with, in place
+        return "changes" if did_changes or route_changes else "unchanged"
 
     def publish_changes(self, dids: Mapping[str, Any], routes: Mapping[tuple[str, str], Any], source: str | None = None) -> str:
         """Publish DIDs and routes known to have changed (None: removed), by key: "changes" or "unchanged".
@@ -185,13 +218,18 @@ class FeedWriter:
         if not did_changes and not route_changes:
             return "unchanged"
         self._append(did_changes, route_changes, source)
+        self._take(did_changes, route_changes)
+        self._lists = None  # the next whole document is compared with what the dicts now hold
+        return "changes"
+
+    def _take(self, did_changes: Mapping, route_changes: Mapping) -> None:
+        """Make what was published the DIDs and routes the next change is compared with."""
         for known, changes in ((self._dids, did_changes), (self._routes, route_changes)):
             for key, entity in changes.items():
                 if entity is None:
                     known.pop(key, None)
                 else:
                     known[key] = entity
-        return "changes"
 
     def document(self) -> dict[str, Any]:
         """The last published document, as written (the node's copy of the table)."""
@@ -205,29 +243,30 @@ class FeedWriter:
         if errors:
             raise DocumentError(errors, source)
         self.seq += 1
-        line = orjson.dumps({
-            "seq": self.seq,
-            "dids": [[prefix, d] for prefix, d in checked_dids.items()],
-            "routes": [[tenant, prefix, r] for (tenant, prefix), r in checked_routes.items()],
-        }) + b"\n"
-        os.write(self._out, line)  # one write of a whole line, O_APPEND
+        dids = [[prefix, d] for prefix, d in checked_dids.items()]
+        routes = [[tenant, prefix, r] for (tenant, prefix), r in checked_routes.items()]
+        # Lines of at most LINE entities (a reader parses one per step); "more": the set goes on on the next line.
+        parts = [(dids[i:i + LINE], []) for i in range(0, len(dids), LINE)]
+        parts += [([], routes[i:i + LINE]) for i in range(0, len(routes), LINE)]
+        lines = [orjson.dumps({"seq": self.seq, "dids": d, "routes": r, **({"more": True} if n < len(parts) else {})})
+                 for n, (d, r) in enumerate(parts, 1)]
+        os.write(self._out, b"\n".join(lines) + b"\n")  # one write, O_APPEND
 
-    def _entity_changes(self, raw: Any) -> tuple[dict, dict, dict, dict] | None:
-        """(DIDs and routes by key, what changed of each), or None when the whole document must be checked."""
+    def _entity_changes(self, raw: Any) -> tuple[list, list, dict, dict] | None:
+        """(DIDs and routes as written, what changed of each by key), or None when the whole document must be checked."""
         if self._base is None or not isinstance(raw, dict) or not raw.keys() <= set(COLLECTIONS):
             return None
         dids, routes = raw.get("dids", []), raw.get("routes", [])
         if not isinstance(dids, list) or not isinstance(routes, list) or _base_bytes(raw) != self._base:
             return None
+        old_dids, old_routes = self._lists or (list(self._dids.values()), list(self._routes.values()))
         try:
-            # A DID's fields are strings: == is enough (a valid old one never equals a wrong type).
-            did_by_key, did_changes = _diff(self._dids, dids, _did_key, operator.eq)
-            route_by_key, route_changes = _diff(self._routes, routes, _route_key, _same)
-        except (TypeError, KeyError):  # not an object, no key, a key that is not a string: the full check names it
+            # A DID's fields are strings: == is exact (a valid old one never equals a wrong type); routes hold numbers.
+            did_changes = _diff(self._dids, old_dids, dids, _did_key, strict=False)
+            route_changes = _diff(self._routes, old_routes, routes, _route_key, strict=True)
+        except (TypeError, KeyError, ValueError):  # not an object, no key, an unhashable or duplicate key: the full check names it
             return None
-        if len(did_by_key) != len(dids) or len(route_by_key) != len(routes):  # a duplicate key: the full check names it
-            return None
-        return did_by_key, route_by_key, did_changes, route_changes
+        return dids, routes, did_changes, route_changes
 
     def _checked(self, collection: str, changes: Mapping, errors: list[str]) -> dict:
         out = {}
@@ -243,8 +282,8 @@ class FeedWriter:
         self.seq = 0
         base = {name: document[name] for name in BASE_COLLECTIONS}
         dids, routes = document["dids"], document["routes"]
-        did_lines = [orjson.dumps(dids[i:i + SNAPSHOT_LINE]) for i in range(0, len(dids), SNAPSHOT_LINE)]
-        route_lines = [orjson.dumps(routes[i:i + SNAPSHOT_LINE]) for i in range(0, len(routes), SNAPSHOT_LINE)]
+        did_lines = [orjson.dumps(dids[i:i + LINE]) for i in range(0, len(dids), LINE)]
+        route_lines = [orjson.dumps(routes[i:i + LINE]) for i in range(0, len(routes), LINE)]
         header = orjson.dumps({"base": base, "did_lines": len(did_lines)})
         write_atomically(_snapshot(self.directory, self.generation), b"\n".join([header, *did_lines, *route_lines]) + b"\n")
         if self._out is not None:
@@ -260,6 +299,7 @@ class FeedWriter:
         }
         self._dids = {d["prefix"]: d for d in raw.get("dids", [])}  # the document was good: every key is there
         self._routes = {_route_key(r): r for r in raw.get("routes", [])}
+        self._lists = raw.get("dids", []), raw.get("routes", [])
         for path in [*self.directory.glob("snapshot-*.json"), *self.directory.glob("changes-*.jsonl")]:
             number = path.name.split("-", 1)[1].split(".", 1)[0]
             if number.isdigit() and int(number) < self.generation - 1:  # readers still switching use the previous one
@@ -323,7 +363,10 @@ class FeedTableSource(PolledSource):
     def current(self) -> RoutingTable:
         """The table to route with now (what the feed published since, taken in first)."""
         if self._pending is not None:
-            self._advance()
+            # A KEMI worker does its share of the work in the call. Without step_budget the
+            # work is under way in c4 serve's refresh thread: a request must not step it too.
+            if self.step_budget is not None:
+                self._advance()
             return self._table
         return super().current()
 
@@ -338,12 +381,11 @@ class FeedTableSource(PolledSource):
                 generation = self._read_pointer()
                 if generation != self.generation:
                     return self._start(self._generation_steps(generation))
-            dids, routes, seq, offset = self._read_changes(self.generation, self.seq, self._offset)
+            if os.stat(_changes(self.directory, self.generation)).st_size <= self._offset:
+                return False
         except (FeedError, OSError, ValueError, KeyError, TypeError) as exc:
             return self._failed(exc)
-        if seq == self.seq:
-            return False
-        return self._start(self._changes_steps(dids, routes, seq, offset))
+        return self._start(self._changes_steps())
 
     def _start(self, steps: Generator[None, None, tuple]) -> bool:
         self._pending, self._pending_since = steps, time.monotonic()
@@ -366,6 +408,8 @@ class FeedTableSource(PolledSource):
             self._pending = None
             return self._failed(exc)
         self._pending = None
+        if table is self._table:  # only a torn line so far: nothing new
+            return False
         self._table = table
         self.loaded_at = time.time()
         self.reloads += 1
@@ -390,34 +434,54 @@ class FeedTableSource(PolledSource):
         with snapshot:
             header = orjson.loads(snapshot.readline())
             table = yield from compile_steps(header["base"], _entities(snapshot, header["did_lines"]), _entities(snapshot))
-        dids, routes, seq, offset = self._read_changes(generation, 0, 0)
+        dids, routes, seq, offset = yield from self._read_changes(generation, 0, 0)
         table = yield from apply_changes_steps(table, dids, routes)
         return table, generation, seq, offset
 
-    def _changes_steps(self, dids: dict, routes: dict, seq: int, offset: int) -> Generator[None, None, tuple]:
-        table = yield from apply_changes_steps(self._table, dids, routes)
+    def _changes_steps(self) -> Generator[None, None, tuple]:
+        dids, routes, seq, offset = yield from self._read_changes(self.generation, self.seq, self._offset)
+        table = yield from apply_changes_steps(self._table, dids, routes)  # nothing new: the same table
         return table, self.generation, seq, offset
 
-    def _read_changes(self, generation: int, seq: int, offset: int) -> tuple[dict, dict, int, int]:
-        """The complete change sets of ``generation`` after ``offset``, merged into one (the last one of a key wins)."""
+    def _read_changes(self, generation: int, seq: int, offset: int) -> Generator[None, None, tuple[dict, dict, int, int]]:
+        """The complete change sets of ``generation`` after ``offset``, merged into one (the last one of a key wins).
+
+        In steps: a line parsed per step, merged ``STEP`` entities a step
+        (a 100,000-DID bulk edit is one line of several MB).
+        """
         path = _changes(self.directory, generation)
         dids: dict[str, Any] = {}
         routes: dict[tuple[str, str], Any] = {}
         size = os.stat(path).st_size
         if size <= offset:
             return dids, routes, seq, offset
+        yield
         with open(path, "rb") as changes:
             changes.seek(offset)
             data = changes.read(size - offset)
-        end = data.rfind(b"\n") + 1  # a torn last line (a writer that died mid-write) is left unread
-        for line in data[:end].splitlines():
+        # A torn last line (a writer that died mid-write) is left unread; so are the lines of an unfinished set.
+        taken = position = 0
+        parts: list[dict] = []
+        for line in data[:data.rfind(b"\n") + 1].splitlines(keepends=True):
+            position += len(line)
             change = orjson.loads(line)
             if change["seq"] != seq + 1:
                 raise FeedError(f"generation {generation}: change set {change['seq']} after {seq}")
-            seq += 1
-            dids.update((prefix, d) for prefix, d in change["dids"])
-            routes.update(((tenant, prefix), r) for tenant, prefix, r in change["routes"])
-        return dids, routes, seq, offset + end
+            parts.append(change)
+            yield
+            if change.get("more"):
+                continue
+            seq, taken = seq + 1, position
+            step = table_module.STEP
+            for part in parts:
+                for start in range(0, len(part["dids"]), step):
+                    dids.update((prefix, d) for prefix, d in part["dids"][start:start + step])
+                    yield
+                for start in range(0, len(part["routes"]), step):
+                    routes.update(((tenant, prefix), r) for tenant, prefix, r in part["routes"][start:start + step])
+                    yield
+            parts = []
+        return dids, routes, seq, offset + taken
 
 
 def _entities(snapshot: BinaryIO, lines: int | None = None) -> Iterator[dict[str, Any]]:
@@ -441,7 +505,7 @@ def watch_file(table: Path, feed: Path, interval: float = 0.2) -> int:
 
     seen = file_stamp(table)
     try:
-        writer.publish(load_raw(table), str(table))
+        writer.publish(load_frozen(table), str(table))
     except DocumentError as exc:
         for error in exc.errors:
             log.error("%s: %s", table, error)
@@ -456,9 +520,28 @@ def watch_file(table: Path, feed: Path, interval: float = 0.2) -> int:
         seen = now  # a bad document is refused once, not at every look
         started = time.monotonic()
         try:
-            taken = writer.publish(load_raw(table), str(table))
+            taken = writer.publish(load_frozen(table), str(table))
         except DocumentError as exc:
             log.error("routing table %s refused, the feed keeps the last good one: %s", table, exc)
             continue
         log.info("routing table %s: %s published (generation %s, change set %s) in %.0f ms",
                  table, taken, writer.generation, writer.seq, (time.monotonic() - started) * 1000)
+
+
+def load_frozen(table: Path) -> Any:
+    """``load_raw`` for the writer, which keeps a million entities at 1M DIDs.
+
+    A parsed document holds no reference cycles, so the garbage collector
+    has nothing to find in it: it is paused while the parser makes those
+    objects (at 1M DIDs, half the parse's time went to collections
+    scanning them), and they are frozen afterwards so later collections
+    never scan them either. Freed by their reference counts all the same
+    when the next document replaces them.
+    """
+    gc.disable()
+    try:
+        raw = load_raw(table)
+    finally:
+        gc.enable()
+    gc.freeze()
+    return raw

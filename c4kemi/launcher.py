@@ -184,6 +184,7 @@ class Helper:
     what: str  # for messages, e.g. "c4 serve on 127.0.0.1:8080"
     ready: Callable[[], bool]
     env: dict[str, str] = field(default_factory=dict)  # the DSN travels here, never on a command line
+    idle: bool = False  # the table's writer: the lowest CPU priority, so it never takes CPU from SIP workers
 
 
 def http_answers(url: str) -> Callable[[], bool]:
@@ -210,13 +211,13 @@ def table_cache(args: argparse.Namespace) -> Path:
 def follower(args: argparse.Namespace, path: Path, feed: Path) -> Helper:
     """c4 db follow: keeps PATH, the node's copy of the table, equal to PostgreSQL, and publishes it to FEED."""
     argv = [sys.executable, "-m", "c4kemi.cli", "db", "follow", "--out", str(path), "--feed", str(feed)]
-    return Helper(argv, f"c4 db follow ({path})", (feed / "current").is_file, {"C4_DSN": args.dsn})
+    return Helper(argv, f"c4 db follow ({path})", (feed / "current").is_file, {"C4_DSN": args.dsn}, idle=True)
 
 
 def feed_writer(table_path: Path, feed: Path) -> Helper:
     """c4 feed: checks TABLE_PATH once per change and publishes what changed to FEED."""
     argv = [sys.executable, "-m", "c4kemi.cli", "feed", "--table", str(table_path), "--out", str(feed)]
-    return Helper(argv, f"c4 feed ({table_path})", (feed / "current").is_file)
+    return Helper(argv, f"c4 feed ({table_path})", (feed / "current").is_file, idle=True)
 
 
 @dataclass(frozen=True)
@@ -500,6 +501,21 @@ def _die_with_parent() -> None:
         pass
 
 
+def _idle_child() -> None:
+    """In a writer's child before exec: die with the launcher, and run only on CPU time SIP workers leave.
+
+    SCHED_IDLE (docs/scale.md, "The writer's CPU priority"): a Kamailio
+    worker woken by a packet preempts it at once, and under contention it
+    gets a minimal share (not none: a change still gets through, slowly).
+    nice 19 where the policy cannot be set. Inherited across exec.
+    """
+    _die_with_parent()
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
+
+
 def run_kamailio(args: argparse.Namespace) -> int:
     try:
         return _run(args)
@@ -572,7 +588,8 @@ def _add_secret_keys(args: argparse.Namespace, launch: Launch) -> None:
 
 def _start_helper(helper: Helper) -> subprocess.Popen:
     """Start a helper and wait until it is ready."""
-    proc = subprocess.Popen(helper.argv, stdin=subprocess.DEVNULL, env={**os.environ, **helper.env}, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(helper.argv, stdin=subprocess.DEVNULL, env={**os.environ, **helper.env},
+                            preexec_fn=_idle_child if helper.idle else _die_with_parent)
     deadline = time.monotonic() + API_START_TIMEOUT
     while not helper.ready():
         code = proc.poll()

@@ -6,12 +6,17 @@ document in tests/test_incremental.py; this is about how the files behave.
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 import stat
+import threading
+
+import pytest
 
 from c4kemi import feed as feed_module
 from c4kemi import table as table_module
-from c4kemi.document import validate_document
+from c4kemi.document import DocumentError, validate_document
 from c4kemi.feed import FeedTableSource, FeedWriter
 from c4kemi.table import compile_validated
 from tables import document
@@ -116,3 +121,107 @@ def test_a_restarted_writer_starts_a_new_generation(tmp_path):
     assert again.publish(with_did("3988")) == "snapshot" and again.generation == 2
     assert reader.refresh() is True
     assert reader.current().find_did("39881", None) is not None and reader.current().find_did("39771", None) is None
+
+
+def test_an_equal_weight_of_another_type_is_a_change(tmp_path):
+    """The writer compares entities in place with ==, which takes 1 for 1.0 or True: the checks do not."""
+    feed, writer, reader = started(tmp_path)
+    doc = document()
+    doc["routes"][1]["trunks"][0]["weight"] = 1.0
+    assert writer.publish(copy.deepcopy(doc)) == "changes"  # a fresh document each time, as parsed from the file
+    reader.refresh()
+    assert reader.current().version == compile_validated(validate_document(doc)).version
+    assert reader.current().version != compile_validated(validate_document(document())).version
+    doc["routes"][1]["trunks"][0]["weight"] = True
+    with pytest.raises(DocumentError, match="weight"):
+        writer.publish(copy.deepcopy(doc))
+
+
+def test_a_key_already_in_the_unchanged_part_is_refused(tmp_path):
+    feed, writer, reader = started(tmp_path)
+    doc = document()
+    first = doc["dids"][0]
+    doc["dids"].append(dict(first, ipbx="acme-branch"))  # the first DID's prefix again, at the end
+    with pytest.raises(DocumentError, match="duplicate"):
+        writer.publish(doc)
+    doc["routes"].insert(0, dict(doc["routes"][-1]))
+    doc["dids"].pop()
+    with pytest.raises(DocumentError, match="duplicate"):
+        writer.publish(doc)
+
+
+def test_a_moved_entity_is_no_change_and_an_edit_after_a_refusal_is_whole(tmp_path):
+    feed, writer, reader = started(tmp_path)
+    doc = document()
+    doc["dids"].append(doc["dids"].pop(0))
+    assert writer.publish(doc) == "unchanged"
+    bad = document()
+    bad["dids"][0]["ipbx"] = "no-such-pbx"
+    bad["dids"].append({"tenant": "acme", "prefix": "3977", "ipbx": "acme-pbx"})
+    with pytest.raises(DocumentError):
+        writer.publish(bad)
+    fixed = document()  # the refused document's good DID, without the bad one: one change from what was published
+    fixed["dids"].append({"tenant": "acme", "prefix": "3977", "ipbx": "acme-pbx"})
+    assert writer.publish(fixed) == "changes"
+    reader.refresh()
+    assert reader.current().version == compile_validated(validate_document(fixed)).version
+
+
+def test_a_worker_spreads_a_bulk_change_set_over_calls_reading_included(tmp_path, monkeypatch):
+    """Reading the change set, compiling it and updating the DID index: each in steps of STEP entities."""
+    monkeypatch.setattr(table_module, "STEP", 1)
+    feed, writer, _ = started(tmp_path)
+    reader = FeedTableSource(feed, check_interval=0, step_budget=0)  # one step per call
+    doc = document()
+    doc["dids"] += [{"tenant": "acme", "prefix": f"3977{i}", "ipbx": "acme-pbx"} for i in range(6)]
+    assert writer.publish(doc) == "changes"
+    old = reader.current()
+    calls = 1
+    while reader.current() is old:
+        calls += 1
+    assert calls >= 3 * 6  # 6 DIDs read, compiled and put in the index, one a step
+    assert reader.current().version == compile_validated(validate_document(doc)).version
+
+
+def test_a_large_change_set_spans_lines_and_is_taken_only_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(feed_module, "LINE", 2)
+    feed, writer, reader = started(tmp_path)
+    good = reader.current()
+    doc = document()
+    doc["dids"] += [{"tenant": "acme", "prefix": f"3977{i}", "ipbx": "acme-pbx"} for i in range(5)]
+    assert writer.publish(doc) == "changes"
+    changes = feed / "changes-1.jsonl"
+    data = changes.read_bytes()
+    lines = data.splitlines(keepends=True)
+    assert len(lines) == 3 and [b'"more":true' in line for line in lines] == [True, True, False]
+    assert all(b'"seq":1' in line for line in lines)
+    changes.write_bytes(b"".join(lines[:2]))  # the writer's write not complete yet: two whole lines of three
+    reader.refresh()
+    assert reader.current() is good and reader.seq == 0
+    changes.write_bytes(data)
+    assert reader.refresh() is True and reader.seq == 1
+    assert reader.current().version == compile_validated(validate_document(doc)).version
+
+
+def test_a_request_never_steps_the_work_of_c4_serve_s_refresh_thread(tmp_path, monkeypatch):
+    """c4 serve: refresh() runs in a thread while requests call current(); the table they get is whole, no step taken."""
+    feed, writer, _ = started(tmp_path)
+    reader = FeedTableSource(feed, check_interval=math.inf)  # as c4 serve makes it: only its refresh thread reloads
+    inside, go_on = threading.Event(), threading.Event()
+    real = feed_module.apply_changes_steps
+
+    def held(*args):
+        inside.set()
+        go_on.wait(10)
+        return (yield from real(*args))
+
+    monkeypatch.setattr(feed_module, "apply_changes_steps", held)
+    writer.publish(with_did("3977"))
+    old = reader.current()
+    thread = threading.Thread(target=reader.refresh)
+    thread.start()
+    assert inside.wait(10)
+    assert reader.current() is old  # a request meanwhile
+    go_on.set()
+    thread.join(10)
+    assert reader.failed_reloads == 0 and reader.current().find_did("39771", None).prefix == "3977"

@@ -155,3 +155,48 @@ def test_shared_memory_reserve_follows_shm_unless_given(tmp_path):
 def test_bad_admission_bounds_are_refused(tmp_path, args):
     result = argv_dry_run(tmp_path, *(["--table", str(EXAMPLE_TABLE)] if "http" not in args else ["--http-async-client", "/bin/true"]), *args)
     assert result.returncode == 2 and any(name in result.stderr for name in ("--max-", "--retry-after", "--shm-reserve")), result.stderr
+
+
+def children(pid: int) -> dict[int, str]:
+    """The processes whose parent is PID, with their command lines."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            if parent == pid:
+                out[int(entry)] = open(f"/proc/{entry}/cmdline").read().replace("\0", " ")
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+@pytest.mark.parametrize("store", ["file", "pg"])
+def test_the_table_writer_runs_at_the_lowest_cpu_priority_and_kamailio_does_not(tmp_path, request, store):
+    """c4 feed / c4 db follow must never take CPU from the SIP workers: SCHED_IDLE, as the kernel reports it."""
+    fake = tmp_path / "kamailio"
+    fake.write_text('#!/bin/sh\ntouch "$READY"\nwhile :; do sleep 0.1; done\n')
+    fake.chmod(0o755)
+    ready = tmp_path / "ready"
+    env = {"READY": str(ready), "PATH": "/usr/bin:/bin", "C4_STATE_DIR": str(tmp_path)}
+    if store == "file":
+        args, writer = ["--table", str(EXAMPLE_TABLE)], "c4kemi.cli feed"
+    else:
+        env["C4_DSN"] = request.getfixturevalue("pg_dsn")
+        args, writer = ["--dsn", env["C4_DSN"], "--table-cache", str(tmp_path / "cache.json")], "c4kemi.cli db follow"
+    proc = subprocess.Popen([sys.executable, "-m", "c4kemi.cli", "kamailio", "--kamailio", str(fake), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+            time.sleep(0.05)
+        started = children(proc.pid)
+        writers = [pid for pid, cmdline in started.items() if writer in cmdline]
+        kamailio = [pid for pid, cmdline in started.items() if str(fake) in cmdline]
+        assert len(writers) == 1 and len(kamailio) == 1, started
+        assert os.sched_getscheduler(writers[0]) == os.SCHED_IDLE
+        assert os.sched_getscheduler(kamailio[0]) == os.SCHED_OTHER and os.getpriority(os.PRIO_PROCESS, kamailio[0]) == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
