@@ -10,13 +10,26 @@ same for both, so a difference between the modes fails one of them.
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import datetime
 
 import orjson
 import pytest
 
-from .documents import CALLER_E164, CALLER_NATIONAL, DID_E164, DID_NATIONAL, NO_DID_NATIONAL, PBX, STRANGER, TRUNK_A, routing_document
-from .harness import BusyPeers, sip_invite
+from .documents import (
+    CALLER_E164,
+    CALLER_NATIONAL,
+    DID_E164,
+    DID_NATIONAL,
+    NO_DID_NATIONAL,
+    OUT_CALLED_E164,
+    PBX,
+    STRANGER,
+    TRUNK_A,
+    TRUNK_B,
+    routing_document,
+)
+from .harness import BusyPeers, UdpPeers, sip_invite
 
 GLOBEX_PBX = "127.0.0.12"  # an IPBX of a tenant with max_channels 0: every call 503
 # trunk name -> (address, called number routed to it, the scenario its sipp plays)
@@ -257,3 +270,25 @@ def test_http_mode_records_a_call_refused_because_the_api_is_down(http_router, t
     (record,) = read_records(path, 1)
     assert (record["call_id"], record["tenant"], record["attempts"]) == ("api-down@cdr-test", None, [])
     assert (record["code"], record["reason"], record["ended_by"]) == (503, "Service Unavailable", "router")
+
+
+def test_http_mode_records_a_call_whose_call_id_is_not_utf8(http_router, tmp_path):
+    """HTTP mode writes a record in one jansson_xencode, which fails as a whole on a
+    value that is not UTF-8: the record is then built member by member
+    (route[CDR_EMIT_BY_MEMBER]) and still goes out, without that value."""
+    peers = UdpPeers([TRUNK_A, TRUNK_B, PBX])  # trunk A answers 486 Busy Here
+    try:
+        path = tmp_path / "cdr.jsonl"
+        r = http_router.start(routing_document(pbx_port=peers.ports[PBX], trunk_a_port=peers.ports[TRUNK_A],
+                                               trunk_b_port=peers.ports[TRUNK_B]), extra_args=["--cdr-file", str(path)])
+        wait_connected(r)
+        call_id = b"zo\xe9-" + uuid.uuid4().hex.encode() + b"@raw"  # ISO-8859-1, as an old PBX sends it
+        final = sip_invite(r.address, r.port, PBX, f"sip:{OUT_CALLED_E164}@{r.target}",
+                           f"<sip:{CALLER_E164}@{PBX}>;tag=l1", f"<sip:{OUT_CALLED_E164}@c4.test>", call_id=call_id)
+        assert final.code == 486, final
+
+        (record,) = read_records(path, 1)
+        assert (record["call_id"], record["tenant"], record["source"], record["code"], record["reason"], record["ended_by"]) == (
+            "", "acme", "acme-pbx", 486, "Busy Here", "callee")
+    finally:
+        peers.close()
