@@ -288,6 +288,27 @@ def test_unreadable_transaction_counts_admit_the_call_and_say_so_once(handler, k
     assert len([text for level, text in ksr.logs if "cannot read" in text]) == 1, ksr.logs
 
 
+def test_the_counts_are_read_once_per_interval_and_judge_the_invites_of_that_window(handler, ksr, monkeypatch, kemi):
+    clock = [100.0]
+    monkeypatch.setattr(kemi, "monotonic", lambda: clock[0])
+    at_load(ksr, in_progress=9)
+    handler.child_init(1)
+    for _ in range(3):  # one reading (tm.stats, core.shmmem) for the three
+        invite(ksr)
+        handler.ksr_request_route(None)
+    assert len(ksr.called("jsonrpcs.exec")) == 2 and len(ksr.called("tm.t_relay")) == 3
+
+    at_load(ksr, in_progress=10)  # the node reaches its bound: seen at the next reading, not before
+    invite(ksr)
+    handler.ksr_request_route(None)
+    assert len(ksr.called("tm.t_relay")) == 4 and not ksr.called("sl.sl_send_reply")
+    clock[0] += kemi.ADMISSION_READ_INTERVAL
+    invite(ksr)
+    handler.ksr_request_route(None)
+    assert len(ksr.called("jsonrpcs.exec")) == 5  # tm.stats, core.shmmem, and the ringing calls near the bound
+    assert ksr.called("sl.sl_send_reply") == [(503, "Service Unavailable")] and len(ksr.called("tm.t_relay")) == 4
+
+
 def test_retransmissions_and_in_dialog_requests_are_never_refused(handler, ksr):
     at_load(ksr, in_progress=1000)
     handler.child_init(1)
