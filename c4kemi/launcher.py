@@ -2,6 +2,7 @@
 
     c4 kamailio --mode kemi --table FILE --listen udp:127.0.0.1:5060 [--workers N] [--shm MiB]
                 [--memory-manager tlsf|qm|fm] [--max-transactions N] [--shm-reserve MiB] [--retry-after SECONDS]
+                [--admit-interval MS]
 
 Kamailio runs as a child (``-DD -E``: no daemon, logs on stderr) with the
 mode's config from ``kamailio/``; everything the config needs comes in on
@@ -44,7 +45,8 @@ then evapi is not loaded and no call keeps any record state.
 Overload protection, both modes: past ``--max-transactions`` SIP
 transactions in progress, or with less than ``--shm-reserve`` MiB (an
 eighth of ``--shm``) free, new INVITEs get a stateless 503 with
-``Retry-After: --retry-after`` (kamailio-base.cfg, "Admission control").
+``Retry-After: --retry-after`` (kamailio-base.cfg, "Admission control");
+each SIP worker reads those counts at most every ``--admit-interval`` ms.
 ``--memory-manager`` picks Kamailio's allocator (``-x``/``-X``), TLSF by
 default.
 
@@ -100,6 +102,7 @@ DEFAULT_MEMORY_MANAGER = "tlsf"
 # SIP transactions in progress, with this Retry-After (README, "Capacity and overload").
 DEFAULT_MAX_TRANSACTIONS = 1000
 DEFAULT_RETRY_AFTER = 2
+DEFAULT_ADMIT_INTERVAL = 10
 # ... and while less than 1/8 of --shm is free: room for the calls already
 # admitted (1000 in setup and the answered calls' lingering transactions).
 SHM_RESERVE_FRACTION = 8
@@ -131,6 +134,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: an eighth of --shm)")
     parser.add_argument("--retry-after", type=int, default=DEFAULT_RETRY_AFTER,
                         help=f"seconds in the Retry-After of an overload 503 (default {DEFAULT_RETRY_AFTER}; 0: no header)")
+    parser.add_argument("--admit-interval", type=int, default=DEFAULT_ADMIT_INTERVAL,
+                        help="overload protection: ms a SIP worker keeps its reading of the node's counts "
+                             f"(default {DEFAULT_ADMIT_INTERVAL}; 0: read on every INVITE)")
     parser.add_argument("--api", default="http://127.0.0.1:8080", help="c4http base URL (HTTP mode)")
     parser.add_argument("--log-level", type=int, default=2, help="Kamailio debug level (2: info)")
     parser.add_argument("--api-timeout", type=int, default=1000, help="HTTP mode: ms to wait for the API before answering 503 (< 5000)")
@@ -474,6 +480,7 @@ def build_command(args: argparse.Namespace, launch: Launch, rundir: Path) -> lis
         "C4_MAX_TRANSACTIONS": args.max_transactions,
         "C4_SHM_RESERVE": shm_reserve(args),
         "C4_RETRY_AFTER": args.retry_after,
+        "C4_ADMIT_INTERVAL": args.admit_interval,
     }
     defines.update(launch.defines)
     for name, value in defines.items():
@@ -530,8 +537,8 @@ def _run(args: argparse.Namespace) -> int:
         args.listen = [DEFAULT_LISTEN]
     if args.workers < 1 or args.shm < 16 or args.pkg < 4:
         raise LaunchError("--workers must be >= 1, --shm >= 16 MiB, --pkg >= 4 MiB")
-    if args.max_transactions < 1 or args.retry_after < 0:
-        raise LaunchError("--max-transactions must be >= 1 and --retry-after >= 0")
+    if args.max_transactions < 1 or args.retry_after < 0 or args.admit_interval < 0:
+        raise LaunchError("--max-transactions must be >= 1, --retry-after and --admit-interval >= 0")
     if args.shm_reserve is not None and not 0 <= args.shm_reserve <= args.shm:
         raise LaunchError(f"--shm-reserve must be between 0 and --shm ({args.shm} MiB)")
     rundir = Path(tempfile.mkdtemp(prefix="c4-kamailio-"))  # 0700

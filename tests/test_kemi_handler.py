@@ -224,12 +224,13 @@ def test_refusal_is_answered_with_its_code(handler, ksr):
 
 
 def at_load(ksr: FakeKSR, in_progress: int, free_mib: int = 400, bound: int = 10, reserve: int = 64, retry_after: int = 3,
-            ringing: int = 0) -> None:
+            ringing: int = 0, interval_ms: int = 10) -> None:
     """The cfg's defines, and the JSON-RPC answers: IN_PROGRESS transactions in progress (plus 4 waiting), RINGING
     of them early dialogs, FREE_MIB of shm free."""
     ksr.pv_values["$defn(C4_MAX_TRANSACTIONS)"] = bound
     ksr.pv_values["$defn(C4_SHM_RESERVE)"] = reserve
     ksr.pv_values["$defn(C4_RETRY_AFTER)"] = retry_after
+    ksr.pv_values["$defn(C4_ADMIT_INTERVAL)"] = interval_ms
     results = {"tm.stats": {"current": in_progress + 4, "waiting": 4, "total": 99},
                "core.shmmem": {"total": 512, "free": free_mib, "used": 512 - free_mib},
                "stats.get_statistics": [f"dialog:early_dialogs = {ringing}"]}
@@ -286,6 +287,31 @@ def test_unreadable_transaction_counts_admit_the_call_and_say_so_once(handler, k
         handler.ksr_request_route(None)
     assert ksr.called("tm.t_relay") == [(), ()]
     assert len([text for level, text in ksr.logs if "cannot read" in text]) == 1, ksr.logs
+
+
+def test_the_counts_are_read_once_per_interval_and_judge_the_invites_of_that_window(handler, ksr, monkeypatch, kemi):
+    clock = [100.0]
+    monkeypatch.setattr(kemi, "monotonic", lambda: clock[0])
+    at_load(ksr, in_progress=9)
+    handler.child_init(1)
+    for _ in range(3):  # one reading (tm.stats, core.shmmem) for the three
+        invite(ksr)
+        handler.ksr_request_route(None)
+    assert len(ksr.called("jsonrpcs.exec")) == 2 and len(ksr.called("tm.t_relay")) == 3
+
+    at_load(ksr, in_progress=10)  # the node reaches its bound: seen at the next reading, not before
+    invite(ksr)
+    handler.ksr_request_route(None)
+    assert len(ksr.called("tm.t_relay")) == 4 and not ksr.called("sl.sl_send_reply")
+    clock[0] += 0.009  # C4_ADMIT_INTERVAL is 10 ms: still the old reading
+    invite(ksr)
+    handler.ksr_request_route(None)
+    assert len(ksr.called("jsonrpcs.exec")) == 2 and len(ksr.called("tm.t_relay")) == 5
+    clock[0] += 0.002
+    invite(ksr)
+    handler.ksr_request_route(None)
+    assert len(ksr.called("jsonrpcs.exec")) == 5  # tm.stats, core.shmmem, and the ringing calls near the bound
+    assert ksr.called("sl.sl_send_reply") == [(503, "Service Unavailable")] and len(ksr.called("tm.t_relay")) == 5
 
 
 def test_retransmissions_and_in_dialog_requests_are_never_refused(handler, ksr):

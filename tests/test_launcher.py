@@ -133,13 +133,14 @@ def test_memory_manager_option_is_passed_to_kamailio(tmp_path):
 @pytest.mark.parametrize("mode", ["kemi", "http"])
 def test_admission_bound_and_retry_after_reach_the_config_in_both_modes(tmp_path, mode):
     argv = kamailio_argv(argv_dry_run(tmp_path, "--mode", mode, "--table", str(EXAMPLE_TABLE), *(["--serve-api"] if mode == "http" else []),
-                                 "--max-transactions", "321", "--retry-after", "9", "--http-async-client", "/bin/true"))
-    assert "C4_MAX_TRANSACTIONS=321" in argv and "C4_RETRY_AFTER=9" in argv
+                                 "--max-transactions", "321", "--retry-after", "9", "--admit-interval", "0",
+                                 "--http-async-client", "/bin/true"))
+    assert "C4_MAX_TRANSACTIONS=321" in argv and "C4_RETRY_AFTER=9" in argv and "C4_ADMIT_INTERVAL=0" in argv
 
 
 def test_admission_defaults(tmp_path):
     argv = kamailio_argv(argv_dry_run(tmp_path, "--table", str(EXAMPLE_TABLE)))
-    assert "C4_MAX_TRANSACTIONS=1000" in argv and "C4_RETRY_AFTER=2" in argv
+    assert "C4_MAX_TRANSACTIONS=1000" in argv and "C4_RETRY_AFTER=2" in argv and "C4_ADMIT_INTERVAL=10" in argv
     assert "C4_SHM_RESERVE=64" in argv  # an eighth of the default 512 MiB
 
 
