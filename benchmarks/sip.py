@@ -206,7 +206,7 @@ def router_command(setup: Setup, opts: argparse.Namespace, workdir: Path, port: 
     if setup.mode == "static":
         args = argparse.Namespace(kamailio=None, shm=opts.shm, pkg=opts.pkg, workers=opts.workers, log_level=1,
                                   listen=[f"udp:{ROUTER}:{port}"], rpc_socket=str(rpc), memory_manager=manager,
-                                  max_transactions=1000, shm_reserve=None, retry_after=0)  # defines the relay config ignores
+                                  max_transactions=1000, shm_reserve=None, retry_after=0, admit_interval=0)  # defines the relay config ignores
         launch = Launch(config=STATIC_CONFIG, defines={"C4_BENCH_CALLEE": f'"sip:{CALLEE}:{callee_port}"'})
         return build_command(args, launch, workdir)
     table = workdir / "table.json"
