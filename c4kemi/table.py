@@ -24,8 +24,9 @@ import ipaddress
 import re
 import socket
 from array import array
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -44,6 +45,13 @@ __all__ = [
 # (a few ms), so a Kamailio worker can spread a large change over calls.
 STEP = 1000
 T = TypeVar("T")
+# A PrefixIndex keeps up to this many changed prefixes beside the big dict
+# it shares with the versions before it, instead of copying that dict on
+# every change (see PrefixIndex.updated_steps); past it they are merged.
+LAYER_MAX = 250_000
+# Entries copied per step of such a merge.
+MERGE_STEP = 50_000
+_ABSENT = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +136,69 @@ def _head_counts(prefixes: Iterable[str], buckets: int) -> array:
     return counts
 
 
+class Layered(Mapping):
+    """A read-only view of a big dict and the changes made since (prefix -> entry, None: removed)."""
+
+    __slots__ = ("base", "layer", "_len")
+
+    def __init__(self, base: Mapping[str, Any], layer: Mapping[str, Any], length: int) -> None:
+        self.base, self.layer, self._len = base, layer, length
+
+    def __getitem__(self, key: str) -> Any:
+        entry = self.layer.get(key, _ABSENT)
+        if entry is _ABSENT:
+            return self.base[key]
+        if entry is None:
+            raise KeyError(key)
+        return entry
+
+    def __iter__(self) -> Iterator[str]:
+        layer = self.layer
+        yield from (key for key in self.base if key not in layer)
+        yield from (key for key, entry in layer.items() if entry is not None)
+
+    def __len__(self) -> int:
+        return self._len
+
+
+def _layered_get(layer_get: Any, base_get: Any) -> Any:
+    """The hot path's get for a Layered view: one more dict probe than the base dict's own get."""
+    def get(key: str) -> Any:
+        entry = layer_get(key, _ABSENT)
+        return base_get(key) if entry is _ABSENT else entry
+    return get
+
+
+def _merged_steps(base: Mapping[str, Any], layer: Mapping[str, Any]) -> Generator[None, None, dict[str, Any]]:
+    """A new dict of ``base`` with ``layer`` applied, copied ``MERGE_STEP`` entries a step."""
+    merged: dict[str, Any] = {}
+    items = iter(base.items())
+    while True:
+        size = len(merged)
+        merged.update(islice(items, MERGE_STEP))
+        if len(merged) - size < MERGE_STEP:
+            break
+        yield
+    for key, entry in layer.items():
+        if entry is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = entry
+    return merged
+
+
 @dataclass(frozen=True, slots=True)
 class PrefixIndex:
-    """Longest-prefix lookup: a dict per prefix, probed longest first."""
+    """Longest-prefix lookup: a dict per prefix, probed longest first.
+
+    Versions share their big dict (``base``): a change goes into a small
+    ``layer`` of changed prefixes (None: removed) looked at first. A KEMI
+    worker forked from the process that loaded the table shares the big
+    dict's pages with its siblings; copying it would write every entry's
+    reference count, so the first change after the fork would copy all
+    those pages in every worker at once (about 100 ms each at 1M DIDs, all
+    workers together: long enough to drop SIP packets) and end the sharing.
+    """
 
     entries: Mapping[str, Any]
     lengths: tuple[int, ...]  # distinct prefix lengths, descending
@@ -146,19 +214,29 @@ class PrefixIndex:
     # entries' own dict.get, for the hot path: a mapping proxy's get is a
     # method call through the proxy, several times dearer than a dict's.
     get: Any = field(default=None, compare=False, repr=False)
+    # The big dict, shared with the versions before (and its own get), and
+    # the changes since (see the class).
+    base: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    base_get: Any = field(default=None, compare=False, repr=False)
+    layer: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, entries: dict[str, Any]) -> PrefixIndex:
         sizes: dict[int, int] = {}
         for prefix in entries:
             sizes[len(prefix)] = sizes.get(len(prefix), 0) + 1
-        return cls._made(entries, sizes, _head_counts(entries, head_buckets(_long(sizes))))
+        return cls._made(MappingProxyType(entries), entries.get, {}, sizes, _head_counts(entries, head_buckets(_long(sizes))))
 
     @classmethod
-    def _made(cls, entries: dict[str, Any], sizes: dict[int, int], heads: array) -> PrefixIndex:
+    def _made(cls, base: Mapping[str, Any], base_get: Any, layer: dict[str, Any], sizes: dict[int, int], heads: array) -> PrefixIndex:
         lengths = tuple(sorted(sizes, reverse=True))
-        return cls(MappingProxyType(entries), lengths, MappingProxyType(sizes), heads,
-                   tuple(n for n in lengths if n < HEAD), entries.get)
+        if layer:
+            entries: Mapping[str, Any] = Layered(base, MappingProxyType(layer), sum(sizes.values()))
+            get = _layered_get(layer.get, base_get)
+        else:
+            entries, get = base, base_get
+        return cls(entries, lengths, MappingProxyType(sizes), heads, tuple(n for n in lengths if n < HEAD), get,
+                   base, base_get, MappingProxyType(layer))
 
     def updated(self, changes: Mapping[str, Any]) -> PrefixIndex:
         """A new index with ``changes`` applied (prefix -> entry, None: removed); self is unchanged.
@@ -171,47 +249,54 @@ class PrefixIndex:
         return finish(self.updated_steps(changes))
 
     def updated_steps(self, changes: Mapping[str, Any]) -> Generator[None, None, PrefixIndex]:
-        """``updated`` in steps: yields after the copy and after every ``STEP`` changes, returns the index.
+        """``updated`` in steps: yields after every ``STEP`` changes, returns the index.
 
-        At 1M DIDs a bulk change of 100,000 took one step of about 90 ms;
-        a KEMI worker spreading it over calls now holds no call that long.
+        The changes go into a copy of the layer, not of the big dict (see
+        the class); past ``LAYER_MAX`` changed prefixes the two are merged
+        into a new big dict, ``MERGE_STEP`` entries a step.
         """
-        entries = self.entries.copy()  # mappingproxy.copy(): the underlying dict's own copy
+        base, base_get, layer = self.base, self.base_get, dict(self.layer)
         sizes = dict(self.sizes)
         added, removed = [], []
-        yield
         for n, (prefix, entry) in enumerate(changes.items(), 1):
-            present = prefix in entries
+            present = self.get(prefix) is not None
             if entry is None:
                 if present:
-                    del entries[prefix]
+                    if base_get(prefix) is None:
+                        del layer[prefix]  # added since the big dict was made: no trace left
+                    else:
+                        layer[prefix] = None
                     sizes[len(prefix)] -= 1
                     if not sizes[len(prefix)]:
                         del sizes[len(prefix)]
                     removed.append(prefix)
             else:
-                entries[prefix] = entry
+                layer[prefix] = entry
                 if not present:
                     sizes[len(prefix)] = sizes.get(len(prefix), 0) + 1
                     added.append(prefix)
             if not n % STEP:
                 yield
+        if len(layer) > LAYER_MAX:
+            merged = yield from _merged_steps(base, layer)
+            base, base_get, layer = MappingProxyType(merged), merged.get, {}
         buckets = head_buckets(_long(sizes))
         if buckets != len(self.heads):
-            return self._made(entries, sizes, _head_counts(entries, buckets))
+            entries = Layered(base, layer, sum(sizes.values())) if layer else base
+            return self._made(base, base_get, layer, sizes, _head_counts(entries, buckets))
         heads, mask = array("I", self.heads), buckets - 1
         for prefixes, step in ((added, 1), (removed, -1)):
             for prefix in prefixes:
                 if len(prefix) >= HEAD:
                     heads[hash(prefix[:HEAD]) & mask] += step
-        return self._made(entries, sizes, heads)
+        return self._made(base, base_get, layer, sizes, heads)
 
     def candidates(self, number: str):
         """Entries whose prefix starts ``number``, longest prefix first."""
-        entries, size = self.entries, len(number)
+        get, size = self.get, len(number)
         for length in self.lengths:
             if length <= size:
-                entry = entries.get(number[:length])
+                entry = get(number[:length])
                 if entry is not None:
                     yield entry
 

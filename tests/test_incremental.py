@@ -365,3 +365,40 @@ def test_the_head_filter_follows_every_change():
         assert sum(index.heads) == sum(1 for p in index.entries if len(p) >= table_module.HEAD)
         if change == {prefixes[0]: None}:
             assert len(index.heads) == size  # the same size: counts adjusted, not recounted
+
+
+PREFIX_CHANGES = st.dictionaries(st.sampled_from([f"39{i}" for i in range(12)] + [f"396123450{i}" for i in range(12)]),
+                                 st.one_of(st.none(), st.integers(0, 3)), max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(PREFIX_CHANGES, max_size=10), st.integers(0, 6))
+def test_the_layered_index_equals_one_built_from_scratch(changes, layer_max):
+    """Changes kept beside the shared dict, merged past LAYER_MAX (small here): every version is the index
+    built from its entries, lookups included (index_view), and removed prefixes are gone."""
+    original = {f"39{i}": -i for i in range(6)} | {f"396123450{i}": -i for i in range(6)}
+    expected, index = dict(original), table_module.PrefixIndex.build(dict(original))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(table_module, "LAYER_MAX", layer_max)
+        patch.setattr(table_module, "MERGE_STEP", 2)
+        for change in changes:
+            index = table_module.PrefixIndex.updated(index, change)
+            for prefix, entry in change.items():
+                if entry is None:
+                    expected.pop(prefix, None)
+                else:
+                    expected[prefix] = entry
+            assert dict(index.entries) == expected and len(index.entries) == len(expected)
+            assert index_view(index, repr) == index_view(table_module.PrefixIndex.build(dict(expected)), repr)
+            assert len(index.layer) <= max(layer_max, 0) or not index.layer
+
+
+def test_a_small_change_shares_the_big_dict_instead_of_copying_it():
+    """Copying a forked KEMI worker's big dict writes every entry's reference count (copy on write of every page)."""
+    index = table_module.PrefixIndex.build({f"3961234{i:04d}": i for i in range(1000)})
+    changed = index.updated({"39612340000": None, "39999999999": "new", "39612340001": "changed"})
+    assert changed.base is index.base and dict(changed.layer) == {"39612340000": None, "39999999999": "new", "39612340001": "changed"}
+    assert changed.get("39612340000") is None and changed.get("39999999999") == "new" and changed.get("39612340002") == 2
+    assert index.get("39612340000") == 0 and index.get("39999999999") is None  # the old version is untouched
+    back = changed.updated({"39999999999": None})  # added since the big dict, then removed: no trace left in the layer
+    assert "39999999999" not in back.layer and back.base is index.base
