@@ -389,7 +389,19 @@ class FeedTableSource(PolledSource):
 
     def _start(self, steps: Generator[None, None, tuple]) -> bool:
         self._pending, self._pending_since = steps, time.monotonic()
+        # The collector is paused while the change makes its objects (no cycles among them), as
+        # load_frozen does for the writer. Measured at 1M DIDs with a 100,000-DID change: full
+        # collections scanning them made single calls of 65 to 84 ms in a KEMI worker (8 workers
+        # hit them at about the same time) and held c4 serve's GIL as long.
+        gc.disable()
         return self._advance()
+
+    def _done(self, table: RoutingTable | None) -> None:
+        """The pending work ended (``table``: its result; None: it failed): the collector runs again."""
+        self._pending = None
+        if table is not None:
+            gc.freeze()  # the new table's objects: later full collections never scan them
+        gc.enable()
 
     def _advance(self) -> bool:
         """One call's share of the pending work; True when it completed and the new table is in use."""
@@ -405,9 +417,9 @@ class FeedTableSource(PolledSource):
         except StopIteration as done:
             table, self.generation, self.seq, self._offset = done.value
         except (FeedError, OSError, ValueError, KeyError, TypeError) as exc:
-            self._pending = None
+            self._done(None)
             return self._failed(exc)
-        self._pending = None
+        self._done(table)
         if table is self._table:  # only a torn line so far: nothing new
             return False
         self._table = table

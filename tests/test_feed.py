@@ -7,6 +7,7 @@ document in tests/test_incremental.py; this is about how the files behave.
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import os
 import stat
@@ -82,12 +83,15 @@ def test_a_worker_spreads_a_new_snapshot_over_calls_and_routes_meanwhile(tmp_pat
     doc = document()
     doc["ipbxs"][0]["targets"] = ["sip:10.0.0.12"]
     writer.publish(doc)
+    assert gc.isenabled()
     old = reader.current()  # starts the new generation: its first step
     calls = 1
     while reader.current() is old:
         assert reader.generation == 1  # the old table, whole, until the new one is complete
+        assert not gc.isenabled()  # no full collection scans the objects the change is making
         calls += 1
     assert calls > 3  # 4 DIDs and 4 routes in steps of 2
+    assert gc.isenabled() and gc.get_freeze_count() > 0  # the new table's objects frozen, the collector back
     assert reader.generation == 2
     assert reader.current().version == compile_validated(validate_document(doc)).version
 
