@@ -399,8 +399,11 @@ class FeedTableSource(PolledSource):
     def _done(self, table: RoutingTable | None) -> None:
         """The pending work ended (``table``: its result; None: it failed): the collector runs again."""
         self._pending = None
-        if table is not None:
-            gc.freeze()  # the new table's objects: later full collections never scan them
+        if table is not None and self.step_budget is not None:
+            # A KEMI worker: the new table's objects frozen, later full collections never scan
+            # them. Not in c4 serve: freezing would also keep whatever cyclic garbage the event
+            # loop has at that moment for good, on every change.
+            gc.freeze()
         gc.enable()
 
     def _advance(self) -> bool:
