@@ -419,7 +419,7 @@ class FeedTableSource(PolledSource):
                     return False
         except StopIteration as done:
             table, self.generation, self.seq, self._offset = done.value
-        except (FeedError, OSError, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # whatever broke the change, calls route on with the table we have
             self._done(None)
             return self._failed(exc)
         self._done(table)
