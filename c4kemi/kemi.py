@@ -105,7 +105,7 @@ MAX_TRANSACTIONS_DEFINE = "$defn(C4_MAX_TRANSACTIONS)"
 SHM_RESERVE_DEFINE = "$defn(C4_SHM_RESERVE)"
 RETRY_AFTER_DEFINE = "$defn(C4_RETRY_AFTER)"
 ADMIT_INTERVAL_DEFINE = "$defn(C4_ADMIT_INTERVAL)"
-# What the admission control reads, live, on each new INVITE (JSON-RPC
+# What the admission control reads, live (JSON-RPC
 # through jsonrpcs, no socket involved): tm's transaction counts, summed
 # over every process ("current", of which "waiting" have their final reply
 # and only linger to absorb retransmissions), and shared memory in MiB.

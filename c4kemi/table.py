@@ -241,10 +241,11 @@ class PrefixIndex:
     def updated(self, changes: Mapping[str, Any]) -> PrefixIndex:
         """A new index with ``changes`` applied (prefix -> entry, None: removed); self is unchanged.
 
-        Costs a copy of the entries dict and the filter (a few ms per
-        million) plus the changes: the entries themselves are shared with
-        this index. When the filter must change size (the long prefixes
-        cross a power of two), it is counted again from all entries.
+        Costs a copy of the layer and of the filter (a memcpy, a few ms
+        per million) plus the changes: the big dict and the entries are
+        shared with this index (see the class). When the filter must change
+        size (the long prefixes cross a power of two), it is counted again
+        from all entries.
         """
         return finish(self.updated_steps(changes))
 
@@ -571,7 +572,7 @@ def apply_changes(
 
     The entities must be checked against the table's other collections
     (``c4kemi.document.validate_entity``); the caller keeps the keys
-    unique. Costs the changes plus a copy of the indexes they touch.
+    unique. Costs the changes plus, per index they touch, a copy of its layer and filter.
     """
     return finish(apply_changes_steps(table, dids, routes))
 
