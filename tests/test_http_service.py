@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from ports import free_tcp_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from c4http.app import RTJSON_PATH, make_app
@@ -426,14 +426,8 @@ def c4_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "c4kemi.cli"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def test_c4_serve_answers_over_real_http_and_stops_on_sigterm(table_path, tmp_path):
-    port = free_port()
+    port = free_tcp_port()
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
@@ -506,7 +500,7 @@ async def test_c4_serve_answers_over_real_http_and_stops_on_sigterm(table_path, 
 
 def test_c4_serve_refuses_to_start_on_a_bad_table(tmp_path):
     bad = write_table(tmp_path / "bad.json", orjson.dumps(document(dids=[{"tenant": "nobody", "prefix": "1", "ipbx": "acme-pbx"}])))
-    result = subprocess.run([*c4_command(), "serve", "--table", str(bad), "--port", str(free_port())], capture_output=True, timeout=60)
+    result = subprocess.run([*c4_command(), "serve", "--table", str(bad), "--port", str(free_tcp_port())], capture_output=True, timeout=60)
     assert result.returncode == 1
     assert b"refusing to start" in result.stderr
     assert b"nobody" in result.stderr  # the error names the problem

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from ports import free_tcp_port
 
 from tables import request
 
@@ -92,11 +93,7 @@ def test_kamailio_dry_run_uses_files_shipped_in_the_package(installed, outside, 
 
 def test_serve_answers_health(installed, outside):
     bin_dir, _ = installed
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_tcp_port()
     proc = subprocess.Popen([bin_dir / "c4", "serve", "--table", "table.json", "--port", str(port)], cwd=outside,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -24,22 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+from ports import free_tcp_port, free_udp_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 SIPP = "sipp"
-
-
-def free_udp_port(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((address, 0))
-        return sock.getsockname()[1]
-
-
-def free_tcp_port(address: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((address, 0))
-        return sock.getsockname()[1]
 
 
 def http_ok(url: str, timeout: float = 0.5) -> bool:
