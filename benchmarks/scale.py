@@ -330,6 +330,12 @@ def pss_kib(pid: int) -> int:
     raise RuntimeError("no Pss line")
 
 
+def kamailio_pss(launcher: int) -> tuple[list[int], float]:
+    """The Kamailio processes c4 kamailio started, and the sum of their PSS in MiB."""
+    pids = [p for p in descendants(launcher) if Path(f"/proc/{p}/comm").read_text().strip() == "kamailio"]
+    return pids, sum(pss_kib(p) for p in pids) / 1024
+
+
 def sip_answer(port: int, timeout: float = 0.2) -> str | None:
     """The status line Kamailio answers an INVITE from an unknown source with (a routed 403), or None."""
     import socket
@@ -404,8 +410,7 @@ def bench_kamailio(n_dids: int, n_routes: int, counts: list[int], port: int, c4:
                     answer = sip_answer(port)
                 ready = time.monotonic() - started
                 time.sleep(2)
-                pids = [p for p in descendants(launcher.pid) if open(f"/proc/{p}/comm").read().strip() == "kamailio"]
-                total = sum(pss_kib(p) for p in pids) / 1024
+                pids, total = kamailio_pss(launcher.pid)
             finally:
                 launcher.send_signal(signal.SIGTERM)
                 launcher.wait(timeout=30)
@@ -554,6 +559,8 @@ def _nopause(args: argparse.Namespace, modes: list[str], cluster) -> None:
                     time.sleep(max(0.0, bounds[1] + i + 1 - time.time()))
                 edits.bulk(document["dids"][:args.bulk])
                 ended = finished(caller, duration + 90)  # a stuck caller is stopped: its unfinished calls count as failed
+                # Goal 3 after a minute of changes and the bulk edit: do the workers still share the table?
+                kamailios, pss_after = kamailio_pss(router.pid)
             finally:
                 for proc in (caller, callee, router):
                     if proc is not None:
@@ -590,6 +597,7 @@ def _nopause(args: argparse.Namespace, modes: list[str], cluster) -> None:
             taken = sum("routing table feed" in line and "reloaded" in line for line in lines)
             errors = [line for line in lines if ERROR_LINE.search(line)]
             print(f"|  | readers: {taken} change sets taken in (all workers), {len(errors)} errors logged | | | | |")
+            print(f"|  | after the changes: {len(kamailios)} Kamailio processes, sum of PSS {pss_after:.0f} MiB | | | | |")
             for line in errors[:5]:
                 print(f"|  | error: {line.strip()[:200]} | | | | |")
     print("\nfailed calls (sipp): " + ", ".join(f"{mode} {count}" for mode, count in failures.items()))
