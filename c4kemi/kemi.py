@@ -1,16 +1,27 @@
 """KEMI entry point: the object Kamailio's ``app_python3`` loads.
 
-``kamailio/kamailio-kemi.cfg`` sets ``cfgengine "python"`` and points
-``app_python3``'s ``load`` parameter at ``kamailio/c4_kemi.py``, a shim that
-imports this module as part of the package (loading this file directly would
-put ``c4kemi/`` first on ``sys.path`` and shadow the standard library's
-``numbers``). ``mod_init()`` returns the handler whose ``ksr_*`` methods are
-the routing blocks, named after the blocks of ``kamailio/kamailio-http.cfg``
-they mirror, so the two read side by side:
+``kamailio/kamailio-kemi.cfg`` is a native config: its request_route runs
+the routing blocks both modes share (``kamailio/kamailio-base.cfg``:
+sanity, CANCEL, in-dialog requests with the c4d signature check, OPTIONS,
+retransmissions), then calls this handler with ``python_exec`` only where
+the decision is. ``app_python3``'s ``load`` parameter points at
+``kamailio/c4_kemi.py``, a shim that imports this module as part of the
+package (loading this file directly would put ``c4kemi/`` first on
+``sys.path`` and shadow the standard library's ``numbers``).
+``mod_init()`` returns the handler. The methods the config calls are named
+after the blocks that call them:
 
-- ``request_route``: ``ksr_request_route``
-- ``route[WITHINDLG]``: ``ksr_route_withindlg``
-- ``route[RELAY]``: ``ksr_route_relay``
+- ``request_route`` (a new initial INVITE): ``ksr_request_route``
+- ``branch_route[MANAGE_BRANCH]``: ``ksr_branch_manage`` (-1 drops the branch)
+- ``failure_route[MANAGE_FAILURE]``: ``ksr_failure_manage``
+- ``event_route[dialog:start|end|failed]`` (call records, docs/cdr.md):
+  ``ksr_dialog_event``
+
+``python_exec`` returns the method's integer, and 0 would end the script:
+the methods return 1 (or -1). The routes they run are named after the
+blocks of ``kamailio/kamailio-http.cfg`` they mirror, so the two read side
+by side:
+
 - ``route[ADMIT]`` (overload protection): ``ksr_route_admit``
 - ``route[RELAY_API]`` and ``route[RELAY_API_RESPONSE]`` (ask c4http):
   ``ksr_route_decide`` (decide in process)
@@ -18,12 +29,8 @@ they mirror, so the two read side by side:
 - ``route[CHANNELS]``, ``route[TRUNK_CHANNEL]``, ``route[RELEASE_TRUNK_CHANNEL]``
   (channel limits): ``ksr_route_channels``, ``ksr_route_trunk_channel``,
   ``ksr_route_release_trunk_channel``
-- ``branch_route[MANAGE_BRANCH]``: ``ksr_branch_manage``
-- ``failure_route[MANAGE_FAILURE]``: ``ksr_failure_manage``
 - ``route[CDR_REFUSED]``, ``route[CDR_START]``, ``route[CDR_TRY]``,
-  ``route[CDR_RESULT]``, ``route[CDR_LOCAL]`` and the dialog module's
-  ``event_route[dialog:*]`` (call records, docs/cdr.md): ``ksr_route_cdr_*``
-  and ``ksr_dialog_event``
+  ``route[CDR_RESULT]``, ``route[CDR_LOCAL]``: ``ksr_route_cdr_*``
 
 Every Kamailio worker is a forked process with its own interpreter state
 and no running threads (``threads_mode=0``), so each worker keeps its own
@@ -72,7 +79,7 @@ FEED_ENV = "C4_FEED"
 STEP_BUDGET = 0.002
 DUMP_ENV = "C4_RTJSON_DUMP"
 # Set by `c4 kamailio` when call records are on (the config then loads evapi
-# and names ksr_dialog_event as the dialog module's event callback).
+# and its dialog event routes call ksr_dialog_event).
 CDR_ENV = "C4_CDR"
 # Transaction flag: the 401/407 of the current rtjson route was answered.
 FLT_AUTH = 1
@@ -124,9 +131,10 @@ SHMMEM_RPC = '{"jsonrpc": "2.0", "method": "core.shmmem", "params": ["m"], "id":
 # counter of the dialog module, answered as ["dialog:early_dialogs = N"].
 EARLY_DIALOGS_RPC = '{"jsonrpc": "2.0", "method": "stats.get_statistics", "params": ["early_dialogs"], "id": 1}'
 
-# KEMI names the branch and failure routes by method name.
-BRANCH_ROUTE = "ksr_branch_manage"
-FAILURE_ROUTE = "ksr_failure_manage"
+# The native blocks of kamailio-kemi.cfg that call ksr_branch_manage and
+# ksr_failure_manage (with the native engine, t_on_branch names a block).
+BRANCH_ROUTE = "MANAGE_BRANCH"
+FAILURE_ROUTE = "MANAGE_FAILURE"
 
 
 class KamailioLogHandler(logging.Handler):
@@ -286,58 +294,20 @@ class Router:
     # -- request route -------------------------------------------------
 
     def ksr_request_route(self, msg) -> int:
+        """request_route, past route[REQINIT] (kamailio-base.cfg): a new initial INVITE.
+
+        Sanity, CANCEL, in-dialog requests, OPTIONS, REGISTER, stray ACKs,
+        retransmissions and other methods never get here: the native
+        config handles them.
+        """
         try:
-            self._request(msg)
+            if self.ksr_route_admit():
+                KSR.hdr.remove("Route")  # no preloaded routes through the router
+                self.ksr_route_decide(msg)
         except Exception:
             _log_exception("request_route")
             self._internal_error()
         return 1
-
-    def _request(self, msg) -> None:
-        if KSR.maxfwd.process_maxfwd(10) < 0:
-            KSR.sl.sl_send_reply(483, "Too Many Hops")
-            return
-        if KSR.sanity.sanity_check(17895, 7) < 0:  # replies itself to a bad request
-            KSR.err(f"c4: malformed SIP message from {_pv('$si')}:{_pv('$sp')}\n")
-            return
-
-        if KSR.is_CANCEL():
-            if KSR.tm.t_check_trans() > 0:
-                self.ksr_route_relay(msg)
-            return  # t_check_trans() does not end the script in KEMI
-
-        if KSR.siputils.has_totag() > 0:
-            self.ksr_route_withindlg(msg)
-            return
-
-        # Initial requests from here on.
-        if KSR.is_OPTIONS():
-            KSR.sl.sl_send_reply(200, "OK")
-            return
-        if KSR.is_REGISTER():
-            KSR.sl.sl_send_reply(405, "Method Not Allowed")
-            return
-        if KSR.is_ACK():
-            # An ACK without a To tag matches nothing we sent: absorb a stray one.
-            if KSR.tm.t_check_trans() > 0:
-                self.ksr_route_relay(msg)
-            return
-
-        # Retransmissions: absorbed (t_check_trans resends the last reply).
-        if KSR.tmx.t_precheck_trans() > 0:
-            KSR.tm.t_check_trans()
-            return
-        if KSR.tm.t_check_trans() == 0:
-            return
-
-        if not KSR.is_INVITE():
-            KSR.sl.sl_send_reply(405, "Method Not Allowed")
-            return
-
-        if not self.ksr_route_admit():
-            return
-        KSR.hdr.remove("Route")  # no preloaded routes through the router
-        self.ksr_route_decide(msg)
 
     def ksr_route_admit(self) -> bool:
         """route[ADMIT]: past the node's bounds, a new call gets a fast 503 with Retry-After.
@@ -400,60 +370,19 @@ class Router:
         except (TypeError, IndexError, ValueError):
             return 0
 
-    def ksr_route_withindlg(self, msg) -> int:
-        """route[WITHINDLG]: in-dialog requests follow their route set.
-
-        Only within dialogs this router record-routed: the Route it consumed
-        must be its own and carry the c4d signature of this Call-ID.
-        Anything else (a forged To-tag with a Route to a carrier or a third
-        party) gets 403 and goes nowhere.
-        """
-        if KSR.rr.loose_route() > 0:
-            if not self._within_our_dialog():
-                KSR.warn(f"c4: {_pv('$rm')} from {_pv('$si')}:{_pv('$sp')} is not within a dialog of ours: refused\n")
-                if not KSR.is_ACK():  # an ACK gets no reply: dropped
-                    KSR.sl.sl_send_reply(403, "Forbidden")
-                return 1
-            self._strip_identity()
-            self.ksr_route_relay(msg)
-            return 1
-        if KSR.is_ACK():
-            if KSR.tm.t_check_trans() > 0:
-                # ACK of a negative reply, hop by hop.
-                self.ksr_route_relay(msg)
-            # else: an ACK matching nothing: absorbed.
-            return 1
-        KSR.sl.sl_send_reply(404, "Not here")
-        return 1
-
     def _dialog_mac(self) -> str:
-        """route[DIALOG_MAC]: the signature of this Call-ID's dialogs."""
-        return dialog_mac(self.dialog_key, _pv_bytes("$ci"))
+        """route[DIALOG_MAC] (kamailio-base.cfg): the signature of this Call-ID's dialogs.
 
-    def _within_our_dialog(self) -> bool:
-        if not self.dialog_key or KSR.rr.check_route_param("c4d=") < 0:
-            return False
-        return _pv("$(route_uri{uri.param,c4d})") == self._dialog_mac()
+        Signs the initial INVITE's Record-Route; the native route checks it
+        on every in-dialog request, so both must compute the same.
+        """
+        return dialog_mac(self.dialog_key, _pv_bytes("$ci"))
 
     @staticmethod
     def _strip_identity() -> None:
-        """route[STRIP_IDENTITY]: peers' identity headers are removed; Privacy stays."""
+        """route[STRIP_IDENTITY] (kamailio-base.cfg), for the INVITE: peers' identity headers are removed; Privacy stays."""
         for name in IDENTITY_HEADERS:
             KSR.hdr.remove(name)
-
-    def ksr_route_relay(self, msg) -> int:
-        """route[RELAY]: a CANCEL, an ACK or an in-dialog request, statefully.
-
-        No rtjson branch or failure route here (they are for initial INVITEs
-        only). tm's own error reply is off, so a request that cannot be sent
-        gets exactly one final reply, a stateful 500.
-        """
-        KSR.tm.t_set_disable_internal_reply(1)
-        if KSR.tm.t_relay() < 0:
-            KSR.warn(f"c4: cannot relay {_pv('$rm')} for {_pv('$ci')}\n")
-            if not (KSR.is_ACK() or KSR.is_CANCEL()):
-                KSR.tm.t_reply(500, "Relay Failed")
-        return 1
 
     def ksr_route_decide(self, msg) -> int:
         """The routing decision, in process (HTTP mode: route[RELAY_API] and its response route)."""
@@ -649,18 +578,21 @@ class Router:
     # -- branch and failure routes -----------------------------------------
 
     def ksr_branch_manage(self, msg) -> int:
-        """branch_route[MANAGE_BRANCH]: apply the rtjson route to the branch."""
+        """branch_route[MANAGE_BRANCH]: apply the rtjson route to the branch.
+
+        -1: the config drops the branch (python_exec's return; KSR.set_drop
+        is for the KEMI engine), so the relay fails and the next route is tried.
+        """
         try:
             if KSR.siputils.has_totag() < 0:
                 if not self.ksr_route_trunk_channel():
-                    KSR.set_drop()  # the relay fails: the next route is tried
-                    return 1
+                    return -1
                 self.ksr_route_cdr_try()
                 if KSR.rtjson.update_branch() < 0:
                     KSR.warn("c4: rtjson update_branch failed\n")
         except Exception:
             _log_exception("branch_route")
-            KSR.set_drop()  # drop this branch; the relay then fails and is answered
+            return -1  # drop this branch; the relay then fails and is answered
         return 1
 
     def ksr_failure_manage(self, msg) -> int:
@@ -769,7 +701,7 @@ class Router:
             self._cdr_final(code, reason, "router")
 
     def ksr_dialog_event(self, msg, event: str) -> int:
-        """event_route[dialog:start|end|failed] (the dialog module's event_callback)."""
+        """event_route[dialog:start|end|failed]: EVENT is the block's name (python_exec's parameter)."""
         try:
             if event == "dialog:start":  # the 2xx: answer time and the route that answered
                 KSR.pv.sets(CDR_ANSWER, _now())
@@ -824,13 +756,7 @@ class Router:
         if KSR.evapi.relay(orjson.dumps({k: v for k, v in event.items() if v is not None}).decode()) < 0:
             KSR.err(f"c4: call record of {event.get('call_id')} not sent (evapi)\n")
 
-    # -- replies, onsend, errors ----------------------------------------------
-
-    def ksr_reply_route(self, msg) -> int:
-        return 1
-
-    def ksr_onsend_route(self, msg) -> int:
-        return 1
+    # -- errors --------------------------------------------------------------
 
     def _internal_error(self) -> None:
         """Answer 500 so that no transaction is left hanging."""

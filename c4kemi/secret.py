@@ -94,11 +94,12 @@ def kamailio_env(secret: bytes) -> dict[str, str]:
 
 
 def dialog_mac(dialog_key: str, call_id: bytes) -> str:
-    """The Record-Route signature of a dialog: what both configs compute.
+    """The Record-Route signature of a dialog, as route[DIALOG_MAC] computes it.
 
     sha256(key ":" sha256(key ":" Call-ID)), hex, first MAC_LENGTH digits:
-    written with Kamailio's {s.sha256} transformation in kamailio-http.cfg
-    (no HMAC there), nested so that no length extension applies.
+    written with Kamailio's {s.sha256} transformation in kamailio-base.cfg
+    (no HMAC there), nested so that no length extension applies. KEMI mode
+    signs its INVITEs' Record-Route with this; both modes check it natively.
     """
     inner = hashlib.sha256(dialog_key.encode() + b":" + call_id).hexdigest()
     return hashlib.sha256(f"{dialog_key}:{inner}".encode()).hexdigest()[:MAC_LENGTH]

@@ -71,9 +71,6 @@ class FakeKSR(types.ModuleType):
     def _isflagset(self, flag: int) -> bool:
         return flag in self.flags
 
-    def set_drop(self) -> None:
-        self.calls.append(("set_drop", ()))
-
 
 class _Namespace:
     def __init__(self, ksr: FakeKSR, name: str) -> None:

@@ -21,7 +21,8 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from test_http_service import c4_command, free_port
+from ports import free_tcp_port
+from test_http_service import c4_command
 from yarl import URL
 
 from c4http.app import make_app
@@ -689,7 +690,7 @@ QUERY = {"source_ip": "192.0.2.1", "from_uri": "sip:1@a", "to_uri": "sip:0612345
 
 
 async def test_c4_serve_routing_from_and_api_listen(seeded, table_file, tmp_path):
-    routing_port, api_port, open_port = free_port(), free_port(), free_port()
+    routing_port, api_port, open_port = free_tcp_port(), free_tcp_port(), free_tcp_port()
     # the database and the admin token from the environment, as in production
     # with a database, the routing table comes from it too
     closed = Serve("--table-cache", str(tmp_path / "cache.json"), "--port", str(routing_port), "--routing-from", "10.0.0.0/8",

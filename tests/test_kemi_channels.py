@@ -89,19 +89,19 @@ def branch(ksr: FakeKSR, idx: int, in_profile: bool = False) -> None:
 def test_a_branch_to_a_full_trunk_gives_the_channel_back_and_is_dropped(handler, ksr):
     branch(ksr, idx=1)
     sizes(ksr, {("c4_trunk", "carrier-a-1"): 3})
-    handler.ksr_branch_manage(None)
+    assert handler.ksr_branch_manage(None) == -1  # branch_route[MANAGE_BRANCH] drops the branch
     assert ksr.called("dialog.set_dlg_profile") == [("c4_trunk", "carrier-a-1")]
     assert ksr.called("dialog.unset_dlg_profile") == [("c4_trunk", "carrier-a-1")]
-    assert ("set_drop", ()) in ksr.calls and ksr.called("rtjson.update_branch") == []
+    assert ksr.called("rtjson.update_branch") == []
     assert handler._full
 
 
 def test_a_branch_within_the_limits_takes_its_channel_once(handler, ksr):
     branch(ksr, idx=1)
     sizes(ksr, {("c4_trunk", "carrier-a-1"): 2})
-    handler.ksr_branch_manage(None)
+    assert handler.ksr_branch_manage(None) == 1  # the branch goes
     assert ksr.called("dialog.set_dlg_profile") == [("c4_trunk", "carrier-a-1")]
-    assert ksr.called("dialog.unset_dlg_profile") == [] and ("set_drop", ()) not in ksr.calls
+    assert ksr.called("dialog.unset_dlg_profile") == []
     assert ksr.called("rtjson.update_branch") == [()]
     # the same route again (a 401/407 answered) holds its channel already
     ksr.calls.clear()

@@ -13,6 +13,9 @@ import uuid
 
 import pytest
 
+from c4kemi.launcher import kamailio_binary
+from c4kemi.secret import dialog_mac
+
 from .documents import (
     CALLER_E164,
     CALLER_NATIONAL,
@@ -105,10 +108,8 @@ def test_forged_signature_is_refused(r, peers):
     assert peers.requests() == []
 
 
-@pytest.mark.parametrize("call_id", [b"real-", b"zo\xe9-"], ids=["ascii", "latin-1"])
-def test_a_real_dialog_signature_works_for_its_call_only(r, peers, call_id):
-    """The router's own Record-Route opens its dialog (same Call-ID, whatever its bytes), and nothing else."""
-    call_id += uuid.uuid4().hex.encode() + b"@real"
+def real_record_route(r, peers, call_id: bytes) -> str:
+    """The router's signed Record-Route of a real call (answered 486 by the carrier)."""
     assert outbound(r, call_id=call_id).code == 486
     (invite,) = peers.requests("INVITE", TRUNK_A)
     record_route = invite.header("Record-Route")
@@ -118,6 +119,14 @@ def test_a_real_dialog_signature_works_for_its_call_only(r, peers, call_id):
         assert time.monotonic() < deadline, "the router never ACKed the 486"
         time.sleep(0.02)
     peers.received.clear()
+    return record_route
+
+
+@pytest.mark.parametrize("call_id", [b"real-", b"zo\xe9-"], ids=["ascii", "latin-1"])
+def test_a_real_dialog_signature_works_for_its_call_only(r, peers, call_id):
+    """The router's own Record-Route opens its dialog (same Call-ID, whatever its bytes), and nothing else."""
+    call_id += uuid.uuid4().hex.encode() + b"@real"
+    record_route = real_record_route(r, peers, call_id)
 
     final = forged_in_dialog(r, peers, PBX, record_route, method="MESSAGE", call_id=f"{uuid.uuid4().hex}@other")
     assert final.finals == [403], "a signature was accepted for another Call-ID"
@@ -128,6 +137,42 @@ def test_a_real_dialog_signature_works_for_its_call_only(r, peers, call_id):
     assert final.finals == [200], final.finals
     (message,) = peers.raw_requests("MESSAGE")
     assert header_line(message, b"Call-ID") == b"Call-ID: " + call_id
+
+
+def test_without_a_dialog_key_no_in_dialog_request_is_relayed(router, peers, tmp_path):
+    """An empty key (c4 kamailio always derives one) would make any signature computable: nothing gets through."""
+    kamailio = tmp_path / "kamailio-without-dialog-key"
+    kamailio.write_text(f'#!/bin/sh\nC4_DIALOG_KEY= exec {kamailio_binary(None)} "$@"\n')
+    kamailio.chmod(0o755)
+    r = router.start(routing_document(pbx_port=peers.ports[PBX], trunk_a_port=peers.ports[TRUNK_A],
+                                      trunk_b_port=peers.ports[TRUNK_B]), extra_args=["--kamailio", str(kamailio)])
+    call_id = uuid.uuid4().hex + "@no-key"
+    carrier = f"{TRUNK_A}:{peers.ports[TRUNK_A]}"
+    signed = f"<sip:{r.target};lr;c4d={dialog_mac('', call_id.encode())}>, <sip:{carrier};lr>"
+    final = forged_in_dialog(r, peers, STRANGER, signed, method="MESSAGE", call_id=call_id)
+    assert final.finals == [403], final.finals
+    time.sleep(SETTLE)
+    assert peers.requests() == []
+
+
+# An IPv6 next hop: the router listens on IPv4 only, so the relay cannot even be sent.
+UNSENDABLE_HOP = "<sip:[2001:db8::1]:5060;lr>"
+
+
+def test_an_in_dialog_request_that_cannot_be_sent_gets_one_500(r, peers):
+    call_id = uuid.uuid4().hex + "@unsendable"
+    record_route = real_record_route(r, peers, call_id.encode())
+    final = forged_in_dialog(r, peers, PBX, f"{record_route}, {UNSENDABLE_HOP}", method="MESSAGE",
+                             call_id=call_id, to_tag="peer")
+    assert final.finals == [500] and final.reason == "Relay Failed", (final.finals, final.reason)  # exactly one
+
+
+def test_an_in_dialog_ack_that_cannot_be_sent_is_not_answered(r, peers):
+    call_id = uuid.uuid4().hex + "@unsendable-ack"
+    record_route = real_record_route(r, peers, call_id.encode())
+    final = forged_in_dialog(r, peers, PBX, f"{record_route}, {UNSENDABLE_HOP}", method="ACK",
+                             call_id=call_id, to_tag="peer")
+    assert final.finals == [], final.finals
 
 
 # ------------------------------------------------------------ identity
