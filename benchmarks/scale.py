@@ -225,7 +225,7 @@ def bench_feed(document: dict, repeat: int) -> None:
             print(f"| {name} | {statistics.median(values) * 1000:.1f} |")
 
 
-def bench_pgchange(n_dids: int, n_routes: int, repeat: int, dsn: str | None) -> None:
+def bench_pgchange(n_dids: int, n_routes: int, repeat: int, dsn: str | None, bulk: int) -> None:
     """One DID change through PostgreSQL (as the provisioning API writes it) and its change log, to every reader."""
     import asyncio
 
@@ -239,13 +239,13 @@ def bench_pgchange(n_dids: int, n_routes: int, repeat: int, dsn: str | None) -> 
         cluster.start()
         dsn = cluster.dsn(cluster.create_database())
     try:
-        asyncio.run(_pgchange(make_document(n_dids, n_routes), repeat, dsn))
+        asyncio.run(_pgchange(make_document(n_dids, n_routes), repeat, dsn, min(bulk, n_dids)))
     finally:
         if cluster is not None:
             cluster.destroy()
 
 
-async def _pgchange(document: dict, repeat: int, dsn: str) -> None:
+async def _pgchange(document: dict, repeat: int, dsn: str, bulk: int) -> None:
     from c4kemi.db.changes import ChangeFollower
     from c4kemi.db.documents import connect, export_document, import_document
     from c4kemi.db.migrate import migrate
@@ -274,6 +274,7 @@ async def _pgchange(document: dict, repeat: int, dsn: str) -> None:
             assert follower.documents == 1 and follower.change_sets == repeat and reader.seq == repeat
             exported, export_seconds = await atimed(export_document(conn))
             _, publish_seconds = timed(publisher.writer.publish, exported[0])
+            bulk_rows = await _pgbulk(conn, document["dids"][:bulk], follower, reader)
         finally:
             await conn.close()
     print("| step | median (ms) |")
@@ -284,6 +285,32 @@ async def _pgchange(document: dict, repeat: int, dsn: str) -> None:
                          ("before: export_document (the whole table, per change)", [export_seconds]),
                          ("before: then FeedWriter.publish of it (compare every entity)", [publish_seconds])):
         print(f"| {name} | {statistics.median(values) * 1000:.1f} |")
+    print(f"\nOne UPDATE of {bulk:,} DIDs in one statement:\n")
+    print("| step | ms |")
+    print("|---|---:|")
+    for name, seconds in bulk_rows:
+        print(f"| {name} | {seconds * 1000:.0f} |")
+
+
+async def _pgbulk(conn, dids: list[dict], follower, reader) -> list[tuple[str, float]]:
+    """One UPDATE of every DID in ``dids``: logged as keys, then (the same statement again) as one 'all' row."""
+    async def update() -> float:
+        for did in dids:
+            flip_ipbx(did)
+        _, seconds = await atimed(conn.execute(BULK_UPDATE, [d["prefix"] for d in dids], [d["ipbx"] for d in dids]))
+        return seconds
+
+    rows = [("the write, keys logged (migration 0007)", await update())]
+    change_sets = follower.change_sets
+    rows.append(("c4 db follow: read the log and the DIDs, check them, append a change set", (await atimed(follower._check(conn)))[1]))
+    assert follower.change_sets == change_sets + 1, "the bulk UPDATE did not arrive as a change set"
+    rows.append(("one reader: FeedTableSource.refresh, at once", timed(reader.refresh)[1]))
+    await conn.execute("CREATE OR REPLACE FUNCTION c4_bulk_rows() RETURNS integer LANGUAGE sql IMMUTABLE AS 'SELECT 0'")
+    try:
+        rows.append(("the same write, one 'all' row instead (0005 past 10,000 rows)", await update()))
+    finally:
+        await conn.execute("CREATE OR REPLACE FUNCTION c4_bulk_rows() RETURNS integer LANGUAGE sql IMMUTABLE AS 'SELECT 200000'")
+    return rows
 
 
 async def atimed(awaitable):
@@ -481,6 +508,10 @@ class FileEdits:
         pass
 
 
+BULK_UPDATE = ("UPDATE dids SET ipbx = new.ipbx FROM unnest($1::text[], $2::text[]) AS new(prefix, ipbx)"
+               " WHERE dids.prefix = new.prefix")
+
+
 class SqlEdits:
     """Changes through PostgreSQL, written as the provisioning API writes a DID; the bulk change in one transaction.
 
@@ -512,9 +543,7 @@ class SqlEdits:
     def bulk(self, dids: list[dict]) -> None:
         for did in dids:
             flip_ipbx(did)
-        self.loop.run_until_complete(self.conn.execute(
-            "UPDATE dids SET ipbx = new.ipbx FROM unnest($1::text[], $2::text[]) AS new(prefix, ipbx) WHERE dids.prefix = new.prefix",
-            [d["prefix"] for d in dids], [d["ipbx"] for d in dids]))
+        self.loop.run_until_complete(self.conn.execute(BULK_UPDATE, [d["prefix"] for d in dids], [d["ipbx"] for d in dids]))
 
     def close(self) -> None:
         self.loop.run_until_complete(self.conn.close())
@@ -648,7 +677,7 @@ def main() -> None:
     if args.what in ("change", "all"):
         bench_change(args.dids, args.routes, args.repeat)
     if args.what == "pgchange":  # needs PostgreSQL: only when asked for
-        bench_pgchange(args.dids, args.routes, args.repeat, args.dsn)
+        bench_pgchange(args.dids, args.routes, args.repeat, args.dsn, args.bulk)
     if args.what in ("kamailio", "all"):
         c4 = args.c4.split() if args.c4 else [str(Path(sys.executable).with_name("c4"))]
         bench_kamailio(args.dids, args.routes, [int(c) for c in args.workers.split(",")], args.port, c4, args.modes.split(","))

@@ -45,6 +45,14 @@ async def execute(dsn, sql) -> None:
         await conn.close()
 
 
+async def execute_fetch(dsn, sql) -> list:
+    conn = await connect(dsn)
+    try:
+        return await conn.fetch(sql)
+    finally:
+        await conn.close()
+
+
 async def until(predicate, timeout=10.0) -> float:
     """Seconds until predicate() is true (fails after timeout)."""
     started = time.monotonic()
@@ -196,41 +204,71 @@ async def exported_table(dsn):
         return None
 
 
-async def write_through_sql(conn, before, after) -> None:
-    """The difference between two documents, written as a provisioning tool would: plain SQL, one transaction."""
+def differences(before: list, after: list, key) -> tuple[list, list, list]:
+    """(keys removed, entities added, entities changed) from one list of entities to the other."""
+    old, new = {key(e): e for e in before}, {key(e): e for e in after}
+    return ([k for k in old if k not in new], [e for k, e in new.items() if k not in old],
+            [e for k, e in new.items() if k in old and e != old[k]])
+
+
+def did_key(d):
+    return d["prefix"]
+
+
+def route_key(r):
+    return r["tenant"], r["prefix"]
+
+
+def trunk_rows(route) -> list[tuple]:
+    return [(route["tenant"], route["prefix"], position, *((c, position, 1.0) if isinstance(c, str) else (c["trunk"], c["priority"], float(c["weight"]))))
+            for position, c in enumerate(route["trunks"])]
+
+
+async def write_through_sql(conn, before, after, bulk=False) -> int:
+    """The difference between two documents, written as a provisioning tool would: plain SQL, one transaction.
+
+    One statement per entity, or (``bulk``) one statement per table and kind
+    of change, as a bulk edit by hand would. Returns the most rows one
+    statement wrote.
+    """
+    dids_gone, dids_new, dids_changed = differences(before["dids"], after["dids"], did_key)
+    routes_gone, routes_new, routes_changed = differences(before["routes"], after["routes"], route_key)
+    did_columns = lambda ds: ([d["tenant"] for d in ds], [d["prefix"] for d in ds], [d["ipbx"] for d in ds],  # noqa: E731
+                              [d.get("match") for d in ds])
+    trunks = [row for r in routes_new + routes_changed for row in trunk_rows(r)]
+    statements = [
+        ("DELETE FROM dids WHERE prefix = ANY($1::text[])", [dids_gone]),
+        ("INSERT INTO dids (tenant, prefix, ipbx, match) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])",
+         did_columns(dids_new)),
+        ("UPDATE dids SET tenant = n.tenant, ipbx = n.ipbx, match = n.match"
+         " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS n(tenant, prefix, ipbx, match) WHERE dids.prefix = n.prefix",
+         did_columns(dids_changed)),
+        # A route's trunks first, so that no statement deletes rows by cascade (each statement's count is its own).
+        ("DELETE FROM route_trunks WHERE (tenant, prefix) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+         [[k[0] for k in routes_gone] + [r["tenant"] for r in routes_changed],
+          [k[1] for k in routes_gone] + [r["prefix"] for r in routes_changed]]),
+        ("DELETE FROM routes WHERE (tenant, prefix) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+         [[k[0] for k in routes_gone], [k[1] for k in routes_gone]]),
+        ("INSERT INTO routes (tenant, prefix) SELECT * FROM unnest($1::text[], $2::text[])",
+         [[r["tenant"] for r in routes_new], [r["prefix"] for r in routes_new]]),
+        ("INSERT INTO route_trunks SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::int[], $6::float8[])",
+         [list(column) for column in zip(*trunks, strict=True)] or [[]] * 6),
+    ]
+    largest = 0
     async with conn.transaction():
-        old_dids = {d["prefix"]: d for d in before["dids"]}
-        new_dids = {d["prefix"]: d for d in after["dids"]}
-        for prefix in old_dids.keys() - new_dids.keys():
-            await conn.execute("DELETE FROM dids WHERE prefix = $1", prefix)
-        for prefix, d in new_dids.items():
-            if prefix not in old_dids:
-                await conn.execute("INSERT INTO dids (tenant, prefix, ipbx, match) VALUES ($1, $2, $3, $4)",
-                                   d["tenant"], prefix, d["ipbx"], d.get("match"))
-            elif d != old_dids[prefix]:
-                await conn.execute("UPDATE dids SET tenant = $1, ipbx = $2, match = $3 WHERE prefix = $4",
-                                   d["tenant"], d["ipbx"], d.get("match"), prefix)
-        old_routes = {(r["tenant"], r["prefix"]): r for r in before["routes"]}
-        new_routes = {(r["tenant"], r["prefix"]): r for r in after["routes"]}
-        for key in old_routes.keys() - new_routes.keys():
-            await conn.execute("DELETE FROM routes WHERE tenant = $1 AND prefix = $2", *key)
-        for key, r in new_routes.items():
-            if r == old_routes.get(key):
+        for sql, columns in statements:
+            if not columns[0]:
                 continue
-            if key in old_routes:
-                await conn.execute("DELETE FROM route_trunks WHERE tenant = $1 AND prefix = $2", *key)
-            else:
-                await conn.execute("INSERT INTO routes (tenant, prefix) VALUES ($1, $2)", *key)
-            for position, c in enumerate(r["trunks"]):
-                c = {"trunk": c, "priority": position, "weight": 1} if isinstance(c, str) else c
-                await conn.execute("INSERT INTO route_trunks VALUES ($1, $2, $3, $4, $5, $6)",
-                                   *key, position, c["trunk"], c["priority"], float(c["weight"]))
+            for args in [columns] if bulk else ([[value] for value in row] for row in zip(*columns, strict=True)):
+                status = await conn.execute(sql, *args)  # "UPDATE 5", "INSERT 0 5": the rows it wrote
+                largest = max(largest, int(status.split()[-1]))
         if after["trunks"][0]["fr_timer"] != before["trunks"][0]["fr_timer"]:
             await conn.execute("UPDATE trunks SET fr_timer = $1 WHERE name = $2", after["trunks"][0]["fr_timer"],
                                after["trunks"][0]["name"])
         if after["ipbxs"][0]["targets"] != before["ipbxs"][0]["targets"]:
             await conn.execute("UPDATE ipbxs SET targets = $1 WHERE name = $2", after["ipbxs"][0]["targets"],
                                after["ipbxs"][0]["name"])
+    return largest
 
 
 # A DID whose match PostgreSQL stores but the checker refuses, then the same DID made good again.
@@ -240,11 +278,19 @@ BAD_THEN_GOOD = st.sampled_from([
 ])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(st.lists(st.one_of(CHANGES, BAD_THEN_GOOD), min_size=1, max_size=8))
-def test_changes_made_through_sql_and_followed_through_the_log_give_the_export_table(pg_dsn, tmp_path_factory, changes):
+# Several DID and route changes written as bulk statements (one per table and kind of change).
+BULK = st.tuples(st.just("bulk"), st.lists(CHANGES.filter(lambda c: c[0].startswith(("did", "route"))), min_size=2, max_size=8))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(st.booleans().flatmap(lambda bulk: BULK if bulk else st.one_of(CHANGES, BAD_THEN_GOOD)), min_size=1, max_size=8),
+       st.integers(1, 6))
+def test_changes_made_through_sql_and_followed_through_the_log_give_the_export_table(pg_dsn, tmp_path_factory, changes, bulk_rows):
     async def run() -> None:
         doc = document()
+        # c4_bulk_rows() lowered for this database (200,000 in production), so that a bulk statement of a
+        # few rows is logged by key or, past the bound, as 'all', as one of 200,000 or more would be.
+        await execute(pg_dsn, f"CREATE OR REPLACE FUNCTION c4_bulk_rows() RETURNS integer LANGUAGE sql IMMUTABLE AS 'SELECT {bulk_rows}'")
         await imported(pg_dsn, doc)
         node = Node(pg_dsn, tmp_path_factory.mktemp("feed") / "feed")
         await node.start()
@@ -256,13 +302,14 @@ def test_changes_made_through_sql_and_followed_through_the_log_give_the_export_t
                 if change[0] == "raw-did":
                     after["dids"] = [d for d in after["dids"] if d["prefix"] != change[1]["prefix"]] + [change[1]]
                 else:
-                    apply(after, change)
+                    for one in change[1] if change[0] == "bulk" else [change]:
+                        apply(after, one)
                 try:
-                    await write_through_sql(conn, doc, after)
+                    largest = await write_through_sql(conn, doc, after, bulk=change[0] == "bulk")
                 except asyncpg.PostgresError:  # what the schema itself refuses (another tenant's IPBX, ...)
                     continue
                 changed, doc = after != doc, after
-                documents, change_sets = node.follower.documents, node.follower.change_sets
+                documents, change_sets, refused = node.follower.documents, node.follower.change_sets, node.follower.refused
                 await node.follower._check(conn)  # what a NOTIFY or the periodic check runs
                 expected = await exported_table(pg_dsn)
                 if expected is None:  # refused: the feed keeps the last good table
@@ -272,6 +319,10 @@ def test_changes_made_through_sql_and_followed_through_the_log_give_the_export_t
                 assert table_view(node.table()) == table_view(expected)
                 if change[0] in ("trunk", "ipbx") and changed:  # the small collections: a whole export
                     assert node.follower.documents == documents + 1
+                elif change[0] == "bulk" and largest > bulk_rows:  # past the bound: 'all', a whole export
+                    assert node.follower.documents == documents + 1
+                elif change[0] == "bulk" and largest and not refused:  # bulk statements by key: a change set
+                    assert (node.follower.documents, node.follower.change_sets) == (documents, change_sets + 1)
                 elif not node.follower.refused and node.follower.change_sets > change_sets:
                     assert node.follower.documents == documents  # a change set, not a whole export
         finally:
@@ -328,25 +379,74 @@ async def test_a_follower_restarted_after_changes_catches_up(pg_dsn, tmp_path):
     again.publisher.writer.close()
 
 
-async def test_a_bulk_statement_or_pruned_rows_read_the_whole_document(pg_dsn, tmp_path):
+async def test_a_bulk_statement_arrives_as_a_change_set_over_several_lines(pg_dsn, tmp_path):
+    """Above 0005's old bound of 10,000 rows, a statement's keys are logged (0007): a change set, not a reload."""
+    await imported(pg_dsn)
+    node = Node(pg_dsn, tmp_path / "feed")
+    await node.start()
+    conn = await connect(pg_dsn)
+    try:
+        await conn.execute("INSERT INTO dids (tenant, prefix, ipbx) SELECT 'acme', '5' || n, 'acme-pbx' FROM generate_series(1, 10001) n")
+        logged = await conn.fetch("SELECT collection, count(*) FROM routing_changes WHERE seq > $1 GROUP BY 1", node.follower.seq)
+        assert [tuple(row) for row in logged] == [("dids", 10001)]
+        await node.follower._check(conn)
+        assert (node.follower.documents, node.follower.change_sets) == (1, 1)
+        lines = [json.loads(line) for line in (node.feed / "changes-1.jsonl").read_bytes().splitlines()]
+        assert [(line["seq"], len(line["dids"]), line.get("more")) for line in lines] == [(1, 10000, True), (1, 1, None)]
+        assert node.table().counts["dids"] == 10005 and node.reader.seq == 1
+        assert table_view(node.table()) == table_view(await exported_table(pg_dsn))
+        await conn.execute("UPDATE dids SET ipbx = 'acme-branch' WHERE prefix LIKE '5%'")
+        await conn.execute("DELETE FROM dids WHERE prefix LIKE '51%'")
+        await node.follower._check(conn)
+        assert (node.follower.documents, node.follower.change_sets) == (1, 2)
+        assert table_view(node.table()) == table_view(await exported_table(pg_dsn))
+        assert node.reader.seq == 2 and node.table().find_did("52", None).ipbx.name == "acme-branch"
+    finally:
+        await conn.close()
+        node.publisher.writer.close()
+
+
+async def test_an_import_logs_one_all_row_and_a_rolled_back_savepoint_none(pg_dsn):
+    await imported(pg_dsn)  # TRUNCATE, then COPY of every table: 'all' already says everything
+    assert [tuple(row) for row in await execute_fetch(pg_dsn, "SELECT collection, count(*) FROM routing_changes GROUP BY 1")] == [("all", 1)]
+    conn = await connect(pg_dsn)
+    try:
+        async with conn.transaction():
+            try:
+                async with conn.transaction():  # a savepoint: its 'all' goes with it, and so does "all was logged"
+                    await conn.execute("UPDATE trunks SET fr_timer = 3000")
+                    raise RuntimeError("rolled back")
+            except RuntimeError:
+                pass
+            await conn.execute("INSERT INTO dids (tenant, prefix, ipbx) VALUES ('acme', '3988', 'acme-pbx')")
+        logged = await conn.fetch("SELECT collection, prefix FROM routing_changes ORDER BY seq")
+    finally:
+        await conn.close()
+    assert [tuple(row) for row in logged] == [("all", None), ("dids", "3988")]
+
+
+async def test_a_statement_past_c4_bulk_rows_or_pruned_rows_read_the_whole_document(pg_dsn, tmp_path):
     await imported(pg_dsn)
     node = Node(pg_dsn, tmp_path / "feed", retention=0)
     await node.start()
     conn = await connect(pg_dsn)
     try:
-        await conn.execute("INSERT INTO dids (tenant, prefix, ipbx) SELECT 'acme', '5' || n, 'acme-pbx' FROM generate_series(1, 10001) n")
+        # The bound is 200,000 rows (0007); a function, so that a test can lower it for its database.
+        assert await conn.fetchval("SELECT c4_bulk_rows()") == 200_000
+        await conn.execute("CREATE OR REPLACE FUNCTION c4_bulk_rows() RETURNS integer LANGUAGE sql IMMUTABLE AS 'SELECT 100'")
+        await conn.execute("INSERT INTO dids (tenant, prefix, ipbx) SELECT 'acme', '5' || n, 'acme-pbx' FROM generate_series(1, 101) n")
         assert await conn.fetchval("SELECT count(*) FROM routing_changes WHERE collection = 'dids' AND prefix LIKE '5%'") == 0
         await node.follower._check(conn)
-        assert node.follower.documents == 2 and node.table().counts["dids"] == 10005  # one whole export
+        assert node.follower.documents == 2 and node.table().counts["dids"] == 105  # one whole export
         await conn.execute("DELETE FROM dids WHERE prefix = '51'")
         await node.follower._check(conn)
-        assert node.follower.documents == 2 and node.table().counts["dids"] == 10004  # one change set
+        assert node.follower.documents == 2 and node.table().counts["dids"] == 104  # one change set
         # Rows this follower has not read are pruned (by another node): it cannot bridge the gap.
         await conn.execute("DELETE FROM dids WHERE prefix = '52'")
         await ChangeFollower(pg_dsn, None, None, retention=0).prune(conn)
         await conn.execute("DELETE FROM dids WHERE prefix = '53'")
         await node.follower._check(conn)
-        assert node.follower.documents == 3 and node.table().counts["dids"] == 10002
+        assert node.follower.documents == 3 and node.table().counts["dids"] == 102
         assert table_view(node.table()) == table_view(await exported_table(pg_dsn))
         assert await conn.fetchval("SELECT count(*) FROM routing_changes WHERE seq <= $1", node.follower.seq) <= 1
     finally:

@@ -3,7 +3,8 @@
 Migration 0005 has triggers log the key of every DID and route a
 committed change touches (``routing_changes``, numbered by ``seq`` in
 commit order), or ``all`` for anything else: the small collections, a
-TRUNCATE (``c4 db import``), a statement of more than 10,000 rows.
+TRUNCATE (``c4 db import``), a statement of more than 200,000 rows
+(migration 0007; a 100,000-DID UPDATE is a change set).
 ``ChangeFollower`` keeps the last ``seq`` it took in. Woken by the NOTIFY
 (or the periodic check, which catches a notification lost while the
 connection was down), it reads the rows after that ``seq`` and the
@@ -30,6 +31,7 @@ from typing import Any
 
 import asyncpg
 
+from ..feed import MAX_CHANGES
 from .documents import did_entity, read_document, read_routes, routing_version
 from .follow import Follower
 
@@ -37,7 +39,9 @@ __all__ = ["ChangeFollower", "read_changes"]
 
 log = logging.getLogger("c4.db")
 
-MAX_KEYS = 50_000  # more changed keys than this: one whole export is cheaper than fetching by key
+# More changed keys than this: a whole document, as the feed's writer makes a
+# new snapshot of a larger change set (migration 0007 logs 'all' past it too).
+MAX_KEYS = MAX_CHANGES
 RETENTION = 3600.0  # seconds change rows are kept
 
 Changes = tuple[dict[str, Any], dict[tuple[str, str], Any]]
