@@ -62,7 +62,7 @@ from .files import file_stamp, write_atomically
 from .store import PolledSource
 from .table import BASE_COLLECTIONS, RoutingTable, apply_changes_steps, compile_steps, finish
 
-__all__ = ["FeedError", "FeedTableSource", "FeedWriter", "load_frozen", "watch_file"]
+__all__ = ["FeedError", "FeedTableSource", "FeedWriter", "call_budget", "load_frozen", "watch_file"]
 
 log = logging.getLogger("c4.feed")
 
@@ -71,8 +71,16 @@ POINTER = "current"
 STORE_STATUS = "store.json"
 # Entities per line of a snapshot or of a change set: a reader parses one line per step or so.
 LINE = 10_000
-# Seconds a reader spreads work over calls before it finishes it at once.
-MAX_PENDING = 30.0
+# A KEMI worker's share of pending work per call (``call_budget``): its
+# step_budget at first, doubled every BUDGET_DOUBLING seconds the work stays
+# pending, at most MAX_CALL_BUDGET seconds. A worker that gets few calls
+# still finishes (a 5 s compile of 1M DIDs: about 200 calls once capped),
+# and no call ever does seconds of work: until 0007 (bulk statements by
+# key) a 30 s limit finished the work at once, and 8 workers each did
+# seconds of a 1M compile inside one call, a node-wide stall. 25 ms: half
+# the 50 ms that issue #8 allows a call's setup time to grow under changes.
+BUDGET_DOUBLING = 5.0
+MAX_CALL_BUDGET = 0.025
 # Seconds between a reader's looks at the feed (two stats): with c4 feed's
 # 0.2 s, a small change routes within a second of the file's rename.
 CHECK_INTERVAL = 0.5
@@ -83,6 +91,12 @@ MAX_CHANGES = 200_000
 
 class FeedError(RuntimeError):
     """The feed cannot be read (no generation published yet, or a file missing)."""
+
+
+def call_budget(step_budget: float, age: float) -> float:
+    """Seconds of pending work one call does, once the work has been pending ``age`` seconds."""
+    doublings = min(age / BUDGET_DOUBLING, 32.0) // 1  # 32: past the cap for any budget above 1 ns
+    return min(step_budget * 2.0 ** doublings, max(step_budget, MAX_CALL_BUDGET))
 
 
 def _snapshot(directory: Path, generation: int) -> Path:
@@ -320,16 +334,20 @@ class FeedTableSource(PolledSource):
     (seconds; KEMI workers) the work is spread over calls: each call does
     at most about that much of it (whole steps of ``c4kemi.table.STEP``
     entities) and routes with the previous table until the new one is
-    complete; work pending longer than ``MAX_PENDING`` seconds (a worker
-    that gets few calls) is finished at once. Without it (c4 serve, in a
+    complete; the share grows with the work's age, capped (``call_budget``),
+    so a worker that gets few calls finishes too. Without it (c4 serve, in a
     thread; the main process before the fork) the work is done at once.
+    ``clock`` (seconds, monotonic) times the work's age and each call's
+    share; a test gives its own.
     """
 
-    def __init__(self, directory: str | Path, check_interval: float = CHECK_INTERVAL, step_budget: float | None = None) -> None:
+    def __init__(self, directory: str | Path, check_interval: float = CHECK_INTERVAL, step_budget: float | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.directory = Path(directory)
         self.path = self.directory  # what the table comes from, for messages
         self.check_interval = check_interval
         self.step_budget = step_budget
+        self.clock = clock
         self.loaded_at = time.time()
         self.reloads = 0
         self.failed_reloads = 0
@@ -388,7 +406,7 @@ class FeedTableSource(PolledSource):
         return self._start(self._changes_steps())
 
     def _start(self, steps: Generator[None, None, tuple]) -> bool:
-        self._pending, self._pending_since = steps, time.monotonic()
+        self._pending, self._pending_since = steps, self.clock()
         # The collector is paused while the change makes its objects (no cycles among them), as
         # load_frozen does for the writer. Measured at 1M DIDs with a 100,000-DID change: full
         # collections scanning them made single calls of 65 to 84 ms in a KEMI worker (8 workers
@@ -408,14 +426,13 @@ class FeedTableSource(PolledSource):
 
     def _advance(self) -> bool:
         """One call's share of the pending work; True when it completed and the new table is in use."""
-        budget = self.step_budget
-        if budget is None or time.monotonic() - self._pending_since > MAX_PENDING:
-            budget = math.inf
-        deadline = time.perf_counter() + budget
+        now = self.clock()
+        budget = math.inf if self.step_budget is None else call_budget(self.step_budget, now - self._pending_since)
+        deadline = now + budget
         try:
             while True:
                 next(self._pending)
-                if time.perf_counter() >= deadline:
+                if self.clock() >= deadline:
                     return False
         except StopIteration as done:
             table, self.generation, self.seq, self._offset = done.value

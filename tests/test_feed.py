@@ -96,14 +96,47 @@ def test_a_worker_spreads_a_new_snapshot_over_calls_and_routes_meanwhile(tmp_pat
     assert reader.current().version == compile_validated(validate_document(doc)).version
 
 
-def test_work_pending_too_long_is_finished_at_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(table_module, "STEP", 1)
-    monkeypatch.setattr(feed_module, "MAX_PENDING", 0.0)
+def test_a_call_s_share_of_pending_work_doubles_with_its_age_up_to_a_cap():
+    budget = feed_module.call_budget
+    assert [budget(0.002, age) for age in (0, 4.9, 5, 10, 15)] == [0.002, 0.002, 0.004, 0.008, 0.016]
+    assert budget(0.002, 20) == budget(0.002, 3600) == budget(0.002, math.inf) == feed_module.MAX_CALL_BUDGET
+    assert budget(0.05, 0) == budget(0.05, 60) == 0.05  # a budget above the cap is never cut
+    assert budget(0, 3600) == 0  # 0: one step per call, for ever
+
+
+class SteppingClock:
+    """A clock that moves 1 ms at each reading: each step of work seems to take 1 ms, and no test waits."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.readings = 0
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        self.readings += 1
+        return self.now
+
+
+def test_a_worker_that_gets_few_calls_does_more_per_call_as_work_ages_but_never_all_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(table_module, "STEP", 1)  # steps of one entity: a 2,000-DID change is thousands of steps
     feed, writer, _ = started(tmp_path)
-    reader = FeedTableSource(feed, check_interval=0, step_budget=0)
-    writer.publish(with_did("3977"))
-    assert reader.refresh() is True  # overdue at once: no spreading
-    assert reader.current().find_did("39771", None).prefix == "3977"
+    clock = SteppingClock()
+    reader = FeedTableSource(feed, check_interval=0, step_budget=0.002, clock=clock)
+    doc = document()
+    doc["dids"] += [{"tenant": "acme", "prefix": f"3980{n:04d}", "ipbx": "acme-pbx"} for n in range(2000)]
+    writer.publish(doc)
+    shares = []  # clock readings in each call: about one per step (1 ms)
+    while not shares or reader.pending:
+        before = clock.readings
+        reader.current()
+        shares.append(clock.readings - before)
+        clock.now += 1.0  # one call a second
+    # Call i comes about i seconds after the change: its share is call_budget's for that age, in 1 ms steps
+    # (plus the two or three readings around them), and never more than the cap: no call did all the rest at once.
+    expected = [round(feed_module.call_budget(0.002, float(i)) * 1000) for i in range(len(shares) - 1)]
+    assert all(e <= share <= e + 3 for e, share in zip(expected, shares))
+    assert expected[:25:5] == [2, 4, 8, 16, 25] and len(shares) > 100
+    assert reader.current().find_did("398000011", None).prefix == "39800001" and gc.isenabled()
 
 
 def test_a_change_that_breaks_unexpectedly_keeps_the_table_and_the_collector(tmp_path, monkeypatch):
