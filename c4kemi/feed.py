@@ -507,7 +507,7 @@ class FeedTableSource(PolledSource):
             step = table_module.STEP
             for part in parts:
                 for start in range(0, len(part["dids"]), step):
-                    dids.update((prefix, d) for prefix, d in part["dids"][start:start + step])
+                    dids.update(part["dids"][start:start + step])  # [prefix, DID] pairs
                     yield
                 for start in range(0, len(part["routes"]), step):
                     routes.update(((tenant, prefix), r) for tenant, prefix, r in part["routes"][start:start + step])

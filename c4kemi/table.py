@@ -586,10 +586,12 @@ def apply_changes_steps(
     if not dids and not routes:
         return table
     digest = table.entity_digest
-    did_entries = table.dids.entries
+    # The index's own get, not entries.get: a proxy's get, or once the index has a layer
+    # Mapping.get through Layered.__getitem__, cost a third of a 100,000-DID change's lookups.
+    did_get = table.dids.get
     compiled_dids: dict[str, Did | None] = {}
     for n, (prefix, d) in enumerate(dids.items(), 1):
-        old = did_entries.get(prefix)
+        old = did_get(prefix)
         if old is not None:
             digest -= _did_digest(old)
         if d is None:
@@ -602,7 +604,7 @@ def apply_changes_steps(
     by_tenant: dict[str, dict[str, RouteChoice | None]] = {}
     for n, ((tenant, prefix), r) in enumerate(routes.items(), 1):
         index = table.routes.get(tenant)
-        old = index.entries.get(prefix) if index is not None else None
+        old = index.get(prefix) if index is not None else None
         if old is not None:
             digest -= _route_digest(old)
         if r is None:
