@@ -17,10 +17,15 @@ A feed directory (node-local, mode 0700, written by one writer only)::
                        line a JSON array of at most LINE entities
     changes-N.jsonl    append-only, one change set per line:
                        {"seq": 1, "dids": [[prefix, did or null], ...],
-                        "routes": [[tenant, prefix, route or null], ...]}
+                        "routes": [[tenant, prefix, route or null], ...],
+                        "digest": D}
                        (a set of more than LINE entities goes on over
                        lines of the same seq, all but its last marked
-                       "more": true; readers take only whole sets)
+                       "more": true; readers take only whole sets; D,
+                       on a set's last line, is what the set adds to the
+                       table's entity digest, modulo 2**64: the writer
+                       computes it once, so that no reader looks up and
+                       digests every old and new entity for the version)
     store.json         c4 db follow only: its PostgreSQL state for /health
                        ({"state": "ok" or "stale", "stale_since", ...})
 
@@ -60,7 +65,7 @@ from . import table as table_module
 from .document import COLLECTIONS, DocumentError, load_raw, validate_document, validate_entity
 from .files import file_stamp, write_atomically
 from .store import PolledSource
-from .table import BASE_COLLECTIONS, RoutingTable, apply_changes_steps, compile_steps, finish
+from .table import BASE_COLLECTIONS, RoutingTable, apply_changes_steps, compile_steps, did_digest, finish, route_digest
 
 __all__ = ["FeedError", "FeedTableSource", "FeedWriter", "call_budget", "load_frozen", "watch_file"]
 
@@ -262,9 +267,22 @@ class FeedWriter:
         # Lines of at most LINE entities (a reader parses one per step); "more": the set goes on on the next line.
         parts = [(dids[i:i + LINE], []) for i in range(0, len(dids), LINE)]
         parts += [([], routes[i:i + LINE]) for i in range(0, len(routes), LINE)]
-        lines = [orjson.dumps({"seq": self.seq, "dids": d, "routes": r, **({"more": True} if n < len(parts) else {})})
+        last = {"digest": self._digest_delta(checked_dids, checked_routes)}
+        lines = [orjson.dumps({"seq": self.seq, "dids": d, "routes": r, **({"more": True} if n < len(parts) else last)})
                  for n, (d, r) in enumerate(parts, 1)]
         os.write(self._out, b"\n".join(lines) + b"\n")  # one write, O_APPEND
+
+    def _digest_delta(self, checked_dids: Mapping, checked_routes: Mapping) -> int:
+        """What the checked changes add to the table's entity digest (modulo 2**64), against what was published."""
+        delta = 0
+        for prefix, d in checked_dids.items():
+            old = self._dids.get(prefix)  # as written; a DID's fields are strings, as checked
+            delta += (did_digest(d) if d is not None else 0) - (did_digest(old) if old is not None else 0)
+        for key, r in checked_routes.items():
+            old = self._routes.get(key)  # as written (trunks may be names): checked again, against the same collections
+            old_checked = validate_entity("routes", old, self._refs) if old is not None else None
+            delta += (route_digest(r) if r is not None else 0) - (route_digest(old_checked) if old_checked is not None else 0)
+        return delta & table_module.DIGEST_MASK
 
     def _entity_changes(self, raw: Any) -> tuple[list, list, dict, dict] | None:
         """(DIDs and routes as written, what changed of each by key), or None when the whole document must be checked."""
@@ -466,27 +484,29 @@ class FeedTableSource(PolledSource):
         with snapshot:
             header = orjson.loads(snapshot.readline())
             table = yield from compile_steps(header["base"], _entities(snapshot, header["did_lines"]), _entities(snapshot))
-        dids, routes, seq, offset = yield from self._read_changes(generation, 0, 0)
-        table = yield from apply_changes_steps(table, dids, routes)
+        dids, routes, digest, seq, offset = yield from self._read_changes(generation, 0, 0)
+        table = yield from apply_changes_steps(table, dids, routes, digest)
         return table, generation, seq, offset
 
     def _changes_steps(self) -> Generator[None, None, tuple]:
-        dids, routes, seq, offset = yield from self._read_changes(self.generation, self.seq, self._offset)
-        table = yield from apply_changes_steps(self._table, dids, routes)  # nothing new: the same table
+        dids, routes, digest, seq, offset = yield from self._read_changes(self.generation, self.seq, self._offset)
+        table = yield from apply_changes_steps(self._table, dids, routes, digest)  # nothing new: the same table
         return table, self.generation, seq, offset
 
-    def _read_changes(self, generation: int, seq: int, offset: int) -> Generator[None, None, tuple[dict, dict, int, int]]:
-        """The complete change sets of ``generation`` after ``offset``, merged into one (the last one of a key wins).
+    def _read_changes(self, generation: int, seq: int, offset: int) -> Generator[None, None, tuple]:
+        """(DIDs, routes, digest delta, seq, offset): the complete change sets of ``generation`` after ``offset``,
+        merged into one (the last one of a key wins; the digest deltas add up, None if a set has none).
 
         In steps: a line parsed per step, merged ``STEP`` entities a step
-        (a 100,000-DID bulk edit is one line of several MB).
+        (a 100,000-DID bulk edit is ten lines of 10,000).
         """
         path = _changes(self.directory, generation)
         dids: dict[str, Any] = {}
         routes: dict[tuple[str, str], Any] = {}
+        digest: int | None = 0
         size = os.stat(path).st_size
         if size <= offset:
-            return dids, routes, seq, offset
+            return dids, routes, digest, seq, offset
         yield
         with open(path, "rb") as changes:
             changes.seek(offset)
@@ -504,6 +524,7 @@ class FeedTableSource(PolledSource):
             if change.get("more"):
                 continue
             seq, taken = seq + 1, position
+            digest = None if digest is None or change.get("digest") is None else digest + change["digest"]
             step = table_module.STEP
             for part in parts:
                 for start in range(0, len(part["dids"]), step):
@@ -513,7 +534,7 @@ class FeedTableSource(PolledSource):
                     routes.update(((tenant, prefix), r) for tenant, prefix, r in part["routes"][start:start + step])
                     yield
             parts = []
-        return dids, routes, seq, offset + taken
+        return dids, routes, digest, seq, offset + taken
 
 
 def _entities(snapshot: BinaryIO, lines: int | None = None) -> Iterator[dict[str, Any]]:

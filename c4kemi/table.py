@@ -38,7 +38,8 @@ from .numbers import Profile
 
 __all__ = [
     "Endpoint", "Target", "Did", "RouteChoice", "RoutingTable", "apply_changes", "apply_changes_steps", "compile_steps",
-    "compile_table", "compile_validated", "document_version", "finish", "load_table", "update_table",
+    "compile_table", "compile_validated", "did_digest", "document_version", "finish", "load_table", "route_digest",
+    "update_table",
 ]
 
 # A step of compile_steps / apply_changes_steps: this many DIDs or routes
@@ -442,7 +443,7 @@ def compile_table(document: Any) -> RoutingTable:
 # The collections a DID or route refers to: when one of them changes, the
 # whole table is compiled again; DIDs and routes are applied one by one.
 BASE_COLLECTIONS = ("tenants", "normalization_profiles", "ipbxs", "carriers", "trunks")
-_DIGEST_MASK = 2**64 - 1
+DIGEST_MASK = 2**64 - 1  # the entity digest is a sum modulo 2**64
 
 
 def compile_validated(document: Mapping[str, Any]) -> RoutingTable:
@@ -496,7 +497,7 @@ def compile_steps(
 
     base = {name: base[name] for name in BASE_COLLECTIONS}
     base_digest = hashlib.sha256(orjson.dumps(base, option=orjson.OPT_SORT_KEYS)).digest()
-    digest &= _DIGEST_MASK
+    digest &= DIGEST_MASK
     counts = {name: len(items) for name, items in base.items()}
     counts.update(dids=len(did_entries), routes=n)
     dids, routes = did_entries, route_entries
@@ -581,37 +582,38 @@ def apply_changes_steps(
     table: RoutingTable,
     dids: Mapping[str, Mapping[str, Any] | None] = MappingProxyType({}),
     routes: Mapping[tuple[str, str], Mapping[str, Any] | None] = MappingProxyType({}),
+    digest_delta: int | None = None,
 ) -> Generator[None, None, RoutingTable]:
-    """``apply_changes`` in steps: yields after every ``STEP`` DIDs or routes, returns the table."""
+    """``apply_changes`` in steps: yields after every ``STEP`` DIDs or routes, returns the table.
+
+    ``digest_delta``: what the changes add to the table's entity digest
+    (new entities' ``did_digest``/``route_digest`` minus the old ones'),
+    when the caller knows it (the feed's writer computes it once per node);
+    None: computed here, which costs a lookup and two digests per entity
+    (about 40 % of a 100,000-DID change at 1M DIDs).
+    """
     if not dids and not routes:
         return table
-    digest = table.entity_digest
+    known = digest_delta is not None
+    digest = table.entity_digest + (digest_delta or 0)
     # The index's own get, not entries.get: a proxy's get, or once the index has a layer
     # Mapping.get through Layered.__getitem__, cost a third of a 100,000-DID change's lookups.
     did_get = table.dids.get
     compiled_dids: dict[str, Did | None] = {}
     for n, (prefix, d) in enumerate(dids.items(), 1):
-        old = did_get(prefix)
-        if old is not None:
-            digest -= _did_digest(old)
-        if d is None:
-            compiled_dids[prefix] = None
-        else:
-            did = compiled_dids[prefix] = _did(d, table.ipbxs)
-            digest += _did_digest(did)
+        did = compiled_dids[prefix] = None if d is None else _did(d, table.ipbxs)
+        if not known:
+            old = did_get(prefix)
+            digest += (_did_digest(did) if did is not None else 0) - (_did_digest(old) if old is not None else 0)
         if not n % STEP:
             yield
     by_tenant: dict[str, dict[str, RouteChoice | None]] = {}
     for n, ((tenant, prefix), r) in enumerate(routes.items(), 1):
-        index = table.routes.get(tenant)
-        old = index.get(prefix) if index is not None else None
-        if old is not None:
-            digest -= _route_digest(old)
-        if r is None:
-            by_tenant.setdefault(tenant, {})[prefix] = None
-        else:
-            route = by_tenant.setdefault(tenant, {})[prefix] = _route(r, table.trunks)
-            digest += _route_digest(route)
+        route = by_tenant.setdefault(tenant, {})[prefix] = None if r is None else _route(r, table.trunks)
+        if not known:
+            index = table.routes.get(tenant)
+            old = index.get(prefix) if index is not None else None
+            digest += (_route_digest(route) if route is not None else 0) - (_route_digest(old) if old is not None else 0)
         if not n % STEP:
             yield
     route_indexes = dict(table.routes) if by_tenant else table.routes
@@ -626,7 +628,7 @@ def apply_changes_steps(
     counts = dict(table.counts)
     counts["dids"] = len(did_index.entries)
     counts["routes"] = sum(len(index.entries) for index in route_indexes.values())
-    digest &= _DIGEST_MASK
+    digest &= DIGEST_MASK
     return RoutingTable(
         sources=table.sources,
         dids=did_index,
@@ -721,15 +723,21 @@ def document_version(document: Mapping[str, Any]) -> str:
     """
     base = {name: document[name] for name in BASE_COLLECTIONS}
     base_digest = hashlib.sha256(orjson.dumps(base, option=orjson.OPT_SORT_KEYS)).digest()
-    digest = 0
-    for d in document["dids"]:
-        digest += _did_values_digest(d["tenant"], d["prefix"], d["ipbx"], d.get("match") or "")
-    for r in document["routes"]:
-        by_priority: dict[int, list] = {}
-        for choice in r["trunks"]:
-            by_priority.setdefault(choice["priority"], []).append([choice["trunk"], choice["weight"]])
-        digest += _route_values_digest(r["tenant"], r["prefix"], [[p, by_priority[p]] for p in sorted(by_priority)])
-    return _version(base_digest, digest & _DIGEST_MASK)
+    digest = sum(map(did_digest, document["dids"])) + sum(map(route_digest, document["routes"]))
+    return _version(base_digest, digest & DIGEST_MASK)
+
+
+def did_digest(d: Mapping[str, Any]) -> int:
+    """A checked DID's share of the entity digest, as its compiled form's (a DID as written: its fields are strings)."""
+    return _did_values_digest(d["tenant"], d["prefix"], d["ipbx"], d.get("match") or "")
+
+
+def route_digest(r: Mapping[str, Any]) -> int:
+    """A checked route's share of the entity digest, as its compiled form's."""
+    by_priority: dict[int, list] = {}
+    for choice in r["trunks"]:
+        by_priority.setdefault(choice["priority"], []).append([choice["trunk"], choice["weight"]])
+    return _route_values_digest(r["tenant"], r["prefix"], [[p, by_priority[p]] for p in sorted(by_priority)])
 
 
 def _version(base_digest: bytes, entity_digest: int) -> str:

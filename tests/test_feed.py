@@ -13,6 +13,7 @@ import os
 import stat
 import threading
 
+import orjson
 import pytest
 
 from c4kemi import feed as feed_module
@@ -45,6 +46,22 @@ def test_the_feed_directory_is_private_and_a_did_is_one_line(tmp_path):
     assert len(lines) == 1 and b'"3977"' in lines[0]
     assert reader.refresh() is True
     assert reader.current().find_did("39771", None).prefix == "3977"
+
+
+def test_a_change_set_carries_its_digest_and_readers_take_the_writer_s_word(tmp_path):
+    feed, writer, reader = started(tmp_path)
+    writer.publish(with_did("3977"))
+    expected = compile_validated(validate_document(with_did("3977"))).version
+    assert reader.refresh() is True and reader.current().version == expected
+    changes = feed / "changes-1.jsonl"
+    line = orjson.loads(changes.read_bytes())
+    assert isinstance(line["digest"], int)
+    # A reader does not digest the entities again: a wrong digest would show in the version ...
+    changes.write_bytes(orjson.dumps({**line, "digest": line["digest"] + 1}) + b"\n")
+    assert FeedTableSource(feed).current().version != expected
+    # ... and a change set without one (an older writer) is digested by the reader.
+    changes.write_bytes(orjson.dumps({k: v for k, v in line.items() if k != "digest"}) + b"\n")
+    assert FeedTableSource(feed).current().version == expected
 
 
 def test_a_torn_last_line_is_left_until_it_is_complete(tmp_path):
