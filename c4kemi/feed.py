@@ -80,10 +80,10 @@ LINE = 10_000
 # step_budget at first, doubled every BUDGET_DOUBLING seconds the work stays
 # pending, at most MAX_CALL_BUDGET seconds. A worker that gets few calls
 # still finishes (a 5 s compile of 1M DIDs: about 200 calls once capped),
-# and no call ever does seconds of work: until 0007 (bulk statements by
-# key) a 30 s limit finished the work at once, and 8 workers each did
-# seconds of a 1M compile inside one call, a node-wide stall. 25 ms: half
-# the 50 ms that issue #8 allows a call's setup time to grow under changes.
+# and no call ever does seconds of work: a 30 s limit used to finish the
+# work at once, which for a new 1M snapshot (an import, a trunk change) is
+# seconds of compile inside one call, in every worker at about the same
+# time. 25 ms: half the 50 ms issue #8 allows setup times to grow by.
 BUDGET_DOUBLING = 5.0
 MAX_CALL_BUDGET = 0.025
 # Seconds between a reader's looks at the feed (two stats): with c4 feed's

@@ -98,3 +98,8 @@ def router(request, processes, sipp, tmp_path):
 @pytest.fixture
 def http_router(request, processes, sipp, tmp_path):
     yield from _router_factory("http", request, processes, sipp, tmp_path)
+
+
+@pytest.fixture
+def kemi_router(request, processes, sipp, tmp_path):
+    yield from _router_factory("kemi", request, processes, sipp, tmp_path)

@@ -113,6 +113,22 @@ def test_an_api_write_routes_the_next_calls_within_a_second(router, pg_dsn, peer
         assert call_did(r) == 486 and last_target(peers) == PBX2
 
 
+def test_a_bulk_statement_reaches_the_kemi_workers_as_a_change_set(kemi_router, pg_dsn, peers):
+    """One statement of more rows than 0005's old bound (10,000) is logged by key (0007): a change set, no new snapshot."""
+    r = start(kemi_router, pg_dsn, peers)
+    assert call_did(r) == 486 and last_target(peers) == PBX
+    sql(pg_dsn, "INSERT INTO dids (tenant, prefix, ipbx) SELECT 'acme', '5' || n, 'acme-pbx' FROM generate_series(1, 10001) n;"
+                " UPDATE dids SET ipbx = 'acme-pbx-2' WHERE tenant = 'acme'")  # one transaction, 10,002 DIDs changed
+    changed = time.monotonic()
+    while last_target(peers) != PBX2:
+        assert time.monotonic() - changed < 10, f"the change never reached routing\n{r.log_text()[-3000:]}"
+        time.sleep(0.05)
+        assert call_did(r) == 486
+    log = r.log_text()
+    assert "changes published (generation 1, change set 1)" in log, log[-3000:]
+    assert log.count("whole document read") == 1, log[-3000:]  # at start only: the change came from the log
+
+
 def test_postgres_down_refuses_no_call_and_recovers(router, pg_dsn, pg_cluster, peers):
     r = start(router, pg_dsn, peers)
     assert call_did(r) == 486
