@@ -257,14 +257,17 @@ class PrefixIndex:
         the class); past ``LAYER_MAX`` changed prefixes the two are merged
         into a new big dict, ``MERGE_STEP`` entries a step.
         """
-        base, base_get, layer = self.base, self.base_get, dict(self.layer)
-        sizes = dict(self.sizes)
+        base, base_get, old_layer = self.base, self.base_get, self.layer
+        layer, sizes = dict(old_layer), dict(self.sizes)
         added, removed = [], []
         for n, (prefix, entry) in enumerate(changes.items(), 1):
-            present = self.get(prefix) is not None
+            # Membership, not get: get would write the reference count of the entry it returns,
+            # and in a forked KEMI worker that copies the entry's page, shared until then.
+            in_base = prefix in base
+            present = old_layer[prefix] is not None if prefix in old_layer else in_base
             if entry is None:
                 if present:
-                    if base_get(prefix) is None:
+                    if not in_base:
                         del layer[prefix]  # added since the big dict was made: no trace left
                     else:
                         layer[prefix] = None
