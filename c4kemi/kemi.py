@@ -76,7 +76,9 @@ TABLE_ENV = "C4_TABLE"
 FEED_ENV = "C4_FEED"
 # Seconds of a large table change (a bulk import, a new snapshot) a worker
 # takes on per call; it routes with the previous table until it is done.
-STEP_BUDGET = 0.002
+# All workers take a change in at about the same time: 8 workers at 60
+# calls/s each, 2 ms a call, would be a whole core (docs/scale.md, section 4).
+STEP_BUDGET = 0.0005
 DUMP_ENV = "C4_RTJSON_DUMP"
 # Set by `c4 kamailio` when call records are on (the config then loads evapi
 # and its dialog event routes call ksr_dialog_event).
