@@ -151,10 +151,12 @@ def explain(table: RoutingTable, query: Any) -> dict:
     scope = sender.tenant
     chosen = table.find_did(called, scope)
     considered = []
-    for did in table.dids.candidates(called):
-        entry = {"prefix": did.prefix, "tenant": did.tenant, "ipbx": did.ipbx.name, "match": did.match.pattern if did.match is not None else None}
-        if did is chosen:
+    chosen_prefix = None
+    for prefix, did in table.dids.candidates(called):
+        entry = {"prefix": prefix, "tenant": did.tenant, "ipbx": did.ipbx.name, "match": did.match.pattern if did.match is not None else None}
+        if did is chosen:  # a longer one with this same Did would have been taken: same tenant, same match
             considered.append(dict(entry, verdict="chosen"))
+            chosen_prefix = prefix
             break
         if scope is not None and did.tenant != scope:
             entry.update(verdict="other_tenant", why=f"DID of tenant {did.tenant}, not {scope}")
@@ -163,7 +165,7 @@ def explain(table: RoutingTable, query: Any) -> dict:
         else:
             entry.update(verdict="unexplained", why="skipped by the decision for a reason this explanation does not know")
         considered.append(entry)
-    out["dids"] = {"scope": scope, "considered": considered, "chosen": chosen.prefix if chosen is not None else None}
+    out["dids"] = {"scope": scope, "considered": considered, "chosen": chosen_prefix}
 
     if chosen is not None:
         out["kind"] = "inbound" if sender.kind == "trunk" else "on-net"
@@ -180,7 +182,7 @@ def explain(table: RoutingTable, query: Any) -> dict:
         out["route"] = {
             "tenant": scope,
             "prefix": route.prefix if route is not None else None,
-            "matching_prefixes": [r.prefix for r in routes],
+            "matching_prefixes": [prefix for prefix, _ in routes],
         }
         if route is None:
             what = f"no route prefix of tenant {scope} starts {called}" if index is not None else f"tenant {scope} has no routes"

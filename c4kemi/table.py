@@ -23,7 +23,6 @@ import hashlib
 import ipaddress
 import re
 import socket
-from array import array
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
@@ -38,7 +37,7 @@ from .numbers import Profile
 
 __all__ = [
     "Endpoint", "Target", "Did", "RouteChoice", "RoutingTable", "apply_changes", "apply_changes_steps", "compile_steps",
-    "compile_table", "compile_validated", "did_digest", "document_version", "finish", "load_table", "route_digest",
+    "compile_did", "compile_table", "compile_validated", "did_digest", "document_version", "finish", "load_table", "route_digest",
     "update_table",
 ]
 
@@ -93,8 +92,17 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Did:
+    """Where the DIDs of one tenant, IPBX and ``match`` go: one object for all of them.
+
+    The DID index maps each prefix to the ``Did`` of its tenant, IPBX and
+    match, interned (``compile_did``): a million DIDs share a few hundred of these.
+    A lookup writes the reference count of the object it returns; in a
+    Kamailio worker forked from the process that loaded the table, one
+    object per DID meant a page copied per call (46 MiB per 10,000
+    inbound calls at 1M DIDs), and the table stopped being shared.
+    """
+
     tenant: str
-    prefix: str
     ipbx: Endpoint
     match: Any = None  # compiled regex the whole E.164 number must match
 
@@ -128,13 +136,16 @@ def _long(sizes: Mapping[int, int]) -> int:
     return sum(count for length, count in sizes.items() if length >= HEAD)
 
 
-def _head_counts(prefixes: Iterable[str], buckets: int) -> array:
-    counts = array("I", bytes(4 * buckets))  # "I": 4 bytes here, more than enough
+def _head_flags_steps(prefixes: Iterable[str], buckets: int) -> Generator[None, None, bytearray]:
+    """The filter of ``prefixes``: 1 in each bucket (hash of the head) a prefix of HEAD digits or more has, in steps."""
+    flags = bytearray(buckets)
     mask = buckets - 1
-    for prefix in prefixes:
+    for n, prefix in enumerate(prefixes, 1):
         if len(prefix) >= HEAD:
-            counts[hash(prefix[:HEAD]) & mask] += 1
-    return counts
+            flags[hash(prefix[:HEAD]) & mask] = 1
+        if not n % MERGE_STEP:
+            yield
+    return flags
 
 
 class Layered(Mapping):
@@ -204,13 +215,14 @@ class PrefixIndex:
     entries: Mapping[str, Any]
     lengths: tuple[int, ...]  # distinct prefix lengths, descending
     sizes: Mapping[int, int] = field(default_factory=dict)  # prefix length -> entries of that length
-    # The filter: how many prefixes of HEAD digits or more have a head in
-    # each bucket (hash of the head); 0 rules those prefixes out. Counts, so
-    # that a removal keeps it exact; an array of ints, not a dict of heads:
-    # at 1M random DIDs the heads would take 80 MiB, the array takes 16.
+    # The filter: a flag per bucket (hash of the head), 1 where a prefix of
+    # HEAD digits or more of the big dict has its head; a bytearray, not a
+    # set of heads: at 1M random DIDs the heads would take 80 MiB, the
+    # flags take 4. Never written once built, so forked workers share it;
+    # the layer's prefixes are in ``layer_heads`` (see ``may_have``).
     # Python's str hash is salted per process: a table is only ever used
     # in the process that built it (or a fork of it).
-    heads: array = field(default_factory=lambda: array("I", bytes(8)))
+    heads: bytearray = field(default_factory=lambda: bytearray(1))
     short_lengths: tuple[int, ...] = ()  # the lengths below HEAD, probed whatever the head
     # entries' own dict.get, for the hot path: a mapping proxy's get is a
     # method call through the proxy, several times dearer than a dict's.
@@ -220,16 +232,20 @@ class PrefixIndex:
     base: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     base_get: Any = field(default=None, compare=False, repr=False)
     layer: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The buckets of the layer's long prefixes that ``heads`` does not flag.
+    layer_heads: frozenset[int] = frozenset()
 
     @classmethod
     def build(cls, entries: dict[str, Any]) -> PrefixIndex:
         sizes: dict[int, int] = {}
         for prefix in entries:
             sizes[len(prefix)] = sizes.get(len(prefix), 0) + 1
-        return cls._made(MappingProxyType(entries), entries.get, {}, sizes, _head_counts(entries, head_buckets(_long(sizes))))
+        heads = finish(_head_flags_steps(entries, head_buckets(_long(sizes))))
+        return cls._made(MappingProxyType(entries), entries.get, {}, sizes, heads, frozenset())
 
     @classmethod
-    def _made(cls, base: Mapping[str, Any], base_get: Any, layer: dict[str, Any], sizes: dict[int, int], heads: array) -> PrefixIndex:
+    def _made(cls, base: Mapping[str, Any], base_get: Any, layer: dict[str, Any], sizes: dict[int, int],
+              heads: bytearray, layer_heads: frozenset[int]) -> PrefixIndex:
         lengths = tuple(sorted(sizes, reverse=True))
         if layer:
             entries: Mapping[str, Any] = Layered(base, MappingProxyType(layer), sum(sizes.values()))
@@ -237,16 +253,18 @@ class PrefixIndex:
         else:
             entries, get = base, base_get
         return cls(entries, lengths, MappingProxyType(sizes), heads, tuple(n for n in lengths if n < HEAD), get,
-                   base, base_get, MappingProxyType(layer))
+                   base, base_get, MappingProxyType(layer), layer_heads)
+
+    def may_have(self, number: str) -> bool:
+        """False when no prefix of HEAD digits or more can start ``number`` (the filter); True: probe them."""
+        bucket = hash(number[:HEAD]) & (len(self.heads) - 1)
+        return self.heads[bucket] == 1 or bucket in self.layer_heads
 
     def updated(self, changes: Mapping[str, Any]) -> PrefixIndex:
         """A new index with ``changes`` applied (prefix -> entry, None: removed); self is unchanged.
 
-        Costs a copy of the layer and of the filter (a memcpy, a few ms
-        per million) plus the changes: the big dict and the entries are
-        shared with this index (see the class). When the filter must change
-        size (the long prefixes cross a power of two), it is counted again
-        from all entries.
+        Costs a copy of the layer plus the changes: the big dict, its
+        filter and the entries are shared with this index (see the class).
         """
         return finish(self.updated_steps(changes))
 
@@ -255,11 +273,14 @@ class PrefixIndex:
 
         The changes go into a copy of the layer, not of the big dict (see
         the class); past ``LAYER_MAX`` changed prefixes the two are merged
-        into a new big dict, ``MERGE_STEP`` entries a step.
+        into a new big dict, ``MERGE_STEP`` entries a step, and its filter
+        is made again. A removed prefix stays flagged in the filter until
+        then: the filter may say "probe" for nothing, never "no" for a
+        prefix that is there.
         """
-        base, base_get, old_layer = self.base, self.base_get, self.layer
+        base, base_get, old_layer, heads = self.base, self.base_get, self.layer, self.heads
         layer, sizes = dict(old_layer), dict(self.sizes)
-        added, removed = [], []
+        layer_heads, mask = set(self.layer_heads), len(heads) - 1
         for n, (prefix, entry) in enumerate(changes.items(), 1):
             # Membership, not get: get would write the reference count of the entry it returns,
             # and in a forked KEMI worker that copies the entry's page, shared until then.
@@ -274,36 +295,30 @@ class PrefixIndex:
                     sizes[len(prefix)] -= 1
                     if not sizes[len(prefix)]:
                         del sizes[len(prefix)]
-                    removed.append(prefix)
             else:
                 layer[prefix] = entry
                 if not present:
                     sizes[len(prefix)] = sizes.get(len(prefix), 0) + 1
-                    added.append(prefix)
+                if len(prefix) >= HEAD:
+                    bucket = hash(prefix[:HEAD]) & mask
+                    if not heads[bucket]:
+                        layer_heads.add(bucket)
             if not n % STEP:
                 yield
         if len(layer) > LAYER_MAX:
             merged = yield from _merged_steps(base, layer)
-            base, base_get, layer = MappingProxyType(merged), merged.get, {}
-        buckets = head_buckets(_long(sizes))
-        if buckets != len(self.heads):
-            entries = Layered(base, layer, sum(sizes.values())) if layer else base
-            return self._made(base, base_get, layer, sizes, _head_counts(entries, buckets))
-        heads, mask = array("I", self.heads), buckets - 1
-        for prefixes, step in ((added, 1), (removed, -1)):
-            for prefix in prefixes:
-                if len(prefix) >= HEAD:
-                    heads[hash(prefix[:HEAD]) & mask] += step
-        return self._made(base, base_get, layer, sizes, heads)
+            heads = yield from _head_flags_steps(merged, head_buckets(_long(sizes)))
+            return self._made(MappingProxyType(merged), merged.get, {}, sizes, heads, frozenset())
+        return self._made(base, base_get, layer, sizes, heads, frozenset(layer_heads))
 
-    def candidates(self, number: str):
-        """Entries whose prefix starts ``number``, longest prefix first."""
+    def candidates(self, number: str) -> Iterator[tuple[str, Any]]:
+        """(prefix, entry) of the prefixes that start ``number``, longest first."""
         get, size = self.get, len(number)
         for length in self.lengths:
             if length <= size:
                 entry = get(number[:length])
                 if entry is not None:
-                    yield entry
+                    yield number[:length], entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,7 +398,7 @@ class SourceIndex:
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
     sources: SourceIndex
-    dids: PrefixIndex  # prefix -> Did
+    dids: PrefixIndex  # prefix -> Did (interned: see Did)
     routes: Mapping[str, PrefixIndex]  # tenant -> (prefix -> RouteChoice)
     version: str  # digest of the compiled table: equal tables, equal versions
     counts: Mapping[str, int] = field(default_factory=dict)
@@ -396,6 +411,8 @@ class RoutingTable:
     base_digest: bytes = b""
     entity_digest: int = 0  # sum of the DID and route digests, modulo 2**64
     tenant_channels: Mapping[str, int] = field(default_factory=dict)  # tenant -> max_channels, limited ones only
+    # The interned DID destinations, (tenant, IPBX name, match pattern) -> Did, for changes.
+    did_values: Mapping[tuple[str, str, str | None], Did] = field(default_factory=dict)
 
     def find_did(self, number: str, tenant: str | None, filtered: bool = False) -> Did | None:
         """Longest-prefix DID for an E.164 number within a tenant (None: all).
@@ -406,8 +423,12 @@ class RoutingTable:
         DID: there the filter would only cost one more look.
         """
         index = self.dids
-        heads = index.heads
-        lengths = index.short_lengths if filtered and not heads[hash(number[:HEAD]) & (len(heads) - 1)] else index.lengths
+        lengths = index.lengths
+        if filtered:  # PrefixIndex.may_have, inline
+            heads = index.heads
+            bucket = hash(number[:HEAD]) & (len(heads) - 1)
+            if not heads[bucket] and bucket not in index.layer_heads:
+                lengths = index.short_lengths
         # PrefixIndex.candidates, inline: this runs on every call.
         get, size = index.get, len(number)
         for length in lengths:
@@ -482,10 +503,10 @@ def compile_steps(
 
     digest = 0
     did_entries = {}
+    did_values: dict[tuple[str, str, str | None], Did] = {}
     for n, d in enumerate(dids, 1):
-        did = _did(d, ipbxs)
-        did_entries[did.prefix] = did
-        digest += _did_digest(did)
+        did_entries[d["prefix"]] = compile_did(d, ipbxs, did_values)
+        digest += did_digest(d)
         if not n % STEP:
             yield
 
@@ -516,6 +537,7 @@ def compile_steps(
         base_digest=base_digest,
         entity_digest=digest,
         tenant_channels=MappingProxyType({t["name"]: t["max_channels"] for t in base["tenants"] if "max_channels" in t}),
+        did_values=MappingProxyType(did_values),
     )
 
 
@@ -586,6 +608,7 @@ def apply_changes_steps(
     dids: Mapping[str, Mapping[str, Any] | None] = MappingProxyType({}),
     routes: Mapping[tuple[str, str], Mapping[str, Any] | None] = MappingProxyType({}),
     digest_delta: int | None = None,
+    did_values: dict[tuple[str, str, str | None], Did] | None = None,
 ) -> Generator[None, None, RoutingTable]:
     """``apply_changes`` in steps: yields after every ``STEP`` DIDs or routes, returns the table.
 
@@ -594,6 +617,8 @@ def apply_changes_steps(
     when the caller knows it (the feed's writer computes it once per node);
     None: computed here, which costs a lookup and two digests per entity
     (about 40 % of a 100,000-DID change at 1M DIDs).
+    ``did_values``: the DIDs are compiled already (``compile_did`` with this
+    copy of the table's ``did_values``), as a feed reader does line by line.
     """
     if not dids and not routes:
         return table
@@ -602,12 +627,15 @@ def apply_changes_steps(
     # The index's own get, not entries.get: a proxy's get, or once the index has a layer
     # Mapping.get through Layered.__getitem__, cost a third of a 100,000-DID change's lookups.
     did_get = table.dids.get
-    compiled_dids: dict[str, Did | None] = {}
-    for n, (prefix, d) in enumerate(dids.items(), 1):
-        did = compiled_dids[prefix] = None if d is None else _did(d, table.ipbxs)
+    compiled = did_values is not None
+    if not compiled:
+        did_values = dict(table.did_values) if dids else table.did_values
+    compiled_dids: Mapping[str, Did | None] = dids if compiled and known else {}
+    for n, (prefix, d) in enumerate(dids.items() if compiled_dids is not dids else (), 1):
+        did = compiled_dids[prefix] = d if compiled or d is None else compile_did(d, table.ipbxs, did_values)
         if not known:
             old = did_get(prefix)
-            digest += (_did_digest(did) if did is not None else 0) - (_did_digest(old) if old is not None else 0)
+            digest += (_did_digest(prefix, did) if did is not None else 0) - (_did_digest(prefix, old) if old is not None else 0)
         if not n % STEP:
             yield
     by_tenant: dict[str, dict[str, RouteChoice | None]] = {}
@@ -644,6 +672,7 @@ def apply_changes_steps(
         base_digest=table.base_digest,
         entity_digest=digest,
         tenant_channels=table.tenant_channels,  # tenants are a base collection: unchanged here
+        did_values=MappingProxyType(did_values) if dids else table.did_values,
     )
 
 
@@ -676,8 +705,13 @@ def _endpoints(document: Mapping[str, Any]) -> tuple[dict[str, Endpoint], dict[s
     return ipbxs, trunks
 
 
-def _did(d: Mapping[str, Any], ipbxs: Mapping[str, Endpoint]) -> Did:
-    return Did(d["tenant"], d["prefix"], ipbxs[d["ipbx"]], re.compile(d["match"]) if d.get("match") else None)
+def compile_did(d: Mapping[str, Any], ipbxs: Mapping[str, Endpoint], interned: dict[tuple[str, str, str | None], Did]) -> Did:
+    """The interned Did of a checked DID's tenant, IPBX and match (see Did), made and kept in ``interned`` once."""
+    key = (d["tenant"], d["ipbx"], d.get("match") or None)
+    did = interned.get(key)
+    if did is None:
+        did = interned[key] = Did(key[0], ipbxs[key[1]], re.compile(key[2]) if key[2] else None)
+    return did
 
 
 def _route(r: Mapping[str, Any], trunks: Mapping[str, Endpoint]) -> RouteChoice:
@@ -700,8 +734,8 @@ def _digest(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-def _did_digest(did: Did) -> int:
-    return _did_values_digest(did.tenant, did.prefix, did.ipbx.name, did.match.pattern if did.match is not None else "")
+def _did_digest(prefix: str, did: Did) -> int:
+    return _did_values_digest(did.tenant, prefix, did.ipbx.name, did.match.pattern if did.match is not None else "")
 
 
 def _did_values_digest(tenant: str, prefix: str, ipbx: str, match: str) -> int:

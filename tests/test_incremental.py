@@ -49,14 +49,17 @@ def route_view(route) -> tuple:
 def index_view(index, view) -> tuple:
     assert sorted({len(p) for p in index.entries}, reverse=True) == list(index.lengths)
     assert dict(index.sizes) == {n: sum(1 for p in index.entries if len(p) == n) for n in index.lengths}
-    # The head filter: its size follows the long prefixes, its counts are theirs, bucket by bucket.
-    heads = [p[:table_module.HEAD] for p in index.entries if len(p) >= table_module.HEAD]
+    # The head filter: the big dict's flags are exactly its long prefixes' buckets, sized after them;
+    # the layer's long prefixes are flagged beside it: never "no" for a prefix that is there.
+    heads = [p[:table_module.HEAD] for p in index.base if len(p) >= table_module.HEAD]
     buckets = table_module.head_buckets(len(heads))
-    assert len(index.heads) == buckets
-    assert list(index.heads) == [sum(1 for h in heads if hash(h) & (buckets - 1) == b) for b in range(buckets)]
+    assert len(index.heads) == buckets and set(index.heads) <= {0, 1}
+    assert {b for b in range(buckets) if index.heads[b]} == {hash(h) & (buckets - 1) for h in heads}
+    assert not any(index.heads[b] for b in index.layer_heads)
+    assert all(index.may_have(p) for p in index.entries if len(p) >= table_module.HEAD)
     assert index.short_lengths == tuple(n for n in index.lengths if n < table_module.HEAD)
     assert all(index.get(p) is entry for p, entry in index.entries.items()) and index.get("x") is None
-    return {prefix: view(entry) for prefix, entry in index.entries.items()}, index.lengths, list(index.heads)
+    return {prefix: view(entry) for prefix, entry in index.entries.items()}, index.lengths
 
 
 def table_view(table: RoutingTable) -> dict:
@@ -67,8 +70,7 @@ def table_view(table: RoutingTable) -> dict:
     return {
         "sources": [[(length, mask, {net: endpoint_view(e) for net, e in nets.items()}) for length, mask, nets in levels]
                     for levels in (table.sources.v4, table.sources.v6)],
-        "dids": index_view(table.dids, lambda d: (d.tenant, d.prefix, endpoint_view(d.ipbx),
-                                                  d.match.pattern if d.match is not None else None)),
+        "dids": index_view(table.dids, lambda d: (d.tenant, endpoint_view(d.ipbx), d.match.pattern if d.match is not None else None)),
         "routes": {tenant: index_view(index, route_view) for tenant, index in table.routes.items()},
         "version": table.version,
         "counts": dict(table.counts),
@@ -239,6 +241,7 @@ def test_a_did_change_shares_everything_else():
     new = update_table(old, validate_document(doc))
     assert new.sources is old.sources and new.routes is old.routes and new.ipbxs is old.ipbxs
     assert new.dids.entries["3970"] is old.dids.entries["3970"]  # unchanged DIDs are the same objects
+    assert new.dids.entries["39612345"] is new.did_values["acme", "acme-branch", None]  # interned (see Did)
     assert new.dids.entries["39612345"].ipbx is old.ipbxs["acme-branch"]
     assert old.dids.entries["39612345"].ipbx.name == "acme-pbx"  # the old table is untouched
     assert new.version != old.version
@@ -352,19 +355,23 @@ def test_change_sets_through_the_feed_give_the_full_compile(tmp_path_factory, mo
     writer.close()
 
 
-def test_the_head_filter_follows_every_change():
-    """Removals that keep the filter's size adjust its counts; growth past a power of two recounts it."""
+def test_the_head_filter_is_shared_until_a_merge_makes_it_again(monkeypatch):
+    """A change never writes the big dict's filter (forked workers share its pages): the layer's long
+    prefixes are flagged beside it, removed ones stay flagged; a merge makes the filter of what is there."""
     prefixes = [f"3961234{i:03d}" for i in range(40)]
-    index = table_module.PrefixIndex.build({p: p for p in prefixes})
+    first = index = table_module.PrefixIndex.build({p: p for p in prefixes})
     for change in ({prefixes[0]: None}, {"39999999": "new"}, {prefixes[1]: "changed"},
                    {p: None for p in prefixes[2:32]}, {"3961234": "short"}, {f"4420{i:05d}": i for i in range(100)}):
-        size = len(index.heads)
         index = index.updated(change)
-        fresh = table_module.PrefixIndex.build(dict(index.entries))
-        assert list(index.heads) == list(fresh.heads) and index.short_lengths == fresh.short_lengths
-        assert sum(index.heads) == sum(1 for p in index.entries if len(p) >= table_module.HEAD)
-        if change == {prefixes[0]: None}:
-            assert len(index.heads) == size  # the same size: counts adjusted, not recounted
+        assert index.heads is first.heads
+        assert all(index.may_have(p) for p in index.entries if len(p) >= table_module.HEAD)
+        assert index.short_lengths == table_module.PrefixIndex.build(dict(index.entries)).short_lengths
+    assert index.may_have(prefixes[5])  # removed, still flagged: a probe for nothing, never a miss
+    monkeypatch.setattr(table_module, "LAYER_MAX", 0)
+    index = index.updated({"39999999": None})
+    fresh = table_module.PrefixIndex.build(dict(index.entries))
+    assert not index.layer and index.heads == fresh.heads and not index.layer_heads
+    assert not index.may_have(prefixes[5]) or fresh.may_have(prefixes[5])  # a collision with what is left, at most
 
 
 PREFIX_CHANGES = st.dictionaries(st.sampled_from([f"39{i}" for i in range(12)] + [f"396123450{i}" for i in range(12)]),
