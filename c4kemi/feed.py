@@ -74,8 +74,11 @@ log = logging.getLogger("c4.feed")
 POINTER = "current"
 # The state of the store behind the writer (c4 db follow: PostgreSQL reachable or not), for /health.
 STORE_STATUS = "store.json"
-# Entities per line of a snapshot or of a change set: a reader parses one line per step or so.
-LINE = 10_000
+# Entities per line of a snapshot or of a change set: a reader parses one line a step, as many as a step
+# compiles (table.STEP). What a line's parse makes is garbage once it is compiled; in a KEMI worker it
+# lands on pages shared with the other workers (each one copied) or on new ones that stay with the
+# worker: at 10,000 a line, a 100,000-DID change set left 63 MiB private in each worker at 1M DIDs.
+LINE = 1_000
 # A KEMI worker's share of pending work per call (``call_budget``): its
 # step_budget at first, doubled every BUDGET_DOUBLING seconds the work stays
 # pending, at most MAX_CALL_BUDGET seconds. A worker that gets few calls
@@ -498,55 +501,50 @@ class FeedTableSource(PolledSource):
         after ``offset``, merged into one (the last one of a key wins; the digest deltas add up, None if a
         set has none), the DIDs compiled for ``table`` (``compile_did``, into a copy of its ``did_values``).
 
-        In steps: a line parsed per step, ``STEP`` entities a step (a
-        100,000-DID bulk edit is ten lines of 10,000). Each line's DIDs are
-        compiled before the next line is parsed: a KEMI worker's new
-        objects fill the free blocks of the heap it shares with its siblings
-        (each one copies a page), and 100,000 parsed DIDs held at once
-        copied 75 MiB per worker at 1M DIDs; one line at a time reuses the
-        same blocks.
+        In steps: a line read, parsed and compiled per step (``LINE``
+        entities). One line at a time, each compiled before the next is
+        read: a KEMI worker's new objects fill the free blocks of the heap
+        it shares with its siblings (each one copies a page), and the whole
+        set read and parsed at once (100,000 DIDs) copied 75 MiB per worker
+        at 1M DIDs; one line's garbage reuses the same blocks for the next.
         """
         path = _changes(self.directory, generation)
         dids: dict[str, Any] = {}
         routes: dict[tuple[str, str], Any] = {}
         interned = dict(table.did_values)
         digest: int | None = 0
-        size = os.stat(path).st_size
-        if size <= offset:
+        if os.stat(path).st_size <= offset:
             return dids, routes, digest, interned, seq, offset
         yield
-        with open(path, "rb") as changes:
-            changes.seek(offset)
-            data = changes.read(size - offset)
-        # A torn last line (a writer that died mid-write) is left unread; so are the lines of an unfinished set.
-        taken = position = 0
+        taken = position = offset
         set_dids: dict[str, Any] = {}
         set_routes: dict[tuple[str, str], Any] = {}
-        step, ipbxs = table_module.STEP, table.ipbxs
-        for line in data[:data.rfind(b"\n") + 1].splitlines(keepends=True):
-            position += len(line)
-            change = orjson.loads(line)
-            if change["seq"] != seq + 1:
-                raise FeedError(f"generation {generation}: change set {change['seq']} after {seq}")
-            yield
-            for start in range(0, len(change["dids"]), step):  # [prefix, DID] pairs
+        ipbxs = table.ipbxs
+        with open(path, "rb") as changes:
+            changes.seek(offset)
+            # A torn last line (a writer that died mid-write) is left unread; so are the lines of an unfinished set.
+            while (line := changes.readline()).endswith(b"\n"):
+                position += len(line)
+                change = orjson.loads(line)
+                if change["seq"] != seq + 1:
+                    raise FeedError(f"generation {generation}: change set {change['seq']} after {seq}")
                 set_dids.update((prefix, None if d is None else compile_did(d, ipbxs, interned))
-                                for prefix, d in change["dids"][start:start + step])
+                                for prefix, d in change["dids"])  # [prefix, DID] pairs
+                set_routes.update(((tenant, prefix), r) for tenant, prefix, r in change["routes"])
+                more, set_digest = change.get("more"), change.get("digest")
+                del change, line  # this line's garbage is free before the next is read
                 yield
-            for start in range(0, len(change["routes"]), step):
-                set_routes.update(((tenant, prefix), r) for tenant, prefix, r in change["routes"][start:start + step])
-                yield
-            if change.get("more"):
-                continue
-            seq, taken = seq + 1, position
-            digest = None if digest is None or change.get("digest") is None else digest + change["digest"]
-            if dids or routes:
-                dids.update(set_dids)
-                routes.update(set_routes)
-            else:  # the usual case, one set: no copy
-                dids, routes = set_dids, set_routes
-            set_dids, set_routes = {}, {}
-        return dids, routes, digest, interned, seq, offset + taken
+                if more:
+                    continue
+                seq, taken = seq + 1, position
+                digest = None if digest is None or set_digest is None else digest + set_digest
+                if dids or routes:
+                    dids.update(set_dids)
+                    routes.update(set_routes)
+                else:  # the usual case, one set: no copy
+                    dids, routes = set_dids, set_routes
+                set_dids, set_routes = {}, {}
+        return dids, routes, digest, interned, seq, taken
 
 
 def _entities(snapshot: BinaryIO, lines: int | None = None) -> Iterator[dict[str, Any]]:

@@ -24,7 +24,7 @@ from c4kemi.db.changes import ChangeFollower
 from c4kemi.db.documents import connect, export_document, import_document
 from c4kemi.db.source import FeedPublisher, PostgresTableSource, StoreUnavailable, follow_to_file
 from c4kemi.document import DocumentError, validate_document
-from c4kemi.feed import FeedTableSource, FeedWriter
+from c4kemi.feed import LINE, FeedTableSource, FeedWriter
 from c4kemi.table import compile_table, compile_validated
 from tables import document
 
@@ -392,7 +392,7 @@ async def test_a_bulk_statement_arrives_as_a_change_set_over_several_lines(pg_ds
         await node.follower._check(conn)
         assert (node.follower.documents, node.follower.change_sets) == (1, 1)
         lines = [json.loads(line) for line in (node.feed / "changes-1.jsonl").read_bytes().splitlines()]
-        assert [(line["seq"], len(line["dids"]), line.get("more")) for line in lines] == [(1, 10000, True), (1, 1, None)]
+        assert [(line["seq"], len(line["dids"]), line.get("more")) for line in lines] == [(1, LINE, True)] * 10 + [(1, 1, None)]
         assert node.table().counts["dids"] == 10005 and node.reader.seq == 1
         assert table_view(node.table()) == table_view(await exported_table(pg_dsn))
         await conn.execute("UPDATE dids SET ipbx = 'acme-branch' WHERE prefix LIKE '5%'")

@@ -142,6 +142,7 @@ class SteppingClock:
 
 def test_a_worker_that_gets_few_calls_does_more_per_call_as_work_ages_but_never_all_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(table_module, "STEP", 1)  # steps of one entity: a 2,000-DID change is thousands of steps
+    monkeypatch.setattr(feed_module, "LINE", 1)
     feed, writer, _ = started(tmp_path)
     clock = SteppingClock()
     reader = FeedTableSource(feed, check_interval=0, step_budget=0.002, clock=clock)
@@ -253,8 +254,9 @@ def test_a_moved_entity_is_no_change_and_an_edit_after_a_refusal_is_whole(tmp_pa
 
 
 def test_a_worker_spreads_a_bulk_change_set_over_calls_reading_included(tmp_path, monkeypatch):
-    """Reading and compiling the change set, then updating the DID index: each in steps of STEP entities."""
+    """Reading and compiling the change set (a line a step), then updating the DID index (STEP entities a step)."""
     monkeypatch.setattr(table_module, "STEP", 1)
+    monkeypatch.setattr(feed_module, "LINE", 1)
     feed, writer, _ = started(tmp_path)
     reader = FeedTableSource(feed, check_interval=0, step_budget=0)  # one step per call
     doc = document()
@@ -264,7 +266,7 @@ def test_a_worker_spreads_a_bulk_change_set_over_calls_reading_included(tmp_path
     calls = 1
     while reader.current() is old:
         calls += 1
-    assert calls >= 2 * 6  # 6 DIDs read and compiled, then put in the index, one a step
+    assert calls >= 2 * 6  # 6 DIDs read and compiled, then put in the index, one a step each time
     assert reader.current().version == compile_validated(validate_document(doc)).version
 
 
