@@ -67,6 +67,7 @@ import orjson
 from c4kemi.decision import RequestError, call_json, decide_call
 from c4kemi.document import DocumentError
 from c4kemi.feed import FeedError, FeedTableSource
+from c4kemi.memory import trim_heap
 from c4kemi.secret import DIALOG_ENV, dialog_mac
 from c4kemi.store import FileTableSource
 
@@ -269,6 +270,7 @@ class Router:
             KSR.err(f"c4: cannot load routing table before fork: {exc}\n")
             return
         gc.freeze()
+        trim_heap()  # what the load freed would otherwise count in every worker
 
     def child_init(self, rank: int) -> int:
         _setup_logging()
