@@ -1,6 +1,6 @@
 """Carrier-scale benchmark (issue #8): decision speed, cost of a change, memory and start per node.
 
-    .venv/bin/python benchmarks/scale.py [decision|change|pgchange|kamailio|nopause|all] [--dids 1000000] [--routes 100000]
+    .venv/bin/python benchmarks/scale.py [decision|change|pgchange|kamailio|nopause|cow|all] [--dids 1000000] [--routes 100000]
 
 Tables come from benchmarks/generate.py (100 tenants, 1,000 trunks, 5
 profiles; ``--dids`` DIDs and ``--routes`` routes). Not a test: the numbers
@@ -49,7 +49,15 @@ side, and medians of repeated runs are reported.
   into a throwaway server (or ``--dsn``), ``c4 kamailio --dsn``, one DID
   updated per second as the provisioning API writes it, then one UPDATE
   of ``--bulk`` DIDs in one transaction. ``--logs DIR`` keeps the router
-  logs.
+  logs. After the changes: the sum of the Kamailio processes' PSS (goal 3
+  after changes) and the largest private memory of one of them.
+- ``cow`` (goal 3, where a worker's memory goes): a table feed of the
+  generated table is loaded in this process, frozen, and a reader is
+  forked from it, as Kamailio forks its workers; a writer process forked
+  beside it publishes ``--changes`` one-DID edits, then one change set of
+  ``--bulk`` DIDs. The reader decides 10,000 inbound calls (a DID hit
+  each), takes in the edits, then the bulk set; after each phase, its
+  private memory (``Private_Dirty``: pages it copied or made) and PSS.
 """
 
 from __future__ import annotations
@@ -88,6 +96,7 @@ from sip import (  # noqa: E402
 )
 from timing import time_pass  # noqa: E402
 
+from c4kemi.decision import route_json  # noqa: E402
 from c4kemi.document import _refuse_duplicate_keys, validate_document  # noqa: E402
 from c4kemi.feed import FeedTableSource, FeedWriter, load_frozen  # noqa: E402
 from c4kemi.files import write_atomically  # noqa: E402
@@ -367,18 +376,17 @@ def _copy_checked(checked: dict) -> dict:
     return out
 
 
-def pss_kib(pid: int) -> int:
+def smaps_rollup(pid: int | str) -> dict[str, int]:
+    """/proc/PID/smaps_rollup's sizes, in KiB."""
     with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    raise RuntimeError("no Pss line")
+        return {key: int(value.split()[0]) for key, _, value in (line.partition(":") for line in f) if value.strip().endswith("kB")}
 
 
-def kamailio_pss(launcher: int) -> tuple[list[int], float]:
-    """The Kamailio processes c4 kamailio started, and the sum of their PSS in MiB."""
+def kamailio_pss(launcher: int) -> tuple[list[int], float, float]:
+    """The Kamailio processes c4 kamailio started, the sum of their PSS and the largest private memory of one, in MiB."""
     pids = [p for p in descendants(launcher) if Path(f"/proc/{p}/comm").read_text().strip() == "kamailio"]
-    return pids, sum(pss_kib(p) for p in pids) / 1024
+    rollups = [smaps_rollup(p) for p in pids]
+    return pids, sum(r["Pss"] for r in rollups) / 1024, max(r["Private_Dirty"] for r in rollups) / 1024
 
 
 def sip_answer(port: int, timeout: float = 0.2) -> str | None:
@@ -455,7 +463,7 @@ def bench_kamailio(n_dids: int, n_routes: int, counts: list[int], port: int, c4:
                     answer = sip_answer(port)
                 ready = time.monotonic() - started
                 time.sleep(2)
-                pids, total = kamailio_pss(launcher.pid)
+                pids, total, _ = kamailio_pss(launcher.pid)
             finally:
                 launcher.send_signal(signal.SIGTERM)
                 launcher.wait(timeout=30)
@@ -471,6 +479,13 @@ ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL)\b|exited by a signal|core dumped")
 def flip_ipbx(did: dict) -> None:
     """Move a DID to its tenant's other IPBX (generate.py names them pbx-TENANT-0 and -1)."""
     did["ipbx"] = did["ipbx"][:-1] + str(1 - int(did["ipbx"][-1]))
+
+
+def flipped(did: dict) -> dict:
+    """A copy of a DID moved to its tenant's other IPBX."""
+    did = dict(did)
+    flip_ipbx(did)
+    return did
 
 
 def bench_entities(callee_port: int) -> dict:
@@ -607,7 +622,7 @@ def _nopause(args: argparse.Namespace, modes: list[str], cluster) -> None:
                 edits.bulk(document["dids"][:args.bulk])
                 ended = finished(caller, duration + 90)  # a stuck caller is stopped: its unfinished calls count as failed
                 # Goal 3 after a minute of changes and the bulk edit: do the workers still share the table?
-                kamailios, pss_after = kamailio_pss(router.pid)
+                kamailios, pss_after, private_after = kamailio_pss(router.pid)
             finally:
                 for proc in (caller, callee, router):
                     if proc is not None:
@@ -644,15 +659,80 @@ def _nopause(args: argparse.Namespace, modes: list[str], cluster) -> None:
             taken = sum("routing table feed" in line and "reloaded" in line for line in lines)
             errors = [line for line in lines if ERROR_LINE.search(line)]
             print(f"|  | readers: {taken} change sets taken in (all workers), {len(errors)} errors logged | | | | |")
-            print(f"|  | after the changes: {len(kamailios)} Kamailio processes, sum of PSS {pss_after:.0f} MiB | | | | |")
+            print(f"|  | after the changes: {len(kamailios)} Kamailio processes, sum of PSS {pss_after:.0f} MiB, "
+                  f"largest private memory of one {private_after:.0f} MiB | | | | |")
             for line in errors[:5]:
                 print(f"|  | error: {line.strip()[:200]} | | | | |")
     print("\nfailed calls (sipp): " + ", ".join(f"{mode} {count}" for mode, count in failures.items()))
 
 
+def bench_cow(n_dids: int, n_routes: int, edits: int, bulk: int) -> None:
+    """Goal 3: what a reader forked from the process that loaded the table copies or makes, phase by phase."""
+    print(f"\n## Copy on write in a forked reader (goal 3), {n_dids:,} DIDs, {n_routes:,} routes\n")
+    print("| after | private (MiB) | PSS (MiB) |")
+    print("|---|---:|---:|")
+    with tempfile.TemporaryDirectory(prefix="c4-cow-") as tmp:
+        document = make_document(n_dids, n_routes)
+        writer = FeedWriter(Path(tmp) / "feed")
+        writer.publish(document)
+        # One bytes object, parsed in the reader: objects made here would have their counts written there.
+        inbound = b"\n".join(orjson.dumps(q) for i, q in enumerate(make_requests(document, 20_000, random.Random(3)))
+                              if KINDS[i % 10] == "inbound")
+        reader = FeedTableSource(Path(tmp) / "feed", check_interval=0, step_budget=0.0005)
+        gc.collect()
+        gc.freeze()
+        # The changes, made now so that the writer's process only writes them after the fork.
+        rng = random.Random(5)
+        ones = [flipped(rng.choice(document["dids"])) for _ in range(edits)]
+        many = {d["prefix"]: flipped(d) for d in rng.sample(document["dids"], bulk)}
+        go_edits, go_bulk = os.pipe(), os.pipe()
+        if (reader_pid := os.fork()) == 0:
+            try:
+                def show(what: str) -> None:
+                    r = smaps_rollup("self")
+                    print(f"| {what} | {r['Private_Dirty'] / 1024:.0f} | {r['Pss'] / 1024:.0f} |", flush=True)
+
+                def take_in(until_seq: int) -> None:
+                    while reader.seq < until_seq:
+                        reader.refresh()
+                        while reader.pending:
+                            reader.current()
+                        time.sleep(0.01)
+                queries = [orjson.loads(line) for line in inbound.splitlines()]
+                show(f"the fork, {len(queries):,} requests parsed")
+                for query in queries:
+                    route_json(reader.current(), query)
+                show(f"{len(queries):,} inbound calls")
+                os.read(go_edits[0], 1)
+                take_in(edits)
+                show(f"{edits} one-DID change sets")
+                os.read(go_bulk[0], 1)
+                take_in(edits + 1)
+                show(f"a change set of {bulk:,} DIDs")
+                for query in queries:
+                    route_json(reader.current(), query)
+                show(f"{len(queries):,} inbound calls again")
+            finally:
+                os._exit(0)
+        if (writer_pid := os.fork()) == 0:
+            try:
+                for did in ones:
+                    writer.publish_changes({did["prefix"]: did}, {})
+                os.write(go_edits[1], b"x")
+                writer.publish_changes(many, {})
+                os.write(go_bulk[1], b"x")
+            finally:
+                os._exit(0)
+        os.waitpid(writer_pid, 0)
+        os.waitpid(reader_pid, 0)
+    print("\nPrivate: the reader's Private_Dirty (smaps_rollup), the pages it copied from the loading process or "
+          "made itself. The loading process stays idle meanwhile, as Kamailio's main process does.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["decision", "change", "pgchange", "kamailio", "nopause", "all"])
+    parser.add_argument("what", nargs="?", default="all",
+                        choices=["decision", "change", "pgchange", "kamailio", "nopause", "cow", "all"])
     parser.add_argument("--port", type=int, default=15080, help="kamailio: the UDP port to listen on")
     parser.add_argument("--c4", help="kamailio: the c4 command to start (default: this venv's), e.g. another checkout's")
     parser.add_argument("--sizes", default="1000,100000,1000000")
@@ -683,6 +763,8 @@ def main() -> None:
         bench_kamailio(args.dids, args.routes, [int(c) for c in args.workers.split(",")], args.port, c4, args.modes.split(","))
     if args.what == "nopause":  # minutes of SIP load: only when asked for
         bench_nopause(args, args.modes.split(","))
+    if args.what in ("cow", "all"):
+        bench_cow(args.dids, args.routes, args.changes, args.bulk)
 
 
 if __name__ == "__main__":
