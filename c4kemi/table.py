@@ -98,8 +98,9 @@ class Did:
     match, interned (``compile_did``): a million DIDs share a few hundred of these.
     A lookup writes the reference count of the object it returns; in a
     Kamailio worker forked from the process that loaded the table, one
-    object per DID meant a page copied per call (46 MiB per 10,000
-    inbound calls at 1M DIDs), and the table stopped being shared.
+    object per DID meant a page copied per call (48 MiB per 10,000
+    inbound calls at 1M DIDs, ``benchmarks/scale.py cow``), and the table
+    stopped being shared.
     """
 
     tenant: str
@@ -627,17 +628,20 @@ def apply_changes_steps(
     # The index's own get, not entries.get: a proxy's get, or once the index has a layer
     # Mapping.get through Layered.__getitem__, cost a third of a 100,000-DID change's lookups.
     did_get = table.dids.get
-    compiled = did_values is not None
-    if not compiled:
+    compiled_dids: Mapping[str, Did | None] = dids
+    if did_values is None:  # DIDs as checked: compiled here
         did_values = dict(table.did_values) if dids else table.did_values
-    compiled_dids: Mapping[str, Did | None] = dids if compiled and known else {}
-    for n, (prefix, d) in enumerate(dids.items() if compiled_dids is not dids else (), 1):
-        did = compiled_dids[prefix] = d if compiled or d is None else compile_did(d, table.ipbxs, did_values)
-        if not known:
+        compiled_dids = {}
+        for n, (prefix, d) in enumerate(dids.items(), 1):
+            compiled_dids[prefix] = None if d is None else compile_did(d, table.ipbxs, did_values)
+            if not n % STEP:
+                yield
+    if not known:
+        for n, (prefix, did) in enumerate(compiled_dids.items(), 1):
             old = did_get(prefix)
             digest += (_did_digest(prefix, did) if did is not None else 0) - (_did_digest(prefix, old) if old is not None else 0)
-        if not n % STEP:
-            yield
+            if not n % STEP:
+                yield
     by_tenant: dict[str, dict[str, RouteChoice | None]] = {}
     for n, ((tenant, prefix), r) in enumerate(routes.items(), 1):
         route = by_tenant.setdefault(tenant, {})[prefix] = None if r is None else _route(r, table.trunks)
