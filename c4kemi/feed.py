@@ -490,19 +490,19 @@ class FeedTableSource(PolledSource):
         with snapshot:
             header = orjson.loads(snapshot.readline())
             table = yield from compile_steps(header["base"], _entities(snapshot, header["did_lines"]), _entities(snapshot))
-        dids, routes, digest, interned, seq, offset = yield from self._read_changes(table, generation, 0, 0)
-        table = yield from apply_changes_steps(table, dids, routes, digest, interned)
+        dids, routes, digest, seq, offset = yield from self._read_changes(table, generation, 0, 0)
+        table = yield from apply_changes_steps(table, dids, routes, digest, compiled=True)
         return table, generation, seq, offset
 
     def _changes_steps(self) -> Generator[None, None, tuple]:
-        dids, routes, digest, interned, seq, offset = yield from self._read_changes(self._table, self.generation, self.seq, self._offset)
-        table = yield from apply_changes_steps(self._table, dids, routes, digest, interned)  # nothing new: the same table
+        dids, routes, digest, seq, offset = yield from self._read_changes(self._table, self.generation, self.seq, self._offset)
+        table = yield from apply_changes_steps(self._table, dids, routes, digest, compiled=True)  # nothing new: the same table
         return table, self.generation, seq, offset
 
     def _read_changes(self, table: RoutingTable, generation: int, seq: int, offset: int) -> Generator[None, None, tuple]:
-        """(DIDs, routes, digest delta, interned DIDs, seq, offset): the complete change sets of ``generation``
-        after ``offset``, merged into one (the last one of a key wins; the digest deltas add up, None if a
-        set has none), the DIDs compiled for ``table`` (``compile_did``, into a copy of its ``did_values``).
+        """(DIDs, routes, digest delta, seq, offset): the complete change sets of ``generation`` after
+        ``offset``, merged into one (the last one of a key wins; the digest deltas add up, None if a set
+        has none), the DIDs compiled for ``table`` (``compile_did``, with its ``did_values``).
 
         In steps: a line read, parsed and compiled per step (``LINE``
         entities). One line at a time, each compiled before the next is
@@ -514,15 +514,14 @@ class FeedTableSource(PolledSource):
         path = _changes(self.directory, generation)
         dids: dict[str, Any] = {}
         routes: dict[tuple[str, str], Any] = {}
-        interned = dict(table.did_values)
         digest: int | None = 0
         if os.stat(path).st_size <= offset:
-            return dids, routes, digest, interned, seq, offset
+            return dids, routes, digest, seq, offset
         yield
         taken = position = offset
         set_dids: dict[str, Any] = {}
         set_routes: dict[tuple[str, str], Any] = {}
-        ipbxs = table.ipbxs
+        ipbxs, interned = table.ipbxs, table.did_values
         with open(path, "rb") as changes:
             changes.seek(offset)
             # A torn last line (a writer that died mid-write) is left unread; so are the lines of an unfinished set.
@@ -547,7 +546,7 @@ class FeedTableSource(PolledSource):
                 else:  # the usual case, one set: no copy
                     dids, routes = set_dids, set_routes
                 set_dids, set_routes = {}, {}
-        return dids, routes, digest, interned, seq, taken
+        return dids, routes, digest, seq, taken
 
 
 def _entities(snapshot: BinaryIO, lines: int | None = None) -> Iterator[dict[str, Any]]:

@@ -412,8 +412,10 @@ class RoutingTable:
     base_digest: bytes = b""
     entity_digest: int = 0  # sum of the DID and route digests, modulo 2**64
     tenant_channels: Mapping[str, int] = field(default_factory=dict)  # tenant -> max_channels, limited ones only
-    # The interned DID destinations, (tenant, IPBX name, match pattern) -> Did, for changes.
-    did_values: Mapping[tuple[str, str, str | None], Did] = field(default_factory=dict)
+    # The interned DID destinations, (tenant, IPBX name, match pattern) -> Did, for changes: one dict
+    # shared by every table made from the same compile, only ever added to. Copied per change, it wrote
+    # the reference count of every Did and key in it, pages a KEMI worker shares with its siblings.
+    did_values: dict[tuple[str, str, str | None], Did] = field(default_factory=dict, compare=False, repr=False)
 
     def find_did(self, number: str, tenant: str | None, filtered: bool = False) -> Did | None:
         """Longest-prefix DID for an E.164 number within a tenant (None: all).
@@ -538,7 +540,7 @@ def compile_steps(
         base_digest=base_digest,
         entity_digest=digest,
         tenant_channels=MappingProxyType({t["name"]: t["max_channels"] for t in base["tenants"] if "max_channels" in t}),
-        did_values=MappingProxyType(did_values),
+        did_values=did_values,
     )
 
 
@@ -609,7 +611,7 @@ def apply_changes_steps(
     dids: Mapping[str, Mapping[str, Any] | None] = MappingProxyType({}),
     routes: Mapping[tuple[str, str], Mapping[str, Any] | None] = MappingProxyType({}),
     digest_delta: int | None = None,
-    did_values: dict[tuple[str, str, str | None], Did] | None = None,
+    compiled: bool = False,
 ) -> Generator[None, None, RoutingTable]:
     """``apply_changes`` in steps: yields after every ``STEP`` DIDs or routes, returns the table.
 
@@ -618,8 +620,8 @@ def apply_changes_steps(
     when the caller knows it (the feed's writer computes it once per node);
     None: computed here, which costs a lookup and two digests per entity
     (about 40 % of a 100,000-DID change at 1M DIDs).
-    ``did_values``: the DIDs are compiled already (``compile_did`` with this
-    copy of the table's ``did_values``), as a feed reader does line by line.
+    ``compiled``: the DIDs are compiled already (``compile_did`` with the
+    table's ``did_values``), as a feed reader does line by line.
     """
     if not dids and not routes:
         return table
@@ -629,11 +631,10 @@ def apply_changes_steps(
     # Mapping.get through Layered.__getitem__, cost a third of a 100,000-DID change's lookups.
     did_get = table.dids.get
     compiled_dids: Mapping[str, Did | None] = dids
-    if did_values is None:  # DIDs as checked: compiled here
-        did_values = dict(table.did_values) if dids else table.did_values
+    if not compiled:  # DIDs as checked: compiled here
         compiled_dids = {}
         for n, (prefix, d) in enumerate(dids.items(), 1):
-            compiled_dids[prefix] = None if d is None else compile_did(d, table.ipbxs, did_values)
+            compiled_dids[prefix] = None if d is None else compile_did(d, table.ipbxs, table.did_values)
             if not n % STEP:
                 yield
     if not known:
@@ -676,7 +677,7 @@ def apply_changes_steps(
         base_digest=table.base_digest,
         entity_digest=digest,
         tenant_channels=table.tenant_channels,  # tenants are a base collection: unchanged here
-        did_values=MappingProxyType(did_values) if dids else table.did_values,
+        did_values=table.did_values,
     )
 
 

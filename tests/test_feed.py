@@ -170,7 +170,7 @@ def test_a_change_that_breaks_unexpectedly_keeps_the_table_and_the_collector(tmp
     reader = FeedTableSource(feed, check_interval=0, step_budget=0)
     good = reader.current()
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         yield
         raise AttributeError("a bug in a step")
 
@@ -297,10 +297,10 @@ def test_a_request_never_steps_the_work_of_c4_serve_s_refresh_thread(tmp_path, m
     inside, go_on = threading.Event(), threading.Event()
     real = feed_module.apply_changes_steps
 
-    def held(*args):
+    def held(*args, **kwargs):
         inside.set()
         go_on.wait(10)
-        return (yield from real(*args))
+        return (yield from real(*args, **kwargs))
 
     monkeypatch.setattr(feed_module, "apply_changes_steps", held)
     writer.publish(with_did("3977"))
