@@ -14,14 +14,15 @@ forked from it after a 100,000-DID change set).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 __all__ = ["trim_heap"]
 
 
 def _malloc_trim():
+    # The process's own symbols (dlopen(NULL)), libc's among them, in Kamailio as in python:
+    # no library search, which would run ldconfig in a subprocess.
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to call
         return None
 
