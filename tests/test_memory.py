@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 FREED_THEN_TRIMMED = """
-import sys
 from c4kemi.memory import trim_heap
 
 def rss_mib():
