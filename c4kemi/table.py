@@ -601,7 +601,7 @@ def apply_changes(
 
     The entities must be checked against the table's other collections
     (``c4kemi.document.validate_entity``); the caller keeps the keys
-    unique. Costs the changes plus, per index they touch, a copy of its layer and filter.
+    unique. Costs the changes plus, per index they touch, a copy of its layer.
     """
     return finish(apply_changes_steps(table, dids, routes))
 
