@@ -45,6 +45,10 @@ CIDR = {"type": "string", "description": "IPv4/IPv6 address or CIDR without host
 REGEX = {"type": "string", "description": "Python re syntax, no nested repetition, at most 4 variable quantifiers"}
 ENDPOINT = {
     "sources": {"type": "array", "items": CIDR, "default": []},
+    "allow_wide_sources": {
+        "type": "boolean", "default": False,
+        "description": "sources wider than /8 (IPv4) or /32 (IPv6) are refused unless true; admin token only; read back only when true",
+    },
     "normalization": {**NULLABLE_NAME, "description": "a normalization profile", "default": None},
     "fr_timer": {**TIMER, "default": 5000},
     "fr_inv_timer": {**TIMER, "default": 30000},

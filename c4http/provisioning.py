@@ -41,6 +41,7 @@ from c4kemi.document import (
     entity_where,
     validate_entity,
 )
+from c4kemi.overlaps import owner_name
 
 from .app import DEFAULT_MAX_BODY, JSON, MAX_BODY, UTF8, error_response, json_errors
 from .auth import ADMIN_TOKEN, PRINCIPAL, PUBLIC_PATHS, Principal, authenticate
@@ -103,13 +104,14 @@ SPECS = {
         Spec("carriers", "carriers", ("name",), "SELECT x.name, x.tenant FROM carriers x", ("x.name",), "x.tenant", "x"),
         Spec(
             "ipbxs", "ipbxs", ("name",),
-            "SELECT x.name, x.tenant, x.targets, x.normalization, x.fr_timer, x.fr_inv_timer, x.branch_flags FROM ipbxs x",
+            "SELECT x.name, x.tenant, x.targets, x.normalization, x.fr_timer, x.fr_inv_timer, x.branch_flags,"
+            " x.allow_wide_sources FROM ipbxs x",
             ("x.name",), "x.tenant", "x",
         ),
         Spec(
             "trunks", "trunks", ("name",),
             "SELECT x.name, x.carrier, x.target, x.normalization, x.fr_timer, x.fr_inv_timer, x.branch_flags,"
-            " x.auth_username, x.auth_password, x.auth_realm, x.max_channels, x.max_cps"
+            " x.allow_wide_sources, x.auth_username, x.auth_password, x.auth_realm, x.max_channels, x.max_cps"
             " FROM trunks x JOIN carriers c ON c.name = x.carrier",
             ("x.name",), "c.tenant", "x",
         ),
@@ -132,11 +134,19 @@ CHILD_TABLES = {"route_trunks": "routes", "sources": None, "api_tokens": None}
 OWNER_FIELDS = {"routes": "trunks", "trunks": "carrier", "carriers": "tenant"}
 
 
-def _audit(request: web.Request, where: str) -> None:
-    """One line per change: what, and which token's tenant (never the token)."""
+def _audit(request: web.Request, where: str, warnings: list[str] = ()) -> None:
+    """One line per change: what, and which token's tenant (never the token); one more per warning."""
     principal = request[PRINCIPAL]
-    log_event(log, logging.INFO, "api_change", method=request.method, item=where,
-              by="admin" if principal.admin else f"tenant:{principal.tenant}", remote=request.remote)  # fmt: skip
+    by = "admin" if principal.admin else f"tenant:{principal.tenant}"
+    log_event(log, logging.INFO, "api_change", method=request.method, item=where, by=by, remote=request.remote)
+    for warning in warnings:
+        log_event(log, logging.WARNING, "api_overlap", item=where, by=by, warning=warning)
+
+
+def _warning_headers(warnings: list[str], **headers: str) -> list[tuple[str, str]]:
+    """An overlap an admin made on purpose, said back in Warning headers (code 199, one each, ASCII)."""
+    quoted = (w.replace("\\", "\\\\").replace('"', '\\"').encode("ascii", "backslashreplace").decode() for w in warnings)
+    return [*headers.items(), *(("Warning", f'199 c4 "{warning}"') for warning in quoted)]
 
 
 class ApiError(Exception):
@@ -322,6 +332,11 @@ async def _fetch(conn, spec: Spec, principal: Principal, conditions: list[str], 
     return await _items(conn, spec, await conn.fetch(sql, *params))
 
 
+def _wide(row) -> dict[str, bool]:
+    """allow_wide_sources as the document has it: present only when true."""
+    return {"allow_wide_sources": True} if row["allow_wide_sources"] else {}
+
+
 async def _items(conn, spec: Spec, rows: list) -> list[dict[str, Any]]:
     """Rows in the checked form of the document (as c4 db export prints them)."""
     if spec.name in ("ipbxs", "trunks"):
@@ -336,12 +351,12 @@ async def _items(conn, spec: Spec, rows: list) -> list[dict[str, Any]]:
         if spec.name == "ipbxs":
             return [
                 {"name": r["name"], "tenant": r["tenant"], "targets": list(r["targets"]),
-                 **{k: r[k] for k in endpoint}, "sources": sources.get(r["name"], [])}
+                 **{k: r[k] for k in endpoint}, "sources": sources.get(r["name"], []), **_wide(r)}
                 for r in rows
             ]  # fmt: skip
         return [
             {"name": r["name"], "carrier": r["carrier"], "target": r["target"], **{k: r[k] for k in endpoint},
-             "sources": sources.get(r["name"], []),
+             "sources": sources.get(r["name"], []), **_wide(r),
              "auth": {"username": r["auth_username"], "password": r["auth_password"], "realm": r["auth_realm"]}
              if r["auth_username"] is not None else None,
              **{k: r[k] for k in LIMITS if r[k] is not None}}
@@ -488,40 +503,105 @@ async def _refs(conn, item: dict[str, Any], principal: Principal) -> dict[str, A
     return refs
 
 
-async def _checked(conn, spec: Spec, item: dict[str, Any], principal: Principal) -> dict[str, Any]:
+async def _checked(conn, spec: Spec, item: dict[str, Any], principal: Principal,
+                   current: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+    """The item checked as ``c4 check`` would, and against the space others hold.
+
+    Returns it in checked form with the warnings an admin gets for an
+    overlap across owners (a tenant token gets a 409 instead). ``current``:
+    the stored item a PATCH changes; only what the change adds is held
+    against a tenant token, so an overlap an admin made on purpose does not
+    lock the tenant out of its own item.
+    """
     if not principal.admin and spec.tenant_column is not None:
         tenant = item.get("tenant")
         if isinstance(tenant, str) and tenant != principal.tenant:
             raise ApiError(403, f"{entity_where(spec.name, item)}.tenant: a tenant token may only write its own tenant's {spec.name}")
+    if not principal.admin and item.get("allow_wide_sources") is True and not (current or {}).get("allow_wide_sources"):
+        raise ApiError(403, f"{entity_where(spec.name, item)}.allow_wide_sources: only the admin token may allow wide sources")
     try:
         checked = validate_entity(spec.name, item, await _refs(conn, item, principal))
     except DocumentError as exc:
         raise ApiError(422, "; ".join(exc.errors), exc.errors) from None
+    warnings: list[str] = []
     if spec.name in ("ipbxs", "trunks"):
-        await _check_sources(conn, spec, checked, principal)
-    return checked
+        await _check_sources(conn, spec, checked, principal, current, warnings)
+    elif spec.name == "dids" and (current is None or current["tenant"] != checked["tenant"]):
+        await _check_did_prefix(conn, checked, principal, warnings)
+    return checked, warnings
 
 
-async def _check_sources(conn, spec: Spec, item: dict[str, Any], principal: Principal) -> None:
-    """A source CIDR belongs to one IPBX or trunk: as c4 check says, but from the database."""
+async def _check_sources(conn, spec: Spec, item: dict[str, Any], principal: Principal,
+                         current: dict[str, Any] | None, warnings: list[str]) -> None:  # fmt: skip
+    """A source CIDR belongs to one IPBX or trunk, and nests in no other owner's for a tenant token.
+
+    The owner of an IPBX's source is its tenant; of a trunk's, its carrier's
+    tenant (NULL: a shared carrier, the platform's). The same CIDR twice is
+    refused for everyone, as c4 check refuses it.
+    """
+    where = entity_where(spec.name, item)
     ipbx, trunk = (item["name"], None) if spec.name == "ipbxs" else (None, item["name"])
-    taken = await conn.fetch(
-        "SELECT s.cidr, s.ipbx, s.trunk, i.tenant FROM sources s LEFT JOIN ipbxs i ON i.name = s.ipbx"
-        " WHERE s.cidr = ANY($1::text[]::cidr[]) AND (s.ipbx IS DISTINCT FROM $2 OR s.trunk IS DISTINCT FROM $3)"
-        " ORDER BY s.cidr",
+    if spec.name == "ipbxs":
+        owner = item["tenant"]
+    else:
+        owner = await conn.fetchval("SELECT tenant FROM carriers WHERE name = $1", item["carrier"])
+    rows = await conn.fetch(
+        "SELECT n.cidr AS mine, s.cidr, s.ipbx, s.trunk, COALESCE(i.tenant, c.tenant) AS owner"
+        " FROM unnest($1::text[]::cidr[]) AS n(cidr) JOIN sources s ON s.cidr && n.cidr"
+        " LEFT JOIN ipbxs i ON i.name = s.ipbx LEFT JOIN trunks t ON t.name = s.trunk"
+        " LEFT JOIN carriers c ON c.name = t.carrier"
+        " WHERE s.ipbx IS DISTINCT FROM $2 OR s.trunk IS DISTINCT FROM $3"
+        " ORDER BY n.cidr, s.cidr",
         item["sources"], ipbx, trunk,
     )
-    if taken:
-        errors = []
-        for row in taken:
+    added = set(item["sources"]) - set((current or {}).get("sources", []))
+    taken, captures = [], []
+    for row in rows:
+        mine, theirs = str(row["mine"]), str(row["cidr"])
+        other = f"ipbxs[{row['ipbx']}]" if row["ipbx"] is not None else f"trunks[{row['trunk']}]"
+        if mine == theirs:
             # A tenant token learns that the network is taken, which it must,
-            # but not by whom unless it is one of its own IPBXs.
-            if principal.admin or (row["ipbx"] is not None and row["tenant"] == principal.tenant):
-                owner = f"ipbxs[{row['ipbx']}]" if row["ipbx"] is not None else f"trunks[{row['trunk']}]"
-            else:
-                owner = "another IPBX or trunk"
-            errors.append(f"{entity_where(spec.name, item)}.sources: {row['cidr']} is also a source of {owner}")
-        raise ApiError(409, "; ".join(errors), errors)
+            # but not by whom unless it is one of its own tenant's.
+            named = principal.admin or row["owner"] == principal.tenant
+            taken.append(f"{where}.sources: {mine} is also a source of {other if named else 'another IPBX or trunk'}")
+        elif row["owner"] != owner:
+            if principal.admin:
+                warnings.append(
+                    f"{where}.sources: {mine} overlaps {theirs} of {other} ({owner_name(row['owner'])}):"
+                    " the more specific one takes the calls from the addresses they share"
+                )
+            elif mine in added:
+                captures.append(
+                    f"{where}.sources: {mine} overlaps the address space of another tenant or of a carrier;"
+                    " ask the platform's admin for the network you need"
+                )
+    if taken:
+        raise ApiError(409, "; ".join(taken), taken)
+    if captures:
+        captures = list(dict.fromkeys(captures))
+        raise ApiError(409, "; ".join(captures), captures)
+
+
+async def _check_did_prefix(conn, item: dict[str, Any], principal: Principal, warnings: list[str]) -> None:
+    """A DID prefix nests in (or holds) no other tenant's DID, for a tenant token; an admin is warned."""
+    prefix = item["prefix"]
+    rows = await conn.fetch(
+        # The shorter prefixes by key, the longer ones by a range on the key's
+        # index (digits sort before letters in every collation), then exactly.
+        "SELECT prefix, tenant FROM dids WHERE tenant <> $2 AND (prefix = ANY($3::text[])"
+        " OR (prefix > $1 AND prefix < $1 || 'a' AND starts_with(prefix, $1)))"
+        " ORDER BY prefix LIMIT 10",
+        prefix, item["tenant"], [prefix[:length] for length in range(1, len(prefix))],
+    )
+    where = entity_where("dids", item)
+    if rows and not principal.admin:
+        raise ApiError(409, f"{where}.prefix: overlaps the numbers of another tenant's DID; ask the platform's admin for the block you need")
+    for row in rows:
+        relation = "inside" if prefix.startswith(row["prefix"]) else "holding"
+        warnings.append(
+            f"{where}.prefix: {relation} DID {row['prefix']} of {owner_name(row['tenant'])}:"
+            " the longer prefix takes the numbers they share"
+        )
 
 
 async def _write(conn, spec: Spec, item: dict[str, Any], new: bool) -> None:
@@ -535,8 +615,8 @@ async def _write(conn, spec: Spec, item: dict[str, Any], new: bool) -> None:
         await _upsert(conn, "carriers", "name", item, ("tenant",), new)
     elif name in ("ipbxs", "trunks"):
         columns = ("targets", "tenant") if name == "ipbxs" else ("carrier", "target")
-        columns += ("normalization", "fr_timer", "fr_inv_timer", "branch_flags")
-        row = {key: item[key] for key in ("name", *columns)}
+        columns += ("normalization", "fr_timer", "fr_inv_timer", "branch_flags", "allow_wide_sources")
+        row = {key: item.get(key, False) if key == "allow_wide_sources" else item[key] for key in ("name", *columns)}
         if name == "trunks":
             auth = item["auth"] or {}
             row.update(auth_username=auth.get("username"), auth_password=auth.get("password"), auth_realm=auth.get("realm"))
@@ -611,13 +691,13 @@ async def create_item(request: web.Request) -> web.Response:
     try:
         async with request.config_dict[POOL].acquire() as conn:
             async with conn.transaction():
-                checked = await _checked(conn, spec, body, principal)
+                checked, warnings = await _checked(conn, spec, body, principal)
                 await _write(conn, spec, checked, new=True)
             item = await _fetch_one(conn, spec, Principal(), tuple(checked[key] for key in spec.keys))
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
         raise _database_refusal(exc, spec, where) from None
-    _audit(request, entity_where(spec.name, item))
-    return reply(masked(spec, item), 201, headers={"Location": item_url(spec, item)})
+    _audit(request, entity_where(spec.name, item), warnings)
+    return reply(masked(spec, item), 201, headers=_warning_headers(warnings, Location=item_url(spec, item)))
 
 
 async def patch_item(request: web.Request) -> web.Response:
@@ -642,13 +722,13 @@ async def patch_item(request: web.Request) -> web.Response:
                     if not current["auth"]:
                         raise ApiError(422, f"{where}.auth.password: {MASK!r} is how reads mask a password; send the password itself")
                     merged["auth"] = {**auth, "password": current["auth"]["password"]}  # the mask sent back: keep it
-                checked = await _checked(conn, spec, merged, principal)
+                checked, warnings = await _checked(conn, spec, merged, principal, current)
                 await _write(conn, spec, checked, new=False)
             item = await _fetch_one(conn, spec, Principal(), key)
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
         raise _database_refusal(exc, spec, where) from None
-    _audit(request, where)
-    return reply(masked(spec, item))
+    _audit(request, where, warnings)
+    return reply(masked(spec, item), headers=_warning_headers(warnings))
 
 
 async def delete_item(request: web.Request) -> web.Response:

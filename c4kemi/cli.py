@@ -23,6 +23,7 @@ import orjson
 
 from .decision import RequestError, decide, encode
 from .document import COLLECTIONS, DocumentError, load_document, target_warnings
+from .overlaps import overlap_warnings
 from .table import compile_validated, load_table
 
 EXAMPLE_TABLE = Path(__file__).parent / "examples" / "example.json"
@@ -42,7 +43,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{args.file}: {error}", file=sys.stderr)
         print(f"{args.file}: refused, {len(exc.errors)} error(s)", file=sys.stderr)
         return 1
-    for warning in target_warnings(document):
+    for warning in target_warnings(document) + overlap_warnings(document):
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
     counts = ", ".join(f"{len(document[name])} {name}" for name in COLLECTIONS)
     print(f"{args.file}: ok, version {table.version}: {counts}")

@@ -50,6 +50,10 @@ MAX_NAME_LENGTH = 200
 # trunk or a tenant (0 refuses every call), new calls per second of a trunk.
 MAX_CHANNELS = 1_000_000
 MAX_CPS = 100_000
+# A source wider than this takes calls from a large part of the Internet (at
+# the extreme 0.0.0.0/0, every stranger's INVITE): refused unless the entity
+# says allow_wide_sources (docs/security.md, "Address and number space").
+WIDE_SOURCE_PREFIXLEN = {4: 8, 6: 32}
 
 _DIGITS = re.compile(r"[0-9]*")
 _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]+")
@@ -363,7 +367,7 @@ class _Checker:
     def ipbx(self, where: str, entity: dict, tenants: set[str], profiles: set[str]) -> dict | None:
         ok = self.fields(
             where, entity, {"name", "tenant", "targets"},
-            {"sources", "normalization", "fr_timer", "fr_inv_timer", "branch_flags"},
+            {"sources", "allow_wide_sources", "normalization", "fr_timer", "fr_inv_timer", "branch_flags"},
         )
         if "tenant" in entity:
             ok &= self.reference(f"{where}.tenant", entity["tenant"], tenants, "tenant")
@@ -382,7 +386,8 @@ class _Checker:
     def trunk(self, where: str, entity: dict, carriers: dict, profiles: set[str]) -> dict | None:
         ok = self.fields(
             where, entity, {"name", "carrier", "target"},
-            {"sources", "normalization", "fr_timer", "fr_inv_timer", "branch_flags", "auth", "max_channels", "max_cps"},
+            {"sources", "allow_wide_sources", "normalization", "fr_timer", "fr_inv_timer", "branch_flags", "auth",
+             "max_channels", "max_cps"},
         )
         if "carrier" in entity:
             ok &= self.reference(f"{where}.carrier", entity["carrier"], carriers, "carrier")
@@ -415,6 +420,10 @@ class _Checker:
         """Fields shared by trunks and IPBXs: sources, profile, timers, flags."""
         ok = True
         sources = entity.get("sources", [])
+        allow_wide = entity.get("allow_wide_sources", False)
+        if not isinstance(allow_wide, bool):
+            self.error(f"{where}.allow_wide_sources", "must be true or false")
+            ok, allow_wide = False, False
         networks = []
         if not isinstance(sources, list):
             self.error(f"{where}.sources", "must be a list of IP addresses or CIDRs")
@@ -424,9 +433,19 @@ class _Checker:
                 network = self.cidr(f"{where}.sources[{index}]", source)
                 if network is None:
                     ok = False
-                elif network not in networks:
+                    continue
+                if not allow_wide and network.prefixlen < WIDE_SOURCE_PREFIXLEN[network.version]:
+                    self.error(
+                        f"{where}.sources[{index}]",
+                        f"{network} is wider than /{WIDE_SOURCE_PREFIXLEN[network.version]}: it would take calls from "
+                        "anyone there; set allow_wide_sources to true if that is meant",
+                    )
+                    ok = False
+                if network not in networks:
                     networks.append(network)
         out["sources"] = networks
+        if allow_wide:  # absent when false, so documents without it read back unchanged
+            out["allow_wide_sources"] = True
         profile = entity.get("normalization")
         if profile is not None:
             ok &= self.reference(f"{where}.normalization", profile, profiles, "normalization profile")

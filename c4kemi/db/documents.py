@@ -50,6 +50,7 @@ def _endpoint(row: asyncpg.Record, sources: dict[str, list[str]]) -> dict[str, A
         "fr_inv_timer": row["fr_inv_timer"],
         "branch_flags": row["branch_flags"],
         "sources": sources.get(row["name"], []),
+        **({"allow_wide_sources": True} if row["allow_wide_sources"] else {}),
     }
 
 
@@ -146,14 +147,15 @@ async def import_document(conn: asyncpg.Connection, doc: dict[str, Any]) -> int:
         await _copy(conn, "carriers", [(c["name"], c["tenant"]) for c in doc["carriers"]], ["name", "tenant"])
         endpoint_columns = ["normalization", "fr_timer", "fr_inv_timer", "branch_flags"]
         await _copy(conn, "ipbxs", [
-            (i["name"], i["tenant"], i["targets"], *(i[c] for c in endpoint_columns)) for i in doc["ipbxs"]
-        ], ["name", "tenant", "targets", *endpoint_columns])
+            (i["name"], i["tenant"], i["targets"], *(i[c] for c in endpoint_columns), i.get("allow_wide_sources", False))
+            for i in doc["ipbxs"]
+        ], ["name", "tenant", "targets", *endpoint_columns, "allow_wide_sources"])
         await _copy(conn, "trunks", [
-            (t["name"], t["carrier"], t["target"], *(t[c] for c in endpoint_columns),
+            (t["name"], t["carrier"], t["target"], *(t[c] for c in endpoint_columns), t.get("allow_wide_sources", False),
              *((t["auth"]["username"], t["auth"]["password"], t["auth"]["realm"]) if t.get("auth") else (None, None, None)),
              t.get("max_channels"), t.get("max_cps"))
             for t in doc["trunks"]
-        ], ["name", "carrier", "target", *endpoint_columns, "auth_username", "auth_password", "auth_realm", "max_channels", "max_cps"])
+        ], ["name", "carrier", "target", *endpoint_columns, "allow_wide_sources", "auth_username", "auth_password", "auth_realm", "max_channels", "max_cps"])
         await _copy(conn, "sources", [
             (ipaddress.ip_network(cidr), entity["name"] if kind == "ipbxs" else None, entity["name"] if kind == "trunks" else None, position)
             for kind in ("ipbxs", "trunks") for entity in doc[kind] for position, cidr in enumerate(entity["sources"])

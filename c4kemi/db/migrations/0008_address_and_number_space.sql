@@ -1,0 +1,10 @@
+-- Address and number space (docs/security.md): a source wider than /8
+-- (IPv4) or /32 (IPv6) needs allow_wide_sources on its IPBX or trunk, as
+-- c4kemi/document.py checks; and the API looks for source CIDRs that
+-- overlap another owner's (inet's && operator) through a GiST index, so the
+-- check stays an index probe however many sources there are.
+
+ALTER TABLE ipbxs ADD COLUMN allow_wide_sources boolean NOT NULL DEFAULT false;
+ALTER TABLE trunks ADD COLUMN allow_wide_sources boolean NOT NULL DEFAULT false;
+
+CREATE INDEX sources_cidr_overlap ON sources USING gist (cidr inet_ops);

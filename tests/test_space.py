@@ -1,0 +1,74 @@
+"""Address and number space in routing documents: wide sources, overlaps across owners."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tables import document
+from test_cli import c4
+
+from c4kemi.decision import decide
+from c4kemi.document import DocumentError, validate_document
+from c4kemi.overlaps import overlap_warnings
+from c4kemi.table import compile_table
+
+
+@pytest.mark.parametrize("source", ["0.0.0.0/0", "::/0", "128.0.0.0/1", "2000::/3", "10.0.0.0/7", "2001:db8::/31"])
+def test_a_wide_source_is_refused_naming_the_entity_and_field(source):
+    doc = document()
+    doc["ipbxs"][0]["sources"].append(source)
+    with pytest.raises(DocumentError) as refused:
+        validate_document(doc)
+    assert refused.value.errors == [
+        f"ipbxs[acme-pbx].sources[2]: {source} is wider than /{8 if '.' in source else 32}: it would take calls"
+        " from anyone there; set allow_wide_sources to true if that is meant"
+    ]
+
+
+def test_a_wide_source_explicitly_allowed_routes_like_any_other():
+    doc = document()
+    doc["ipbxs"][0]["sources"].append("0.0.0.0/0")
+    doc["ipbxs"][0]["allow_wide_sources"] = True
+    checked = validate_document(doc)
+    assert checked["ipbxs"][0]["allow_wide_sources"] is True
+    table = compile_table(doc)
+    # The most specific source still wins; everything else is now acme-pbx's.
+    assert table.sources.lookup("192.0.2.1").name == "carrier-a-1"
+    assert table.sources.lookup("203.0.113.9").name == "acme-pbx"
+    reply = decide(table, {"source_ip": "203.0.113.9", "ruri": "sip:0612345678@x", "from_uri": "sip:1@x", "to_uri": "sip:2@x"})
+    assert reply["rtjson"]["success"] is True
+    # Not a boolean: refused; /8 and /32 are not wide; absent or false reads back absent.
+    doc["ipbxs"][0]["allow_wide_sources"] = "yes"
+    with pytest.raises(DocumentError, match=r"ipbxs\[acme-pbx\]\.allow_wide_sources: must be true or false"):
+        validate_document(doc)
+    doc = document()
+    doc["ipbxs"][0]["sources"] += ["11.0.0.0/8", "2001:db9::/32"]
+    doc["ipbxs"][0]["allow_wide_sources"] = False
+    assert "allow_wide_sources" not in validate_document(doc)["ipbxs"][0]
+
+
+def test_overlaps_across_owners_are_warned_and_nothing_else():
+    doc = document()
+    assert overlap_warnings(validate_document(doc)) == []  # carrier-b-1's own nested sources: one owner
+    doc["ipbxs"][2]["sources"].append("192.0.2.8/29")  # globex inside the shared carrier's trunk
+    doc["ipbxs"][1]["sources"].append("198.51.100.64/26")  # acme inside acme's own carrier: one owner
+    doc["dids"].append({"tenant": "acme", "prefix": "44209", "ipbx": "acme-pbx"})  # acme inside globex's 4420
+    doc["dids"].append({"tenant": "acme", "prefix": "3970123", "ipbx": "acme-pbx"})  # acme inside acme's own
+    assert overlap_warnings(validate_document(doc)) == [
+        "ipbxs[globex-pbx].sources: 192.0.2.8/29 lies inside 192.0.2.0/28 of trunks[carrier-a-1]"
+        " (the platform (a shared carrier)): calls from 192.0.2.8/29 are taken from trunks[carrier-a-1]",
+        "dids[44209].prefix: nested in DID 4420 of tenant 'globex': numbers starting 44209 go to tenant 'acme'",
+    ]
+
+
+def test_check_prints_the_overlap_warnings_and_accepts(tmp_path):
+    doc = document()
+    doc["dids"].append({"tenant": "acme", "prefix": "4", "ipbx": "acme-pbx"})  # holds globex's 4420
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    result = c4("check", str(path))
+    assert result.returncode == 0, result.stderr
+    assert f"{path}: warning: dids[4420].prefix: nested in DID 4 of tenant 'acme': numbers starting 4420 go to tenant 'globex'" in (
+        result.stderr.decode()
+    )
