@@ -69,7 +69,14 @@ RULE = {
 
 # name -> (schema name, properties, required on create)
 ENTITIES: dict[str, tuple[str, dict[str, Any], list[str]]] = {
-    "tenants": ("Tenant", {"name": NAME, "max_channels": MAX_CHANNELS_FIELD}, ["name"]),
+    "tenants": ("Tenant", {
+        "name": NAME,
+        "max_channels": MAX_CHANNELS_FIELD,
+        "number_blocks": {"type": "array", "items": {"type": "string", "pattern": "^[0-9]{1,32}$"}, "default": [],
+                          "description": "DID prefixes the tenant's token may provision under, held for it; absent: none assigned"},
+        "address_blocks": {"type": "array", "items": CIDR, "default": [],
+                           "description": "networks the tenant's IPBX sources may lie in, held for it; absent: none assigned"},
+    }, ["name"]),
     "normalization_profiles": ("NormalizationProfile", {
         "name": NAME,
         "country_code": {**DIGITS, "default": ""},

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -34,7 +35,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from c4kemi.db.documents import setup_connection
+from c4kemi.db.documents import setup_connection, tenant_blocks
 from c4kemi.document import (
     DocumentError,
     _refuse_duplicate_keys,
@@ -94,7 +95,10 @@ class Spec:
 SPECS = {
     spec.name: spec
     for spec in (
-        Spec("tenants", "tenants", ("name",), "SELECT x.name, x.max_channels FROM tenants x", ("x.name",), None, "x"),
+        Spec(
+            "tenants", "tenants", ("name",), "SELECT x.name, x.max_channels, x.number_blocks, x.address_blocks FROM tenants x",
+            ("x.name",), None, "x",
+        ),
         Spec(
             "normalization_profiles", "normalization_profiles", ("name",),
             "SELECT x.name, x.country_code, x.intl_prefix, x.ld_prefix, x.always_plus, x.to_e164, x.from_e164"
@@ -375,8 +379,8 @@ async def _items(conn, spec: Spec, rows: list) -> list[dict[str, Any]]:
                 {"trunk": row["trunk"], "priority": row["priority"], "weight": int(weight) if weight.is_integer() else weight}
             )
         return [{"tenant": r["tenant"], "prefix": r["prefix"], "trunks": choices.get((r["tenant"], r["prefix"]), [])} for r in rows]
-    if spec.name == "tenants":  # a limit not set is absent, as in the document
-        return [{k: v for k, v in row.items() if v is not None or k not in LIMITS} for row in rows]
+    if spec.name == "tenants":  # a limit not set, or no block, is absent, as in the document
+        return [{"name": row["name"], **{k: row[k] for k in LIMITS if row.get(k) is not None}, **tenant_blocks(row)} for row in rows]
     return [dict(row) for row in rows]
 
 
@@ -556,6 +560,7 @@ async def _check_sources(conn, spec: Spec, item: dict[str, Any], principal: Prin
     )
     added = set(item["sources"]) - set((current or {}).get("sources", []))
     taken, captures = [], []
+    capture = f"{where}.sources: {{mine}} overlaps the address space of another tenant or of a carrier; ask the platform's admin for the network you need"
     for row in rows:
         mine, theirs = str(row["mine"]), str(row["cidr"])
         other = f"ipbxs[{row['ipbx']}]" if row["ipbx"] is not None else f"trunks[{row['trunk']}]"
@@ -571,43 +576,66 @@ async def _check_sources(conn, spec: Spec, item: dict[str, Any], principal: Prin
                     " the more specific one takes the calls from the addresses they share"
                 )
             elif mine in added:
-                captures.append(
-                    f"{where}.sources: {mine} overlaps the address space of another tenant or of a carrier;"
-                    " ask the platform's admin for the network you need"
-                )
+                captures.append(capture.format(mine=mine))
     if taken:
         raise ApiError(409, "; ".join(taken), taken)
+    if not principal.admin:
+        await _confine(conn, where + ".sources", "address_blocks", principal, added,
+                       lambda source, block: block.version == source.version and source.subnet_of(block), ipaddress.ip_network)  # fmt: skip
+    for row in await conn.fetch(
+        "SELECT n.cidr AS mine, b.block, t.name AS owner FROM unnest($1::text[]::cidr[]) AS n(cidr)"
+        " CROSS JOIN tenants t CROSS JOIN unnest(t.address_blocks) AS b(block)"
+        " WHERE b.block && n.cidr AND t.name IS DISTINCT FROM $2 ORDER BY 1, 2",
+        item["sources"], owner,
+    ):
+        mine = str(row["mine"])
+        if principal.admin:
+            warnings.append(f"{where}.sources: {mine} overlaps {row['block']}, an address block of {owner_name(row['owner'])}")
+        elif mine in added:
+            captures.append(capture.format(mine=mine))
     if captures:
         captures = list(dict.fromkeys(captures))
         raise ApiError(409, "; ".join(captures), captures)
 
 
+async def _confine(conn, where: str, column: str, principal: Principal, added, inside, parse) -> None:
+    """A tenant token's new sources or DID lie inside its tenant's blocks, if the admin assigned any."""
+    blocks = await conn.fetchval(f"SELECT {column} FROM tenants WHERE name = $1", principal.tenant)
+    if not blocks:
+        return
+    outside = sorted(value for value in added if not any(inside(parse(value), block) for block in blocks))
+    if outside:
+        assigned = ", ".join(map(str, blocks))
+        raise ApiError(403, f"{where}: {', '.join(outside)} outside the {column.replace('_', ' ')} of tenant {principal.tenant!r} ({assigned})")
+
+
 async def _check_did_prefix(conn, item: dict[str, Any], principal: Principal, warnings: list[str]) -> None:
-    """A DID prefix nests in (or holds) no other tenant's DID, for a tenant token; an admin is warned."""
-    prefix = item["prefix"]
+    """A DID prefix nests in (or holds) no other tenant's DID or number block, for a tenant token; an admin is warned."""
+    prefix, where = item["prefix"], entity_where("dids", item)
+    if not principal.admin:
+        await _confine(conn, where + ".prefix", "number_blocks", principal, [prefix], lambda p, block: p.startswith(block), str)
     rows = await conn.fetch(
         # The shorter prefixes by key, the longer ones by a range on the key's
         # index (digits sort before letters in every collation), then exactly.
-        "SELECT prefix, tenant FROM dids WHERE tenant <> $2 AND (prefix = ANY($3::text[])"
+        "SELECT prefix, tenant, 'DID' AS kind FROM dids WHERE tenant <> $2 AND (prefix = ANY($3::text[])"
         " OR (prefix > $1 AND prefix < $1 || 'a' AND starts_with(prefix, $1)))"
-        " ORDER BY prefix LIMIT 10",
+        " UNION ALL SELECT b.prefix, t.name, 'number block' FROM tenants t CROSS JOIN unnest(t.number_blocks) AS b(prefix)"
+        " WHERE t.name <> $2 AND (starts_with($1, b.prefix) OR starts_with(b.prefix, $1))"
+        " ORDER BY 1 LIMIT 10",
         prefix, item["tenant"], [prefix[:length] for length in range(1, len(prefix))],
     )
-    where = entity_where("dids", item)
     if rows and not principal.admin:
-        raise ApiError(409, f"{where}.prefix: overlaps the numbers of another tenant's DID; ask the platform's admin for the block you need")
+        raise ApiError(409, f"{where}.prefix: overlaps the numbers of another tenant; ask the platform's admin for the block you need")
     for row in rows:
         relation = "inside" if prefix.startswith(row["prefix"]) else "holding"
-        warnings.append(
-            f"{where}.prefix: {relation} DID {row['prefix']} of {owner_name(row['tenant'])}:"
-            " the longer prefix takes the numbers they share"
-        )
+        warnings.append(f"{where}.prefix: {relation} {row['kind']} {row['prefix']} of {owner_name(row['tenant'])}")
 
 
 async def _write(conn, spec: Spec, item: dict[str, Any], new: bool) -> None:
     name = spec.name
     if name == "tenants":
-        await _upsert(conn, "tenants", "name", {"max_channels": None, **item}, ("max_channels",), new)
+        row = {"max_channels": None, "number_blocks": [], "address_blocks": [], **item}
+        await _upsert(conn, "tenants", "name", row, ("max_channels", "number_blocks", "address_blocks"), new)
     elif name == "normalization_profiles":
         columns = ("country_code", "intl_prefix", "ld_prefix", "always_plus", "to_e164", "from_e164")
         await _upsert(conn, "normalization_profiles", "name", item, columns, new)

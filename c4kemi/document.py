@@ -295,10 +295,37 @@ class _Checker:
     # -- entities ---------------------------------------------------------
 
     def tenant(self, where: str, entity: dict) -> dict | None:
-        if not self.fields(where, entity, {"name"}, {"max_channels"}):
+        if not self.fields(where, entity, {"name"}, {"max_channels", "number_blocks", "address_blocks"}):
             return None
         out = {"name": entity["name"]}
-        return out if self.limits(where, entity, out, ("max_channels",)) else None
+        ok = self.limits(where, entity, out, ("max_channels",))
+        return out if self.blocks(where, entity, out) and ok else None
+
+    def blocks(self, where: str, entity: dict, out: dict) -> bool:
+        """A tenant's number and address blocks: the space its token may provision in (docs/security.md).
+
+        Absent (or empty) stays absent, so documents without them are unchanged.
+        """
+        ok = True
+        for key, check in (("number_blocks", self.number_block), ("address_blocks", self.cidr)):
+            values = entity.get(key) or []
+            if not isinstance(values, list):
+                self.error(f"{where}.{key}", "must be a list")
+                ok = False
+                continue
+            checked = []
+            for index, value in enumerate(values):
+                block = check(f"{where}.{key}[{index}]", value)
+                if block is None:
+                    ok = False
+                elif block not in checked:
+                    checked.append(block)
+            if checked:
+                out[key] = [str(block) for block in checked]
+        return ok
+
+    def number_block(self, where: str, value: Any) -> str | None:
+        return value if self.digits(where, value, allow_empty=False) else None
 
     def limits(self, where: str, entity: dict, out: dict, keys: tuple[str, ...]) -> bool:
         """Optional channel limits; absent (or null) stays absent (no limit), so documents without them are unchanged."""

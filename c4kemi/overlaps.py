@@ -7,8 +7,10 @@ inbound calls, a DID nested in another tenant's DID takes its numbers. The
 owner of an IPBX or a DID is its tenant; of a trunk, its carrier's tenant,
 or the platform for a shared carrier (``None``).
 
-A tenant token may never create such an overlap (c4http/provisioning.py
-refuses it); an admin may, on purpose, and ``c4 check`` and the API warn.
+A tenant's number and address blocks (assigned by the admin) are space it
+holds before it provisions anything there. A tenant token may never create
+an overlap with what another owner holds (c4http/provisioning.py refuses
+it); an admin may, on purpose, and ``c4 check`` and the API warn.
 Pure: documents in, messages out (docs/security.md, "Address and number
 space").
 """
@@ -46,35 +48,41 @@ def _nested(items: Iterable[tuple[Any, Any, str]], contains) -> Iterator[tuple[t
 
 
 def source_overlaps(document: dict[str, Any]) -> Iterator[tuple[tuple, tuple]]:
-    """Source CIDRs of different owners where one holds the other (a checked document)."""
+    """Source CIDRs and address blocks of different owners where one holds the other (a checked document)."""
     carrier_tenant = {c["name"]: c["tenant"] for c in document.get("carriers", [])}
-    items = []
+    items = [
+        (ipaddress.ip_network(block), tenant["name"], f"tenants[{tenant['name']}].address_blocks")
+        for tenant in document.get("tenants", []) for block in tenant.get("address_blocks", ())
+    ]  # fmt: skip
     for collection in ("ipbxs", "trunks"):
         for entity in document.get(collection, []):
             owner = entity["tenant"] if collection == "ipbxs" else carrier_tenant.get(entity["carrier"])
             for source in entity["sources"]:
-                items.append((ipaddress.ip_network(source), owner, f"{collection}[{entity['name']}]"))
-    items.sort(key=lambda item: (item[0].version, item[0].network_address, item[0].prefixlen))
+                items.append((ipaddress.ip_network(source), owner, f"{collection}[{entity['name']}].sources"))
+    # A block before an entity with the same key: the block is what is held.
+    items.sort(key=lambda item: (item[0].version, item[0].network_address, item[0].prefixlen, "_blocks" not in item[2]))
     return _nested(items, lambda outer, inner: outer.version == inner.version and inner.subnet_of(outer))
 
 
 def did_nestings(document: dict[str, Any]) -> Iterator[tuple[tuple, tuple]]:
-    """DID prefixes of different tenants where one starts the other (a checked document)."""
-    items = sorted((d["prefix"], d["tenant"], f"dids[{d['prefix']}]") for d in document.get("dids", []))
+    """DID prefixes and number blocks of different tenants where one starts the other (a checked document)."""
+    items = [(d["prefix"], d["tenant"], f"dids[{d['prefix']}].prefix") for d in document.get("dids", [])]
+    items += [
+        (block, tenant["name"], f"tenants[{tenant['name']}].number_blocks")
+        for tenant in document.get("tenants", []) for block in tenant.get("number_blocks", ())
+    ]  # fmt: skip
+    items.sort(key=lambda item: (item[0], "_blocks" not in item[2]))
     return _nested(items, lambda outer, inner: inner.startswith(outer))
 
 
 def overlap_warnings(document: dict[str, Any]) -> list[str]:
-    """What ``c4 check`` warns about: space one owner's entry takes from another's."""
+    """What ``c4 check`` warns about: space one owner's entry or block takes from another's."""
     warnings = []
-    for (outer, outer_owner, outer_where), (inner, _owner, inner_where) in source_overlaps(document):
-        warnings.append(
-            f"{inner_where}.sources: {inner} lies inside {outer} of {outer_where} ({owner_name(outer_owner)}): "
-            f"calls from {inner} are taken from {outer_where}"
-        )
-    for (outer, outer_owner, _where), (inner, inner_owner, inner_where) in did_nestings(document):
-        warnings.append(
-            f"{inner_where}.prefix: nested in DID {outer} of {owner_name(outer_owner)}: "
-            f"numbers starting {inner} go to {owner_name(inner_owner)}"
-        )
+    for overlaps in (source_overlaps(document), did_nestings(document)):
+        for (outer, outer_owner, outer_where), (inner, inner_owner, inner_where) in overlaps:
+            if "_blocks" in outer_where or "_blocks" in inner_where:
+                effect = f"{owner_name(outer_owner)} and {owner_name(inner_owner)} both hold it"
+            else:
+                effect = f"the longer match gives what they share to {owner_name(inner_owner)}"
+            warnings.append(f"{inner_where}: {inner} lies inside {outer} of {outer_where} ({owner_name(outer_owner)}): {effect}")
     return warnings

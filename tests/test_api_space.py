@@ -12,6 +12,7 @@ own carrier-b has 198.51.100.0/24; acme's IPBXs 10.0.0.10/32, 10.0.0.11/32,
 39612345, 396123459.
 """
 
+# ruff: noqa: F811  (the fixtures imported from test_api look like redefinitions to ruff)
 from __future__ import annotations
 
 import pytest
@@ -106,13 +107,13 @@ async def test_the_admin_may_overlap_on_purpose_and_is_warned(api, seeded, caplo
     # A DID nested in another tenant's: allowed for the admin, with a warning.
     status, body, headers = await api("POST", "/api/v1/dids", {"tenant": "acme", "prefix": "44201", "ipbx": "acme-pbx"})
     assert status == 201, body
-    assert headers.getall("Warning") == ['199 c4 "dids[44201].prefix: inside DID 4420 of tenant \'globex\': the longer prefix takes the numbers they share"']
+    assert headers.getall("Warning") == ['199 c4 "dids[44201].prefix: inside DID 4420 of tenant \'globex\'"']
 
 
 @pytest.mark.parametrize("prefix", ["44201", "4420123", "442", "4", "44"])
 async def test_a_tenant_cannot_take_numbers_nested_with_another_tenants_did(acme, seeded, prefix):
     status, body, _ = await acme("POST", "/api/v1/dids", {"prefix": prefix, "ipbx": "acme-pbx"})
-    assert status == 409 and "overlaps the numbers of another tenant's DID" in body["error"], body
+    assert status == 409 and "overlaps the numbers of another tenant" in body["error"], body
     assert "globex" not in body["error"]
     exported, _ = await db(seeded["dsn"], export_document)
     assert prefix not in [d["prefix"] for d in exported["dids"]]
@@ -125,3 +126,37 @@ async def test_a_tenant_takes_free_numbers_and_nests_in_its_own(acme, globex):
     # Now 39 is acme's: globex cannot take a number inside it.
     status, body, _ = await globex("POST", "/api/v1/dids", {"prefix": "3902555", "ipbx": "globex-pbx"})
     assert status == 409, body
+
+
+async def test_blocks_the_admin_assigns_are_held_before_anything_is_provisioned(api, acme, globex, seeded):
+    blocks = {"number_blocks": ["3902", "4420"], "address_blocks": ["203.0.113.0/24", "2001:db8::/48"]}
+    status, tenant, _ = await api("PATCH", "/api/v1/tenants/globex", blocks)
+    assert status == 200 and tenant == {"name": "globex", **blocks}, tenant
+    assert (await acme("GET", "/api/v1/tenants/globex"))[0] == 403  # tenants stay the admin's
+    # Nobody holds 3902... or 203.0.113.0/24 yet, but they are globex's: not acme's to take.
+    for collection, item in (("dids", {"prefix": "390255", "ipbx": "acme-pbx"}), ("dids", {"prefix": "39", "ipbx": "acme-pbx"}),
+                             ("ipbxs", ipbx("grab", "203.0.113.9")), ("ipbxs", ipbx("grab", "203.0.0.0/16"))):  # fmt: skip
+        status, body, _ = await acme("POST", f"/api/v1/{collection}", item)
+        assert status == 409 and "overlaps" in body["error"] and "globex" not in body["error"], (item, body)
+    # globex provisions inside its blocks, and only there.
+    assert (await globex("POST", "/api/v1/dids", {"prefix": "390255", "ipbx": "globex-pbx"}))[0] == 201
+    assert (await globex("POST", "/api/v1/ipbxs", ipbx("g2", "203.0.113.0/25")))[0] == 201
+    status, body, _ = await globex("POST", "/api/v1/dids", {"prefix": "4421", "ipbx": "globex-pbx"})
+    assert status == 403 and body["error"] == (
+        "dids[4421].prefix: 4421 outside the number blocks of tenant 'globex' (3902, 4420)"
+    ), body
+    status, body, _ = await globex("POST", "/api/v1/ipbxs", ipbx("g3", "198.18.0.0/24", "203.0.113.128/25"))
+    assert status == 403 and "198.18.0.0/24 outside the address blocks of tenant 'globex'" in body["error"], body
+    # The admin may still provision there for another tenant, and is told.
+    status, body, headers = await api("POST", "/api/v1/dids", {"tenant": "acme", "prefix": "39029", "ipbx": "acme-pbx"})
+    assert status == 201 and headers.getall("Warning") == ['199 c4 "dids[39029].prefix: inside number block 3902 of tenant \'globex\'"']
+    # The blocks are part of the document: exported, and c4 check reads them back.
+    exported, _ = await db(seeded["dsn"], export_document)
+    assert next(t for t in exported["tenants"] if t["name"] == "globex") == {"name": "globex", **blocks}
+    assert next(t for t in exported["tenants"] if t["name"] == "acme") == {"name": "acme"}
+    # Invalid blocks are refused, naming the field.
+    status, body, _ = await api("PATCH", "/api/v1/tenants/globex", {"number_blocks": ["39x"], "address_blocks": ["10.0.0.1/8"]})
+    assert status == 422 and body["errors"] == [
+        "tenants[globex].number_blocks[0]: must be a string of one or more digits (E.164 without '+'), got '39x'",
+        "tenants[globex].address_blocks[0]: bad CIDR '10.0.0.1/8': 10.0.0.1/8 has host bits set",
+    ], body

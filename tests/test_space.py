@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from tables import document
 from test_cli import c4
 
 from c4kemi.decision import decide
 from c4kemi.document import DocumentError, validate_document
 from c4kemi.overlaps import overlap_warnings
 from c4kemi.table import compile_table
+from tables import document
 
 
 @pytest.mark.parametrize("source", ["0.0.0.0/0", "::/0", "128.0.0.0/1", "2000::/3", "10.0.0.0/7", "2001:db8::/31"])
@@ -55,10 +55,16 @@ def test_overlaps_across_owners_are_warned_and_nothing_else():
     doc["ipbxs"][1]["sources"].append("198.51.100.64/26")  # acme inside acme's own carrier: one owner
     doc["dids"].append({"tenant": "acme", "prefix": "44209", "ipbx": "acme-pbx"})  # acme inside globex's 4420
     doc["dids"].append({"tenant": "acme", "prefix": "3970123", "ipbx": "acme-pbx"})  # acme inside acme's own
+    doc["tenants"][1]["number_blocks"] = ["3970"]  # globex's block around acme's DID 3970
     assert overlap_warnings(validate_document(doc)) == [
-        "ipbxs[globex-pbx].sources: 192.0.2.8/29 lies inside 192.0.2.0/28 of trunks[carrier-a-1]"
-        " (the platform (a shared carrier)): calls from 192.0.2.8/29 are taken from trunks[carrier-a-1]",
-        "dids[44209].prefix: nested in DID 4420 of tenant 'globex': numbers starting 44209 go to tenant 'acme'",
+        "ipbxs[globex-pbx].sources: 192.0.2.8/29 lies inside 192.0.2.0/28 of trunks[carrier-a-1].sources"
+        " (the platform (a shared carrier)): the longer match gives what they share to tenant 'globex'",
+        "dids[3970].prefix: 3970 lies inside 3970 of tenants[globex].number_blocks (tenant 'globex'):"
+        " tenant 'globex' and tenant 'acme' both hold it",
+        "dids[3970123].prefix: 3970123 lies inside 3970 of tenants[globex].number_blocks (tenant 'globex'):"
+        " tenant 'globex' and tenant 'acme' both hold it",
+        "dids[44209].prefix: 44209 lies inside 4420 of dids[4420].prefix (tenant 'globex'):"
+        " the longer match gives what they share to tenant 'acme'",
     ]
 
 
@@ -69,6 +75,4 @@ def test_check_prints_the_overlap_warnings_and_accepts(tmp_path):
     path.write_text(json.dumps(doc))
     result = c4("check", str(path))
     assert result.returncode == 0, result.stderr
-    assert f"{path}: warning: dids[4420].prefix: nested in DID 4 of tenant 'acme': numbers starting 4420 go to tenant 'globex'" in (
-        result.stderr.decode()
-    )
+    assert f"{path}: warning: dids[4420].prefix: 4420 lies inside 4 of dids[4].prefix (tenant 'acme'):" in result.stderr.decode()

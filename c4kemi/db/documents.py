@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-__all__ = ["connect", "did_entity", "export_document", "read_document", "read_routes", "import_document", "routing_version", "setup_connection"]
+__all__ = ["connect", "did_entity", "tenant_blocks", "export_document", "read_document", "read_routes", "import_document", "routing_version", "setup_connection"]
 
 # Routing tables, the ones referring to others first (TRUNCATE takes them together).
 ROUTING_TABLES = ("route_trunks", "routes", "dids", "sources", "trunks", "ipbxs", "carriers", "normalization_profiles")
@@ -59,6 +59,11 @@ def _limits(row: asyncpg.Record, *columns: str) -> dict[str, int]:
     return {column: row[column] for column in columns if row[column] is not None}
 
 
+def tenant_blocks(row: asyncpg.Record) -> dict[str, list[str]]:
+    """A tenant's number and address blocks as the document has them: only those assigned."""
+    return {column: [str(block) for block in row[column]] for column in ("number_blocks", "address_blocks") if row[column]}
+
+
 def _number(value: float) -> int | float:
     """Weights are double precision in the database; 1.0 reads back as 1."""
     return int(value) if value.is_integer() else value
@@ -96,8 +101,8 @@ async def read_document(conn: asyncpg.Connection) -> dict[str, Any]:
         owner.append(str(row["cidr"]))
     doc: dict[str, Any] = {
         "tenants": [
-            {"name": row["name"], **_limits(row, "max_channels")}
-            for row in await conn.fetch("SELECT name, max_channels FROM tenants ORDER BY name")
+            {"name": row["name"], **_limits(row, "max_channels"), **tenant_blocks(row)}
+            for row in await conn.fetch("SELECT name, max_channels, number_blocks, address_blocks FROM tenants ORDER BY name")
         ],
         "normalization_profiles": [
             dict(row) for row in await conn.fetch(
@@ -135,10 +140,11 @@ async def import_document(conn: asyncpg.Connection, doc: dict[str, Any]) -> int:
         await conn.execute("TRUNCATE " + ", ".join(ROUTING_TABLES))
         tenants = [t["name"] for t in doc["tenants"]]
         await conn.execute("DELETE FROM tenants WHERE NOT (name = ANY($1::text[]))", tenants)
-        await conn.execute(
-            "INSERT INTO tenants (name, max_channels) SELECT * FROM unnest($1::text[], $2::integer[])"
-            " ON CONFLICT (name) DO UPDATE SET max_channels = EXCLUDED.max_channels",
-            tenants, [t.get("max_channels") for t in doc["tenants"]],
+        await conn.executemany(
+            "INSERT INTO tenants (name, max_channels, number_blocks, address_blocks) VALUES ($1, $2, $3, $4::text[]::cidr[])"
+            " ON CONFLICT (name) DO UPDATE SET max_channels = EXCLUDED.max_channels,"
+            " number_blocks = EXCLUDED.number_blocks, address_blocks = EXCLUDED.address_blocks",
+            [(t["name"], t.get("max_channels"), t.get("number_blocks", []), t.get("address_blocks", [])) for t in doc["tenants"]],
         )
         await _copy(conn, "normalization_profiles", [
             (p["name"], p["country_code"], p["intl_prefix"], p["ld_prefix"], p["always_plus"], p["to_e164"], p["from_e164"])
