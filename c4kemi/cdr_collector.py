@@ -27,16 +27,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import logging
 import os
 import signal
 import sys
+import time
 import uuid
+from collections import deque
 from pathlib import Path
 
 import orjson
 
 from .cdr import EventError, make_record
+from .files import append_whole, write_atomically
 
 __all__ = ["add_arguments", "run"]
 
@@ -45,6 +49,8 @@ log = logging.getLogger("c4.cdr")
 MAX_EVENT = 1 << 20  # bytes: an event is a few hundred
 BATCH_LINES = 500
 RETRY_MAX = 5.0  # seconds between attempts to ship while PostgreSQL is down
+BACKLOG_MAX = 10_000  # records waiting in memory while the disk refuses them (some 6 MB); past it new ones are dropped
+RETRY_INTERVAL = 1.0  # seconds between attempts to write the records waiting, when no new one comes meanwhile
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -55,39 +61,125 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 class JsonLines:
-    """An append-only JSON-lines file, reopened when rotated away; optionally bounded."""
+    """An append-only JSON-lines file, reopened when rotated away; optionally bounded.
 
-    def __init__(self, path: Path, max_bytes: int | None = None) -> None:
+    Each record is one line, written whole or not at all: a write the disk
+    refuses (full: ENOSPC, or a write cut short) is cut off the file again
+    and counted, and its record waits in memory (``backlog``, at most
+    ``backlog_max`` records; past that new ones are dropped and counted),
+    written before any newer one at the next record, and every
+    RETRY_INTERVAL seconds in an event loop. An outage is logged once as an
+    error, and once more when the file takes writes again.
+    """
+
+    def __init__(self, path: Path, max_bytes: int | None = None, backlog_max: int = BACKLOG_MAX) -> None:
         self.path = path
         self.max_bytes = max_bytes
-        self.dropped = 0
+        self.backlog_max = backlog_max
+        self.backlog: deque[bytes] = deque()  # lines the disk refused, oldest first
+        self.dropped = 0  # records dropped: the spool at max_bytes
+        self.lost = 0  # records dropped: the backlog full while the disk refused writes
+        self.failed_writes = 0  # writes the disk refused (each cut off the file again)
+        self._failing_since: float | None = None  # when the current outage's first write was refused
+        self._retry: asyncio.TimerHandle | None = None
         self._file = None
         self.reopen()
+        atexit.register(self._at_exit)
 
     def reopen(self) -> None:
         if self._file is not None:
             self._file.close()
+            self._file = None  # should the open below fail, the next write opens again
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "ab", buffering=0)
         os.chmod(self.path, 0o640)
 
     def _rotated(self) -> bool:
+        if self._file is None:
+            return True
         try:
             return os.stat(self.path).st_ino != os.fstat(self._file.fileno()).st_ino
         except FileNotFoundError:
             return True
 
     def append(self, record: dict) -> bool:
+        """Write the record as one line, after those waiting; False: dropped (the spool or the backlog is full).
+
+        True also when the disk refused it: it waits in the backlog.
+        """
         line = orjson.dumps(record) + b"\n"
-        if self._rotated():
-            self.reopen()
-        if self.max_bytes is not None and os.fstat(self._file.fileno()).st_size + len(line) > self.max_bytes:
+        if self._over_bound(line):
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.error("c4 cdr: spool %s is full (%d bytes): %d record(s) dropped so far", self.path, self.max_bytes, self.dropped)
             return False
-        self._file.write(line)  # one write per line: O_APPEND keeps lines whole
+        self.backlog.append(line)
+        self.flush()
+        if len(self.backlog) > self.backlog_max:  # refused, and no room left to wait: the newest goes
+            self.backlog.pop()
+            self.lost += 1
+            if self.lost == 1 or self.lost % 1000 == 0:
+                log.error("c4 cdr: %d record(s) dropped so far: %s refuses writes and %d records wait already",
+                          self.lost, self.path, self.backlog_max)
+            return False
         return True
+
+    def _over_bound(self, line: bytes) -> bool:
+        """Past the spool's bound with this line: what the file holds, what waits, and the line."""
+        if self.max_bytes is None:
+            return False
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:  # rotated away: the next write makes a new one
+            size = 0
+        return size + sum(map(len, self.backlog)) + len(line) > self.max_bytes
+
+    def flush(self) -> None:
+        """Write the lines waiting, oldest first, one write each; at the first refusal the rest wait."""
+        try:
+            if self.backlog and self._rotated():
+                self.reopen()
+            while self.backlog:
+                append_whole(self._file.fileno(), self.backlog[0])
+                self.backlog.popleft()
+        except OSError as exc:
+            self._refused(exc)
+            return
+        self._taken()
+
+    def _refused(self, exc: OSError) -> None:
+        self.failed_writes += 1
+        if self._failing_since is None:  # said once per outage, not once per record
+            self._failing_since = time.monotonic()
+            log.error("c4 cdr: cannot write to %s (%s): records wait in memory (at most %d) and are tried again every %.0f s",
+                      self.path, exc, self.backlog_max, RETRY_INTERVAL)
+        self._retry_later()
+
+    def _taken(self) -> None:
+        if self._failing_since is not None:
+            log.warning("c4 cdr: writing to %s again after %.0f s (%d write(s) refused, %d record(s) dropped)",
+                        self.path, time.monotonic() - self._failing_since, self.failed_writes, self.lost)
+            self._failing_since = None
+
+    def _retry_later(self) -> None:
+        """In an event loop (c4 cdr), try again in RETRY_INTERVAL s, should no record come meanwhile."""
+        if self._retry is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: the next record tries again
+            return
+        self._retry = loop.call_later(RETRY_INTERVAL, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self.flush()
+
+    def _at_exit(self) -> None:
+        """c4 cdr stops: one last try for the records waiting; those the disk still refuses are lost, and said so."""
+        self.flush()
+        if self.backlog:
+            log.error("c4 cdr: stopped with %d record(s) that %s refused: lost", len(self.backlog), self.path)
 
 
 class Shipper:
@@ -99,6 +191,8 @@ class Shipper:
         self.offset_path = spool.path.with_name(spool.path.name + ".offset")
         self.wake = asyncio.Event()
         self.shipped = 0
+        self.failed_writes = 0  # offset saves the disk refused
+        self._saving_failed = False
         self._conn = None
 
     def _offset(self) -> int:
@@ -107,18 +201,33 @@ class Shipper:
         except (FileNotFoundError, ValueError):
             return 0
 
-    def _save_offset(self, offset: int) -> None:
-        tmp = self.offset_path.with_name(self.offset_path.name + ".tmp")
-        tmp.write_text(str(offset))
-        os.replace(tmp, self.offset_path)
+    def _save_offset(self, offset: int) -> bool:
+        """Write then rename; False (counted, logged) when the disk refuses it: the saved offset stays as it was.
+
+        What the refused one covers is then shipped again, and stored once
+        (the insert skips ids already there).
+        """
+        try:
+            write_atomically(self.offset_path, str(offset).encode())
+        except OSError as exc:
+            self.failed_writes += 1
+            if not self._saving_failed:  # said once per outage
+                self._saving_failed = True
+                log.error("c4 cdr: cannot save the spool offset to %s (%s); shipped records are shipped again until it is",
+                          self.offset_path, exc)
+            return False
+        if self._saving_failed:
+            self._saving_failed = False
+            log.warning("c4 cdr: the spool offset is saved to %s again", self.offset_path)
+        return True
 
     def _pending(self) -> tuple[list[dict], int]:
         """Up to BATCH_LINES whole lines after the offset, and the offset after them."""
         offset = self._offset()
         size = self.spool.path.stat().st_size
-        if offset > size:  # emptied after a crash between truncation and saving the offset
+        if offset > size:  # emptied after a crash between truncation and saving the offset (older versions)
             offset = 0
-            self._save_offset(0)
+            self._save_offset(0)  # refused: the next save after shipping writes it
         with open(self.spool.path, "rb") as spool:
             spool.seek(offset)
             data = spool.read(min(size - offset, MAX_EVENT * 4))
@@ -166,12 +275,15 @@ class Shipper:
             if down_since is not None:
                 log.warning("c4 cdr: PostgreSQL is back; shipping the spool")
                 down_since = None
+            everything = offset >= self.spool.path.stat().st_size
+            # All shipped: the offset says 0 before the spool is emptied (a crash between: shipped again, stored once).
+            if not self._save_offset(0 if everything else offset):
+                delay = min(RETRY_MAX, max(0.5, delay * 2))  # the batch goes again, until its offset is saved
+                continue
             delay = 0.0
-            self._save_offset(offset)
             self.shipped += len(records)
-            if offset >= self.spool.path.stat().st_size:  # all shipped: empty the spool
+            if everything:  # empty the spool
                 os.truncate(self.spool.path, 0)
-                self._save_offset(0)
             else:
                 self.wake.set()  # more to ship now
 

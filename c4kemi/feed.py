@@ -40,6 +40,13 @@ dies mid-line leaves a torn tail that readers ignore; a restarted writer
 starts a new generation). The generation before the current one is kept
 for readers still switching; older ones are removed.
 
+A write the disk refuses (full: ENOSPC, or a write cut short) publishes
+nothing: the writer cuts what it appended off again (or removes the new
+snapshot before the pointer names it), keeps its state as it was, counts
+it and raises OSError; its callers publish again until the disk takes it.
+A refused set of more than one line is published again as a new
+generation: a reader may have read its first lines already.
+
 Readers trust the feed: it is written by the node's own writer into a
 private directory. Every byte from outside (the document) is checked by the
 writer before it is published.
@@ -63,7 +70,7 @@ import orjson
 
 from . import table as table_module
 from .document import COLLECTIONS, DocumentError, load_raw, validate_document, validate_entity
-from .files import file_stamp, write_atomically
+from .files import append_whole, file_stamp, write_atomically
 from .memory import trim_heap
 from .store import PolledSource
 from .table import BASE_COLLECTIONS, RoutingTable, apply_changes_steps, compile_did, compile_steps, did_digest, finish, route_digest
@@ -96,6 +103,8 @@ CHECK_INTERVAL = 0.5
 # Above this many changed DIDs and routes a new snapshot is cheaper for the
 # writer to describe than a change set is for every reader to apply.
 MAX_CHANGES = 200_000
+# Seconds between c4 feed's attempts to publish while the disk refuses the feed's writes (a full disk).
+PUBLISH_RETRY = 1.0
 
 
 class FeedError(RuntimeError):
@@ -173,6 +182,22 @@ def _unchanged(before: Any, after: Any, same: Callable) -> bool:
     return before is None if after is None else before is not None and same(before, after)
 
 
+def _apply(known: dict, changes: Mapping) -> None:
+    """Changed entities into ``known``, by key (None: removed)."""
+    for key, entity in changes.items():
+        if entity is None:
+            known.pop(key, None)
+        else:
+            known[key] = entity
+
+
+def _applied(known: Mapping, changes: Mapping) -> dict:
+    """A copy of ``known`` with the changes applied."""
+    result = dict(known)
+    _apply(result, changes)
+    return result
+
+
 def _base_bytes(raw: Mapping[str, Any]) -> bytes | None:
     """The small collections as written, to tell whether they changed (None: cannot tell)."""
     try:
@@ -191,6 +216,10 @@ class FeedWriter:
     document is as good as it was); anything else is a whole-document check
     and a new snapshot. Either way what is refused is what
     ``validate_document`` refuses (tests/test_incremental.py).
+
+    A publish whose write fails (OSError: a full disk) leaves the files,
+    the generation, the sequence and the documents as they were; the same
+    publish, once the disk takes it, goes through (tests/test_disk_full.py).
     """
 
     def __init__(self, directory: str | Path, max_changes: int = MAX_CHANGES) -> None:
@@ -208,13 +237,17 @@ class FeedWriter:
         self._routes: dict[tuple[str, str], Any] = {}  # routes as written, by (tenant, prefix)
         self._lists: tuple[list, list] | None = None  # the last document's DIDs and routes, in its order
         self._out: int | None = None
+        self.failed_writes = 0  # publishes the disk refused (each one left the feed as it was)
+        self._cut = False  # a set of several lines was refused: the next publish is a new generation
 
     def publish(self, raw: Any, source: str | None = None) -> str:
         """Check a parsed document and publish it: "snapshot", "changes" or "unchanged".
 
-        Raises DocumentError (nothing published) when the document is refused.
+        Raises DocumentError (nothing published) when the document is
+        refused, OSError (nothing published, counted) when the disk refuses
+        the write.
         """
-        found = self._entity_changes(raw)
+        found = None if self._cut else self._entity_changes(raw)
         if found is None or len(found[2]) + len(found[3]) > self.max_changes:
             self._write_snapshot(raw, validate_document(raw, source))
             return "snapshot"
@@ -232,7 +265,9 @@ class FeedWriter:
         change log) instead of a whole document: the same check of each
         changed entity as ``publish``, so what it refuses is what the
         whole-document check of the resulting document refuses. Raises
-        DocumentError (nothing published) when refused.
+        DocumentError (nothing published) when refused, OSError when the
+        disk refuses the write; after a set of several lines was refused,
+        the resulting document is published whole: "snapshot".
         """
         if self._base is None:
             raise FeedError("publish_changes before a first document")
@@ -240,6 +275,9 @@ class FeedWriter:
         route_changes = {k: r for k, r in routes.items() if not _unchanged(self._routes.get(k), r, _same)}
         if not did_changes and not route_changes:
             return "unchanged"
+        if self._cut:  # the document they make, published whole
+            dids, routes = _applied(self._dids, did_changes), _applied(self._routes, route_changes)
+            return self.publish({**self._base_doc, "dids": list(dids.values()), "routes": list(routes.values())}, source)
         self._append(did_changes, route_changes, source)
         self._take(did_changes, route_changes)
         self._lists = None  # the next whole document is compared with what the dicts now hold
@@ -247,12 +285,8 @@ class FeedWriter:
 
     def _take(self, did_changes: Mapping, route_changes: Mapping) -> None:
         """Make what was published the DIDs and routes the next change is compared with."""
-        for known, changes in ((self._dids, did_changes), (self._routes, route_changes)):
-            for key, entity in changes.items():
-                if entity is None:
-                    known.pop(key, None)
-                else:
-                    known[key] = entity
+        _apply(self._dids, did_changes)
+        _apply(self._routes, route_changes)
 
     def document(self) -> dict[str, Any]:
         """The last published document, as written (the node's copy of the table)."""
@@ -265,16 +299,24 @@ class FeedWriter:
         checked_routes = self._checked("routes", route_changes, errors)
         if errors:
             raise DocumentError(errors, source)
-        self.seq += 1
+        seq = self.seq + 1
         dids = [[prefix, d] for prefix, d in checked_dids.items()]
         routes = [[tenant, prefix, r] for (tenant, prefix), r in checked_routes.items()]
         # Lines of at most LINE entities (a reader parses one per step); "more": the set goes on on the next line.
         parts = [(dids[i:i + LINE], []) for i in range(0, len(dids), LINE)]
         parts += [([], routes[i:i + LINE]) for i in range(0, len(routes), LINE)]
         last = {"digest": self._digest_delta(checked_dids, checked_routes)}
-        lines = [orjson.dumps({"seq": self.seq, "dids": d, "routes": r, **({"more": True} if n < len(parts) else last)})
+        lines = [orjson.dumps({"seq": seq, "dids": d, "routes": r, **({"more": True} if n < len(parts) else last)})
                  for n, (d, r) in enumerate(parts, 1)]
-        os.write(self._out, b"\n".join(lines) + b"\n")  # one write, O_APPEND
+        try:
+            append_whole(self._out, b"\n".join(lines) + b"\n")  # one write, O_APPEND; refused: cut off again
+        except OSError as exc:
+            self.failed_writes += 1
+            # A reader may be in the middle of the refused set, its first lines read (a worker spreads a set
+            # over calls): another set at the same place could follow them. A new generation instead.
+            self._cut = len(lines) > 1
+            raise OSError(exc.errno, f"{_changes(self.directory, self.generation)}: {exc.strerror or exc}; nothing published") from exc
+        self.seq = seq
 
     def _digest_delta(self, checked_dids: Mapping, checked_routes: Mapping) -> int:
         """What the checked changes add to the table's entity digest (modulo 2**64), against what was published."""
@@ -314,18 +356,14 @@ class FeedWriter:
         return out
 
     def _write_snapshot(self, raw: Mapping[str, Any], document: Mapping[str, Any]) -> None:
-        self.generation += 1
-        self.seq = 0
+        generation = self.generation + 1
         base = {name: document[name] for name in BASE_COLLECTIONS}
         dids, routes = document["dids"], document["routes"]
         did_lines = [orjson.dumps(dids[i:i + LINE]) for i in range(0, len(dids), LINE)]
         route_lines = [orjson.dumps(routes[i:i + LINE]) for i in range(0, len(routes), LINE)]
         header = orjson.dumps({"base": base, "did_lines": len(did_lines)})
-        write_atomically(_snapshot(self.directory, self.generation), b"\n".join([header, *did_lines, *route_lines]) + b"\n")
-        if self._out is not None:
-            os.close(self._out)
-        self._out = os.open(_changes(self.directory, self.generation), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
-        write_atomically(self.directory / POINTER, orjson.dumps({"generation": self.generation}))
+        self._write_generation(generation, b"\n".join([header, *did_lines, *route_lines]) + b"\n")
+        self.generation, self.seq, self._cut = generation, 0, False
         self._base = _base_bytes(raw)
         self._base_doc = {name: raw.get(name, []) for name in BASE_COLLECTIONS}
         self._refs = {
@@ -340,6 +378,27 @@ class FeedWriter:
             number = path.name.split("-", 1)[1].split(".", 1)[0]
             if number.isdigit() and int(number) < self.generation - 1:  # readers still switching use the previous one
                 path.unlink(missing_ok=True)
+
+    def _write_generation(self, generation: int, snapshot: bytes) -> None:
+        """Write the snapshot, an empty changes file, then the pointer: readers switch only to a whole generation.
+
+        Refused (OSError), none of it is left: the pointer names the generation it named, whose changes file stays open.
+        """
+        out = None
+        try:
+            write_atomically(_snapshot(self.directory, generation), snapshot)
+            out = os.open(_changes(self.directory, generation), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            write_atomically(self.directory / POINTER, orjson.dumps({"generation": generation}))
+        except OSError as exc:
+            self.failed_writes += 1
+            if out is not None:
+                os.close(out)
+            _snapshot(self.directory, generation).unlink(missing_ok=True)
+            _changes(self.directory, generation).unlink(missing_ok=True)
+            raise OSError(exc.errno, f"{self.directory}: generation {generation}: {exc.strerror or exc}; nothing published") from exc
+        if self._out is not None:
+            os.close(self._out)
+        self._out = out
 
     def close(self) -> None:
         if self._out is not None:
@@ -564,7 +623,9 @@ def watch_file(table: Path, feed: Path, interval: float = 0.2) -> int:
     """``c4 feed``: publish TABLE to FEED, then every change of it, until stopped.
 
     The first document must be good (exit 1 with its errors); after that a
-    refused document is logged and the feed keeps the last good one.
+    refused document is logged and the feed keeps the last good one. A
+    publish the disk refuses (full) is tried again every PUBLISH_RETRY
+    seconds, with the file as it is then, until the disk takes it.
     """
     writer = FeedWriter(feed)
 
@@ -577,18 +638,29 @@ def watch_file(table: Path, feed: Path, interval: float = 0.2) -> int:
         log.error("%s: refused, %d error(s); nothing published", table, len(exc.errors))
         return 1
     log.info("routing table %s published to %s (generation %s)", table, feed, writer.generation)
+    failing = False  # the disk refused the last attempt
     while True:
         time.sleep(interval)
         now = file_stamp(table)
         if now is None or now == seen:
             continue
-        seen = now  # a bad document is refused once, not at every look
         started = time.monotonic()
         try:
             taken = writer.publish(load_frozen(table), str(table))
         except DocumentError as exc:
+            seen = now  # a bad document is refused once, not at every look
             log.error("routing table %s refused, the feed keeps the last good one: %s", table, exc)
             continue
+        except OSError as exc:  # nothing published (a full disk, say): the next look tries again
+            if not failing:  # said once per outage, not once per attempt
+                log.error("routing table %s not published: %s; trying again every %.0f s", table, exc, PUBLISH_RETRY)
+            failing = True
+            time.sleep(PUBLISH_RETRY)
+            continue
+        seen = now
+        if failing:
+            log.warning("the feed %s takes writes again (%d refused so far)", feed, writer.failed_writes)
+            failing = False
         log.info("routing table %s: %s published (generation %s, change set %s) in %.0f ms",
                  table, taken, writer.generation, writer.seq, (time.monotonic() - started) * 1000)
 

@@ -38,6 +38,7 @@ log = logging.getLogger("c4.db")
 
 SAVE_INTERVAL = 2.0  # seconds between rewrites of c4 db follow's copy of the table
 REPORT_INTERVAL = 0.5  # seconds between looks at the follower's state, for the feed's store status
+PUBLISH_RETRY = 1.0  # seconds between attempts to publish while the disk refuses the feed's writes (full)
 
 
 class StoreUnavailable(RuntimeError):
@@ -187,12 +188,23 @@ class FeedPublisher:
         return await self._publish(version, self.writer.publish_changes, dids, routes, f"routing version {version}")
 
     async def _publish(self, version: int, method: Callable[..., str], *args: Any) -> bool:
+        """Publish, trying again while the disk refuses the write: the follower moves on only once it is published."""
         started = time.monotonic()
-        try:
-            taken = await self.run(method, *args)
-        except DocumentError as exc:
-            log.error("routing version %s in PostgreSQL refused, the feed keeps the last good table: %s", version, exc)
-            return False
+        failing = False
+        while True:
+            try:
+                taken = await self.run(method, *args)
+                break
+            except DocumentError as exc:
+                log.error("routing version %s in PostgreSQL refused, the feed keeps the last good table: %s", version, exc)
+                return False
+            except OSError as exc:  # nothing published (the writer is as it was): the same again
+                if not failing:  # said once per outage, not once per attempt
+                    log.error("routing version %s not published to the feed: %s; trying again every %.0f s", version, exc, PUBLISH_RETRY)
+                failing = True
+                await asyncio.sleep(PUBLISH_RETRY)
+        if failing:
+            log.warning("the feed %s takes writes again (%d refused so far)", self.writer.directory, self.writer.failed_writes)
         log.info("routing version %s: %s published (generation %s, change set %s) in %.0f ms", version, taken,
                  self.writer.generation, self.writer.seq, (time.monotonic() - started) * 1000)
         if taken != "unchanged":
