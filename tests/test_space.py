@@ -76,3 +76,27 @@ def test_check_prints_the_overlap_warnings_and_accepts(tmp_path):
     result = c4("check", str(path))
     assert result.returncode == 0, result.stderr
     assert f"{path}: warning: dids[4420].prefix: 4420 lies inside 4 of dids[4].prefix (tenant 'acme'):" in result.stderr.decode()
+
+
+def test_db_import_round_trips_blocks_and_wide_sources_and_warns(pg_dsn, tmp_path):
+    doc = document()
+    doc["tenants"][1].update(number_blocks=["3970"], address_blocks=["203.0.113.0/24"])
+    doc["trunks"][0].update(sources=["0.0.0.0/0"], allow_wide_sources=True)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    result = c4("db", "import", str(path), "--dsn", pg_dsn)
+    assert result.returncode == 0, result.stderr
+    # The wide trunk holds acme's 5 IPv4 sources and globex's address block; globex's number block holds acme's DID 3970.
+    warnings = [line for line in result.stderr.decode().splitlines() if ": warning: " in line]
+    assert len(warnings) == 7 and f"{path}: warning: dids[3970].prefix: 3970 lies inside 3970 of tenants[globex].number_blocks" in (
+        "\n".join(warnings)
+    ), warnings
+    exported = c4("db", "export", "--dsn", pg_dsn)
+    assert exported.returncode == 0
+    exported, expected = json.loads(exported.stdout), validate_document(doc)
+    for name, items in expected.items():  # the export is in key order
+        assert sorted(map(canonical, exported[name])) == sorted(map(canonical, items)), name
+
+
+def canonical(item: dict) -> str:
+    return json.dumps(item, sort_keys=True)

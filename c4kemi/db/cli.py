@@ -102,9 +102,12 @@ async def _migrate(conn, args) -> int:
 
 
 async def _import(conn, args) -> int:
+    from ..overlaps import overlap_warnings
     from .documents import import_document
 
     document = args.document  # checked before connecting
+    for warning in overlap_warnings(document):  # as c4 check says them: the admin may mean them
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     version = await import_document(conn, document)
     counts = ", ".join(f"{len(items)} {name}" for name, items in document.items())
     print(f"{args.file}: imported, routing version {version}: {counts}")
