@@ -13,8 +13,10 @@ The routing endpoint's replies carry trunk credentials, so it answers only
 the addresses of ``routing_from`` (loopback by default); others get a 403.
 
 Bad input is a 4xx with a JSON body ``{"error": "..."}`` naming the problem,
-never a 500, and the service keeps serving. Refusals (403/404 decisions) and
-bad requests are logged as one ``key=value`` line each.
+never a 500, and the service keeps serving. A control character or a lone
+surrogate in the decoded path, a query parameter or a header is a 400 before
+any handler sees it. Refusals (403/404 decisions) and bad requests are logged
+as one ``key=value`` line each, values escaped (c4http/logfmt.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import re
 import time
+import traceback
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, NamedTuple
 
@@ -54,6 +58,14 @@ UTF8 = ("utf-8", "utf8")
 SOURCE = web.AppKey("source", object)
 METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY = web.AppKey("max_body", int)
+
+# Control characters (C0, DEL, C1) and lone surrogates: no name, number or
+# parameter of this service holds one, PostgreSQL text cannot hold a NUL,
+# orjson cannot encode a surrogate, and in a log line a new line forges the next.
+BAD_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Header values may hold tabs (RFC 9110); aiohttp's parser already refuses the
+# other C0 characters there, but bytes that are not UTF-8 arrive as surrogates.
+BAD_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def error_response(status: int, message: str, headers: Any = None) -> web.Response:
@@ -266,9 +278,33 @@ async def explain(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(explanation), content_type=JSON)
 
 
+def bad_text(request: web.Request) -> str | None:
+    """Which part of the request holds a control character or a lone surrogate, as an error message."""
+    for part, pattern, text in _request_texts(request):
+        found = pattern.search(text)
+        if found is not None:
+            return f"{part} holds U+{ord(found.group()):04X}: control characters and lone surrogates are not allowed"
+    return None
+
+
+def _request_texts(request: web.Request):
+    yield "the path", BAD_TEXT, request.path
+    for name, value in request.query.items():
+        # ascii(): the name itself may be what is bad.
+        yield f"query parameter name {ascii(name)}", BAD_TEXT, name
+        yield f"query parameter {ascii(name)}", BAD_TEXT, value
+    for name, value in request.headers.items():
+        yield f"header {ascii(name)}", BAD_HEADER, value
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler) -> web.StreamResponse:
-    """Unknown paths, wrong methods and anything unforeseen as JSON errors."""
+    """Text no handler should see as a 400; unknown paths, wrong methods and anything unforeseen as JSON errors."""
+    problem = bad_text(request)
+    if problem is not None:
+        log_event(log, logging.WARNING, "bad_request", status=400, reason="bad_text", remote=request.remote,
+                  path=request.path, error=problem)  # fmt: skip
+        return error_response(400, problem)
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -283,8 +319,10 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
             message = exc.reason
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, message, headers)
-    except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
+    except Exception as exc:
+        # One escaped line, the traceback a value of it: an exception's message may quote the request.
+        log_event(log, logging.ERROR, "internal_error", method=request.method, path=request.path,
+                  error=f"{type(exc).__name__}: {exc}", traceback="".join(traceback.format_exception(exc)))  # fmt: skip
         return error_response(500, "internal error")
 
 

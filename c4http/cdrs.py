@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -30,15 +30,28 @@ PARAMETERS = ("tenant", "since", "until", "number", "limit", "cursor")
 MAX_NUMBER = 64
 
 
+def _utc(text: Any) -> datetime | None:
+    """An ISO 8601 time with a time zone, in UTC; None if ``text`` is not one.
+
+    In UTC here, not in the database driver: 0001-01-01T00:00:00+14:00 is a
+    valid time whose UTC one is before year 1, which Python cannot hold.
+    """
+    if isinstance(text, str) and "\x00" in text:
+        return None  # CPython's fromisoformat reads up to a NUL and takes what is before
+    try:
+        value = datetime.fromisoformat(text)
+        return value.astimezone(UTC) if value.tzinfo is not None else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _time(query, name: str) -> datetime | None:
     if name not in query:
         return None
-    try:
-        value = datetime.fromisoformat(query[name])
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None:
-        raise ApiError(400, f"{name} must be an ISO 8601 time with a time zone, e.g. 2026-11-26T17:00:00Z, got {query[name]!r}")
+    value = _utc(query[name])
+    if value is None:
+        raise ApiError(400, f"{name} must be an ISO 8601 time with a time zone, from year 1 to 9999 in UTC, "
+                            f"e.g. 2026-11-26T17:00:00Z, got {query[name]!r}")  # fmt: skip
     return value
 
 
@@ -49,9 +62,13 @@ def _encode_cursor(record: dict) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         at, record_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(at), uuid.UUID(hex=record_id).hex
+        at = _utc(at)
+        record_id = uuid.UUID(hex=record_id).hex if isinstance(record_id, str) else None  # UUID(hex=) takes only a str
     except (ValueError, TypeError, binascii.Error):
-        raise ApiError(400, "bad cursor: give the 'next' value of the previous page as it is") from None
+        at = record_id = None
+    if at is None or record_id is None:
+        raise ApiError(400, "bad cursor: give the 'next' value of the previous page as it is")
+    return at, record_id
 
 
 async def list_cdrs(request: web.Request) -> web.Response:

@@ -411,7 +411,8 @@ def _decode_cursor(spec: Spec, cursor: str) -> list[str]:
         key = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, binascii.Error):
         key = None
-    if not isinstance(key, list) or len(key) != len(spec.keys) or not all(isinstance(part, str) for part in key):
+    # orjson refuses lone surrogates; a NUL, which no key holds, PostgreSQL text cannot take.
+    if not isinstance(key, list) or len(key) != len(spec.keys) or not all(isinstance(part, str) and "\x00" not in part for part in key):
         raise ApiError(400, "bad cursor: give the 'next' value of the previous page as it is")
     return key
 
