@@ -26,6 +26,7 @@ import binascii
 import ipaddress
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -302,7 +303,35 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, f"malformed JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}") from None
     if type(body) is not dict:
         raise ApiError(400, f"the body must be a JSON object, not {type(body).__name__}")
+    problem = _bad_body_text(body)
+    if problem is not None:
+        raise ApiError(400, problem)
     return body
+
+
+# json.loads takes a lone "\ud800", which no UTF-8 encoder (orjson, asyncpg)
+# can write back. (A NUL is the checks' business: 422 naming the field, as c4 check.)
+_BAD_BODY_TEXT = re.compile(r"[\ud800-\udfff]")
+
+
+def _bad_body_text(body: dict[str, Any]) -> str | None:
+    """Which member of the body (or member name) holds a lone surrogate, as an error message."""
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:  # no recursion: the body may be nested as deep as json.loads allows
+        where, value = stack.pop()
+        if isinstance(value, str):
+            found = _BAD_BODY_TEXT.search(value)
+            if found:
+                return f"body member {where.lstrip('.')} holds U+{ord(found.group()):04X}: lone surrogates are not allowed"
+        elif isinstance(value, dict):
+            for key, member in value.items():
+                found = _BAD_BODY_TEXT.search(key)
+                if found:
+                    return f"a body member name ({ascii(key)}) holds U+{ord(found.group()):04X}: lone surrogates are not allowed"
+                stack.append((f"{where}.{key}", member))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", member) for i, member in enumerate(value))
+    return None
 
 
 # -- reading --------------------------------------------------------------------

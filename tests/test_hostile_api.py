@@ -58,6 +58,21 @@ def log_lines(caplog) -> list[str]:
     return caplog.text.splitlines()
 
 
+# --- bodies ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    (b'{"name": "t\\ud800x"}', "body member name holds U+D800: lone surrogates are not allowed"),
+    (b'{"name": "t", "\\udfff": 1}', "a body member name ('\\udfff') holds U+DFFF: lone surrogates are not allowed"),
+    (b'{"name": "t", "max_channels": [{"a": "\\ud83d"}]}', "body member max_channels[0].a holds U+D83D: lone surrogates are not allowed"),
+])  # fmt: skip
+async def test_a_lone_surrogate_in_a_body_is_a_400_naming_the_member(client, body, error):
+    status, reply = await call(client, "POST", "/api/v1/tenants", body)
+    assert (status, reply) == (400, {"error": error})
+    status, reply = await call(client, "PATCH", "/api/v1/tenants/acme", body)
+    assert (status, reply) == (400, {"error": error})
+
+
 # --- one check for the path, the query and the headers ----------------------------
 
 
