@@ -580,49 +580,40 @@ async def _check_sources(conn, spec: Spec, item: dict[str, Any], principal: Prin
     else:
         owner = await conn.fetchval("SELECT tenant FROM carriers WHERE name = $1", item["carrier"])
     rows = await conn.fetch(
-        "SELECT n.cidr AS mine, s.cidr, s.ipbx, s.trunk, COALESCE(i.tenant, c.tenant) AS owner"
+        # Other entities' sources, and tenants' address blocks, that hold or lie in one of ours.
+        "SELECT n.cidr AS mine, s.cidr AS theirs, COALESCE('ipbxs[' || s.ipbx || ']', 'trunks[' || s.trunk || ']') AS other,"
+        " COALESCE(i.tenant, c.tenant) AS owner"
         " FROM unnest($1::text[]::cidr[]) AS n(cidr) JOIN sources s ON s.cidr && n.cidr"
         " LEFT JOIN ipbxs i ON i.name = s.ipbx LEFT JOIN trunks t ON t.name = s.trunk"
         " LEFT JOIN carriers c ON c.name = t.carrier"
         " WHERE s.ipbx IS DISTINCT FROM $2 OR s.trunk IS DISTINCT FROM $3"
-        " ORDER BY n.cidr, s.cidr",
+        " UNION ALL SELECT n.cidr, b.block, 'tenants[' || t.name || '].address_blocks', t.name"
+        " FROM unnest($1::text[]::cidr[]) AS n(cidr) CROSS JOIN tenants t CROSS JOIN unnest(t.address_blocks) AS b(block)"
+        " WHERE b.block && n.cidr ORDER BY 1, 2",
         item["sources"], ipbx, trunk,
     )
     added = set(item["sources"]) - set((current or {}).get("sources", []))
     taken, captures = [], []
-    capture = f"{where}.sources: {{mine}} overlaps the address space of another tenant or of a carrier; ask the platform's admin for the network you need"
     for row in rows:
-        mine, theirs = str(row["mine"]), str(row["cidr"])
-        other = f"ipbxs[{row['ipbx']}]" if row["ipbx"] is not None else f"trunks[{row['trunk']}]"
-        if mine == theirs:
+        mine, theirs, other = str(row["mine"]), str(row["theirs"]), row["other"]
+        if mine == theirs and not other.startswith("tenants["):
             # A tenant token learns that the network is taken, which it must,
             # but not by whom unless it is one of its own tenant's.
             named = principal.admin or row["owner"] == principal.tenant
             taken.append(f"{where}.sources: {mine} is also a source of {other if named else 'another IPBX or trunk'}")
         elif row["owner"] != owner:
             if principal.admin:
-                warnings.append(
-                    f"{where}.sources: {mine} overlaps {theirs} of {other} ({owner_name(row['owner'])}):"
-                    " the more specific one takes the calls from the addresses they share"
-                )
+                warnings.append(f"{where}.sources: {mine} overlaps {theirs} of {other} ({owner_name(row['owner'])})")
             elif mine in added:
-                captures.append(capture.format(mine=mine))
+                captures.append(
+                    f"{where}.sources: {mine} overlaps the address space of another tenant or of a carrier;"
+                    " ask the platform's admin for the network you need"
+                )
     if taken:
         raise ApiError(409, "; ".join(taken), taken)
     if not principal.admin:
         await _confine(conn, where + ".sources", "address_blocks", principal, added,
                        lambda source, block: block.version == source.version and source.subnet_of(block), ipaddress.ip_network)  # fmt: skip
-    for row in await conn.fetch(
-        "SELECT n.cidr AS mine, b.block, t.name AS owner FROM unnest($1::text[]::cidr[]) AS n(cidr)"
-        " CROSS JOIN tenants t CROSS JOIN unnest(t.address_blocks) AS b(block)"
-        " WHERE b.block && n.cidr AND t.name IS DISTINCT FROM $2 ORDER BY 1, 2",
-        item["sources"], owner,
-    ):
-        mine = str(row["mine"])
-        if principal.admin:
-            warnings.append(f"{where}.sources: {mine} overlaps {row['block']}, an address block of {owner_name(row['owner'])}")
-        elif mine in added:
-            captures.append(capture.format(mine=mine))
     if captures:
         captures = list(dict.fromkeys(captures))
         raise ApiError(409, "; ".join(captures), captures)
