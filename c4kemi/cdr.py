@@ -16,6 +16,10 @@ carries facts only, so the record's format lives in this one place::
 
 Every member is checked: an event is untrusted data (the reason phrase and
 the Call-ID come from SIP peers). A malformed one raises ``EventError``.
+Every text of the record has a bounded length (``MAX_TEXT``, in
+characters): longer ones are cut, so that no peer can make a record
+bigger than a few kilobytes (Kamailio already cuts the Call-ID and reason
+phrases where it makes the event).
 """
 
 from __future__ import annotations
@@ -23,10 +27,19 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-__all__ = ["ENDED_BY", "EventError", "make_record"]
+__all__ = ["ENDED_BY", "MAX_TEXT", "EventError", "make_record"]
 
 ENDED_BY = ("caller", "callee", "timeout", "router")
 MAX_TRIES = 64  # more than any routing document gives one call
+# Characters kept of each text member of a record; the rest is cut.
+MAX_TEXT = {
+    "call_id": 256,
+    "reason": 128,
+    "name": 128,  # tenant, source, a destination
+    "number": 64,  # calling, called (E.164 has 15 digits; an anonymous caller's user part as it came)
+    "uri": 256,
+    "kind": 16,  # direction, source_kind, a destination's kind
+}
 
 
 class EventError(ValueError):
@@ -56,8 +69,9 @@ def _iso(ms: int | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+def _text(value: Any, kind: str) -> str | None:
+    """A text member, cut to MAX_TEXT[kind] characters; None if it is not a string."""
+    return value[: MAX_TEXT[kind]] if isinstance(value, str) else None
 
 
 def _attempts(tries: Any, routes: list) -> list[dict]:
@@ -67,13 +81,13 @@ def _attempts(tries: Any, routes: list) -> list[dict]:
     attempts = []
     for item in tries.split(",")[:MAX_TRIES]:
         index, _, code = item.partition(":")
-        if not (index.isdigit() and code.isdigit()):
+        if not (index.isdigit() and code.isdigit()) or len(index) > 4 or len(code) > 3:
             raise EventError(f"bad 'tries' entry {item!r}")
         route = routes[int(index)] if int(index) < len(routes) and isinstance(routes[int(index)], dict) else {}
         attempts.append({
-            "destination": _text(route.get("name")),
+            "destination": _text(route.get("name"), "name"),
             "kind": ("trunk" if route.get("trunk") else "ipbx") if route else None,
-            "uri": _text(route.get("uri")),
+            "uri": _text(route.get("uri"), "uri"),
             "code": int(code),
         })
     return attempts
@@ -97,13 +111,13 @@ def make_record(event: Any, record_id: str) -> dict:
     by = event.get("by")
     return {
         "id": record_id,
-        "call_id": _text(event.get("call_id")) or "",
-        "tenant": _text(call.get("tenant")),
-        "direction": _text(call.get("direction")),
-        "source": _text(call.get("source")),
-        "source_kind": _text(call.get("source_kind")),
-        "calling": _text(call.get("calling")),
-        "called": _text(call.get("called")),
+        "call_id": _text(event.get("call_id"), "call_id") or "",
+        "tenant": _text(call.get("tenant"), "name"),
+        "direction": _text(call.get("direction"), "kind"),
+        "source": _text(call.get("source"), "name"),
+        "source_kind": _text(call.get("source_kind"), "kind"),
+        "calling": _text(call.get("calling"), "number"),
+        "called": _text(call.get("called"), "number"),
         "attempts": attempts,
         "answered_by": attempts[-1]["destination"] if answer is not None and attempts else None,
         "invite_at": _iso(invite),
@@ -111,6 +125,6 @@ def make_record(event: Any, record_id: str) -> dict:
         "end_at": _iso(end),
         "duration_ms": max(0, end - answer) if answer is not None else 0,
         "code": code,
-        "reason": _text(event.get("reason")) or "",
+        "reason": _text(event.get("reason"), "reason") or "",
         "ended_by": by if by in ENDED_BY else None,
     }

@@ -5,8 +5,11 @@
 
 ``c4 kamailio --cdr-file`` / ``--cdr-db`` starts it before Kamailio and stops it
 after. It connects to Kamailio's evapi socket (and reconnects, every 0.1 to
-1 s, while Kamailio is not there), reads one netstring per finished call,
-makes the record (c4kemi/cdr.py) and appends it as one JSON line:
+1 s, while Kamailio is not there), authenticates with the key in
+``$C4_CDR_KEY`` (derived from the deployment secret: c4kemi/secret.py; the
+environment, never the command line, which ``ps`` shows), reads one
+netstring per finished call, makes the record (c4kemi/cdr.py) and appends
+it as one JSON line:
 
 - to ``--file``: reopened when it is rotated (renamed or removed: checked
   before every write) or on SIGHUP, so logrotate's plain ``create`` works;
@@ -41,12 +44,13 @@ import orjson
 
 from .cdr import EventError, make_record
 from .files import append_whole, write_atomically
+from .secret import CDR_KEY_ENV
 
 __all__ = ["add_arguments", "run"]
 
 log = logging.getLogger("c4.cdr")
 
-MAX_EVENT = 1 << 20  # bytes: an event is a few hundred
+MAX_EVENT = 1 << 16  # bytes: an event is a few hundred (Kamailio sends none above 8000)
 BATCH_LINES = 500
 RETRY_MAX = 5.0  # seconds between attempts to ship while PostgreSQL is down
 BACKLOG_MAX = 10_000  # records waiting in memory while the disk refuses them (some 6 MB); past it new ones are dropped
@@ -324,8 +328,27 @@ def handle(data: bytes, sink: JsonLines) -> dict | None:
     return record
 
 
-async def collect(host: str, port: int, sink: JsonLines, on_record=None) -> None:
-    """Read evapi forever, reconnecting whenever Kamailio is away."""
+def netstring(data: bytes) -> bytes:
+    return str(len(data)).encode() + b":" + data + b","
+
+
+AUTH_OK = b"ok"
+# Kamailio hands evapi at most 1000 events the collector has not acknowledged
+# (C4_CDR_WINDOW, kamailio-base.cfg): "ack N" goes back every ACK_EVERY events.
+ACK_EVERY = 100
+AUTH_TIMEOUT = 5.0  # seconds for Kamailio's "ok": it says nothing to a wrong key
+REFUSED_DELAY = 5.0  # seconds before trying again after Kamailio refused the key
+
+
+async def collect(host: str, port: int, sink: JsonLines, on_record=None, key: str | None = None) -> None:
+    """Read evapi forever, reconnecting whenever Kamailio is away.
+
+    With KEY, the first message is ``auth KEY``: Kamailio answers ``ok`` and
+    sends call events to this connection only then (kamailio-base.cfg,
+    event_route[evapi:message-received]); to a wrong key it says nothing.
+    Then ``ack N`` (N: the events received on this connection) every
+    ACK_EVERY events: Kamailio holds back what goes past its window.
+    """
     delay = 0.1
     while True:
         try:
@@ -335,19 +358,44 @@ async def collect(host: str, port: int, sink: JsonLines, on_record=None) -> None
             delay = min(1.0, delay * 2)
             continue
         delay = 0.1
-        log.warning("c4 cdr: connected to Kamailio's evapi at %s:%d", host, port)
+        authenticated = key is None
+        if authenticated:
+            log.warning("c4 cdr: connected to Kamailio's evapi at %s:%d", host, port)
         try:
-            async for data in read_netstrings(reader):
+            events = read_netstrings(reader)
+            if key is not None:
+                writer.write(netstring(b"auth " + key.encode()))
+                await writer.drain()
+                answer = await asyncio.wait_for(anext(events), AUTH_TIMEOUT)
+                if answer != AUTH_OK:
+                    raise ValueError(f"Kamailio answered {answer[:40]!r} to the authentication")
+                authenticated = True
+                log.warning("c4 cdr: connected to Kamailio's evapi at %s:%d (authenticated)", host, port)
+            count = 0
+            async for data in events:
                 if handle(data, sink) is not None and on_record is not None:
                     on_record()
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, asyncio.LimitOverrunError) as exc:
-            log.warning("c4 cdr: evapi connection closed (%s); reconnecting", type(exc).__name__)
+                count += 1
+                if key is not None and count % ACK_EVERY == 0:
+                    writer.write(netstring(b"ack %d" % count))
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, asyncio.LimitOverrunError, TimeoutError) as exc:
+            if authenticated:
+                log.warning("c4 cdr: evapi connection closed (%s); reconnecting", type(exc).__name__)
+            else:  # the wrong key (another node's secret?), or Kamailio stopping meanwhile
+                log.error("c4 cdr: Kamailio's evapi at %s:%d did not accept C4_CDR_KEY (%s); trying again in %.0f s",
+                          host, port, type(exc).__name__, REFUSED_DELAY)
+                await asyncio.sleep(REFUSED_DELAY)
         finally:
             writer.close()
 
 
 async def _main(args: argparse.Namespace) -> int:
     host, port = args.evapi
+    key = os.environ.get(CDR_KEY_ENV)
+    if not key:
+        log.error("c4 cdr: $%s is not set: Kamailio sends call events only to a collector that has it "
+                  "(c4 kamailio sets it from the deployment secret)", CDR_KEY_ENV)
+        return 2
     loop = asyncio.get_running_loop()
     tasks = []
     if args.db:
@@ -362,7 +410,7 @@ async def _main(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks.append(asyncio.ensure_future(collect(host, port, sink, on_record)))
+    tasks.append(asyncio.ensure_future(collect(host, port, sink, on_record, key)))
     stopping = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for task in [stopping, *tasks]:
@@ -375,7 +423,8 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--evapi", type=parse_address, required=True, help="Kamailio's evapi socket, HOST:PORT")
+    parser.add_argument("--evapi", type=parse_address, required=True,
+                        help=f"Kamailio's evapi socket, HOST:PORT (the key to authenticate there: ${CDR_KEY_ENV})")
     out = parser.add_mutually_exclusive_group(required=True)
     out.add_argument("--file", help="append the records to this JSON-lines file")
     out.add_argument("--db", action="store_true", help="ship the records to the cdrs table of PostgreSQL (--dsn)")

@@ -84,6 +84,21 @@ DUMP_ENV = "C4_RTJSON_DUMP"
 # Set by `c4 kamailio` when call records are on (the config then loads evapi
 # and its dialog event routes call ksr_dialog_event).
 CDR_ENV = "C4_CDR"
+# Records of the calls refused for an unknown source: off unless
+# `c4 kamailio --cdr-unknown-sources` (read in child_init).
+CDR_UNKNOWN_SOURCES_DEFINE = "$defn(C4_CDR_UNKNOWN_SOURCES)"
+# A call's event goes to the native route that queues it for c4 cdr
+# (kamailio-base.cfg: the bound and the count of what is dropped live there).
+CDR_EVENT_VAR = "$var(cdr)"
+CDR_QUEUE_ROUTE = "CDR_QUEUE"
+# What a peer sends is cut where the event is made, as kamailio-http.cfg
+# cuts it: bytes of a Call-ID, of a reason phrase.
+CDR_MAX_CALL_ID = 256
+CDR_MAX_REASON = 128
+# Kamailio statistic (kamailio-base.cfg): new INVITEs refused 403 for a
+# source in no trunk or IPBX.
+UNKNOWN_SOURCE_STAT = "c4_refused_unknown_source"
+FORBIDDEN = 403
 # Transaction flag: the 401/407 of the current rtjson route was answered.
 FLT_AUTH = 1
 # AVPs named in kamailio-kemi.cfg for uac_auth().
@@ -109,6 +124,7 @@ CDR_ANSWER = "$dlg_var(c4_answer)"
 CDR_CODE = "$dlg_var(c4_code)"
 CDR_REASON = "$dlg_var(c4_reason)"
 CDR_BY = "$dlg_var(c4_by)"
+CDR_CALL_ID = "$dlg_var(c4_callid)"  # only for a Call-ID longer than CDR_MAX_CALL_ID: cut
 # Admission control (kamailio-base.cfg): the bound and the Retry-After of
 # the 503, read from the cfg's defines (set by `c4 kamailio`).
 MAX_TRANSACTIONS_DEFINE = "$defn(C4_MAX_TRANSACTIONS)"
@@ -224,6 +240,7 @@ class Router:
         # (kamailio-http.cfg: $var(c4_full)); the branch route runs within t_relay.
         self._full = False
         self.cdr = bool(os.environ.get(CDR_ENV))
+        self.cdr_unknown_sources = False  # read in child_init
         # Admission control, read in child_init (None: no bound, as in the unit tests).
         self.max_transactions: int | None = None
         self.shm_reserve = 0  # MiB of shared memory kept free for the calls already admitted
@@ -275,6 +292,7 @@ class Router:
     def child_init(self, rank: int) -> int:
         _setup_logging()
         self._read_admission_bound()
+        self.cdr_unknown_sources = self.cdr and bool(KSR.pv.get(CDR_UNKNOWN_SOURCES_DEFINE))
         if rank > 0:  # SIP workers; timer/main processes route nothing
             try:
                 self.source()
@@ -435,7 +453,10 @@ class Router:
             self._dump_decision(query, data)
         if not rtjson.get("success"):
             code, reason = int(rtjson.get("code", 500)), str(rtjson.get("reason", "Server Error"))
-            self.ksr_route_cdr_refused(call, invite_at, code, reason)
+            if code == FORBIDDEN:
+                self.ksr_route_refused_unknown_source(invite_at, reason)
+            else:
+                self.ksr_route_cdr_refused(call, invite_at, code, reason)
             KSR.sl.sl_send_reply(code, reason)
             return 1
 
@@ -662,14 +683,25 @@ class Router:
     # -- call records (docs/cdr.md) ---------------------------------------------
     #
     # Off unless `c4 kamailio` was given a record sink (C4_CDR). The facts
-    # are kept in dialog variables and sent, once the call is over, as one
-    # JSON event through evapi (its dispatcher process does the socket I/O:
-    # the worker only hands it a pointer); c4 cdr makes the record.
+    # are kept in dialog variables and queued, once the call is over, as one
+    # JSON event by route[CDR_QUEUE] (kamailio-base.cfg), which never waits
+    # on c4 cdr; c4 cdr makes the record.
+
+    def ksr_route_refused_unknown_source(self, invite_at: str, reason: str) -> None:
+        """The decision's 403 (a source in no trunk or IPBX): counted; a record only with C4_CDR_UNKNOWN_SOURCES.
+
+        kamailio-http.cfg does the same in route[RELAY_API_RESPONSE]:
+        strangers must not fill the disk.
+        """
+        KSR.statistics.update_stat(UNKNOWN_SOURCE_STAT, 1)
+        if self.cdr_unknown_sources:
+            self.ksr_route_cdr_refused(None, invite_at, FORBIDDEN, reason)
 
     def ksr_route_cdr_refused(self, call: dict | None, invite_at: str, code: int, reason: str) -> None:
         """route[CDR_REFUSED]: a call refused before it had a dialog; its record goes at once."""
         if self.cdr:
-            event = {"call_id": _pv("$ci"), "invite": invite_at, "end": _now(), "code": code, "reason": reason, "by": "router"}
+            event = {"call_id": _cut(_pv("$ci"), CDR_MAX_CALL_ID), "invite": invite_at, "end": _now(), "code": code,
+                     "reason": reason, "by": "router"}
             if call:
                 event["call"] = call
             self._cdr_emit(event)
@@ -679,6 +711,12 @@ class Router:
         if self.cdr:
             KSR.pv.sets(CDR_CALL, call_text)
             KSR.pv.sets(CDR_INVITE, invite_at)
+            # $dlg(callid) gives nothing past 8 KiB (Kamailio's pseudo-variable buffer): a long one is kept cut.
+            call_id = _pv("$ci")
+            if call_id is not None and len(call_id) > CDR_MAX_CALL_ID // 4:
+                cut = _cut(call_id, CDR_MAX_CALL_ID)
+                if cut != call_id and cut is not None:
+                    KSR.pv.sets(CDR_CALL_ID, cut)
 
     def ksr_route_cdr_try(self) -> None:
         """route[CDR_TRY]: the rtjson route of the branch being sent (its index: rtjson's idx - 1)."""
@@ -697,7 +735,7 @@ class Router:
             by = "timeout"
         else:
             by = "callee"
-        self._cdr_final(code, _pv("$T_reply_reason") or "", by)
+        self._cdr_final(code, _cut(_pv("$T_reply_reason"), CDR_MAX_REASON) or "", by)
 
     def ksr_route_cdr_local(self, code: int, reason: str) -> None:
         """route[CDR_LOCAL]: the router answers a routed call itself (a limit, no route left)."""
@@ -710,7 +748,7 @@ class Router:
             if event == "dialog:start":  # the 2xx: answer time and the route that answered
                 KSR.pv.sets(CDR_ANSWER, _now())
                 self._cdr_append_try(int(KSR.pv.get("$rs") or 200))
-                self._cdr_final(int(KSR.pv.get("$rs") or 200), _pv("$rr") or "", "")
+                self._cdr_final(int(KSR.pv.get("$rs") or 200), _cut(_pv("$rr"), CDR_MAX_REASON) or "", "")
             elif event == "dialog:end":
                 if KSR.is_BYE():
                     by = "caller" if _pv("$ft") == _pv("$dlg(from_tag)") else "callee"
@@ -740,7 +778,7 @@ class Router:
         """route[CDR_EMIT]: the record of a routed call, from its dialog variables."""
         call = _pv(CDR_CALL)
         event = {
-            "call_id": _pv("$dlg(callid)"),
+            "call_id": _pv(CDR_CALL_ID) or _cut(_pv("$dlg(callid)"), CDR_MAX_CALL_ID),
             "invite": _pv(CDR_INVITE),
             "end": _now(),
             "tries": _pv(CDR_TRIES) or "",
@@ -757,8 +795,9 @@ class Router:
 
     @staticmethod
     def _cdr_emit(event: dict) -> None:
-        if KSR.evapi.relay(orjson.dumps({k: v for k, v in event.items() if v is not None}).decode()) < 0:
-            KSR.err(f"c4: call record of {event.get('call_id')} not sent (evapi)\n")
+        """The event to route[CDR_QUEUE] (kamailio-base.cfg), which queues it for c4 cdr or drops and counts it."""
+        KSR.pv.sets(CDR_EVENT_VAR, orjson.dumps({k: v for k, v in event.items() if v is not None}).decode())
+        KSR.route(CDR_QUEUE_ROUTE)
 
     # -- errors --------------------------------------------------------------
 
@@ -776,6 +815,23 @@ class Router:
             KSR.sl.send_reply(500, "Server Internal Error")  # stateful when a transaction exists
         except Exception:
             _log_exception("error reply")
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    """TEXT cut to LIMIT bytes of UTF-8, as kamailio-http.cfg cuts it ({s.substr}).
+
+    None when the cut splits a character: the native config's cut is then
+    not UTF-8 and jansson leaves the member out, so this does too.
+    """
+    if text is None:
+        return None
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    try:
+        return data[:limit].decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def _now() -> str:

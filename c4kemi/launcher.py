@@ -39,8 +39,11 @@ the DIDs and routes that changed (c4kemi/db/changes.py).
 
 Call records (docs/cdr.md): ``--cdr-file FILE`` or ``--cdr-db`` turns them on
 in either mode: the launcher starts ``c4 cdr`` before Kamailio, on a free
-loopback port for Kamailio's ``evapi``, and stops it after. Off by default:
-then evapi is not loaded and no call keeps any record state.
+loopback port for Kamailio's ``evapi``, and stops it after; ``c4 cdr``
+authenticates there with ``C4_CDR_KEY`` (from the deployment secret, in its
+environment). Calls refused for an unknown source (403) are only counted,
+unless ``--cdr-unknown-sources``. Off by default: then evapi is not loaded
+and no call keeps any record state.
 
 Overload protection, both modes: past ``--max-transactions`` SIP
 transactions in progress, or with less than ``--shm-reserve`` MiB (an
@@ -163,6 +166,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cdr-spool", default=str(DEFAULT_CDR_SPOOL), help="with --cdr-db: where records wait for PostgreSQL")
     parser.add_argument("--cdr-spool-max-mb", type=int, default=1024,
                         help="with --cdr-db: the spool's bound in MiB; when full, new records are dropped (and logged)")
+    parser.add_argument("--cdr-unknown-sources", action="store_true",
+                        help="with --cdr-file or --cdr-db: also record the calls refused 403 because their source is in no "
+                             "trunk or IPBX (by default they are only counted: Kamailio statistic c4_refused_unknown_source)")
     parser.add_argument("--kamailio", default=None, help="Kamailio binary (default: kamailio on PATH or /usr/sbin)")
     parser.add_argument("--dry-run", action="store_true", help="print the Kamailio command and environment, do not start")
     parser.add_argument("--secret-file", default=None,
@@ -419,6 +425,8 @@ def add_cdr(args: argparse.Namespace, launch: Launch) -> None:
     if args.cdr_file and args.cdr_db:
         raise LaunchError("--cdr-file or --cdr-db, not both")
     if not (args.cdr_file or args.cdr_db):
+        if getattr(args, "cdr_unknown_sources", False):
+            raise LaunchError("--cdr-unknown-sources needs --cdr-file or --cdr-db")
         return
     evapi = f"127.0.0.1:{free_loopback_port()}"
     argv = [sys.executable, "-m", "c4kemi.cli", "cdr", "--evapi", evapi]
@@ -440,6 +448,9 @@ def add_cdr(args: argparse.Namespace, launch: Launch) -> None:
     launch.helpers.append(Helper(argv, f"c4 cdr on evapi {evapi}", output.exists, env))
     launch.defines["C4_CDR_EVAPI"] = quoted(evapi)
     launch.env["C4_CDR"] = "1"
+    if getattr(args, "cdr_unknown_sources", False):
+        launch.defines["C4_CDR_UNKNOWN_SOURCES"] = 1
+        where += ", unknown sources' refusals included"
     launch.banner.append(f"call records to {where}")
 
 
@@ -581,16 +592,21 @@ def _run(args: argparse.Namespace) -> int:
 
 def _add_secret_keys(args: argparse.Namespace, launch: Launch) -> None:
     """The keys derived from the deployment secret, in Kamailio's environment (see c4kemi/secret.py)."""
-    from .secret import SecretError, default_path, kamailio_env, load_or_create
+    from .secret import CDR_KEY_ENV, SecretError, default_path, kamailio_env, load_or_create
 
     path = getattr(args, "secret_file", None) or default_path()
     if args.dry_run:  # name the file, create nothing, print no key
         launch.env.update({name: f"(derived from {path})" for name in SECRET_ENV})
-        return
-    try:
-        launch.env.update(kamailio_env(load_or_create(path)))
-    except SecretError as exc:
-        raise LaunchError(f"deployment secret: {exc}") from None
+    else:
+        try:
+            launch.env.update(kamailio_env(load_or_create(path)))
+        except SecretError as exc:
+            raise LaunchError(f"deployment secret: {exc}") from None
+    if "C4_CDR" not in launch.env:  # records off: nobody needs the call record key
+        launch.env.pop(CDR_KEY_ENV, None)
+    for helper in launch.helpers:
+        if "cdr" in helper.argv:  # c4 cdr authenticates on evapi with it
+            helper.env[CDR_KEY_ENV] = launch.env[CDR_KEY_ENV]
 
 
 def _start_helper(helper: Helper) -> subprocess.Popen:

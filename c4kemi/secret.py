@@ -1,6 +1,6 @@
 """The deployment secret: created once, kept across restarts, never shipped.
 
-Kamailio needs two keys that must not be constants in the repository:
+Kamailio needs keys that must not be constants in the repository:
 
 - ``uac``'s ``restore_passwd``, which encodes the caller's original From/To
   URIs into the Record-Route parameters (``c4f``/``c4t``) so in-dialog
@@ -8,9 +8,12 @@ Kamailio needs two keys that must not be constants in the repository:
   decode them;
 - the dialog key, with which the router signs the Record-Route it adds to
   each call it routes (``c4d``) and checks in-dialog requests against: only
-  requests within a dialog this router record-routed are relayed.
+  requests within a dialog this router record-routed are relayed;
+- the call record key (``C4_CDR_KEY``, in Kamailio's and ``c4 cdr``'s
+  environments), with which ``c4 cdr`` authenticates on Kamailio's evapi
+  socket: only then does it get call events (docs/cdr.md).
 
-Both are derived (HMAC-SHA256 with distinct labels) from one random secret
+All are derived (HMAC-SHA256 with distinct labels) from one random secret
 kept in a file, so one key leaking does not give the other: uac's encoding
 is a XOR with its password, which a caller who knows its own URI could partly
 recover. The file is created on first start with mode 0600 (32 random bytes,
@@ -35,11 +38,13 @@ import secrets
 import stat
 from pathlib import Path
 
-__all__ = ["SecretError", "default_path", "load_or_create", "kamailio_env", "dialog_mac", "SECRET_ENV"]
+__all__ = ["SecretError", "default_path", "load_or_create", "kamailio_env", "dialog_mac", "CDR_KEY_ENV", "SECRET_ENV"]
 
 UAC_ENV = "C4_UAC_PASSWD"
 DIALOG_ENV = "C4_DIALOG_KEY"
-SECRET_ENV = (UAC_ENV, DIALOG_ENV)
+# Call records: c4 cdr authenticates with it on evapi (kamailio-base.cfg).
+CDR_KEY_ENV = "C4_CDR_KEY"
+SECRET_ENV = (UAC_ENV, DIALOG_ENV, CDR_KEY_ENV)
 MAC_LENGTH = 32  # hex digits of the Record-Route signature kept (128 bits)
 
 
@@ -90,7 +95,8 @@ def _derive(secret: bytes, label: str) -> str:
 
 def kamailio_env(secret: bytes) -> dict[str, str]:
     """The keys Kamailio's configs read from the environment (#!defenvs)."""
-    return {UAC_ENV: _derive(secret, "uac restore"), DIALOG_ENV: _derive(secret, "dialog")}
+    return {UAC_ENV: _derive(secret, "uac restore"), DIALOG_ENV: _derive(secret, "dialog"),
+            CDR_KEY_ENV: _derive(secret, "call records")}
 
 
 def dialog_mac(dialog_key: str, call_id: bytes) -> str:

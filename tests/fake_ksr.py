@@ -55,6 +55,8 @@ class FakeKSR(types.ModuleType):
             return lambda text: self.logs.append((name, text))
         if name in ("setflag", "resetflag", "isflagset"):
             return getattr(self, "_" + name)
+        if name == "route":  # KSR.route("NAME"): a native route block
+            return lambda route: self._call("route", (route,))
         if name.startswith("is_"):  # KSR.is_INVITE() and friends
             method = name[3:]
             return lambda: self._call(name, ()) if name in self.returns else self.pv_values.get("$rm") == method

@@ -70,6 +70,21 @@ def test_untrusted_members_of_the_wrong_type_are_left_out():
     assert record["attempts"] == [{"destination": None, "kind": None, "uri": None, "code": 200}]  # no such route
 
 
+def test_every_text_of_a_record_is_bounded():
+    """A peer's 50 KB Call-ID (or reason, or number) makes a record of a few hundred bytes, not 50 KB."""
+    huge = "x" * 50_000
+    call = {**CALL, "tenant": huge, "source": huge, "direction": huge, "calling": huge, "called": huge,
+            "routes": [{**CALL["routes"][0], "name": huge, "uri": huge}]}
+    record = make_record({**ANSWERED, "call_id": huge, "reason": huge, "call": call, "tries": "0:486"}, "6")
+    assert len(record["call_id"]) == 256 and len(record["reason"]) == 128
+    assert (len(record["tenant"]), len(record["source"]), len(record["direction"])) == (128, 128, 16)
+    assert (len(record["calling"]), len(record["called"])) == (64, 64)
+    assert (len(record["attempts"][0]["destination"]), len(record["attempts"][0]["uri"])) == (128, 256)
+    assert len(orjson.dumps(record)) < 2000
+    with pytest.raises(EventError, match="bad 'tries' entry"):
+        make_record({**ANSWERED, "tries": "9" * 50_000 + ":200"}, "7")
+
+
 def test_the_file_is_reopened_when_rotated(tmp_path):
     path = tmp_path / "cdr.jsonl"
     sink = JsonLines(path)
@@ -138,6 +153,58 @@ def test_the_collector_writes_what_evapi_sends_and_reconnects(tmp_path):
     asyncio.run(scenario())
     records = [orjson.loads(line) for line in path.read_bytes().splitlines()]
     assert [r["call_id"] for r in records] == ["a1@pbx", "a1@pbx"] and records[0]["id"] != records[1]["id"]
+
+
+def test_the_collector_authenticates_then_acknowledges(tmp_path, monkeypatch):
+    """With a key: "auth KEY" first, events only after Kamailio's "ok", "ack N" every 100 events;
+    a Kamailio that says nothing to the key (a wrong one) is left and tried again."""
+    import c4kemi.cdr_collector as collector
+
+    monkeypatch.setattr(collector, "AUTH_TIMEOUT", 0.2)
+    monkeypatch.setattr(collector, "REFUSED_DELAY", 0.05)
+    path = tmp_path / "cdr.jsonl"
+    event = orjson.dumps(ANSWERED)
+    frame = str(len(event)).encode() + b":" + event + b","
+
+    async def scenario():
+        heard = []
+
+        async def evapi(reader, writer):
+            heard.append(await reader.readuntil(b","))
+            if len(heard) == 1:  # the first connection: silence, as to a wrong key
+                await asyncio.sleep(1)
+                writer.close()
+                return
+            writer.write(b"2:ok," + frame * 150)
+            await writer.drain()
+            heard.append(await reader.readuntil(b","))
+            await asyncio.sleep(1)
+
+        server = await asyncio.start_server(evapi, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        task = asyncio.ensure_future(collect("127.0.0.1", port, JsonLines(path), key="k3y"))
+        for _ in range(100):
+            if len(heard) == 3:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        server.close()
+        return heard
+
+    heard = asyncio.run(scenario())
+    assert heard == [b"8:auth k3y,", b"8:auth k3y,", b"7:ack 100,"]
+    assert len(path.read_bytes().splitlines()) == 150
+
+
+def test_the_collector_wants_its_key(tmp_path, monkeypatch, caplog):
+    import argparse
+
+    from c4kemi.cdr_collector import _main
+
+    monkeypatch.delenv("C4_CDR_KEY", raising=False)
+    args = argparse.Namespace(evapi=("127.0.0.1", 9), db=False, file=str(tmp_path / "cdr.jsonl"))
+    assert asyncio.run(_main(args)) == 2
+    assert "$C4_CDR_KEY is not set" in caplog.text
 
 
 def test_shipping_stores_each_record_once_and_empties_the_spool(tmp_path, pg_dsn):

@@ -21,7 +21,17 @@ def recording(kemi, monkeypatch):
 
 
 def sent(ksr) -> list[dict]:
-    return [orjson.loads(args[0]) for args in ksr.called("evapi.relay")]
+    """The events handed to route[CDR_QUEUE] (in $var(cdr)), which queues them for c4 cdr."""
+    events, pending = [], None
+    for name, args in ksr.calls:
+        if name == "pv.sets" and args[0] == "$var(cdr)":
+            pending = args[1]
+        elif name == "route" and args == ("CDR_QUEUE",):
+            assert pending is not None, "route[CDR_QUEUE] without an event"
+            events.append(orjson.loads(pending))
+            pending = None
+    assert pending is None, "an event never queued"
+    return events
 
 
 def test_an_answered_call_after_failover_sends_one_event_when_it_ends(recording, ksr):
@@ -101,3 +111,51 @@ def test_a_call_shed_by_the_admission_control_still_gets_its_record(recording, k
     (event,) = sent(ksr)
     assert (event["call_id"], event["code"], event["reason"], event["by"]) == ("call-1@test", 503, "Service Unavailable", "router")
     assert "call" not in event  # shed before any decision: nothing known of tenant or numbers
+
+
+def test_a_refusal_of_an_unknown_source_is_counted_and_recorded_only_when_asked(recording, ksr):
+    invite(ksr, source="203.0.113.9")  # in no trunk or IPBX: 403
+    recording.ksr_request_route(None)
+    assert ksr.called("sl.sl_send_reply") == [(403, "Forbidden")]
+    assert ksr.called("statistics.update_stat") == [("c4_refused_unknown_source", 1)]
+    assert sent(ksr) == []  # strangers must not fill the disk
+
+    ksr.pv_values["$defn(C4_CDR_UNKNOWN_SOURCES)"] = "1"  # c4 kamailio --cdr-unknown-sources
+    recording.child_init(1)
+    recording.ksr_request_route(None)
+    (event,) = sent(ksr)
+    assert (event["code"], event["reason"], event["by"]) == (403, "Forbidden", "router") and "call" not in event
+    assert len(ksr.called("statistics.update_stat")) == 2
+
+
+def test_unknown_sources_are_counted_with_records_off_too(handler, ksr):
+    invite(ksr, source="203.0.113.9")
+    handler.ksr_request_route(None)
+    assert ksr.called("statistics.update_stat") == [("c4_refused_unknown_source", 1)] and sent(ksr) == []
+
+
+def test_what_a_peer_sends_is_cut_where_the_event_is_made(recording, ksr):
+    """256 bytes of a Call-ID, 128 of a reason phrase, as kamailio-http.cfg cuts them ({s.substr}):
+    a cut that splits a character leaves the member out, as jansson does in HTTP mode."""
+    long_id = "c" * 50_000 + "@test"
+    invite(ksr, called="39298765432", **{"$ci": long_id})
+    sizes(ksr, {})
+    recording.ksr_request_route(None)
+    assert ksr.pv_values["$dlg_var(c4_callid)"] == long_id[:256]  # $dlg(callid) gives nothing past 8 KiB
+    branch(ksr, idx=1)
+    recording.ksr_branch_manage(None)
+    failure(ksr, 486)
+    ksr.pv_values["$T_reply_reason"] = "Busy " + "e" * 10_000
+    recording.ksr_failure_manage(None)
+    ksr.pv_values["$dlg(callid)"] = None
+    recording.ksr_dialog_event(None, "dialog:failed")
+    (event,) = sent(ksr)
+    assert event["call_id"] == long_id[:256] and event["reason"] == ("Busy " + "e" * 10_000)[:128]
+
+    ksr.calls.clear()
+    refused_id = "a" + "é" * 200  # 401 bytes: the first 256 end in the middle of a character
+    invite(ksr, source="192.0.2.1", called="0799999999", **{"$ci": refused_id})  # 404
+    recording.ksr_request_route(None)
+    (event,) = sent(ksr)
+    assert event["code"] == 404 and "call_id" not in event
+    assert make_record(event, "5")["call_id"] == ""

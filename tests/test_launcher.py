@@ -92,6 +92,12 @@ def test_call_records_are_off_unless_asked_for(tmp_path):
     assert on.returncode == 0, on.stderr
     assert "C4_CDR=1" in on.stdout and "-A C4_CDR_EVAPI=\"127.0.0.1:" in on.stdout
     assert "c4kemi.cli cdr --evapi 127.0.0.1:" in on.stdout and f"--file {tmp_path / 'cdr.jsonl'}" in on.stdout
+    assert "C4_CDR_KEY=*** " in on.stdout  # c4 cdr's key: in its environment, never on its command line
+    assert "C4_CDR_UNKNOWN_SOURCES" not in on.stdout
+    unknown = dry_run("--cdr-file", str(tmp_path / "cdr.jsonl"), "--cdr-unknown-sources")
+    assert unknown.returncode == 0 and "-A C4_CDR_UNKNOWN_SOURCES=1" in unknown.stdout
+    alone = dry_run("--cdr-unknown-sources")
+    assert alone.returncode == 2 and "--cdr-unknown-sources needs --cdr-file or --cdr-db" in alone.stderr
 
 
 def test_records_to_postgresql_take_the_dsn_from_the_environment_never_the_command_line(tmp_path):

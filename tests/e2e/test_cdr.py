@@ -9,6 +9,10 @@ same for both, so a difference between the modes fails one of them.
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import socket
 import time
 import uuid
 from datetime import datetime
@@ -29,7 +33,7 @@ from .documents import (
     TRUNK_B,
     routing_document,
 )
-from .harness import BusyPeers, UdpPeers, sip_invite
+from .harness import BusyPeers, UdpPeers, sip_invite, sip_options_ok
 
 GLOBEX_PBX = "127.0.0.12"  # an IPBX of a tenant with max_channels 0: every call 503
 # trunk name -> (address, called number routed to it, the scenario its sipp plays)
@@ -112,7 +116,8 @@ def test_a_record_for_every_kind_of_call(router, sipp, tmp_path):
     pbx = sipp.uas("uas_ring_cancel.xml", PBX)
     ports = {name: s.port for name, s in uas.items()}
     path = tmp_path / "cdr.jsonl"
-    r = router.start(cdr_document(ports, pbx.port), extra_args=["--cdr-file", str(path)])
+    # --cdr-unknown-sources: the 403 of an unknown source has a record too (off by default)
+    r = router.start(cdr_document(ports, pbx.port), extra_args=["--cdr-file", str(path), "--cdr-unknown-sources"])
     wait_connected(r)
 
     answered = sipp.uac("uac_call.xml", r.target, PBX, called="3910000001", caller=CALLER_E164)
@@ -174,11 +179,14 @@ def test_a_record_for_every_kind_of_call(router, sipp, tmp_path):
 def test_records_are_off_without_a_sink(router, tmp_path):
     peers = BusyPeers([PBX])
     try:
-        r = router.start(routing_document(pbx_port=peers.ports[PBX]))
+        rpc = tmp_path / "rpc.sock"
+        r = router.start(routing_document(pbx_port=peers.ports[PBX]), extra_args=["--rpc-socket", str(rpc)])
         final = sip_invite(r.address, r.port, TRUNK_A, f"sip:{DID_NATIONAL}@{r.target}",
                            f"<sip:{CALLER_NATIONAL}@{TRUNK_A}>;tag=o", f"<sip:{DID_NATIONAL}@{r.target}>")
         assert final.code == 486
         assert "evapi" not in r.log_text() and "c4 cdr" not in r.log_text()
+        assert stranger_call(r) == 403
+        assert kamailio_stat(rpc, "c4_refused_unknown_source") == 1  # counted, records or not
     finally:
         peers.close()
 
@@ -197,6 +205,20 @@ def busy_call(r, tag: str) -> int:
     return sip_invite(r.address, r.port, TRUNK_A, f"sip:{DID_NATIONAL}@{r.target}",
                       f"<sip:{CALLER_NATIONAL}@{TRUNK_A}>;tag={tag}", f"<sip:{DID_NATIONAL}@{r.target}>",
                       call_id=f"{tag}@cdr-test").code
+
+
+def stranger_call(r, tag: str = "stranger") -> int:
+    """An INVITE from an address in no trunk or IPBX: the decision refuses it 403."""
+    return sip_invite(r.address, r.port, STRANGER, f"sip:{DID_NATIONAL}@{r.target}",
+                      f"<sip:{CALLER_NATIONAL}@{STRANGER}>;tag={tag}", f"<sip:{DID_NATIONAL}@{r.target}>").code
+
+
+def kamailio_stat(rpc_socket, name: str) -> int:
+    """A Kamailio statistic (kamailio-base.cfg) over its JSON-RPC socket: ["script:NAME = N"]."""
+    from c4kemi.channels import KamailioRpc
+
+    (line,) = KamailioRpc(str(rpc_socket)).call("stats.get_statistics", name)
+    return int(line.rpartition("=")[2])
 
 
 def stored_call_ids(pg_cluster, database: str) -> list[str]:
@@ -292,3 +314,179 @@ def test_http_mode_records_a_call_whose_call_id_is_not_utf8(http_router, tmp_pat
             "", "acme", "acme-pbx", 486, "Busy Here", "callee")
     finally:
         peers.close()
+
+
+# ---------------------------------------------------------------- who gets the records
+
+
+def evapi_port(r) -> int:
+    match = re.search(r"c4 cdr on evapi 127\.0\.0\.1:(\d+) is up", r.log_text())
+    assert match, r.log_text()[-3000:]
+    return int(match.group(1))
+
+
+def cdr_key() -> str:
+    """The key c4 kamailio derived for c4 cdr (the test run's deployment secret, conftest.py)."""
+    from c4kemi.secret import CDR_KEY_ENV, default_path, kamailio_env, load_or_create
+
+    return kamailio_env(load_or_create(default_path()))[CDR_KEY_ENV]
+
+
+def netstring(data: bytes) -> bytes:
+    return str(len(data)).encode() + b":" + data + b","
+
+
+def received(sock: socket.socket, wait: float = 0.0) -> bytes:
+    """What SOCK has received so far (after WAIT seconds), b'' if nothing; None when the peer closed it."""
+    time.sleep(wait)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return data
+        if not chunk:
+            return data or None
+        data += chunk
+
+
+def test_only_the_collector_that_authenticates_gets_records(router, busy_pbx, tmp_path):
+    """evapi's port is open to every local process: a client that does not authenticate gets
+    nothing (before: every event, so the call records of every tenant), nor does one with a
+    wrong key, whatever it sends next; a client that takes the slot and socket of one that left
+    starts with no right to records either."""
+    path = tmp_path / "cdr.jsonl"
+    r = router.start(routing_document(pbx_port=busy_pbx.ports[PBX]), extra_args=["--cdr-file", str(path)])
+    wait_connected(r)
+    port = evapi_port(r)
+    key = cdr_key().encode()
+    silent = socket.create_connection(("127.0.0.1", port))
+    wrong = socket.create_connection(("127.0.0.1", port))
+    clients = [silent, wrong]
+    try:
+        wrong.sendall(netstring(b"auth " + b"0" * 64))
+        assert received(wrong, 0.3) == b""
+        wrong.sendall(netstring(b"auth " + key))  # one try per connection: ignored
+        # A collector comes and goes: whoever gets its slot next must authenticate too.
+        gone = socket.create_connection(("127.0.0.1", port))
+        gone.sendall(netstring(b"auth " + key))
+        assert received(gone, 0.3) == netstring(b"ok")
+        gone.close()
+        time.sleep(0.2)
+        heir = socket.create_connection(("127.0.0.1", port))
+        right = socket.create_connection(("127.0.0.1", port))
+        clients += [heir, right]
+        right.sendall(netstring(b"auth " + key))
+        assert received(right, 0.3) == netstring(b"ok")
+
+        assert busy_call(r, "only-the-collector") == 486
+        (record,) = read_records(path, 1)
+        assert record["call_id"] == "only-the-collector@cdr-test"
+        assert b"only-the-collector@cdr-test" in received(right, 0.2)
+        for name, client in (("silent", silent), ("wrong key", wrong), ("heir", heir)):
+            assert received(client) == b"", f"a client that did not authenticate ({name}) got bytes"
+        assert "did not authenticate: it gets no call records" in r.log_text()
+    finally:
+        for client in clients:
+            client.close()
+
+
+# ---------------------------------------------------------------- strangers, a stopped collector, big values
+
+
+def test_refusals_of_unknown_sources_are_counted_not_recorded(router, busy_pbx, tmp_path):
+    """By default a 403 for a source in no trunk or IPBX leaves no record (before: 30,000 INVITEs from
+    strangers wrote 11 MB of them); the refusals are counted in Kamailio's c4_refused_unknown_source."""
+    from .flood import flood_invites
+
+    path, rpc = tmp_path / "cdr.jsonl", tmp_path / "rpc.sock"
+    r = router.start(routing_document(pbx_port=busy_pbx.ports[PBX]), extra_args=["--cdr-file", str(path), "--rpc-socket", str(rpc)])
+    wait_connected(r)
+
+    flood = flood_invites(r.address, r.port, STRANGER, 500, 500)
+    assert flood.codes == {403: 500}
+    assert busy_call(r, "known-source") == 486
+
+    time.sleep(1.0)  # what the flood would have written has had time to arrive
+    assert [record["call_id"] for record in read_records(path, 2, timeout=0)] == ["known-source@cdr-test"]
+    assert kamailio_stat(rpc, "c4_refused_unknown_source") == 500
+    assert kamailio_stat(rpc, "c4_cdr_dropped") == 0
+
+
+def test_a_stopped_collector_costs_records_never_calls(router, busy_pbx, tmp_path):
+    """c4 cdr stopped (SIGSTOP) while calls go on: calls are answered at once; past what evapi holds
+    (C4_CDR_WINDOW, 1000 events) and the queue (C4_CDR_QUEUE, 2000) records are dropped, counted and
+    logged; once it runs again records flow, and every event is either written or counted as dropped.
+    Before: evapi's dispatcher blocked writing to it, then every SIP worker handing evapi an event."""
+    from .flood import find_process, flood_invites
+
+    path, rpc = tmp_path / "cdr.jsonl", tmp_path / "rpc.sock"
+    r = router.start(routing_document(pbx_port=busy_pbx.ports[PBX]), shm=256,
+                     extra_args=["--cdr-file", str(path), "--cdr-unknown-sources", "--rpc-socket", str(rpc)])
+    wait_connected(r)
+    assert busy_call(r, "before") == 486
+    assert len(read_records(path, 1)) == 1
+
+    collector = find_process(r.proc.pid, "c4kemi.cli cdr")
+    os.kill(collector, signal.SIGSTOP)
+    try:
+        # Refusals of an unknown source (their records on), each a call event: as many as it took
+        # before to fill what lies between the workers and the stopped collector.
+        flood = flood_invites(r.address, r.port, STRANGER, 30_000, 2_500)
+        events = sum(flood.codes.values())
+        started = time.monotonic()
+        assert sip_options_ok(r.address, r.port, timeout=1.0)
+        assert busy_call(r, "while-stopped") == 486
+        assert time.monotonic() - started < 2.0, "calls waited on the stopped collector"
+        dropped = kamailio_stat(rpc, "c4_cdr_dropped")
+        print(f"{r.mode}: {flood.sent} INVITEs in {flood.elapsed:.1f}s ({flood.rate:.0f}/s), finals {dict(flood.codes)}; "
+              f"{dropped} records dropped while c4 cdr was stopped")
+        assert dropped >= events + 1 - 3000 - 100, dropped  # the window, the queue, a few racing workers
+        assert "c4: call record dropped" in r.log_text()
+    finally:
+        os.kill(collector, signal.SIGCONT)
+
+    # Every event is written or was counted as dropped: before, the flood, while-stopped.
+    expected = 1 + events + 1 - dropped
+    assert len(read_records(path, expected, timeout=30)) == expected
+    assert busy_call(r, "after") == 486  # and records flow again
+    time.sleep(0.5)
+    records = read_records(path, expected + 1, timeout=5)
+    assert len(records) == expected + 1 and records[-1]["call_id"] == "after@cdr-test"
+    assert kamailio_stat(rpc, "c4_cdr_dropped") == dropped
+
+
+def test_a_huge_call_id_makes_a_bounded_record(router, busy_pbx, tmp_path):
+    """A 50 KB Call-ID (before: a 50 KB record from a stranger's INVITE) is cut to 256 characters
+    where the event is made, for a refused call as for a routed one."""
+    path = tmp_path / "cdr.jsonl"
+    r = router.start(routing_document(pbx_port=busy_pbx.ports[PBX]), extra_args=["--cdr-file", str(path), "--cdr-unknown-sources"])
+    wait_connected(r)
+    call_ids = {source: f"huge-{source}-" + "x" * 50_000 + "@cdr-test" for source in (STRANGER, TRUNK_A)}
+    finals = [sip_invite(r.address, r.port, source, f"sip:{DID_NATIONAL}@{r.target}", f"<sip:{CALLER_NATIONAL}@{source}>;tag=h",
+                         f"<sip:{DID_NATIONAL}@{r.target}>", call_id=call_id).code for source, call_id in call_ids.items()]
+    assert finals == [403, 486]
+    records = read_records(path, 2)
+    assert sorted(record["call_id"] for record in records) == sorted(call_id[:256] for call_id in call_ids.values())
+    assert sorted((record["code"], record["tenant"]) for record in records) == [(403, None), (486, "acme")]
+    assert len(path.read_bytes()) < 3000
+
+
+def test_an_event_past_its_bound_is_dropped_and_counted(router, busy_pbx, tmp_path):
+    """C4_CDR_MAX_EVENT (8000 bytes; 100 here, through a wrapper): a bigger event is dropped, counted, logged."""
+    from c4kemi.launcher import kamailio_binary
+
+    kamailio = tmp_path / "kamailio-small-events"
+    kamailio.write_text(f'#!/bin/sh\nexec {kamailio_binary(None)} "$@" -A C4_CDR_MAX_EVENT=100\n')
+    kamailio.chmod(0o755)
+    path, rpc = tmp_path / "cdr.jsonl", tmp_path / "rpc.sock"
+    r = router.start(routing_document(pbx_port=busy_pbx.ports[PBX]),
+                     extra_args=["--cdr-file", str(path), "--rpc-socket", str(rpc), "--kamailio", str(kamailio)])
+    wait_connected(r)
+    assert busy_call(r, "too-big") == 486
+    deadline = time.monotonic() + 5
+    while kamailio_stat(rpc, "c4_cdr_dropped") != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert "more than 100; 1 dropped so far" in r.log_text()
+    assert read_records(path, 1, timeout=0.5) == []

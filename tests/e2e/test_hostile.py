@@ -28,7 +28,7 @@ from .documents import (
     TRUNK_B,
     routing_document,
 )
-from .harness import UdpPeers, sip_invite
+from .harness import UdpPeers, sip_invite, sip_options_ok
 
 THIRD_PARTY = "127.0.0.77"  # in no table: a premium number, another network...
 SETTLE = 0.5  # seconds for a relayed request to reach a peer
@@ -310,3 +310,40 @@ def test_a_dialog_outlives_a_restart(router, sipp, tmp_path):
     (bye,) = pbx.received("BYE")
     assert any(first.target in via for via in bye.headers("Via")), bye.text
     assert CALLER_E164 in bye.header("From") and DID_E164 in bye.header("To"), bye.text  # restored with the same key
+
+
+# ------------------------------------------------------------ call records cannot stall calls
+
+FLOOD = 30_000  # INVITEs from an unknown source, each a call event when their records are on
+FLOOD_RATE = 2_500  # a second: what this 2-core machine sustains with the router, c4 cdr and the sender on it
+
+
+def test_idle_clients_on_every_port_and_a_refusal_flood_do_not_stall_calls(router, sipp, tmp_path):
+    """Records on, unknown sources' too: 30,000 refusals make 30,000 call events while a client
+    connected to every TCP port of the node (evapi's, c4 serve's in HTTP mode) never reads.
+    Before: evapi wrote every event to every client, blocked on the idle one, and then every
+    SIP worker blocked handing it events; OPTIONS and calls went unanswered."""
+    from .flood import flood_invites, idle_clients
+    from .test_cdr import wait_connected
+
+    pbx = sipp.uas("uas_answer.xml", PBX)
+    r = router.start(routing_document(pbx_port=pbx.port), shm=256,
+                     extra_args=["--cdr-file", str(tmp_path / "cdr.jsonl"), "--cdr-unknown-sources"])
+    wait_connected(r)
+    groups = [r.proc.pid] + ([r.api_proc.pid] if r.api_proc else [])
+    clients = idle_clients(groups)
+    try:
+        assert len(clients) >= (2 if r.mode == "http" else 1), "no TCP port of the node found"
+        flood = flood_invites(r.address, r.port, STRANGER, FLOOD, FLOOD_RATE)
+        print(f"{r.mode}: {flood.sent} INVITEs in {flood.elapsed:.1f}s ({flood.rate:.0f}/s), finals {dict(flood.codes)}")
+        # Each answered, as it came: 403, or 503 when the node sheds load (HTTP mode: the API behind).
+        assert sum(flood.codes.values()) >= FLOOD * 0.95, flood.codes
+
+        started = time.monotonic()
+        assert sip_options_ok(r.address, r.port, timeout=1.0), "OPTIONS unanswered after the flood"
+        caller = sipp.uac("uac_call.xml", r.target, TRUNK_A, called=DID_NATIONAL, caller=CALLER_NATIONAL, timeout=10)
+        assert caller.proc.returncode == 0, sipp.describe_all()
+        assert time.monotonic() - started < 3.0
+    finally:
+        for client in clients:
+            client.close()
