@@ -36,6 +36,13 @@ BAD_REQUEST_REASONS = (
 )
 
 
+# Counters Kamailio keeps (kamailio-base.cfg), served as they are (name + _total).
+KAMAILIO_STATISTICS = {
+    "c4_cdr_dropped": "Call records Kamailio dropped: the queue to c4 cdr was full, or the event too big (docs/cdr.md)",
+    "c4_refused_unknown_source": "New INVITEs refused 403 because their source is in no trunk or IPBX, from Kamailio",
+}
+
+
 class TableCollector:
     """Table facts, read from the source at scrape time."""
 
@@ -69,7 +76,7 @@ class TableCollector:
 
 
 class ChannelCollector:
-    """The calls in progress per tenant and per trunk, asked of Kamailio at scrape time (c4kemi.channels)."""
+    """The calls in progress per tenant and per trunk, and Kamailio's counters, asked of Kamailio at scrape time (c4kemi.channels)."""
 
     def __init__(self, source: Any, path: str) -> None:
         from c4kemi.channels import KamailioRpc
@@ -98,6 +105,26 @@ class ChannelCollector:
             for name, calls in counts[kind + "s"].items():
                 family.add_metric([name], calls)
             yield family
+        yield from self._statistics()
+
+    def _statistics(self):
+        """Kamailio's own counters of the router (kamailio-base.cfg, statistics module), as they are now."""
+        from c4kemi.channels import RpcError
+
+        try:
+            lines = self.rpc.call("stats.get_statistics", *KAMAILIO_STATISTICS)
+        except RpcError:
+            return
+        values = {}
+        for line in lines if isinstance(lines, list) else []:
+            name, _, value = str(line).partition("=")
+            try:
+                values[name.strip().rpartition(":")[2]] = int(value)
+            except ValueError:
+                continue
+        for name, text in KAMAILIO_STATISTICS.items():
+            if name in values:
+                yield CounterMetricFamily(name, text, value=values[name])
 
 
 class Metrics:

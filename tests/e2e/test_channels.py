@@ -262,8 +262,12 @@ def test_c4_serve_shows_the_live_counts_in_metrics_and_channels(router, sipp, rp
     assert {"name": "acme", "calls": 1, "max_channels": 5} in channels["tenants"]
     assert {"name": "carrier-a-1", "calls": 1, "max_channels": 2, "max_cps": 10} in channels["trunks"]
     assert {"name": "carrier-b-1", "calls": 0} in channels["trunks"]
+    assert sip_invite(r.address, r.port, STRANGER, f"sip:{DID_NATIONAL}@{r.target}", f"<sip:{CALLER_NATIONAL}@{STRANGER}>;tag=m",
+                      f"<sip:{DID_NATIONAL}@{r.target}>").code == 403
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         metrics = response.read().decode()
+    # Kamailio's own counters (kamailio-base.cfg), records off here
+    assert "c4_refused_unknown_source_total 1.0" in metrics and "c4_cdr_dropped_total 0.0" in metrics
     assert 'c4_tenant_calls_in_progress{tenant="acme"} 1.0' in metrics
     assert 'c4_trunk_calls_in_progress{trunk="carrier-a-1"} 1.0' in metrics
     assert 'c4_trunk_calls_in_progress{trunk="carrier-b-1"} 0.0' in metrics
