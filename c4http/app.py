@@ -10,7 +10,9 @@
                             (c4http/provisioning.py, docs/api.md)
 
 The routing endpoint's replies carry trunk credentials, so it answers only
-the addresses of ``routing_from`` (loopback by default); others get a 403.
+the addresses of ``routing_from`` (loopback by default; others get a 403)
+and, given a routing key (``c4 kamailio`` always gives one), only queries
+that carry it in ``X-C4-Routing-Key`` (others get a 401).
 
 Bad input is a 4xx with a JSON body ``{"error": "..."}`` naming the problem,
 never a 500, and the service keeps serving. A control character or a lone
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import ipaddress
 import logging
 import re
@@ -42,11 +45,13 @@ from c4kemi.explain import masked, render_text
 from .logfmt import log_event
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 
-__all__ = ["make_app", "SOURCE", "METRICS", "DEFAULT_MAX_BODY", "DEFAULT_ROUTING_FROM", "RTJSON_PATH", "EXPLAIN_PATH"]
+__all__ = ["make_app", "SOURCE", "METRICS", "DEFAULT_MAX_BODY", "DEFAULT_ROUTING_FROM", "RTJSON_PATH", "EXPLAIN_PATH",
+           "ROUTING_KEY_HEADER"]
 
 log = logging.getLogger("c4.http")
 
 RTJSON_PATH = "/kamailio/rtjson"
+ROUTING_KEY_HEADER = "X-C4-Routing-Key"
 CALL_HEADER = "C4-Call"
 EXPLAIN_PATH = "/kamailio/explain"
 DEFAULT_MAX_BODY = 64 * 1024
@@ -80,12 +85,16 @@ def make_app(
     dsn: str | None = None,
     api_token: str | None = None,
     routing_from: Iterable[str] = DEFAULT_ROUTING_FROM,
+    routing_key: str | None = None,
     kamailio_rpc: str | None = None,
 ) -> web.Application:
     """The application serving decisions from ``source.current()``.
 
     ``routing_from``: the networks (CIDRs or addresses) whose requests the
     routing endpoint answers; any other source address gets a 403.
+    ``routing_key``: the key a query must carry in ``X-C4-Routing-Key``
+    (else 401): the reply holds trunk passwords, and an address filter
+    cannot tell this node's Kamailio from any other local process.
 
     With ``dsn``, the provisioning API of that PostgreSQL database is served
     under /api/v1 (admin token ``api_token``, tenant tokens from the
@@ -104,6 +113,7 @@ def make_app(
     if max_body < 1:
         raise ValueError("max_body must be positive")
     allowed_source = source_filter(routing_from)
+    expected_key = routing_key.encode() if routing_key else None
     metrics = Metrics(source, kamailio_rpc)
     app = web.Application(client_max_size=max_body, middlewares=[json_errors])
     app[SOURCE] = source
@@ -127,6 +137,10 @@ def make_app(
         count_request()
         if not allowed_source(request.remote):
             return bad_request(request, 403, "forbidden_source", f"{request.remote} may not ask for routes (see --routing-from)")
+        if expected_key is not None and not hmac.compare_digest(
+            request.headers.get(ROUTING_KEY_HEADER, "").encode("utf-8", "surrogateescape"), expected_key
+        ):
+            return bad_request(request, 401, "bad_routing_key", f"missing or wrong {ROUTING_KEY_HEADER}: only this node's Kamailio may ask for routes")
         query = await read_json_body(request, max_body)
         if query.__class__ is BadBody:
             return bad_request(request, *query)

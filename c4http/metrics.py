@@ -33,6 +33,7 @@ BAD_REQUEST_REASONS = (
     "body_too_large",
     "unsupported_media_type",
     "forbidden_source",
+    "bad_routing_key",
 )
 
 

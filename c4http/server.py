@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from c4kemi.db.source import StoreUnavailable
 from c4kemi.document import DocumentError
 from c4kemi.feed import CHECK_INTERVAL as FEED_CHECK_INTERVAL
 from c4kemi.feed import FeedError, FeedTableSource
+from c4kemi.secret import ROUTING_ENV
 from c4kemi.store import FileTableSource
 
 from .app import DEFAULT_ROUTING_FROM, make_app
@@ -69,10 +71,15 @@ def run_server(args: argparse.Namespace) -> int:
         refresh = FEED_CHECK_INTERVAL if feed else REFRESH_INTERVAL
         where, version = str(feed or args.table), source.current().version
     access_log = logging.getLogger("aiohttp.access") if args.access_log else None
+    routing_key = os.environ.get(ROUTING_ENV) or None  # the environment only: argv shows in ps
+    if routing_key is None:
+        log.warning(logfmt(event="no_routing_key", detail=f"{ROUTING_ENV} is not set: any local process in --routing-from"
+                           " can ask for routes and read trunk passwords; c4 kamailio sets it"))
     app = make_app(
         source, max_body=args.max_body, refresh_interval=refresh,
         dsn=None if api_listen else args.dsn, api_token=api_token,
         routing_from=getattr(args, "routing_from", None) or DEFAULT_ROUTING_FROM,
+        routing_key=routing_key,
         kamailio_rpc=getattr(args, "kamailio_rpc", None),
     )  # fmt: skip
     if api_listen:

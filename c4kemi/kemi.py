@@ -558,7 +558,9 @@ class Router:
         try:
             if self._dump is None or self._dump_pid != os.getpid():
                 path = os.path.join(self.dump_dir, f"rtjson-{os.getpid()}.tsv")
-                self._dump = open(path, "ab", buffering=0)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                os.fchmod(fd, 0o600)  # the rtjson holds trunk passwords, even in a file left from before
+                self._dump = os.fdopen(fd, "ab", buffering=0)
                 self._dump_pid = os.getpid()
             self._dump.write(orjson.dumps(query) + b"\t" + data + b"\n")
         except OSError as exc:

@@ -592,7 +592,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _add_secret_keys(args: argparse.Namespace, launch: Launch) -> None:
     """The keys derived from the deployment secret, in Kamailio's environment (see c4kemi/secret.py)."""
-    from .secret import CDR_KEY_ENV, SecretError, default_path, kamailio_env, load_or_create
+    from .secret import CDR_KEY_ENV, ROUTING_ENV, SecretError, default_path, kamailio_env, load_or_create
 
     path = getattr(args, "secret_file", None) or default_path()
     if args.dry_run:  # name the file, create nothing, print no key
@@ -604,7 +604,9 @@ def _add_secret_keys(args: argparse.Namespace, launch: Launch) -> None:
             raise LaunchError(f"deployment secret: {exc}") from None
     if "C4_CDR" not in launch.env:  # records off: nobody needs the call record key
         launch.env.pop(CDR_KEY_ENV, None)
-    for helper in launch.helpers:
+    for helper in launch.helpers:  # --serve-api: c4 serve answers only queries with the routing key
+        if "serve" in helper.argv:
+            helper.env[ROUTING_ENV] = launch.env[ROUTING_ENV]
         if "cdr" in helper.argv:  # c4 cdr authenticates on evapi with it
             helper.env[CDR_KEY_ENV] = launch.env[CDR_KEY_ENV]
 

@@ -9,6 +9,9 @@ Kamailio needs keys that must not be constants in the repository:
 - the dialog key, with which the router signs the Record-Route it adds to
   each call it routes (``c4d``) and checks in-dialog requests against: only
   requests within a dialog this router record-routed are relayed;
+- the routing key (HTTP mode), which Kamailio sends with every routing
+  query and c4 serve requires (``C4_ROUTING_KEY`` in both environments):
+  the reply holds trunk passwords, so no other local process may get one;
 - the call record key (``C4_CDR_KEY``, in Kamailio's and ``c4 cdr``'s
   environments), with which ``c4 cdr`` authenticates on Kamailio's evapi
   socket: only then does it get call events (docs/cdr.md).
@@ -25,8 +28,9 @@ Where: ``--secret-file`` of ``c4 kamailio``, else ``$C4_SECRET_FILE``, else
 ``$C4_STATE_DIR/secret``, else ``/var/lib/c4/secret`` (root) or
 ``$XDG_STATE_HOME/c4/secret`` (``~/.local/state/c4/secret``). A file that
 group or others can read is refused. The keys reach Kamailio in its
-environment (``C4_UAC_PASSWD``, ``C4_DIALOG_KEY``; readable only by its own
-user), never on its command line; the configs refuse to start without them.
+environment (``C4_UAC_PASSWD``, ``C4_DIALOG_KEY``, ``C4_ROUTING_KEY``; readable
+only by its own user), never on its command line; the configs refuse to start
+without them.
 """
 
 from __future__ import annotations
@@ -38,13 +42,16 @@ import secrets
 import stat
 from pathlib import Path
 
-__all__ = ["SecretError", "default_path", "load_or_create", "kamailio_env", "dialog_mac", "CDR_KEY_ENV", "SECRET_ENV"]
+__all__ = ["SecretError", "default_path", "load_or_create", "kamailio_env", "dialog_mac", "ROUTING_ENV", "CDR_KEY_ENV", "SECRET_ENV"]
 
 UAC_ENV = "C4_UAC_PASSWD"
 DIALOG_ENV = "C4_DIALOG_KEY"
+# HTTP mode: Kamailio proves to c4 serve that it is this node's Kamailio
+# (the routing reply carries trunk passwords), in a header of every query.
+ROUTING_ENV = "C4_ROUTING_KEY"
 # Call records: c4 cdr authenticates with it on evapi (kamailio-base.cfg).
 CDR_KEY_ENV = "C4_CDR_KEY"
-SECRET_ENV = (UAC_ENV, DIALOG_ENV, CDR_KEY_ENV)
+SECRET_ENV = (UAC_ENV, DIALOG_ENV, ROUTING_ENV, CDR_KEY_ENV)
 MAC_LENGTH = 32  # hex digits of the Record-Route signature kept (128 bits)
 
 
@@ -95,7 +102,7 @@ def _derive(secret: bytes, label: str) -> str:
 
 def kamailio_env(secret: bytes) -> dict[str, str]:
     """The keys Kamailio's configs read from the environment (#!defenvs)."""
-    return {UAC_ENV: _derive(secret, "uac restore"), DIALOG_ENV: _derive(secret, "dialog"),
+    return {UAC_ENV: _derive(secret, "uac restore"), DIALOG_ENV: _derive(secret, "dialog"), ROUTING_ENV: _derive(secret, "routing"),
             CDR_KEY_ENV: _derive(secret, "call records")}
 
 
