@@ -470,6 +470,8 @@ def test_a_huge_call_id_makes_a_bounded_record(router, busy_pbx, tmp_path):
     assert sorted(record["call_id"] for record in records) == sorted(call_id[:256] for call_id in call_ids.values())
     assert sorted((record["code"], record["tenant"]) for record in records) == [(403, None), (486, "acme")]
     assert len(path.read_bytes()) < 3000
+    # Nor does the log prefix (1 KiB) choke on it: two ERROR lines beside every line logged for such a call.
+    assert "buffer:1024" not in r.log_text(), [line[:300] for line in r.log_text().splitlines() if "buffer:1024" in line]
 
 
 def test_an_event_past_its_bound_is_dropped_and_counted(router, busy_pbx, tmp_path):
