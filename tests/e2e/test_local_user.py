@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import pytest
 from c4kemi.secret import ROUTING_ENV, default_path, kamailio_env, load_or_create
 
 from .documents import CALLER_E164, OUT_CALLED_E164, PBX, TRUNK_A, routing_document
+from .flood import group_pids, listening_ports
 
 USER = "c4-stranger"
 PASSWORD = "Zq-trunk-pass-7731"  # found nowhere but where the node needs it
@@ -85,34 +85,6 @@ def stranger() -> str:
     return USER
 
 
-def node_pids(root: int) -> set[int]:
-    """ROOT and every process below it."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        found.add(pid)
-        todo += children.get(pid, [])
-    return found
-
-
-def tcp_ports(pids: set[int]) -> list[int]:
-    listing = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
-    ports = set()
-    for line in listing.splitlines():
-        if any(int(pid) in pids for pid in re.findall(r"pid=(\d+)", line)):
-            ports.add(int(line.split()[3].rsplit(":", 1)[1]))
-    return sorted(ports)
-
-
 @pytest.fixture
 def dump_dir():
     """A directory any local user may list (unlike pytest's tmp_path): only the files' own modes protect them."""
@@ -137,7 +109,7 @@ def test_a_local_user_gets_no_trunk_password(router, sipp, stranger, dump_dir, t
     assert caller.wait() == 0 and carrier.wait() == 0, sipp.describe_all()
     assert len(carrier.received("INVITE")) == 2  # challenged, then answered with the credentials
 
-    ports = tcp_ports(node_pids(node.proc.pid))
+    ports = listening_ports(group_pids(node.proc.pid))  # the launcher leads the node's process group
     paths = [f"{dump}/**", "/tmp/c4-kamailio-*/**", f"{default_path().parent}/**", "/var/lib/c4/**"]
     probe = subprocess.run(["runuser", "-u", stranger, "--", sys.executable, "-I", "-c", PROBE, json.dumps(ports), *paths],
                            capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
