@@ -211,7 +211,8 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 
 def _options(parser: argparse.ArgumentParser) -> set[str]:
-    return {option for action in parser._actions for option in action.option_strings}
+    """The options ``--help`` lists (a suppressed one exists but is not documented)."""
+    return {option for action in parser._actions if action.help != argparse.SUPPRESS for option in action.option_strings}
 
 
 def named_options(unit: str, root: argparse.ArgumentParser) -> list[tuple[str, str, bool]]:
