@@ -6,7 +6,7 @@ or ``$C4_API_TOKEN``) is compared in constant time and may do everything. A
 tenant token (``c4 db token create --tenant NAME``; only its SHA-256 is
 stored) is looked up in PostgreSQL and acts for its tenant only. A missing,
 malformed, unknown or revoked token is a 401 with ``WWW-Authenticate:
-Bearer``; what each kind of token may do is in ``provisioning.ACCESS``.
+Bearer``; what each kind of token may do is in ``c4http.access.ACCESS``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from aiohttp import web
 
 from c4kemi.db.tokens import TOKEN_PREFIX, token_tenant
 
-from .app import error_response
+from .web import POOL, error_response, unavailable
 
 __all__ = ["ADMIN_TOKEN", "PRINCIPAL", "PUBLIC_PATHS", "Principal", "authenticate", "unauthorized"]
 
@@ -63,8 +63,6 @@ async def principal_for(request: web.Request, token: str) -> Principal | None:
         return Principal()
     if not token.startswith(TOKEN_PREFIX):  # no tenant token looks like that: spare the database
         return None
-    from .provisioning import POOL
-
     tenant = await token_tenant(request.config_dict[POOL], token)
     return Principal(tenant) if tenant is not None else None
 
@@ -80,8 +78,6 @@ async def authenticate(request: web.Request, handler) -> web.StreamResponse:
     try:
         principal = await principal_for(request, token)
     except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-        from .provisioning import unavailable
-
         return unavailable(exc)
     if principal is None:
         return unauthorized("unknown or revoked token", invalid_token=True)

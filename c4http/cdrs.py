@@ -22,7 +22,7 @@ from aiohttp import web
 from c4kemi.db.cdrs import select_records
 
 from .auth import PRINCIPAL
-from .provisioning import POOL, ApiError, page_limit, reply
+from .web import POOL, ApiError, page_limit, reply
 
 __all__ = ["list_cdrs"]
 

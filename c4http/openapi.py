@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from aiohttp import web
+
 from c4kemi.document import (
     MAX_BRANCH_FLAGS,
     MAX_CHANNELS,
@@ -23,16 +25,11 @@ from c4kemi.document import (
     PRIORITY_RANGE,
 )
 
-from .provisioning import (
-    API_PREFIX,
-    COLLECTIONS,
-    DEFAULT_LIMIT,
-    MASK,
-    MAX_LIMIT,
-    OPENAPI_PATH,
-)
+from .provisioning import MASK
+from .queries import COLLECTIONS
+from .web import API_PREFIX, DEFAULT_LIMIT, MAX_LIMIT, OPENAPI_PATH, reply
 
-__all__ = ["description"]
+__all__ = ["description", "openapi_description"]
 
 REF = "#/components/schemas/"
 
@@ -335,3 +332,8 @@ def description() -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
+
+
+async def openapi_description(request: web.Request) -> web.Response:
+    """GET /api/v1/openapi.json: the description, to anyone (no token needed)."""
+    return reply(description())

@@ -19,8 +19,9 @@ from c4kemi.feed import FeedError, FeedTableSource
 from c4kemi.secret import ROUTING_ENV
 from c4kemi.store import FileTableSource
 
-from .app import DEFAULT_ROUTING_FROM, make_app
+from .app import api_listener, make_api_app, make_app
 from .logfmt import logfmt
+from .views import DEFAULT_ROUTING_FROM
 
 __all__ = ["run_server"]
 
@@ -83,8 +84,6 @@ def run_server(args: argparse.Namespace) -> int:
         kamailio_rpc=getattr(args, "kamailio_rpc", None),
     )  # fmt: skip
     if api_listen:
-        from .provisioning import api_listener, make_api_app
-
         api_app = make_api_app(args.dsn, api_token, max_body=args.max_body)
         app.cleanup_ctx.append(api_listener(api_app, *api_listen, access_log=access_log))
     loop = new_event_loop()

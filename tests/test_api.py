@@ -27,7 +27,8 @@ from yarl import URL
 
 from c4http.app import make_app
 from c4http.openapi import description
-from c4http.provisioning import COLLECTIONS, MASK
+from c4http.provisioning import MASK
+from c4http.queries import COLLECTIONS
 from c4kemi.db.documents import connect, export_document, import_document
 from c4kemi.db.tokens import create_token, revoke_token
 from c4kemi.document import validate_document
@@ -742,7 +743,7 @@ def test_c4_serve_refuses_api_listen_without_a_database(table_file):
 
 
 def test_routing_from_unit(table_file):
-    from c4http.app import source_filter
+    from c4http.views import source_filter
 
     allowed = source_filter(["127.0.0.0/8", "2001:db8::/32"])
     assert allowed("127.0.0.1") and allowed("::ffff:127.0.0.5") and allowed("2001:db8::1")

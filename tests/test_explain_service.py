@@ -8,7 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from c4http.app import EXPLAIN_PATH, RTJSON_PATH, make_app
+from c4http.app import make_app
+from c4http.web import EXPLAIN_PATH, RTJSON_PATH
 from c4kemi.decision import decide, encode
 from c4kemi.explain import MASK, explain
 from c4kemi.store import FileTableSource

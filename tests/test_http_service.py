@@ -21,8 +21,9 @@ import pytest
 from ports import free_tcp_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from c4http.app import RTJSON_PATH, make_app
+from c4http.app import make_app
 from c4http.logfmt import logfmt
+from c4http.web import RTJSON_PATH
 from c4kemi.decision import decide, encode
 from c4kemi.store import FileTableSource
 from c4kemi.table import load_table

@@ -9,7 +9,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from c4http.app import ROUTING_KEY_HEADER, RTJSON_PATH, make_app
+from c4http.app import make_app
+from c4http.views import ROUTING_KEY_HEADER
+from c4http.web import RTJSON_PATH
 from c4kemi.store import FileTableSource
 from tables import document, request
 
