@@ -6,8 +6,12 @@
 
 Setups (``SETUPS``): ``static`` is benchmarks/kamailio-static.cfg, a native
 Kamailio config that record-routes and relays to the callee with no
-decision: the upper bound. ``kemi`` and ``http`` run ``c4 kamailio`` in
-each mode (HTTP mode with its ``c4 serve``); ``kemi-limits`` and
+decision: the upper bound. ``native`` is benchmarks/kamailio-native.cfg,
+the same routing done with Kamailio's own modules (permissions, dialplan,
+htable, drouting, uac, dialog) on the same table, converted by
+benchmarks/native_table.py: what c4 is an alternative to. ``kemi`` and
+``http`` run ``c4 kamailio`` in each mode (HTTP mode with its ``c4
+serve``); ``kemi-limits`` and
 ``http-limits`` use the same table with channel and call-rate limits set
 too high to refuse, so their cost shows. Every setup gets the same
 workers, shared and private memory and memory manager. The table comes
@@ -42,6 +46,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shlex
 import signal
 import socket
@@ -62,14 +67,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 from generate import make_document  # noqa: E402
+from native_table import write_tables  # noqa: E402
 from points import highest_clean_rate, ladder_done, rows  # noqa: E402
 
 from c4kemi.channels import KamailioRpc, RpcError  # noqa: E402
-from c4kemi.launcher import Launch, build_command, kamailio_binary  # noqa: E402
+from c4kemi.launcher import Launch, build_command, kamailio_binary, quoted  # noqa: E402
 
 SCENARIO = BENCH / "scenarios" / "uac_bench.xml"
 CALLEE_SCENARIO = ROOT / "tests" / "e2e" / "scenarios" / "uas_answer.xml"
 STATIC_CONFIG = BENCH / "kamailio-static.cfg"
+NATIVE_CONFIG = BENCH / "kamailio-native.cfg"
 DEFAULT_OUT = BENCH / "results" / "sip.json"
 CALLER, CALLEE, ROUTER = "127.0.0.10", "127.0.0.2", "127.0.0.1"
 CALLED = "0612345678"  # the bench IPBX's "it" profile makes it 39612345678
@@ -89,13 +96,14 @@ class Setup:
     """
 
     name: str
-    mode: str  # "static", "kemi" or "http"
+    mode: str  # "static", "native", "kemi" or "http"
     limits: bool = False  # the table with max_channels / max_cps set (never refusing)
     args: tuple[str, ...] = ()
 
 
 SETUPS = {s.name: s for s in (
     Setup("static", "static"),
+    Setup("native", "native"),
     Setup("kemi", "kemi"),
     Setup("http", "http"),
     Setup("kemi-limits", "kemi", limits=True),
@@ -203,11 +211,14 @@ class ShmPoller(threading.Thread):
 
 def router_command(setup: Setup, opts: argparse.Namespace, workdir: Path, port: int, callee_port: int, rpc: Path) -> list[str]:
     manager = opts.memory_manager or "qm"  # empty: Debian's Kamailio default
-    if setup.mode == "static":
+    if setup.mode in ("static", "native"):
         args = argparse.Namespace(kamailio=None, shm=opts.shm, pkg=opts.pkg, workers=opts.workers, log_level=1,
                                   listen=[f"udp:{ROUTER}:{port}"], rpc_socket=str(rpc), memory_manager=manager,
-                                  max_transactions=1000, shm_reserve=None, retry_after=0, admit_interval=0)  # defines the relay config ignores
-        launch = Launch(config=STATIC_CONFIG, defines={"C4_BENCH_CALLEE": f'"sip:{CALLEE}:{callee_port}"'})
+                                  max_transactions=1000, shm_reserve=None, retry_after=0, admit_interval=0)  # defines these configs ignore
+        if setup.mode == "static":
+            launch = Launch(config=STATIC_CONFIG, defines={"C4_BENCH_CALLEE": f'"sip:{CALLEE}:{callee_port}"'})
+        else:
+            launch = native_launch(bench_table(callee_port, setup.limits, opts.dids, opts.routes), workdir)
         return build_command(args, launch, workdir)
     table = workdir / "table.json"
     table.write_bytes(orjson.dumps(bench_table(callee_port, setup.limits, opts.dids, opts.routes)))
@@ -218,6 +229,17 @@ def router_command(setup: Setup, opts: argparse.Namespace, workdir: Path, port: 
     if setup.mode == "http":
         command += ["--serve-api", "--api", f"http://{ROUTER}:{free_port(socket.SOCK_STREAM, ROUTER)}"]
     return command + [arg.replace("{workdir}", str(workdir)) for arg in setup.args]
+
+
+def native_launch(document: dict, workdir: Path) -> Launch:
+    """kamailio-native.cfg on DOCUMENT: its db_text tables in WORKDIR/db, the keys c4 kamailio would take from its secret."""
+    tables = write_tables(document, workdir / "db")
+    return Launch(config=NATIVE_CONFIG, defines={
+        "C4_NATIVE_DB": quoted(tables.db_url), "C4_NATIVE_MAX_ROWS": tables.max_rows,
+        "C4_NATIVE_SUBNETS": max(1, tables.subnets),
+        "C4_NATIVE_DID_MIN": tables.did_lengths[0], "C4_NATIVE_DID_MAX": tables.did_lengths[1],
+        # Random per point, as c4 kamailio's deployment secret: the bench's calls never outlive it.
+        "C4_DIALOG_KEY": quoted(secrets.token_hex(16)), "C4_UAC_PASSWD": quoted(secrets.token_hex(16))})
 
 
 def start_callee(workdir: Path, port: int) -> subprocess.Popen:

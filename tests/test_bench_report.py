@@ -8,20 +8,24 @@ a wrong capacity figure, so each rule gets a case that breaks it.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
 from c4kemi.decision import decide
+from c4kemi.numbers import Profile
 from c4kemi.table import compile_table
 from tables import request
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import native_table  # noqa: E402
 import points  # noqa: E402
 import report  # noqa: E402
 import sip  # noqa: E402
+from generate import PROFILES  # noqa: E402
 
 
 def point(setup: str, rate: int, kind: str = "ladder", **changes) -> dict:
@@ -138,9 +142,70 @@ def test_the_bench_table_routes_the_bench_call_to_the_callee(limits):
 
 
 def test_every_setup_names_a_known_mode_and_the_options_pick_them():
-    assert {s.mode for s in sip.SETUPS.values()} <= {"static", "kemi", "http"}
+    assert {s.mode for s in sip.SETUPS.values()} <= {"static", "native", "kemi", "http"}
     opts = sip.parse_args(["--setups", "static,kemi-limits", "--rates", "100,200", "--overload", ""])
     assert opts.setups == ["static", "kemi-limits"] and opts.rates == [100, 200] and opts.overload == []
     assert sip.parse_args(["--full"]).setups == list(sip.SETUPS)
     with pytest.raises(SystemExit):
         sip.parse_args(["--setups", "nope"])
+
+
+def dialplan_apply(rules: list[tuple[str, str]], number: str) -> str:
+    """What Kamailio's dialplan makes of NUMBER: the first rule whose subst_exp matches, its repl_exp alone."""
+    for subst, repl in rules:
+        found = re.search(subst, number)
+        if found:
+            return re.sub(r"\\(\d)", lambda m, found=found: found.group(int(m.group(1))) or "", repl)
+    raise AssertionError(f"no rule for {number}")
+
+
+@pytest.mark.parametrize("profile", [None, *PROFILES], ids=lambda p: p["name"] if p else "none")
+@pytest.mark.parametrize("number", ["0612345678", "+39612345678", "0039612345678", "39612345678", "0112025550123",
+                                    "12025550123", "33612345678", "0123"])
+def test_the_native_dialplan_reads_and_writes_numbers_as_c4_does(profile, number):
+    """benchmarks/native_table.py's dialplan rules against c4's own conversions, both ways."""
+    compiled = Profile(**profile) if profile else None
+    e164 = dialplan_apply(native_table.to_e164_rules(profile), number)
+    assert e164 == (compiled.to_e164(number) if compiled else number.removeprefix("+"))
+    assert dialplan_apply(native_table.from_e164_rules(profile), e164) == (compiled.from_e164(e164) if compiled else e164)
+
+
+def test_a_rule_that_leaves_part_of_the_number_keeps_it_in_dialplan():
+    subst, repl = native_table.dialplan_rule("^00", "")
+    assert dialplan_apply([(subst, repl)], "0039612") == re.sub("^00", "", "0039612", count=1) == "39612"
+    subst, repl = native_table.dialplan_rule("^(?P<cc>39)0?", "\\g<cc>", plus=True)
+    assert dialplan_apply([(subst, repl)], "390612") == "+39612"
+
+
+def test_native_routes_keep_priorities_and_list_order_where_c4_keeps_it():
+    gw = {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}
+    assert native_table.route_gwlist(["a", "b", "c"], gw) == "1;2;3"  # names alone: one priority each
+    entries = [{"trunk": "c", "priority": 1}, {"trunk": "a", "priority": 0, "weight": 2}, {"trunk": "b", "priority": 0},
+               {"trunk": "e", "priority": 0, "weight": 0}, {"trunk": "d", "priority": 0, "weight": 0}]
+    # priority 0's weighted trunks shuffled together, then its weight-0 ones in list order, then priority 1
+    assert native_table.route_gwlist(entries, gw) == "1,2;5;4;3"
+
+
+def test_native_sources_put_hosts_first_and_narrower_networks_before_wider_ones():
+    rows = native_table.source_rows(["10.0.0.7", "10.0.0.0/24", "10.0.0.0/8", "2001:db8::/32", "0.0.0.0/0"], "tag")
+    hosts = [r for r in rows if r[0] == 1]
+    assert hosts == [(1, "10.0.0.7", 32, "tag")]
+    groups = {(ip, mask): grp for grp, ip, mask, _ in rows}
+    assert groups[("10.0.0.0", 24)] < groups[("10.0.0.0", 8)] < groups[("0.0.0.0", 1)]
+    assert ("128.0.0.0", 1) in groups and groups[("2001:db8::", 32)] == 129 - 32  # /0: mask 0 means a host to permissions
+
+
+def test_the_native_tables_hold_the_bench_call_and_every_did(tmp_path):
+    document = sip.bench_table(5099, False, dids=1000, routes=200)
+    tables = native_table.write_tables(document, tmp_path)
+    assert tables.rows["c4did"] == 1000 and tables.max_rows > max(tables.rows.values())
+    assert tables.db_url == f"text://{tmp_path}" and tables.did_lengths[0] <= tables.did_lengths[1] <= 12
+    address = (tmp_path / "address").read_text().splitlines()
+    # A host (group 1, hash table); its tag: an IPBX, its tenant, t000's route group (1) and "it"'s to_e164 dialplan id (2).
+    assert any(line.endswith(f":1:{sip.CALLER}:32:0:i|bench-pbx|t000|1|2") for line in address)
+    gateways = (tmp_path / "dr_gateways").read_text()
+    bench_gw = next(line for line in gateways.splitlines() if line.endswith(":bench-trunk"))
+    assert f":2:{sip.CALLEE}\\:5099:0::t|bench-trunk|t000|3:" in bench_gw  # ':' escaped for db_text
+    rules = (tmp_path / "dr_rules").read_text().splitlines()
+    assert any(line.split(":")[1:3] == ["1", sip.BENCH_ROUTE] and line.split(":")[6] == bench_gw.split(":")[0]
+               for line in rules)

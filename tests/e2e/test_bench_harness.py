@@ -1,9 +1,10 @@
 """The SIP benchmark's harness on a tiny load: the plain relay config and a c4 setup really carry calls.
 
 benchmarks/sip.py is run by hand on a quiet machine; this keeps its parts
-working in between (kamailio-static.cfg parses and relays, the caller's
-503 branch, the shared memory poller, the sipp output parsing). Counts
-only, no timing: 20 calls/s for 2 s, and one burst meant to be shed.
+working in between (kamailio-static.cfg parses and relays,
+kamailio-native.cfg loads its tables and routes the bench call, the
+caller's 503 branch, the shared memory poller, the sipp output parsing).
+Counts only, no timing: 20 calls/s for 2 s, and one burst meant to be shed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sip  # noqa: E402
 OPTIONS = sip.parse_args(["--dids", "1000", "--routes", "100"])
 
 
-@pytest.mark.parametrize("setup", ["static", "kemi-limits"])
+@pytest.mark.parametrize("setup", ["static", "native", "kemi-limits"])
 def test_a_setup_carries_every_call_of_a_light_load(setup):
     point = sip.run_point(sip.SETUPS[setup], "ladder", 20, 2, 1, OPTIONS)
     assert (point["attempted"], point["completed"], point["failed"], point["refused"]) == (40, 40, 0, 0), point
