@@ -344,7 +344,7 @@ async def collect(host: str, port: int, sink: JsonLines, on_record=None, key: st
     """Read evapi forever, reconnecting whenever Kamailio is away.
 
     With KEY, the first message is ``auth KEY``: Kamailio answers ``ok`` and
-    sends call events to this connection only then (kamailio-base.cfg,
+    sends call events to this connection only then (kamailio-cdr.cfg,
     event_route[evapi:message-received]); to a wrong key it says nothing.
     Then ``ack N`` (N: the events received on this connection) every
     ACK_EVERY events: Kamailio holds back what goes past its window.

@@ -92,8 +92,8 @@ HTTP_ASYNC_BUILT = PACKAGE_ROOT / "build" / "modules" / "http_async_client.so"
 SIPP_SCENARIOS = PACKAGE_ROOT / "tests" / "e2e" / "scenarios"  # in a checkout only
 DEFAULT_TABLE_CACHE = Path("/var/lib/c4/routing-table.json")
 DEFAULT_CDR_SPOOL = Path("/var/lib/c4/cdr-spool.jsonl")
-RTJSON_PATH = "/kamailio/rtjson"  # c4http.app.RTJSON_PATH (not imported: no aiohttp here)
-# tm's fr_timer in kamailio-http.cfg: the API must answer (or time out) before it.
+RTJSON_PATH = "/kamailio/rtjson"  # c4http.web.RTJSON_PATH (not imported: no aiohttp here)
+# tm's fr_timer (kamailio-base.cfg): the API must answer (or time out) before it.
 CFG_FR_TIMER_MS = 5000
 API_START_TIMEOUT = 20.0  # seconds for c4 serve to answer /health
 # Kamailio's memory managers (-x shared, -X private). TLSF by default: with
@@ -447,7 +447,6 @@ def add_cdr(args: argparse.Namespace, launch: Launch) -> None:
         where = str(output)
     launch.helpers.append(Helper(argv, f"c4 cdr on evapi {evapi}", output.exists, env))
     launch.defines["C4_CDR_EVAPI"] = quoted(evapi)
-    launch.env["C4_CDR"] = "1"
     if getattr(args, "cdr_unknown_sources", False):
         launch.defines["C4_CDR_UNKNOWN_SOURCES"] = 1
         where += ", unknown sources' refusals included"
@@ -602,7 +601,7 @@ def _add_secret_keys(args: argparse.Namespace, launch: Launch) -> None:
             launch.env.update(kamailio_env(load_or_create(path)))
         except SecretError as exc:
             raise LaunchError(f"deployment secret: {exc}") from None
-    if "C4_CDR" not in launch.env:  # records off: nobody needs the call record key
+    if "C4_CDR_EVAPI" not in launch.defines:  # records off: nobody needs the call record key
         launch.env.pop(CDR_KEY_ENV, None)
     for helper in launch.helpers:  # --serve-api: c4 serve answers only queries with the routing key
         if "serve" in helper.argv:

@@ -9,7 +9,7 @@ or the platform for a shared carrier (``None``).
 
 A tenant's number and address blocks (assigned by the admin) are space it
 holds before it provisions anything there. A tenant token may never create
-an overlap with what another owner holds (c4http/provisioning.py refuses
+an overlap with what another owner holds (c4http/space.py refuses
 it); an admin may, on purpose, and ``c4 check`` and the API warn.
 Pure: documents in, messages out (docs/security.md, "Address and number
 space").

@@ -49,7 +49,7 @@ DIALOG_ENV = "C4_DIALOG_KEY"
 # HTTP mode: Kamailio proves to c4 serve that it is this node's Kamailio
 # (the routing reply carries trunk passwords), in a header of every query.
 ROUTING_ENV = "C4_ROUTING_KEY"
-# Call records: c4 cdr authenticates with it on evapi (kamailio-base.cfg).
+# Call records: c4 cdr authenticates with it on evapi (kamailio-cdr.cfg).
 CDR_KEY_ENV = "C4_CDR_KEY"
 SECRET_ENV = (UAC_ENV, DIALOG_ENV, ROUTING_ENV, CDR_KEY_ENV)
 MAC_LENGTH = 32  # hex digits of the Record-Route signature kept (128 bits)

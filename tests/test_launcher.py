@@ -90,7 +90,7 @@ def test_call_records_are_off_unless_asked_for(tmp_path):
     assert off.returncode == 0 and "C4_CDR" not in off.stdout and "c4kemi.cli cdr" not in off.stdout
     on = dry_run("--cdr-file", str(tmp_path / "cdr.jsonl"))
     assert on.returncode == 0, on.stderr
-    assert "C4_CDR=1" in on.stdout and "-A C4_CDR_EVAPI=\"127.0.0.1:" in on.stdout
+    assert "-A C4_CDR_EVAPI=\"127.0.0.1:" in on.stdout
     assert "c4kemi.cli cdr --evapi 127.0.0.1:" in on.stdout and f"--file {tmp_path / 'cdr.jsonl'}" in on.stdout
     assert "C4_CDR_KEY=*** " in on.stdout  # c4 cdr's key: in its environment, never on its command line
     assert "C4_CDR_UNKNOWN_SOURCES" not in on.stdout
