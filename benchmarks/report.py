@@ -168,11 +168,17 @@ def render_sip(results: dict, plots: list[str]) -> str:
     return "\n".join(lines)
 
 
+def feature_off(setup: str) -> str:
+    """The setup without its feature: kemi-limits -> kemi, http-cdr@before -> http@before (sip.py --before)."""
+    name, at, tree = setup.partition("@")
+    return name.split("-")[0] + at + tree
+
+
 def limits_cost(ladder: list[dict], setups: list[str]) -> list[str]:
     """X-limits next to X at each rate both ran: what counting channels and calls/s costs."""
     body = []
     for setup in setups:
-        base = setup.split("-")[0]
+        base = feature_off(setup)
         if setup == base or base not in setups:
             continue
         for r in ladder:

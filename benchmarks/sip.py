@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/sip.py [--full] [--setups static,kemi,http] [--rates 500,1000,2000]
         [--repetitions 2] [--duration 10] [--overload 1.5,2] [--overload-duration 10]
-        [--memory-manager tlsf] [--out benchmarks/results/sip.json]
+        [--memory-manager tlsf] [--out benchmarks/results/sip.json] [--before TREE]
 
 Setups (``SETUPS``): ``static`` is benchmarks/kamailio-static.cfg, a native
 Kamailio config that record-routes and relays to the callee with no
@@ -35,6 +35,16 @@ signal in its log). Results go to a JSON file that benchmarks/report.py
 turns into benchmarks/README.md. Everything, sipp included, runs on this
 one machine: compare setups measured in one run, not across runs.
 
+Before and after a change: ``--before TREE``, TREE another checkout of
+this repository (``git worktree add /tmp/c4-before OLD`` and a ``build``
+link to this checkout's, for HTTP mode's http_async_client). Each kemi
+or http setup then also runs from TREE, as ``SETUP@before``, right after
+SETUP at each rate and repetition: the same ``-m c4kemi.cli kamailio``
+command with TREE as working directory, so TREE's c4kemi and kamailio/
+configs run (each point checks its Kamailio's config path, and in KEMI
+mode its PYTHONPATH, and records the config). The results name both
+trees' commits.
+
 The earlier KEMI-vs-HTTP comparison is ``--setups kemi,http --rates 300
 --repetitions 3 --overload ""``.
 """
@@ -55,7 +65,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -93,12 +103,14 @@ class Setup:
 
     ``args``: extra ``c4 kamailio`` arguments; ``{workdir}`` is replaced by
     the point's directory (e.g. ``("--cdr-file", "{workdir}/cdr.jsonl")``).
+    ``tree``: another checkout whose c4 runs this setup (``--before``).
     """
 
     name: str
     mode: str  # "static", "native", "kemi" or "http"
     limits: bool = False  # the table with max_channels / max_cps set (never refusing)
     args: tuple[str, ...] = ()
+    tree: Path | None = None
 
 
 SETUPS = {s.name: s for s in (
@@ -111,6 +123,8 @@ SETUPS = {s.name: s for s in (
     Setup("kemi-cdr", "kemi", args=("--cdr-file", "{workdir}/cdr.jsonl")),
     Setup("http-cdr", "http", args=("--cdr-file", "{workdir}/cdr.jsonl")),
 )}
+BEFORE = "@before"  # name suffix of a setup run from --before's tree
+C4_MODES = ("kemi", "http")  # the setups --before runs twice: c4 kamailio's
 SHORT = {"setups": "static,kemi,http", "rates": "500,1000,2000", "repetitions": 2, "duration": 10, "overload_duration": 10}
 FULL = {"setups": ",".join(SETUPS), "rates": ",".join(str(r) for r in range(250, 4001, 250)), "repetitions": 2,
         "duration": 15, "overload_duration": 20}
@@ -295,8 +309,10 @@ def run_point(setup: Setup, kind: str, rate: int, duration: float, repetition: i
         rpc = workdir / "rpc.sock"
         log_path = workdir / "router.log"
         with open(log_path, "wb") as log:
+            # python -m c4kemi.cli puts its working directory first on sys.path: a --before
+            # setup runs its tree's c4kemi, which starts its tree's kamailio/ configs.
             router = subprocess.Popen(router_command(setup, opts, workdir, port, callee_port, rpc), stdin=subprocess.DEVNULL,
-                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=setup.tree or ROOT)
         callee = poller = None
         try:
             try:
@@ -304,6 +320,7 @@ def run_point(setup: Setup, kind: str, rate: int, duration: float, repetition: i
             except RuntimeError:
                 sys.stderr.write(log_path.read_text(errors="replace")[-3000:])
                 raise
+            code = router_code(router.pid, setup.tree or ROOT)
             callee = start_callee(workdir, callee_port)
             poller = ShmPoller(rpc)
             poller.start()
@@ -343,7 +360,37 @@ def run_point(setup: Setup, kind: str, rate: int, duration: float, repetition: i
         "shm_total_mib": poller.total / 2**20 if poller.total else None,
         "crashed": exit_code is not None or bool(CRASH_LOG.search(log_text)),
         "router_exit": exit_code,
+        "config": code["config"], "python": code.get("python"),
     }
+
+
+def router_code(pgid: int, tree: Path) -> dict:
+    """The Kamailio of a point's process group and the code it runs; RuntimeError unless it is TREE's.
+
+    ``config``: the -f of its command line; in KEMI mode ``python``: the
+    first PYTHONPATH entry, where its embedded interpreter imports c4kemi.
+    """
+    tree = tree.resolve()
+    for entry in os.listdir("/proc"):
+        try:
+            if not entry.isdigit() or Path(f"/proc/{entry}/comm").read_text().strip() != "kamailio":
+                continue
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat[stat.rindex(")") + 2:].split()[2]) != pgid:
+                continue
+            argv = [a.decode() for a in Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")]
+            env = dict(line.decode().partition("=")[::2] for line in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0") if line)
+        except (OSError, ValueError, IndexError):
+            continue
+        config = argv[argv.index("-f") + 1] if "-f" in argv else ""
+        code = {"config": config}
+        if "PYTHONPATH" in env:
+            code["python"] = env["PYTHONPATH"].split(os.pathsep)[0]
+        for path in code.values():
+            if not Path(path).resolve().is_relative_to(tree):
+                raise RuntimeError(f"the router of process group {pgid} runs {path}, not code from {tree}")
+        return code
+    raise RuntimeError(f"no Kamailio in process group {pgid}")
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
@@ -402,9 +449,19 @@ def show(point: dict) -> None:
           f"shm peak {shm or 0:.1f} MiB{', CRASHED' if point['crashed'] else ''}", flush=True)
 
 
+def selected(opts: argparse.Namespace) -> list[Setup]:
+    """The setups to run, in order; with --before, each c4 setup followed by the same setup from that tree."""
+    setups = []
+    for name in opts.setups:
+        setups.append(SETUPS[name])
+        if opts.before is not None and SETUPS[name].mode in C4_MODES:
+            setups.append(replace(SETUPS[name], name=name + BEFORE, tree=opts.before))
+    return setups
+
+
 def run(opts: argparse.Namespace, points: list[dict], record) -> None:
     """The ladder, then the overload runs; RECORD(point) keeps each point as it is measured."""
-    setups = [SETUPS[name] for name in opts.setups]
+    setups = selected(opts)
     climbing = {s.name: [] for s in setups}  # clean verdict per rate, for the stop rule
     for rate in opts.rates:
         active = [s for s in setups if not ladder_done(climbing[s.name])]
@@ -441,6 +498,15 @@ def machine() -> dict:
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 
+def tree_state(tree: Path) -> dict:
+    """A checkout's path, commit and whether it has uncommitted changes to tracked files."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True).stdout.strip()
+
+    return {"path": str(tree), "commit": git("rev-parse", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help=f"the whole ladder: {FULL}")
@@ -457,6 +523,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dids", type=int, default=100_000)
     parser.add_argument("--routes", type=int, default=1_000)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON")
+    parser.add_argument("--before", type=Path, metavar="TREE",
+                        help=f"another checkout of c4 (a git worktree of an older commit, with its own build link): each "
+                             f"{' and '.join(C4_MODES)} setup also runs from it, as SETUP{BEFORE}, right after SETUP")
     opts = parser.parse_args(argv)
     defaults = FULL if opts.full else SHORT
     for key, value in defaults.items():
@@ -466,6 +535,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [name for name in opts.setups if name not in SETUPS]
     if unknown:
         parser.error(f"unknown setup(s) {', '.join(unknown)}; known: {', '.join(SETUPS)}")
+    if opts.before is not None:
+        opts.before = opts.before.resolve()
+        if not (opts.before / "c4kemi" / "cli.py").is_file() or not (opts.before / "kamailio").is_dir():
+            parser.error(f"--before {opts.before}: not a c4 checkout (no c4kemi/cli.py or kamailio/)")
+        if any(SETUPS[name].mode == "http" for name in opts.setups) and not (opts.before / "build" / "modules").is_dir():
+            parser.error(f"--before {opts.before}: no build/modules for HTTP mode's http_async_client "
+                         f"(link this checkout's: ln -s {ROOT / 'build'} {opts.before / 'build'})")
     opts.rates = [int(r) for r in str(opts.rates).split(",") if r]
     opts.overload = [float(f) for f in opts.overload.split(",") if f]
     return opts
@@ -474,13 +550,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     opts = parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"# {started}: setups {','.join(opts.setups)}, rates {opts.rates}, {opts.repetitions} repetition(s) of "
+    print(f"# {started}: setups {','.join(s.name for s in selected(opts))}, rates {opts.rates}, {opts.repetitions} repetition(s) of "
           f"{opts.duration:g} s, overload {opts.overload} x {opts.overload_duration:g} s, memory manager "
-          f"{opts.memory_manager or 'default'}, {opts.workers} workers, {opts.shm} MiB shm", flush=True)
+          f"{opts.memory_manager or 'default'}, {opts.workers} workers, {opts.shm} MiB shm"
+          + (f"; {BEFORE}: {opts.before}" if opts.before else ""), flush=True)
     results = {
         "date": started, "command": shlex.join([python_name(), "benchmarks/sip.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine(),
         "options": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(opts).items()},
+        # The code measured: this checkout, and --before's tree (SETUP@before).
+        "trees": {"after": tree_state(ROOT), **({"before": tree_state(opts.before)} if opts.before else {})},
         "points": [],
     }
     points = results["points"]
@@ -495,7 +574,7 @@ def main(argv: list[str] | None = None) -> None:
     run(opts, points, record)
     print(f"{opts.out}: {len(points)} points; render with benchmarks/report.py", flush=True)
     ladder = rows(points, "ladder")
-    for setup in opts.setups:
+    for setup in (s.name for s in selected(opts)):
         print(f"{setup}: " + ", ".join(f"{r['rate']}/s {'clean' if r['clean'] else 'unclean'}" for r in ladder if r["setup"] == setup))
 
 

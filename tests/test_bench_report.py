@@ -209,3 +209,31 @@ def test_the_native_tables_hold_the_bench_call_and_every_did(tmp_path):
     rules = (tmp_path / "dr_rules").read_text().splitlines()
     assert any(line.split(":")[1:3] == ["1", sip.BENCH_ROUTE] and line.split(":")[6] == bench_gw.split(":")[0]
                for line in rules)
+
+
+def test_before_runs_each_c4_setup_again_from_the_other_tree_right_after_it(tmp_path):
+    (tmp_path / "c4kemi").mkdir()
+    (tmp_path / "c4kemi" / "cli.py").write_text("")
+    (tmp_path / "kamailio").mkdir()
+    opts = sip.parse_args(["--setups", "static,native,kemi,kemi-limits", "--before", str(tmp_path)])
+    setups = sip.selected(opts)
+    assert [s.name for s in setups] == ["static", "native", "kemi", "kemi@before", "kemi-limits", "kemi-limits@before"]
+    assert setups[3].tree == tmp_path.resolve() and setups[3].mode == "kemi" and setups[2].tree is None
+    assert setups[5].limits and setups[5].tree == tmp_path.resolve()
+    assert [s.name for s in sip.selected(sip.parse_args(["--setups", "static,kemi"]))] == ["static", "kemi"]
+    with pytest.raises(SystemExit):  # HTTP mode needs the tree's build/modules
+        sip.parse_args(["--setups", "http", "--before", str(tmp_path)])
+    with pytest.raises(SystemExit):  # not a checkout
+        sip.parse_args(["--setups", "kemi", "--before", str(tmp_path / "kamailio")])
+
+
+def test_report_takes_native_and_before_setups():
+    text = report.render_sip(results([
+        point("static", 500), point("native", 500, cpu_total_ms=0.3), point("kemi", 500, cpu_total_ms=0.4),
+        point("kemi@before", 500, cpu_total_ms=0.5), point("kemi-limits", 500, cpu_total_ms=0.44),
+        point("kemi-limits@before", 500, cpu_total_ms=0.6),
+    ]), plots=[])
+    assert "| native | ≥ 500 | 100 % |" in text and "| kemi@before | ≥ 500 | 100 % |  | 0.500 | 2.50 |  |" in text
+    # A feature's cost is measured against the same tree's setup without it.
+    assert "| kemi-limits | 500 | 0.400 | 0.440 | 1.10 |" in text
+    assert "| kemi-limits@before | 500 | 0.500 | 0.600 | 1.20 |" in text
