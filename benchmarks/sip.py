@@ -365,32 +365,38 @@ def run_point(setup: Setup, kind: str, rate: int, duration: float, repetition: i
 
 
 def router_code(pgid: int, tree: Path) -> dict:
-    """The Kamailio of a point's process group and the code it runs; RuntimeError unless it is TREE's.
+    """The code a point's process group runs; RuntimeError unless it is TREE's.
 
-    ``config``: the -f of its command line; in KEMI mode ``python``: the
-    first PYTHONPATH entry, where its embedded interpreter imports c4kemi.
+    ``config``: the -f of Kamailio's command line; in KEMI mode ``python``:
+    the first PYTHONPATH entry, where its embedded interpreter imports
+    c4kemi. The processes started with ``-m c4kemi.cli`` (c4 kamailio, c4
+    serve) import from their working directory, which must be TREE too.
     """
-    tree = tree.resolve()
+    tree, code, checked = tree.resolve(), {}, []
     for entry in os.listdir("/proc"):
         try:
-            if not entry.isdigit() or Path(f"/proc/{entry}/comm").read_text().strip() != "kamailio":
+            if not entry.isdigit():
                 continue
             stat = Path(f"/proc/{entry}/stat").read_text()
             if int(stat[stat.rindex(")") + 2:].split()[2]) != pgid:
                 continue
             argv = [a.decode() for a in Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")]
+            if "c4kemi.cli" in argv:
+                checked.append(os.readlink(f"/proc/{entry}/cwd"))
+            if "config" in code or stat[stat.index("(") + 1:stat.rindex(")")] != "kamailio" or "-f" not in argv:
+                continue
             env = dict(line.decode().partition("=")[::2] for line in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0") if line)
         except (OSError, ValueError, IndexError):
             continue
-        config = argv[argv.index("-f") + 1] if "-f" in argv else ""
-        code = {"config": config}
+        code["config"] = argv[argv.index("-f") + 1]
         if "PYTHONPATH" in env:
             code["python"] = env["PYTHONPATH"].split(os.pathsep)[0]
-        for path in code.values():
-            if not Path(path).resolve().is_relative_to(tree):
-                raise RuntimeError(f"the router of process group {pgid} runs {path}, not code from {tree}")
-        return code
-    raise RuntimeError(f"no Kamailio in process group {pgid}")
+    if "config" not in code:
+        raise RuntimeError(f"no Kamailio in process group {pgid}")
+    for path in [*code.values(), *checked]:
+        if not Path(path).resolve().is_relative_to(tree):
+            raise RuntimeError(f"the router of process group {pgid} runs {path}, not code from {tree}")
+    return code
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
