@@ -21,10 +21,11 @@ from pathlib import Path
 
 import orjson
 
+from .compiler import compile_validated
 from .decision import RequestError, decide, encode
 from .document import COLLECTIONS, DocumentError, load_document, target_warnings
 from .overlaps import overlap_warnings
-from .table import compile_validated, load_table
+from .table import load_table
 
 EXAMPLE_TABLE = Path(__file__).parent / "examples" / "example.json"
 # c4 serve's listen backlog. aiohttp's default, 128, overflowed when Kamailio's

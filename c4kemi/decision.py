@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
+from .compiled import Endpoint, RouteChoice, RoutingTable
 from .numbers import MAX_NUMBER_LENGTH, is_digits, parse_uri, strip_separators
-from .table import Endpoint, RouteChoice, RoutingTable
 
 __all__ = ["RequestError", "decide", "decide_call", "call_json", "route_json", "encode", "refusal", "trunk_order"]
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import orjson
 
+from .compiled import Endpoint, RoutingTable
 from .decision import FORBIDDEN, NO_ROUTE, decide, trunk_order
 from .numbers import MAX_NUMBER_LENGTH, Profile, is_digits, parse_uri, strip_separators
-from .table import Endpoint, RoutingTable
 
 __all__ = ["explain", "masked", "render_text", "to_e164_step", "from_e164_step", "MASK"]
 

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from c4kemi import feed as feed_module
-from c4kemi import table as table_module
+from c4kemi import steps
 from c4kemi.document import DocumentError, validate_document
 from c4kemi.feed import FeedTableSource, FeedWriter
 from c4kemi.table import compile_validated
@@ -98,7 +98,7 @@ def test_a_trunk_change_is_a_new_generation_and_old_ones_are_removed(tmp_path):
 
 
 def test_a_worker_spreads_a_new_snapshot_over_calls_and_routes_meanwhile(tmp_path, monkeypatch):
-    monkeypatch.setattr(table_module, "STEP", 2)  # the test table is small: steps of 2 entities
+    monkeypatch.setattr(steps, "STEP", 2)  # the test table is small: steps of 2 entities
     feed = tmp_path / "feed"
     writer = FeedWriter(feed)
     writer.publish(document())
@@ -141,7 +141,7 @@ class SteppingClock:
 
 
 def test_a_worker_that_gets_few_calls_does_more_per_call_as_work_ages_but_never_all_at_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(table_module, "STEP", 1)  # steps of one entity: a 2,000-DID change is thousands of steps
+    monkeypatch.setattr(steps, "STEP", 1)  # steps of one entity: a 2,000-DID change is thousands of steps
     monkeypatch.setattr(feed_module, "LINE", 1)
     feed, writer, _ = started(tmp_path)
     clock = SteppingClock()
@@ -255,7 +255,7 @@ def test_a_moved_entity_is_no_change_and_an_edit_after_a_refusal_is_whole(tmp_pa
 
 def test_a_worker_spreads_a_bulk_change_set_over_calls_reading_included(tmp_path, monkeypatch):
     """Reading and compiling the change set (a line a step), then updating the DID index (STEP entities a step)."""
-    monkeypatch.setattr(table_module, "STEP", 1)
+    monkeypatch.setattr(steps, "STEP", 1)
     monkeypatch.setattr(feed_module, "LINE", 1)
     feed, writer, _ = started(tmp_path)
     reader = FeedTableSource(feed, check_interval=0, step_budget=0)  # one step per call

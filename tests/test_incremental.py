@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from c4kemi import feed as feed_module
-from c4kemi import table as table_module
+from c4kemi import indexes, steps
 from c4kemi.db.source import PostgresTableSource
 from c4kemi.decision import route_json
 from c4kemi.document import DocumentError, validate_document
@@ -51,13 +51,13 @@ def index_view(index, view) -> tuple:
     assert dict(index.sizes) == {n: sum(1 for p in index.entries if len(p) == n) for n in index.lengths}
     # The head filter: the big dict's flags are exactly its long prefixes' buckets, sized after them;
     # the layer's long prefixes are flagged beside it: never "no" for a prefix that is there.
-    heads = [p[:table_module.HEAD] for p in index.base if len(p) >= table_module.HEAD]
-    buckets = table_module.head_buckets(len(heads))
+    heads = [p[:indexes.HEAD] for p in index.base if len(p) >= indexes.HEAD]
+    buckets = indexes.head_buckets(len(heads))
     assert len(index.heads) == buckets and set(index.heads) <= {0, 1}
     assert {b for b in range(buckets) if index.heads[b]} == {hash(h) & (buckets - 1) for h in heads}
     assert not any(index.heads[b] for b in index.layer_heads)
-    assert all(index.may_have(p) for p in index.entries if len(p) >= table_module.HEAD)
-    assert index.short_lengths == tuple(n for n in index.lengths if n < table_module.HEAD)
+    assert all(index.may_have(p) for p in index.entries if len(p) >= indexes.HEAD)
+    assert index.short_lengths == tuple(n for n in index.lengths if n < indexes.HEAD)
     assert all(index.get(p) is entry for p, entry in index.entries.items()) and index.get("x") is None
     return {prefix: view(entry) for prefix, entry in index.entries.items()}, index.lengths
 
@@ -321,7 +321,7 @@ def test_the_postgresql_store_takes_changes_in_as_a_full_compile_would(changes):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(st.one_of(CHANGES, MISTAKES), min_size=1, max_size=10), st.sampled_from([200_000, 2]))
 def test_change_sets_through_the_feed_give_the_full_compile(tmp_path_factory, monkeypatch, changes, max_changes):
-    monkeypatch.setattr(table_module, "STEP", 1)  # the stepped reader takes one entity per call
+    monkeypatch.setattr(steps, "STEP", 1)  # the stepped reader takes one entity per call
     monkeypatch.setattr(feed_module, "LINE", 2)  # snapshots and change sets over several lines
     feed = tmp_path_factory.mktemp("feed")
     writer = FeedWriter(feed, max_changes=max_changes)
@@ -359,17 +359,17 @@ def test_the_head_filter_is_shared_until_a_merge_makes_it_again(monkeypatch):
     """A change never writes the big dict's filter (forked workers share its pages): the layer's long
     prefixes are flagged beside it, removed ones stay flagged; a merge makes the filter of what is there."""
     prefixes = [f"3961234{i:03d}" for i in range(40)]
-    first = index = table_module.PrefixIndex.build({p: p for p in prefixes})
+    first = index = indexes.PrefixIndex.build({p: p for p in prefixes})
     for change in ({prefixes[0]: None}, {"39999999": "new"}, {prefixes[1]: "changed"},
                    {p: None for p in prefixes[2:32]}, {"3961234": "short"}, {f"4420{i:05d}": i for i in range(100)}):
         index = index.updated(change)
         assert index.heads is first.heads
-        assert all(index.may_have(p) for p in index.entries if len(p) >= table_module.HEAD)
-        assert index.short_lengths == table_module.PrefixIndex.build(dict(index.entries)).short_lengths
+        assert all(index.may_have(p) for p in index.entries if len(p) >= indexes.HEAD)
+        assert index.short_lengths == indexes.PrefixIndex.build(dict(index.entries)).short_lengths
     assert index.may_have(prefixes[5])  # removed, still flagged: a probe for nothing, never a miss
-    monkeypatch.setattr(table_module, "LAYER_MAX", 0)
+    monkeypatch.setattr(indexes, "LAYER_MAX", 0)
     index = index.updated({"39999999": None})
-    fresh = table_module.PrefixIndex.build(dict(index.entries))
+    fresh = indexes.PrefixIndex.build(dict(index.entries))
     assert not index.layer and index.heads == fresh.heads and not index.layer_heads
 
 
@@ -383,25 +383,25 @@ def test_the_layered_index_equals_one_built_from_scratch(changes, layer_max):
     """Changes kept beside the shared dict, merged past LAYER_MAX (small here): every version is the index
     built from its entries, lookups included (index_view), and removed prefixes are gone."""
     original = {f"39{i}": -i for i in range(6)} | {f"396123450{i}": -i for i in range(6)}
-    expected, index = dict(original), table_module.PrefixIndex.build(dict(original))
+    expected, index = dict(original), indexes.PrefixIndex.build(dict(original))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(table_module, "LAYER_MAX", layer_max)
-        patch.setattr(table_module, "MERGE_STEP", 2)
+        patch.setattr(indexes, "LAYER_MAX", layer_max)
+        patch.setattr(indexes, "MERGE_STEP", 2)
         for change in changes:
-            index = table_module.PrefixIndex.updated(index, change)
+            index = indexes.PrefixIndex.updated(index, change)
             for prefix, entry in change.items():
                 if entry is None:
                     expected.pop(prefix, None)
                 else:
                     expected[prefix] = entry
             assert dict(index.entries) == expected and len(index.entries) == len(expected)
-            assert index_view(index, repr) == index_view(table_module.PrefixIndex.build(dict(expected)), repr)
+            assert index_view(index, repr) == index_view(indexes.PrefixIndex.build(dict(expected)), repr)
             assert len(index.layer) <= max(layer_max, 0) or not index.layer
 
 
 def test_a_small_change_shares_the_big_dict_instead_of_copying_it():
     """Copying a forked KEMI worker's big dict writes every entry's reference count (copy on write of every page)."""
-    index = table_module.PrefixIndex.build({f"3961234{i:04d}": i for i in range(1000)})
+    index = indexes.PrefixIndex.build({f"3961234{i:04d}": i for i in range(1000)})
     changed = index.updated({"39612340000": None, "39999999999": "new", "39612340001": "changed"})
     assert changed.base is index.base and dict(changed.layer) == {"39612340000": None, "39999999999": "new", "39612340001": "changed"}
     assert changed.get("39612340000") is None and changed.get("39999999999") == "new" and changed.get("39612340002") == 2
