@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from c4kemi.document import (
+from c4kemi.entity_checks import (
     MAX_BRANCH_FLAGS,
     MAX_CHANNELS,
     MAX_CPS,

@@ -37,7 +37,8 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from c4kemi.document import _refuse_duplicate_keys, entity_where
+from c4kemi.document import _refuse_duplicate_keys
+from c4kemi.entity_checks import entity_where
 
 from .access import may_read, may_write
 from .auth import PRINCIPAL, Principal

@@ -14,7 +14,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from c4kemi.document import DocumentError, entity_where, validate_entity
+from c4kemi.document import DocumentError, validate_entity
+from c4kemi.entity_checks import entity_where
 from c4kemi.overlaps import owner_name
 
 from .auth import Principal

@@ -23,9 +23,10 @@ import orjson
 
 from .compiler import compile_validated
 from .decision import RequestError, decide, encode
-from .document import COLLECTIONS, DocumentError, load_document, target_warnings
+from .document import COLLECTIONS, DocumentError, load_document
 from .overlaps import overlap_warnings
 from .table import load_table
+from .targets import target_warnings
 
 EXAMPLE_TABLE = Path(__file__).parent / "examples" / "example.json"
 # c4 serve's listen backlog. aiohttp's default, 128, overflowed when Kamailio's

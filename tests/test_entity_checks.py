@@ -6,10 +6,10 @@ import pytest
 
 from c4kemi.document import (
     DocumentError,
-    entity_where,
     validate_document,
     validate_entity,
 )
+from c4kemi.entity_checks import entity_where
 from tables import document
 
 
