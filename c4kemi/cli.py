@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--interval", type=float, default=0.2, help="seconds between looks at the document")
     feed.set_defaults(func=cmd_feed)
 
-    from .launcher import add_arguments as add_kamailio_arguments
+    from .launch_options import add_arguments as add_kamailio_arguments
 
     kamailio = sub.add_parser("kamailio", help="run Kamailio with the router in the foreground")
     add_kamailio_arguments(kamailio)

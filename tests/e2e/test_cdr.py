@@ -476,7 +476,7 @@ def test_a_huge_call_id_makes_a_bounded_record(router, busy_pbx, tmp_path):
 
 def test_an_event_past_its_bound_is_dropped_and_counted(router, busy_pbx, tmp_path):
     """C4_CDR_MAX_EVENT (8000 bytes; 100 here, through a wrapper): a bigger event is dropped, counted, logged."""
-    from c4kemi.launcher import kamailio_binary
+    from c4kemi.launch_plan import kamailio_binary
 
     kamailio = tmp_path / "kamailio-small-events"
     kamailio.write_text(f'#!/bin/sh\nexec {kamailio_binary(None)} "$@" -A C4_CDR_MAX_EVENT=100\n')

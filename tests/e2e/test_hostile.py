@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from c4kemi.launcher import kamailio_binary
+from c4kemi.launch_plan import kamailio_binary
 from c4kemi.secret import dialog_mac
 
 from .documents import (

@@ -1,0 +1,103 @@
+"""``c4 kamailio``'s options: their names, defaults and help (c4kemi/launcher.py tells what they do).
+
+Read by ``c4 kamailio --help`` (c4kemi/cli.py). What the values must be is
+checked where they are used, in the launch plan (c4kemi/launch_plan.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_ADMIT_INTERVAL", "DEFAULT_CDR_SPOOL", "DEFAULT_LISTEN", "DEFAULT_MAX_TRANSACTIONS", "DEFAULT_MEMORY_MANAGER",
+    "DEFAULT_RETRY_AFTER", "DEFAULT_TABLE_CACHE", "HTTP_ASYNC_BUILT", "HTTP_ASYNC_ENV", "MEMORY_MANAGERS", "SHM_RESERVE_FRACTION",
+    "add_arguments", "shm_reserve",
+]
+
+DEFAULT_LISTEN = "udp:127.0.0.1:5060"
+HTTP_ASYNC_ENV = "C4_HTTP_ASYNC_CLIENT"
+# Where `make setup` builds it in a checkout (beside the directory holding the c4kemi package).
+HTTP_ASYNC_BUILT = Path(__file__).resolve().parent.parent / "build" / "modules" / "http_async_client.so"
+DEFAULT_TABLE_CACHE = Path("/var/lib/c4/routing-table.json")
+DEFAULT_CDR_SPOOL = Path("/var/lib/c4/cdr-spool.jsonl")
+# Kamailio's memory managers (-x shared, -X private). TLSF by default: with
+# qm (Debian's default) a third of the CPU under load went to qm_malloc
+# (README, "Capacity and overload").
+MEMORY_MANAGERS = ("tlsf", "qm", "fm")
+DEFAULT_MEMORY_MANAGER = "tlsf"
+# Admission control (kamailio-base.cfg): new INVITEs get 503 past this many
+# SIP transactions in progress, with this Retry-After (README, "Capacity and overload").
+DEFAULT_MAX_TRANSACTIONS = 1000
+DEFAULT_RETRY_AFTER = 2
+DEFAULT_ADMIT_INTERVAL = 10
+# ... and while less than 1/8 of --shm is free: room for the calls already
+# admitted (1000 in setup and the answered calls' lingering transactions).
+SHM_RESERVE_FRACTION = 8
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=("kemi", "http"), default="kemi")
+    parser.add_argument("--table", help="routing document (KEMI mode, or with --serve-api)")
+    parser.add_argument("--listen", action="append", help="Kamailio listen socket, e.g. udp:127.0.0.1:5060 (repeatable)")
+    parser.add_argument("--workers", type=int, default=4, help="SIP worker processes")
+    parser.add_argument("--shm", type=int, default=512, help="shared memory in MiB")
+    parser.add_argument("--pkg", type=int, default=32, help="private memory per process in MiB")
+    parser.add_argument(
+        "--memory-manager", choices=MEMORY_MANAGERS, default=DEFAULT_MEMORY_MANAGER,
+        help=f"Kamailio's memory manager for shared and private memory (-x/-X; default {DEFAULT_MEMORY_MANAGER}, "
+             "Debian's default is qm)",
+    )
+    parser.add_argument(
+        "--max-transactions", type=int, default=DEFAULT_MAX_TRANSACTIONS,
+        help="overload protection: SIP transactions in progress at which new INVITEs get 503 with Retry-After "
+             f"(default {DEFAULT_MAX_TRANSACTIONS})",
+    )
+    parser.add_argument("--shm-reserve", type=int, default=None,
+                        help="overload protection: MiB of shared memory kept free; below it new INVITEs get 503 "
+                             "(default: an eighth of --shm)")
+    parser.add_argument("--retry-after", type=int, default=DEFAULT_RETRY_AFTER,
+                        help=f"seconds in the Retry-After of an overload 503 (default {DEFAULT_RETRY_AFTER}; 0: no header)")
+    parser.add_argument("--admit-interval", type=int, default=DEFAULT_ADMIT_INTERVAL,
+                        help="overload protection: ms a SIP worker keeps its reading of the node's counts "
+                             f"(default {DEFAULT_ADMIT_INTERVAL}; 0: read on every INVITE)")
+    parser.add_argument("--api", default="http://127.0.0.1:8080", help="c4http base URL (HTTP mode)")
+    parser.add_argument("--log-level", type=int, default=2, help="Kamailio debug level (2: info)")
+    parser.add_argument("--api-timeout", type=int, default=1000, help="HTTP mode: ms to wait for the API before answering 503 (< 5000)")
+    parser.add_argument("--max-inflight", type=int, default=100, help="HTTP mode: API queries in flight before new INVITEs get 503 (default 100)")
+    parser.add_argument("--api-workers", type=int, default=4, help="HTTP mode: http_async_client workers (they also run the resume route)")
+    parser.add_argument("--serve-api", action="store_true", help="HTTP mode: also run `c4 serve --table FILE` on the --api host and port")
+    parser.add_argument(
+        "--http-async-client", default=os.environ.get(HTTP_ASYNC_ENV) or str(HTTP_ASYNC_BUILT),
+        help=f"HTTP mode: path of http_async_client.so (default: ${HTTP_ASYNC_ENV}, else the checkout's build/modules)",
+    )
+    parser.add_argument("--dsn", help="PostgreSQL DSN: the table comes from the database instead of --table (KEMI mode, or with --serve-api)")
+    parser.add_argument(
+        "--table-cache", default=str(DEFAULT_TABLE_CACHE),
+        help="with --dsn: the node's copy of the table, kept by a follower and used when PostgreSQL is down at start",
+    )
+    parser.add_argument(
+        "--rpc-socket", default=None,
+        help="Kamailio's JSON-RPC datagram socket, read by `c4 serve --kamailio-rpc` for the live channel counts "
+             "(default: rpc.sock in Kamailio's runtime directory, given to --serve-api's c4 serve)",
+    )
+    parser.add_argument("--cdr-file", default=None, help="call records on: append them to this JSON-lines file (docs/cdr.md)")
+    parser.add_argument("--cdr-db", action="store_true",
+                        help="call records on: ship them to the cdrs table of --dsn (or $C4_DSN), spooled in --cdr-spool")
+    parser.add_argument("--cdr-spool", default=str(DEFAULT_CDR_SPOOL), help="with --cdr-db: where records wait for PostgreSQL")
+    parser.add_argument("--cdr-spool-max-mb", type=int, default=1024,
+                        help="with --cdr-db: the spool's bound in MiB; when full, new records are dropped (and logged)")
+    parser.add_argument("--cdr-unknown-sources", action="store_true",
+                        help="with --cdr-file or --cdr-db: also record the calls refused 403 because their source is in no "
+                             "trunk or IPBX (by default they are only counted: Kamailio statistic c4_refused_unknown_source)")
+    parser.add_argument("--kamailio", default=None, help="Kamailio binary (default: kamailio on PATH or /usr/sbin)")
+    parser.add_argument("--dry-run", action="store_true", help="print the Kamailio command and environment, do not start")
+    parser.add_argument("--secret-file", default=None,
+                        help="deployment secret (uac restore and dialog keys), created 0600 if missing "
+                             "(default: $C4_SECRET_FILE, $C4_STATE_DIR/secret, /var/lib/c4/secret as root)")
+
+
+def shm_reserve(args: argparse.Namespace) -> int:
+    """MiB of shared memory the admission control keeps free: --shm-reserve, else an eighth of --shm."""
+    return args.shm // SHM_RESERVE_FRACTION if args.shm_reserve is None else args.shm_reserve

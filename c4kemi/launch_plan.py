@@ -1,0 +1,426 @@
+"""What ``c4 kamailio`` starts: Kamailio's command line and environment, and its helper processes.
+
+``plan`` turns the options into a ``Launch``: the mode's config file, the
+``-A`` defines and environment it needs, the banner, and the helpers that
+run beside Kamailio (``c4 feed`` or ``c4 db follow``, ``c4 serve``, ``c4
+cdr``); then Kamailio's command line. Modes plug in through ``MODES``: a
+mode names its config file and prepares its defines, environment, banner
+and helpers. Options that cannot make a launch are refused here
+(``LaunchError``). Nothing is started: c4kemi/launch_supervision.py runs
+the plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+import sysconfig
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .launch_options import DEFAULT_LISTEN, HTTP_ASYNC_ENV, shm_reserve
+from .secret import SECRET_ENV
+
+__all__ = [
+    "MODES", "Helper", "Launch", "LaunchError", "Mode", "build_command", "check_options", "kamailio_binary", "plan", "quoted",
+    "rpc_socket",
+]
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The directory holding the c4kemi package: the checkout, or site-packages.
+PACKAGE_ROOT = PACKAGE_DIR.parent
+# kamailio/ ships inside the package (c4kemi/kamailio links to it in a checkout).
+CONFIG_DIR = (PACKAGE_DIR / "kamailio").resolve()
+KEMI_SCRIPT = CONFIG_DIR / "c4_kemi.py"  # a shim importing c4kemi.kemi, see there
+SIPP_SCENARIOS = PACKAGE_ROOT / "tests" / "e2e" / "scenarios"  # in a checkout only
+RTJSON_PATH = "/kamailio/rtjson"  # c4http.web.RTJSON_PATH (not imported: no aiohttp here)
+# tm's fr_timer (kamailio-base.cfg): the API must answer (or time out) before it.
+CFG_FR_TIMER_MS = 5000
+
+
+class LaunchError(Exception):
+    """Kamailio cannot be started as asked; the message says why."""
+
+
+@dataclass
+class Launch:
+    """What one mode contributes to the Kamailio command line."""
+
+    config: Path
+    defines: dict[str, str | int | None] = field(default_factory=dict)  # -A NAME=VALUE (None: just NAME)
+    env: dict[str, str] = field(default_factory=dict)
+    banner: list[str] = field(default_factory=list)
+    helpers: list[Helper] = field(default_factory=list)
+    rundir: Path = Path(".")  # Kamailio's runtime directory (private, removed on exit)
+
+
+@dataclass
+class Helper:
+    """A process started (and ready) before Kamailio, stopped after it: c4 serve, c4 db follow."""
+
+    argv: list[str]
+    what: str  # for messages, e.g. "c4 serve on 127.0.0.1:8080"
+    ready: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)  # the DSN travels here, never on a command line
+    idle: bool = False  # the table's writer: the lowest CPU priority, so it never takes CPU from SIP workers
+
+
+def http_answers(url: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    return ready
+
+
+def table_cache(args: argparse.Namespace) -> Path:
+    """The node's copy of the PostgreSQL table; its directory is made private (it holds trunk passwords)."""
+    path = Path(args.table_cache).resolve()
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LaunchError(f"--table-cache {path}: cannot create its directory: {exc.strerror}") from None
+    return path
+
+
+def follower(args: argparse.Namespace, path: Path, feed: Path) -> Helper:
+    """c4 db follow: keeps PATH, the node's copy of the table, equal to PostgreSQL, and publishes it to FEED."""
+    argv = [sys.executable, "-m", "c4kemi.cli", "db", "follow", "--out", str(path), "--feed", str(feed)]
+    return Helper(argv, f"c4 db follow ({path})", (feed / "current").is_file, {"C4_DSN": args.dsn}, idle=True)
+
+
+def feed_writer(table_path: Path, feed: Path) -> Helper:
+    """c4 feed: checks TABLE_PATH once per change and publishes what changed to FEED."""
+    argv = [sys.executable, "-m", "c4kemi.cli", "feed", "--table", str(table_path), "--out", str(feed)]
+    return Helper(argv, f"c4 feed ({table_path})", (feed / "current").is_file, idle=True)
+
+
+@dataclass(frozen=True)
+class Mode:
+    config_name: str
+    prepare: Callable[[argparse.Namespace, Launch], None]
+
+
+def quoted(value: str | Path) -> str:
+    """A string define for the cfg preprocessor: -A 'NAME="value"'."""
+    text = str(value)
+    if '"' in text:
+        raise LaunchError(f"a double quote cannot be passed to Kamailio as a define: {text!r}")
+    return f'"{text}"'
+
+
+# Above this size the launcher does not read the table for its call hint (start time, issue #8).
+HINT_MAX_BYTES = 1 << 20
+
+
+def table_file(path: str | None) -> tuple[Path, dict | None]:
+    """The table file, and its document for the call hint when it is small.
+
+    Not checked here: ``c4 feed`` checks it once, before Kamailio starts
+    (a refused table stops the launch with its errors), and Kamailio's main
+    process compiles what it published without checking again.
+    """
+    if not path:
+        raise LaunchError("--table FILE is required")
+    table_path = Path(path).resolve()
+    if not table_path.is_file():
+        raise LaunchError(f"{path}: no such file")
+    document = None
+    if table_path.stat().st_size <= HINT_MAX_BYTES:
+        from .document import DocumentError, parse_document
+
+        try:
+            document = parse_document(table_path.read_bytes(), table_path.suffix.lower().lstrip(".") or "json")
+        except DocumentError:
+            pass  # c4 feed names the errors
+    return table_path, document
+
+
+def python_path() -> str:
+    """Where c4kemi is and this venv's site-packages, for the embedded interpreter."""
+    paths = [str(PACKAGE_ROOT)]
+    for key in ("purelib", "platlib"):
+        site = sysconfig.get_paths()[key]
+        if site not in paths:
+            paths.append(site)
+    inherited = os.environ.get("PYTHONPATH")
+    if inherited:
+        paths.append(inherited)
+    return os.pathsep.join(paths)
+
+
+def call_hint(document: dict, listen: str) -> list[str]:
+    """sipp commands that place a test call through the router.
+
+    In a checkout, the test scenarios (tests/e2e/scenarios), which follow
+    Record-Route so that ACK and BYE go through the router too; installed,
+    sipp's built-in uac/uas, which do not.
+    """
+    hostport = listen.split(":", 1)[1] if listen.count(":") >= 2 else listen
+    if SIPP_SCENARIOS.is_dir():
+        uas, uac = f"-sf {SIPP_SCENARIOS / 'uas_answer.xml'}", f"-sf {SIPP_SCENARIOS / 'uac_call.xml'}"
+        keys = " -key caller 0611111111 -key caller_name Alice"
+    else:
+        uas, uac, keys = "-sn uas", "-sn uac", ""
+    source, callee = "127.0.0.10", None
+    for ipbx in document.get("ipbxs", []):
+        hosts = [cidr.split("/")[0] for cidr in ipbx.get("sources", []) if "/" not in cidr or cidr.endswith(("/32", "/128"))]
+        if hosts:
+            source = hosts[0]
+            targets = ipbx.get("targets") or []
+            callee = targets[0].split(":", 1)[1] if targets else None
+            break
+    lines = []
+    if callee and ":" in callee and not callee.startswith("["):
+        host, port = callee.rsplit(":", 1)
+        lines.append(f"callee: sipp {uas} -i {host} -p {port} -m 1")
+    lines.append(f"caller: sipp {uac} -i {source} -p 0 -s 0612345678{keys} -m 1 {hostport}")
+    return lines
+
+
+def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
+    feed = launch.rundir / "feed"
+    if args.dsn:
+        if args.table:
+            raise LaunchError("--table or --dsn, not both: with --dsn the table comes from PostgreSQL")
+        table_path = table_cache(args)
+        launch.helpers.append(follower(args, table_path, feed))
+        document = None
+    else:
+        table_path, document = table_file(args.table)
+        launch.helpers.append(feed_writer(table_path, feed))
+    if sys.version_info[:2] != (3, 11):
+        launch.banner.append(
+            f"warning: this is Python {sys.version_info[0]}.{sys.version_info[1]}; app_python3 embeds 3.11, "
+            "so its site-packages may not match (run c4 from a venv made with /usr/bin/python3)"
+        )
+    launch.defines["C4_KEMI_SCRIPT"] = quoted(KEMI_SCRIPT)
+    launch.env["C4_TABLE"] = str(table_path)
+    launch.env["C4_FEED"] = str(feed)
+    launch.env["PYTHONPATH"] = python_path()
+    launch.env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if args.dsn:
+        launch.banner.append(f"routing table from PostgreSQL, kept in {table_path} and published to {feed} by c4 db follow")
+        return
+    launch.banner.append(f"routing table {table_path}: checked by c4 feed on change, workers take in what changed within a second")
+    hint(launch, document, args)
+
+
+def hint(launch: Launch, document: dict | None, args: argparse.Namespace) -> None:
+    if isinstance(document, dict):
+        launch.banner.append("place a test call (called number from the example table):")
+        launch.banner.extend("  " + line for line in call_hint(document, args.listen[0]))
+
+
+def api_endpoint(api: str) -> tuple[str, str, int]:
+    """--api base URL -> (routing endpoint URL, host, port)."""
+    parts = urlsplit(api)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LaunchError(f"--api {api!r}: expected a base URL such as http://127.0.0.1:8080")
+    if parts.query or parts.fragment:
+        raise LaunchError(f"--api {api!r}: no query or fragment, just the base URL")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise LaunchError(f"--api {api!r}: bad port") from None
+    url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}{RTJSON_PATH}"
+    return url, parts.hostname, port
+
+
+def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
+    url, host, port = api_endpoint(args.api)
+    if not 1 <= args.api_timeout < CFG_FR_TIMER_MS:
+        raise LaunchError(f"--api-timeout must be between 1 and {CFG_FR_TIMER_MS - 1} ms (below fr_timer, {CFG_FR_TIMER_MS} ms)")
+    if args.max_inflight < 1 or args.api_workers < 1:
+        raise LaunchError("--max-inflight and --api-workers must be >= 1")
+    if args.max_inflight > args.max_transactions:
+        # Every query in flight is a transaction in progress: the node's bound would always bite first.
+        raise LaunchError(f"--max-inflight ({args.max_inflight}) cannot exceed --max-transactions ({args.max_transactions})")
+    module = Path(args.http_async_client).resolve()
+    if not module.is_file():
+        raise LaunchError(
+            f"{module} is missing: HTTP mode needs the http_async_client module, which Debian does not ship. "
+            f"In a checkout `make setup` builds it; otherwise run {CONFIG_DIR / 'build-http-async-client.sh'} DIR "
+            f"and pass --http-async-client DIR/http_async_client.so (or set ${HTTP_ASYNC_ENV})"
+        )
+    launch.defines["C4_API_URL"] = quoted(url)
+    launch.defines["C4_API_TIMEOUT"] = args.api_timeout
+    launch.defines["C4_API_WORKERS"] = args.api_workers
+    launch.defines["C4_MAX_INFLIGHT"] = args.max_inflight
+    launch.defines["C4_HTTP_ASYNC_MODULE"] = quoted(module)
+    launch.banner.append(
+        f"routing API {url}: {args.api_timeout} ms timeout, at most {args.max_inflight} queries in flight, "
+        f"{args.api_workers} http_async_client workers"
+    )
+    if args.serve_api:
+        if urlsplit(args.api).scheme != "http" or urlsplit(args.api).path.strip("/"):
+            raise LaunchError(f"--serve-api runs c4 serve at the root of a plain http URL, not {args.api!r}")
+        argv = [sys.executable, "-m", "c4kemi.cli", "serve", "--host", host, "--port", str(port)]
+        health = http_answers(f"http://{urlsplit(args.api).netloc}/health")
+        feed = launch.rundir / "feed"
+        if args.dsn:
+            if args.table:
+                raise LaunchError("--table or --dsn, not both: with --dsn the table comes from PostgreSQL")
+            # c4 db follow writes the feed from the change log; c4 serve reads it and serves the API on the database.
+            cache = table_cache(args)
+            launch.helpers.append(follower(args, cache, feed))
+            launch.helpers.append(Helper(argv + ["--feed", str(feed)], f"c4 serve on {host}:{port}", health, {"C4_DSN": args.dsn}))
+            launch.banner.append(f"c4 serve on {host}:{port}, routing table from PostgreSQL through c4 db follow and the feed {feed} "
+                                 f"(saved in {cache})")
+            return
+        table_path, document = table_file(args.table)
+        launch.helpers.append(feed_writer(table_path, feed))
+        launch.helpers.append(Helper(argv + ["--feed", str(feed)], f"c4 serve on {host}:{port}", health))
+        launch.banner.append(f"c4 serve on {host}:{port}, routing table {table_path} through the feed {feed} (changes taken in within a second)")
+        hint(launch, document, args)
+    elif args.table or (args.dsn and not args.cdr_db):
+        raise LaunchError("--table and --dsn are read by c4 serve in HTTP mode: add --serve-api, or run c4 serve yourself")
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def add_cdr(args: argparse.Namespace, launch: Launch) -> None:
+    """Call records on (--cdr-file, --cdr-db): evapi in Kamailio, c4 cdr beside it."""
+    if args.cdr_file and args.cdr_db:
+        raise LaunchError("--cdr-file or --cdr-db, not both")
+    if not (args.cdr_file or args.cdr_db):
+        if getattr(args, "cdr_unknown_sources", False):
+            raise LaunchError("--cdr-unknown-sources needs --cdr-file or --cdr-db")
+        return
+    evapi = f"127.0.0.1:{free_loopback_port()}"
+    argv = [sys.executable, "-m", "c4kemi.cli", "cdr", "--evapi", evapi]
+    env = {}
+    if args.cdr_db:
+        dsn = args.dsn or os.environ.get("C4_DSN")
+        if not dsn:
+            raise LaunchError("--cdr-db needs --dsn or $C4_DSN")
+        if args.cdr_spool_max_mb < 1:
+            raise LaunchError("--cdr-spool-max-mb must be >= 1")
+        output = Path(args.cdr_spool).resolve()
+        argv += ["--db", "--spool", str(output), "--spool-max-mb", str(args.cdr_spool_max_mb)]
+        env["C4_DSN"] = dsn
+        where = f"the cdrs table (spooled in {output}, at most {args.cdr_spool_max_mb} MiB)"
+    else:
+        output = Path(args.cdr_file).resolve()
+        argv += ["--file", str(output)]
+        where = str(output)
+    launch.helpers.append(Helper(argv, f"c4 cdr on evapi {evapi}", output.exists, env))
+    launch.defines["C4_CDR_EVAPI"] = quoted(evapi)
+    if getattr(args, "cdr_unknown_sources", False):
+        launch.defines["C4_CDR_UNKNOWN_SOURCES"] = 1
+        where += ", unknown sources' refusals included"
+    launch.banner.append(f"call records to {where}")
+
+
+MODES: dict[str, Mode] = {
+    "kemi": Mode("kamailio-kemi.cfg", prepare_kemi),
+    "http": Mode("kamailio-http.cfg", prepare_http),
+}
+
+
+def kamailio_binary(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    found = shutil.which("kamailio") or shutil.which("kamailio", path="/usr/sbin:/usr/local/sbin:/sbin")
+    if not found:
+        raise LaunchError("kamailio not found (Debian package kamailio; run make setup)")
+    return found
+
+
+def build_command(args: argparse.Namespace, launch: Launch, rundir: Path) -> list[str]:
+    command = [
+        kamailio_binary(args.kamailio),
+        "-f", str(launch.config),
+        "-DD", "-E",
+        "-m", str(args.shm),
+        "-M", str(args.pkg),
+        "-x", args.memory_manager,
+        "-X", args.memory_manager,
+        "-n", str(args.workers),
+        "-Y", str(rundir),
+        "-w", str(rundir),
+    ]
+    for listen in args.listen:
+        command += ["-l", listen]
+    defines = {
+        "C4_LOG_LEVEL": args.log_level,
+        "C4_CTL_SOCKET": quoted(f"unix:{rundir / 'ctl.sock'}"),
+        "C4_RPC_SOCKET": quoted(rpc_socket(args, rundir)),
+        "C4_MAX_TRANSACTIONS": args.max_transactions,
+        "C4_SHM_RESERVE": shm_reserve(args),
+        "C4_RETRY_AFTER": args.retry_after,
+        "C4_ADMIT_INTERVAL": args.admit_interval,
+    }
+    defines.update(launch.defines)
+    for name, value in defines.items():
+        command += ["-A", name if value is None else f"{name}={value}"]
+    return command
+
+
+def rpc_socket(args: argparse.Namespace, rundir: Path) -> str:
+    """Where Kamailio answers JSON-RPC (the live channel counts)."""
+    return str(Path(args.rpc_socket).resolve()) if getattr(args, "rpc_socket", None) else str(rundir / "rpc.sock")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse the values no launch can use; the first ``--listen`` defaults to DEFAULT_LISTEN."""
+    if not args.listen:
+        args.listen = [DEFAULT_LISTEN]
+    if args.workers < 1 or args.shm < 16 or args.pkg < 4:
+        raise LaunchError("--workers must be >= 1, --shm >= 16 MiB, --pkg >= 4 MiB")
+    if args.max_transactions < 1 or args.retry_after < 0 or args.admit_interval < 0:
+        raise LaunchError("--max-transactions must be >= 1, --retry-after and --admit-interval >= 0")
+    if args.shm_reserve is not None and not 0 <= args.shm_reserve <= args.shm:
+        raise LaunchError(f"--shm-reserve must be between 0 and --shm ({args.shm} MiB)")
+
+
+def plan(args: argparse.Namespace, rundir: Path) -> tuple[Launch, list[str]]:
+    """The launch ``args`` ask for, with ``rundir`` as Kamailio's runtime directory, and Kamailio's command line."""
+    mode = MODES[args.mode]
+    launch = Launch(config=CONFIG_DIR / mode.config_name, rundir=rundir)
+    mode.prepare(args, launch)
+    add_cdr(args, launch)
+    _add_secret_keys(args, launch)
+    if not launch.config.is_file():
+        raise LaunchError(f"{launch.config}: config file missing")
+    command = build_command(args, launch, rundir)
+    for helper in launch.helpers:  # --serve-api: c4 serve reads the live counts
+        if "serve" in helper.argv:
+            helper.argv += ["--kamailio-rpc", rpc_socket(args, rundir)]
+    return launch, command
+
+
+def _add_secret_keys(args: argparse.Namespace, launch: Launch) -> None:
+    """The keys derived from the deployment secret, in Kamailio's environment (see c4kemi/secret.py)."""
+    from .secret import CDR_KEY_ENV, ROUTING_ENV, SecretError, default_path, kamailio_env, load_or_create
+
+    path = getattr(args, "secret_file", None) or default_path()
+    if args.dry_run:  # name the file, create nothing, print no key
+        launch.env.update({name: f"(derived from {path})" for name in SECRET_ENV})
+    else:
+        try:
+            launch.env.update(kamailio_env(load_or_create(path)))
+        except SecretError as exc:
+            raise LaunchError(f"deployment secret: {exc}") from None
+    if "C4_CDR_EVAPI" not in launch.defines:  # records off: nobody needs the call record key
+        launch.env.pop(CDR_KEY_ENV, None)
+    for helper in launch.helpers:  # --serve-api: c4 serve answers only queries with the routing key
+        if "serve" in helper.argv:
+            helper.env[ROUTING_ENV] = launch.env[ROUTING_ENV]
+        if "cdr" in helper.argv:  # c4 cdr authenticates on evapi with it
+            helper.env[CDR_KEY_ENV] = launch.env[CDR_KEY_ENV]
+
