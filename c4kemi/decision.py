@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import orjson
 
 from .compiled import Endpoint, RouteChoice, RoutingTable
 from .numbers import MAX_NUMBER_LENGTH, is_digits, parse_uri, strip_separators
+from .shapes import Call, RoutingQuery, RoutingReply, RtjsonRoute
 
 __all__ = ["RequestError", "decide", "decide_call", "call_json", "route_json", "encode", "refusal", "trunk_order"]
 
@@ -27,7 +26,7 @@ class RequestError(ValueError):
     """A routing request is malformed; the message names the member."""
 
 
-def refusal(code: int, reason: str) -> dict:
+def refusal(code: int, reason: str) -> RoutingReply:
     return {"rtjson": {"success": False, "code": code, "reason": reason}}
 
 
@@ -35,7 +34,7 @@ FORBIDDEN = 403, "Forbidden"
 NO_ROUTE = 404, "No Route"
 
 
-def _required(query: dict, name: str) -> str:
+def _required(query: RoutingQuery, name: str) -> str:
     value = query.get(name)
     if value is None:
         raise RequestError(f"missing required member {name!r}")
@@ -44,7 +43,7 @@ def _required(query: dict, name: str) -> str:
     return value
 
 
-def _optional(query: dict, name: str) -> str:
+def _optional(query: RoutingQuery, name: str) -> str:
     value = query.get(name)
     if value is None:  # absent, or null as a config may send for an empty pv
         return ""
@@ -53,33 +52,22 @@ def _optional(query: dict, name: str) -> str:
     return value
 
 
-def decide(table: RoutingTable, query: Any) -> dict:
+def decide(table: RoutingTable, query: RoutingQuery) -> RoutingReply:
     """The reply ``{"rtjson": {...}}`` for one routing query (``decide_call`` without the call)."""
     return _decide(table, query, None)
 
 
-def decide_call(table: RoutingTable, query: Any) -> tuple[dict, dict | None]:
-    """The reply and what Kamailio needs to count and limit the call's channels.
+def decide_call(table: RoutingTable, query: RoutingQuery) -> tuple[RoutingReply, Call | None]:
+    """The reply and what Kamailio needs to count and limit the call's channels: the ``Call`` (c4kemi/shapes.py).
 
-    The call (None for a refusal) is carried beside the rtjson, never in it,
-    so that the reply stays the same bytes with or without limits
-    (docs/routing.md, "Channel limits")::
-
-        {"tenant": "acme", "direction": "inbound" | "outbound" | "on-net",
-         "tenant_max": N,            # the tenant's max_channels, -1: none
-         "source": "carrier-a-1", "source_kind": "trunk" | "ipbx",
-         "source_max": N, "source_cps": N,   # a sending trunk's limits, -1: none
-         "routes": [{"trunk": "carrier-a-1", "max": N, "cps": N}, ...]}
-
-    ``routes`` has one entry per rtjson route, in the same order; an IPBX's
-    route has ``"trunk": ""``. For the call records (c4kemi/cdr.py) the call
-    also names the numbers in E.164 (``"calling"``, ``"called"``) and each
-    route's destination (``"name"``: the trunk or IPBX, ``"uri"``: its
-    ``dst_uri``). A refusal (403, 404) gives a call too when something is
-    known: for a 404 the sender, its tenant and the numbers (no ``routes``);
-    for a 403 nothing (None).
+    The call is carried beside the rtjson, never in it, so that the reply
+    stays the same bytes with or without limits (docs/routing.md, "Channel
+    limits"). Its ``routes`` has one entry per rtjson route, in the same
+    order. A refusal gives a call too when something is known: for a 404
+    the sender, its tenant and the numbers (no limits, no ``routes``); for
+    a 403 nothing (None).
     """
-    call: dict = {}
+    call: Call = {}  # _decide fills it in; left empty (a 403): None
     reply = _decide(table, query, call)
     return reply, (call or None)
 
@@ -88,7 +76,7 @@ def _limit(value: int | None) -> int:
     return -1 if value is None else value
 
 
-def _decide(table: RoutingTable, query: Any, call: dict | None) -> dict:
+def _decide(table: RoutingTable, query: RoutingQuery, call: Call | None) -> RoutingReply:
     """The reply ``{"rtjson": {...}}`` for one routing query; fills ``call`` when given.
 
     Raises RequestError for a malformed query: not an object, a required
@@ -217,7 +205,7 @@ def _decide(table: RoutingTable, query: Any, call: dict | None) -> dict:
             })
         out_called, branch_headers = headers
         for target in endpoint.targets:
-            branch = {
+            branch: RtjsonRoute = {
                 "uri": f"{target.scheme}{out_called}@{target.hostport}",  # target.request_uri, inline
                 "dst_uri": target.uri,
                 "path": "",
@@ -233,7 +221,7 @@ def _decide(table: RoutingTable, query: Any, call: dict | None) -> dict:
     return {"rtjson": {"version": RTJSON_VERSION, "routing": "serial", "success": True, "routes": routes}}
 
 
-def _sender_facts(call: dict, sender: Endpoint, tenant: str, calling: str, called: str, on_net: bool = False) -> None:
+def _sender_facts(call: Call, sender: Endpoint, tenant: str | None, calling: str, called: str, on_net: bool = False) -> None:
     """What the call record keeps of who sent the call and the numbers (also for a 404)."""
     call["tenant"] = tenant
     call["direction"] = "inbound" if sender.kind == "trunk" else ("on-net" if on_net else "outbound")
@@ -298,12 +286,12 @@ def trunk_order(route: RouteChoice, call_id: str) -> list[Endpoint]:
     return order
 
 
-def encode(reply: Mapping) -> bytes:
+def encode(reply: RoutingReply) -> bytes:
     """The reply as the bytes every mode serves."""
     return orjson.dumps(reply)
 
 
-def call_json(call: Mapping) -> str:
+def call_json(call: Call) -> str:
     """The call as ASCII JSON: it travels in an HTTP header (C4-Call) in HTTP mode.
 
     The text of ``json.dumps(call, ensure_ascii=True, separators=(",", ":"))``
@@ -321,6 +309,6 @@ def call_json(call: Mapping) -> str:
     return json.dumps(call, ensure_ascii=True, separators=(",", ":"))
 
 
-def route_json(table: RoutingTable, query: Any) -> bytes:
+def route_json(table: RoutingTable, query: RoutingQuery) -> bytes:
     """``decide`` and ``encode`` in one call."""
     return encode(decide(table, query))

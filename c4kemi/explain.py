@@ -31,6 +31,7 @@ import orjson
 from .compiled import Endpoint, RoutingTable
 from .decision import FORBIDDEN, NO_ROUTE, decide, trunk_order
 from .numbers import MAX_NUMBER_LENGTH, Profile, is_digits, parse_uri, strip_separators
+from .shapes import RoutingQuery, RoutingReply
 
 __all__ = ["explain", "masked", "render_text", "to_e164_step", "from_e164_step", "MASK"]
 
@@ -90,7 +91,7 @@ def _entity(endpoint: Endpoint) -> dict:
     return entity
 
 
-def explain(table: RoutingTable, query: Any) -> dict:
+def explain(table: RoutingTable, query: RoutingQuery) -> dict:
     """The explanation of ``decide(table, query)``; see the module docstring.
 
     Raises RequestError for a malformed query, exactly as ``decide`` does
@@ -225,7 +226,7 @@ def explain(table: RoutingTable, query: Any) -> dict:
     return _finish(out, reply, None, None)
 
 
-def _finish(out: dict, reply: dict, refusal: tuple[int, str] | None, why: str | None) -> dict:
+def _finish(out: dict, reply: RoutingReply, refusal: tuple[int, str] | None, why: str | None) -> dict:
     """Add the outcome and the decision's own reply, and check they agree."""
     rt = reply["rtjson"]
     if refusal is None:
