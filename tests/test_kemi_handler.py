@@ -15,7 +15,6 @@ import sys
 import textwrap
 
 import orjson
-import pytest
 
 from fake_ksr import FakeKSR
 
