@@ -26,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from c4kemi.db.documents import setup_connection
+from c4kemi.table_source import TableSource
 
 from .auth import ADMIN_TOKEN, PUBLIC_PATHS, authenticate
 from .metrics import Metrics
@@ -50,11 +51,14 @@ DSN = web.AppKey("c4_api_dsn", str)
 POOL_SIZE = web.AppKey("c4_api_pool_size", int)
 # How often the routing application's source is refreshed, when it has a refresh task.
 REFRESH_INTERVAL = web.AppKey("c4_refresh_interval", float)
+# An aiohttp cleanup context: set up until its yield, torn down after.
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 
 def make_app(
-    source: Any,
+    source: TableSource,
     *,
+    source_contexts: Sequence[CleanupContext] = (),
     max_body: int = DEFAULT_MAX_BODY,
     refresh_interval: float | None = None,
     dsn: str | None = None,
@@ -74,6 +78,10 @@ def make_app(
     With ``dsn``, the provisioning API of that PostgreSQL database is served
     under /api/v1 (admin token ``api_token``, tenant tokens from the
     database); without it, /api/v1 does not exist (404).
+
+    ``source_contexts``: cleanup contexts the source needs while the app
+    runs (started first, in order): PostgreSQL's follower, which gives the
+    first table; c4 serve's feed writer.
 
     With ``refresh_interval``, a background task calls ``source.refresh()``
     that often (in a worker thread, so compiling a large table does not stall
@@ -95,9 +103,8 @@ def make_app(
     app[ROUTING] = RoutingEndpoint(source, metrics, max_body=max_body, routing_from=routing_from, routing_key=routing_key)
     if kamailio_rpc:
         app[KAMAILIO_RPC] = kamailio_rpc
-    lifecycle = getattr(source, "lifecycle", None)  # a source that follows a database
-    if lifecycle is not None:
-        app.cleanup_ctx.append(lifecycle)
+    # What the source needs running while the app serves (PostgreSQL's follower, the feed's writer).
+    app.cleanup_ctx.extend(source_contexts)
     if refresh_interval is not None:
         app[REFRESH_INTERVAL] = refresh_interval
         app.cleanup_ctx.append(refresh_task)
@@ -165,7 +172,7 @@ async def refresh_task(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-async def _refresh_loop(source: Any, interval: float) -> None:
+async def _refresh_loop(source: TableSource, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:

@@ -9,7 +9,6 @@ source when scraped, so it is never stale and costs nothing per request.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
@@ -18,6 +17,8 @@ from prometheus_client.core import (
     InfoMetricFamily,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from c4kemi.table_source import TableSource
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST", "BAD_REQUEST_REASONS", "REFUSAL_CODES"]
 
@@ -47,7 +48,7 @@ KAMAILIO_STATISTICS = {
 class TableCollector:
     """Table facts, read from the source at scrape time."""
 
-    def __init__(self, source: Any, started: float) -> None:
+    def __init__(self, source: TableSource, started: float) -> None:
         self.source = source
         self.started = started
 
@@ -55,8 +56,8 @@ class TableCollector:
         return []  # families are only known at collect time; nothing to check up front
 
     def collect(self):
-        source = self.source
-        table = source.current()
+        table = self.source.current()
+        counters = self.source.counters
         info = InfoMetricFamily("c4_table", "The routing table in use")
         info.add_metric([], {"version": table.version})
         yield info
@@ -64,22 +65,21 @@ class TableCollector:
         for name, count in sorted(table.counts.items()):
             entities.add_metric([name], count)
         yield entities
-        yield CounterMetricFamily("c4_table_reloads", "Routing table reloads that succeeded", value=getattr(source, "reloads", 0))
+        yield CounterMetricFamily("c4_table_reloads", "Routing table reloads that succeeded", value=counters.reloads)
         yield CounterMetricFamily(
             "c4_table_failed_reloads",
             "Routing table reloads refused (bad document; the previous table kept serving)",
-            value=getattr(source, "failed_reloads", 0),
+            value=counters.failed_reloads,
         )
-        loaded_at = getattr(source, "loaded_at", None)
-        if loaded_at is not None:
-            yield GaugeMetricFamily("c4_table_loaded_timestamp_seconds", "When the table in use was loaded", value=loaded_at)
+        if counters.loaded_at is not None:
+            yield GaugeMetricFamily("c4_table_loaded_timestamp_seconds", "When the table in use was loaded", value=counters.loaded_at)
         yield GaugeMetricFamily("c4_uptime_seconds", "Seconds since the service started", value=time.monotonic() - self.started)
 
 
 class ChannelCollector:
     """The calls in progress per tenant and per trunk, and Kamailio's counters, asked of Kamailio at scrape time (c4kemi.channels)."""
 
-    def __init__(self, source: Any, path: str) -> None:
+    def __init__(self, source: TableSource, path: str) -> None:
         from c4kemi.channels import KamailioRpc
 
         self.source = source
@@ -129,7 +129,7 @@ class ChannelCollector:
 
 
 class Metrics:
-    def __init__(self, source: Any, kamailio_rpc: str | None = None) -> None:
+    def __init__(self, source: TableSource, kamailio_rpc: str | None = None) -> None:
         self.started = time.monotonic()
         self.registry = registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter("c4_routing_requests", "Routing queries received (POST /kamailio/rtjson)", registry=registry)

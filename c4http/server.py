@@ -15,19 +15,18 @@ from aiohttp import web
 from c4kemi.db.source import StoreUnavailable
 from c4kemi.document import DocumentError
 from c4kemi.feed import CHECK_INTERVAL as FEED_CHECK_INTERVAL
-from c4kemi.feed import FeedError, FeedTableSource
+from c4kemi.feed import FeedError
 from c4kemi.secret import ROUTING_ENV
-from c4kemi.store import FileTableSource
+from c4kemi.sources import open_source
 
 from .app import api_listener, make_api_app, make_app
 from .logfmt import logfmt
+from .table_feed import FeedWriterProcess, WriterFailed
 from .views import DEFAULT_ROUTING_FROM
 
 __all__ = ["run_server"]
 
 log = logging.getLogger("c4.http")
-
-REFRESH_INTERVAL = 1.0  # seconds between checks of the table file
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -51,33 +50,38 @@ def run_server(args: argparse.Namespace) -> int:
     if api_listen and not args.dsn:
         print("c4 serve: --api-listen needs a database: give --dsn or set C4_DSN", file=sys.stderr)
         return 2
-    if args.dsn and not feed:
-        from c4kemi.db.source import PostgresTableSource
-
-        # The table arrives when the app starts (cleanup_ctx), then follows NOTIFY.
-        source = PostgresTableSource(args.dsn, cache_file=Path(args.table_cache).resolve())
-        refresh, where, version = None, "postgresql", None
-    else:
-        try:
-            # Only the app's refresh task reloads (check_interval=inf keeps the
-            # stat off the request path), once a second (the feed: twice), with or without
-            # traffic, in a thread: a new feed snapshot compiles off the event loop.
-            if feed:
-                source = FeedTableSource(feed, check_interval=math.inf)
-            else:
-                source = FileTableSource(args.table, check_interval=math.inf)
-        except (DocumentError, FeedError) as exc:
-            print(f"c4 serve: refusing to start: {exc}", file=sys.stderr)
-            return 1
-        refresh = FEED_CHECK_INTERVAL if feed else REFRESH_INTERVAL
-        where, version = str(feed or args.table), source.current().version
+    writer = None
+    contexts = []
+    try:
+        if args.dsn and not feed:
+            # The table arrives when the app starts (its lifecycle), then follows NOTIFY.
+            source = open_source(dsn=args.dsn, cache_file=Path(args.table_cache).resolve())
+            contexts.append(source.lifecycle)
+            refresh, where, version = None, "postgresql", None
+        else:
+            if not feed:
+                # A document: through a feed of its own, as in a node (c4http/table_feed.py).
+                writer = FeedWriterProcess(args.table)
+                writer.start()
+                contexts.append(writer.supervise)
+            # Only the app's refresh task takes changes in (check_interval=inf keeps the
+            # stat off the request path), twice a second, with or without traffic, in a
+            # thread: a new feed snapshot compiles off the event loop.
+            source = open_source(feed=feed or writer.directory, check_interval=math.inf)
+            refresh = FEED_CHECK_INTERVAL
+            where, version = str(feed or args.table), source.current().version
+    except (DocumentError, FeedError, WriterFailed) as exc:
+        if writer is not None:
+            writer.stop()
+        print(f"c4 serve: refusing to start: {exc}", file=sys.stderr)
+        return 1
     access_log = logging.getLogger("aiohttp.access") if args.access_log else None
     routing_key = os.environ.get(ROUTING_ENV) or None  # the environment only: argv shows in ps
     if routing_key is None:
         log.warning(logfmt(event="no_routing_key", detail=f"{ROUTING_ENV} is not set: any local process in --routing-from"
                            " can ask for routes and read trunk passwords; c4 kamailio sets it"))
     app = make_app(
-        source, max_body=args.max_body, refresh_interval=refresh,
+        source, source_contexts=contexts, max_body=args.max_body, refresh_interval=refresh,
         dsn=None if api_listen else args.dsn, api_token=api_token,
         routing_from=getattr(args, "routing_from", None) or DEFAULT_ROUTING_FROM,
         routing_key=routing_key,
@@ -111,5 +115,8 @@ def run_server(args: argparse.Namespace) -> int:
     except StoreUnavailable as exc:
         print(f"c4 serve: refusing to start: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if writer is not None:  # stopped by its cleanup context, unless the app never started
+            writer.stop()
     log.info(logfmt(event="stopped"))
     return 0

@@ -41,6 +41,7 @@ from c4kemi.channels import KamailioRpc, RpcError, live_channels
 from c4kemi.decision import RequestError, call_json, decide_call, encode
 from c4kemi.explain import explain as explain_query
 from c4kemi.explain import masked, render_text
+from c4kemi.table_source import TableSource
 
 from .logfmt import log_event
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -59,7 +60,7 @@ CALL_HEADER = "C4-Call"
 DEFAULT_ROUTING_FROM = ("127.0.0.0/8", "::1/128")
 
 # The table source the service routes with (its ``current()`` table).
-SOURCE = web.AppKey("source", object)
+SOURCE = web.AppKey("source", TableSource)
 METRICS = web.AppKey("metrics", Metrics)
 # Kamailio's JSON-RPC socket; absent from the app when none was given.
 KAMAILIO_RPC = web.AppKey("c4_kamailio_rpc", str)
@@ -126,7 +127,7 @@ class RoutingEndpoint:
     __slots__ = ("allowed_source", "expected_key", "max_body", "current", "count_request", "count_decision", "observe",
                  "bad_counters", "refusal_counter")  # fmt: skip
 
-    def __init__(self, source: Any, metrics: Metrics, *, max_body: int, routing_from: Iterable[str], routing_key: str | None) -> None:
+    def __init__(self, source: TableSource, metrics: Metrics, *, max_body: int, routing_from: Iterable[str], routing_key: str | None) -> None:
         self.allowed_source = source_filter(routing_from)
         self.expected_key = routing_key.encode() if routing_key else None
         self.max_body = max_body
@@ -224,15 +225,16 @@ async def health(request: web.Request) -> web.Response:
     """GET /health: the table in use, the store's state, uptime and reloads."""
     source = request.app[SOURCE]
     table = source.current()
-    store = source.status() if hasattr(source, "status") else {"kind": "file", "state": "ok"}
+    store = source.status()
+    counters = source.counters
     body = {
         # Still routing with the last good table when the store is stale: 200 either way.
         "status": "ok" if store["state"] == "ok" else "degraded",
         "store": store,
-        "table": {"version": table.version, "counts": dict(table.counts), "loaded_at": getattr(source, "loaded_at", None)},
+        "table": {"version": table.version, "counts": dict(table.counts), "loaded_at": counters.loaded_at},
         "uptime_seconds": round(time.monotonic() - request.app[METRICS].started, 3),
-        "reloads": getattr(source, "reloads", 0),
-        "failed_reloads": getattr(source, "failed_reloads", 0),
+        "reloads": counters.reloads,
+        "failed_reloads": counters.failed_reloads,
     }
     return web.Response(body=orjson.dumps(body), content_type=JSON)
 

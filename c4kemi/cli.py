@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     cdr.set_defaults(func=cmd_cdr)
 
     serve = sub.add_parser("serve", help="run the c4http routing service")
-    serve.add_argument("--table", help="routing document (.json or .toml); or --feed, or --dsn")
+    serve.add_argument("--table", help="routing document (.json or .toml), checked on each change by a c4 feed the service "
+                       "starts, which publishes what changed; or --feed, or --dsn")
     serve.add_argument("--feed", help="the node's table feed written by `c4 feed` (what c4 kamailio --serve-api gives it)")
     serve.add_argument("--dsn", default=os.environ.get("C4_DSN"), help="PostgreSQL DSN: the table from the database (default: $C4_DSN)")
     serve.add_argument(

@@ -74,6 +74,7 @@ from .files import append_whole, file_stamp, write_atomically
 from .memory import trim_heap
 from .store import PolledSource
 from .table import BASE_COLLECTIONS, RoutingTable, apply_changes_steps, compile_did, compile_steps, did_digest, finish, route_digest
+from .table_source import ReloadCounters
 
 __all__ = ["FeedError", "FeedTableSource", "FeedWriter", "call_budget", "load_frozen", "watch_file"]
 
@@ -83,7 +84,7 @@ POINTER = "current"
 # The state of the store behind the writer (c4 db follow: PostgreSQL reachable or not), for /health.
 STORE_STATUS = "store.json"
 # Entities per line of a snapshot or of a change set: a reader parses one line a step, as many as a step
-# compiles (table.STEP). What a line's parse makes is garbage once it is compiled; in a KEMI worker it
+# compiles (c4kemi.steps.STEP). What a line's parse makes is garbage once it is compiled; in a KEMI worker it
 # lands on pages shared with the other workers (each one copied) or on new ones that stay with the
 # worker: at 10,000 a line, a 100,000-DID change set left 63 MiB private in each worker at 1M DIDs.
 LINE = 1_000
@@ -413,7 +414,7 @@ class FeedTableSource(PolledSource):
     ``check_interval`` stats two files and takes in what is new; synchronous
     (Kamailio workers have no running threads). With ``step_budget``
     (seconds; KEMI workers) the work is spread over calls: each call does
-    at most about that much of it (whole steps of ``c4kemi.table.STEP``
+    at most about that much of it (whole steps of ``c4kemi.steps.STEP``
     entities) and routes with the previous table until the new one is
     complete; the share grows with the work's age, capped (``call_budget``),
     so a worker that gets few calls finishes too. Without it (c4 serve, in a
@@ -429,9 +430,7 @@ class FeedTableSource(PolledSource):
         self.check_interval = check_interval
         self.step_budget = step_budget
         self.clock = clock
-        self.loaded_at = time.time()
-        self.reloads = 0
-        self.failed_reloads = 0
+        self.counters = ReloadCounters()
         self.generation, self.seq, self._offset = -1, 0, 0
         self._pending: Generator[None, None, tuple] | None = None
         self._pending_since = 0.0
@@ -526,15 +525,14 @@ class FeedTableSource(PolledSource):
         if table is self._table:  # only a torn line so far: nothing new
             return False
         self._table = table
-        self.loaded_at = time.time()
-        self.reloads += 1
+        self.counters.reloaded()
         log.info("routing table feed %s reloaded: version %s (generation %s, change set %s)",
                  self.directory, table.version, self.generation, self.seq)
         return True
 
     def _failed(self, exc: Exception) -> bool:
         """The call must not fail: keep the table we have, look at the pointer again next time."""
-        self.failed_reloads += 1
+        self.counters.failed()
         self._pointer_stamp = None
         log.error("routing table feed %s: %s; still serving version %s", self.directory, exc,
                   self._table.version)

@@ -53,9 +53,10 @@ import orjson
 
 from c4kemi.decision import RequestError, call_json, decide_call
 from c4kemi.document import DocumentError
-from c4kemi.feed import FeedError, FeedTableSource
+from c4kemi.feed import FeedError
 from c4kemi.memory import trim_heap
-from c4kemi.store import FileTableSource
+from c4kemi.sources import open_source
+from c4kemi.table_source import TableSource
 
 __all__ = ["mod_init", "Router"]
 
@@ -166,7 +167,7 @@ class Router:
     def __init__(self) -> None:
         self.table_path = os.environ.get(TABLE_ENV, "")
         self.feed_path = os.environ.get(FEED_ENV, "")
-        self._source: FileTableSource | FeedTableSource | None = None
+        self._source: TableSource | None = None
         self._source_for = ""  # the path self._source was made for
         self.dump_dir = os.environ.get(DUMP_ENV) or None
         self._dump = None  # this worker's dump file, opened on first use after fork
@@ -174,7 +175,7 @@ class Router:
 
     # -- table ---------------------------------------------------------
 
-    def source(self) -> FileTableSource | FeedTableSource:
+    def source(self) -> TableSource:
         """This process's table source: inherited from mod_init (preload), else created on first use."""
         path = self.feed_path or self.table_path
         # Compared as the configured text: a Path built per call cost about 5 % of the INVITE's Python time.
@@ -182,9 +183,9 @@ class Router:
             if not path:
                 raise RuntimeError(f"environment variable {FEED_ENV} or {TABLE_ENV} is not set: no routing table")
             if self.feed_path:
-                self._source = FeedTableSource(path, step_budget=STEP_BUDGET)
+                self._source = open_source(feed=path, step_budget=STEP_BUDGET)
             else:
-                self._source = FileTableSource(path)
+                self._source = open_source(table=path)
             self._source_for = path
             KSR.info(f"c4: routing table {path} loaded: version {self._source.current().version}\n")
         return self._source

@@ -17,7 +17,7 @@ import time
 
 from .launch_plan import Helper, LaunchError
 
-__all__ = ["API_START_TIMEOUT", "exit_status", "start_helper", "stop_helper", "supervise"]
+__all__ = ["API_START_TIMEOUT", "exit_status", "idle_child", "start_helper", "stop_helper", "supervise"]
 
 API_START_TIMEOUT = 20.0  # seconds for a helper to be ready (c4 serve to answer /health)
 
@@ -32,7 +32,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _idle_child() -> None:
+def idle_child() -> None:
     """In a writer's child before exec: die with the launcher, and run only on CPU time SIP workers leave.
 
     SCHED_IDLE (docs/scale.md, "The writer's CPU priority"): a Kamailio
@@ -50,7 +50,7 @@ def _idle_child() -> None:
 def start_helper(helper: Helper) -> subprocess.Popen:
     """Start a helper and wait until it is ready."""
     proc = subprocess.Popen(helper.argv, stdin=subprocess.DEVNULL, env={**os.environ, **helper.env},
-                            preexec_fn=_idle_child if helper.idle else _die_with_parent)
+                            preexec_fn=idle_child if helper.idle else _die_with_parent)
     deadline = time.monotonic() + API_START_TIMEOUT
     while not helper.ready():
         code = proc.poll()

@@ -16,20 +16,25 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .document import DocumentError, load_document
 from .files import file_stamp
 from .table import RoutingTable, load_table, update_table
+from .table_source import ReloadCounters
 
-__all__ = ["FileTableSource", "PolledSource"]
+__all__ = ["CHECK_INTERVAL", "FileTableSource", "PolledSource"]
 
 log = logging.getLogger("c4.store")
 
+CHECK_INTERVAL = 1.0  # seconds between looks at the file
+
 
 class PolledSource:
-    """``current()`` looks for changes (``refresh()``) at most once per ``check_interval``."""
+    """A TableSource (c4kemi/sources.py) whose ``current()`` looks for changes (``refresh()``) at most once per ``check_interval``."""
 
     check_interval: float
+    counters: ReloadCounters
     _next_check: float
     _table: RoutingTable
 
@@ -49,7 +54,7 @@ class FileTableSource(PolledSource):
     def __init__(
         self,
         path: str | Path,
-        check_interval: float = 1.0,
+        check_interval: float = CHECK_INTERVAL,
         on_reload: Callable[[RoutingTable], None] | None = None,
         on_error: Callable[[DocumentError], None] | None = None,
     ) -> None:
@@ -57,9 +62,7 @@ class FileTableSource(PolledSource):
         self.check_interval = check_interval
         self.on_reload = on_reload
         self.on_error = on_error
-        self.loaded_at = time.time()
-        self.reloads = 0
-        self.failed_reloads = 0
+        self.counters = ReloadCounters()
         self._stamp = file_stamp(self.path)
         self._table = load_table(self.path)  # the first load must succeed
         self._next_check = time.monotonic() + check_interval
@@ -77,15 +80,17 @@ class FileTableSource(PolledSource):
             if not isinstance(exc, DocumentError):
                 log.exception("routing table %s could not be loaded", self.path)
                 exc = DocumentError([f"cannot load: {type(exc).__name__}: {exc}"], str(self.path))
-            self.failed_reloads += 1
+            self.counters.failed()
             log.error("routing table %s refused, still serving version %s: %s", self.path, self._table.version, exc)
             if self.on_error:
                 self.on_error(exc)
             return False
         self._table = table
-        self.loaded_at = time.time()
-        self.reloads += 1
+        self.counters.reloaded()
         log.info("routing table %s reloaded: version %s", self.path, table.version)
         if self.on_reload:
             self.on_reload(table)
         return True
+
+    def status(self) -> dict[str, Any]:
+        return {"kind": "file", "state": "ok"}

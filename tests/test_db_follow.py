@@ -81,7 +81,7 @@ async def test_a_change_arrives_by_notify(source, pg_dsn):
     await execute(pg_dsn, "INSERT INTO tenants VALUES ('initech')")
     elapsed = await until(lambda: source.current().counts["tenants"] == 3)  # the periodic check is 60 s away
     print(f"database change to compiled table in {elapsed * 1000:.0f} ms")
-    assert source.reloads == 1
+    assert source.counters.reloads == 1
     # The cache file is written (in a thread) after the table is swapped in.
     await until(lambda: {"name": "initech"} in json.loads(source.cache_file.read_text())["tenants"], timeout=5.0)
 
@@ -118,7 +118,7 @@ async def test_data_the_checker_refuses_is_not_taken(source, pg_dsn):
     table = source.current()
     # Plain SQL can hold what the checker refuses (a regex the schema cannot judge).
     await execute(pg_dsn, "UPDATE dids SET match = '^(3+)+4$' WHERE prefix = '39612345'")
-    await until(lambda: source.failed_reloads == 1)
+    await until(lambda: source.counters.failed_reloads == 1)
     assert source.current() is table
 
 

@@ -125,7 +125,7 @@ def test_a_change_set_the_full_disk_refuses_changes_nothing_and_later_ones_are_t
     assert writer.publish(copy.deepcopy(later)) == "changes"
     assert change_sets(changes) == [1, 2, 3]
     assert reader.refresh() is True
-    assert reader.current().version == version_of(later) and reader.failed_reloads == 0
+    assert reader.current().version == version_of(later) and reader.counters.failed_reloads == 0
     writer.close()
 
 

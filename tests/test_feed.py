@@ -179,7 +179,7 @@ def test_a_change_that_breaks_unexpectedly_keeps_the_table_and_the_collector(tmp
         writer.publish(with_did("3977"))
         while reader.refresh() or reader.pending:
             pass
-        assert reader.failed_reloads == 1 and gc.isenabled()  # (current() would start a retry: checked first)
+        assert reader.counters.failed_reloads == 1 and gc.isenabled()  # (current() would start a retry: checked first)
         assert reader.current() is good
     writer.publish(with_did("3978"))
     for _ in range(100):  # the retry under way fails once more, the next one takes both DIDs in
@@ -194,7 +194,7 @@ def test_a_gap_in_the_change_sets_keeps_the_table_and_is_counted(tmp_path):
     with open(feed / "changes-1.jsonl", "ab") as out:
         out.write(b'{"seq": 2, "dids": [["3977", null]], "routes": []}\n')
     assert reader.refresh() is False
-    assert reader.failed_reloads == 1 and reader.current() is good
+    assert reader.counters.failed_reloads == 1 and reader.current() is good
 
 
 def test_a_restarted_writer_starts_a_new_generation(tmp_path):
@@ -311,7 +311,7 @@ def test_a_request_never_steps_the_work_of_c4_serve_s_refresh_thread(tmp_path, m
     assert reader.current() is old  # a request meanwhile
     go_on.set()
     thread.join(10)
-    assert reader.failed_reloads == 0 and routed_prefix(reader.current(), "39771") == "3977"
+    assert reader.counters.failed_reloads == 0 and routed_prefix(reader.current(), "39771") == "3977"
 
 
 def test_dids_of_one_destination_share_one_object_through_every_path(tmp_path):

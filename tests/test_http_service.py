@@ -408,12 +408,12 @@ async def test_refresh_task_reloads_without_traffic(aiohttp_client, table_path):
     assert await (await post(client, GOOD)).read() == encode(decide(load_table(table_path), GOOD))
 
     write_table(table_path, b"not a table")
-    await wait_for(lambda: source.failed_reloads == 1, "the broken table to be refused")
+    await wait_for(lambda: source.counters.failed_reloads == 1, "the broken table to be refused")
     assert await (await post(client, GOOD)).read() == encode(decide(source.current(), GOOD))
     assert orjson.loads(await (await post(client, GOOD)).read())["rtjson"]["routes"][0]["dst_uri"] == "sip:10.0.0.10:5060"
 
     write_table(table_path, rerouted_document())
-    await wait_for(lambda: source.reloads == 1, "the new table to be loaded")
+    await wait_for(lambda: source.counters.reloads == 1, "the new table to be loaded")
     body = await (await post(client, GOOD)).read()
     assert orjson.loads(body)["rtjson"]["routes"][0]["dst_uri"] == "sip:10.0.1.10"
     assert body == encode(decide(load_table(table_path), GOOD))
@@ -505,3 +505,69 @@ def test_c4_serve_refuses_to_start_on_a_bad_table(tmp_path):
     assert result.returncode == 1
     assert b"refusing to start" in result.stderr
     assert b"nobody" in result.stderr  # the error names the problem
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """The child processes of PID with their command lines (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if entry.name.isdigit() and int(fields[1]) == pid:
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def feed_writers(pid: int) -> list[tuple[int, str]]:
+    return [(child, cmd) for child, cmd in children(pid) if " feed --table " in cmd]
+
+
+async def test_c4_serve_takes_a_document_through_its_own_feed_writer_and_restarts_it(table_path, tmp_path):
+    """c4 serve --table: changes arrive as change sets from a c4 feed it runs; a writer that dies is started again."""
+    port = free_tcp_port()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen([*c4_command(), "serve", "--table", str(table_path), "--port", str(port)],
+                                   stdout=log_file, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async def health() -> dict | None:
+                try:
+                    async with session.get(f"{base}/health") as response:
+                        return await response.json()
+                except aiohttp.ClientConnectionError:
+                    return None
+
+            await wait_for(lambda: process.poll() is None and bool(feed_writers(process.pid)), "c4 feed under c4 serve")
+            ((writer, command),) = feed_writers(process.pid)
+            feed_dir = Path(command.split(" --out ")[1].split()[0])
+            assert feed_dir.is_dir() and (feed_dir.stat().st_mode & 0o077) == 0  # private: it holds trunk passwords
+            deadline = asyncio.get_running_loop().time() + 30
+            while await health() is None:
+                assert process.poll() is None and asyncio.get_running_loop().time() < deadline, log_path.read_text()
+                await asyncio.sleep(0.1)
+
+            os.kill(writer, signal.SIGKILL)
+            await wait_for(lambda: [pid for pid, _ in feed_writers(process.pid) if pid != writer], "the writer started again")
+            ((restarted, _),) = feed_writers(process.pid)
+            write_table(table_path, rerouted_document())
+            expected = encode(decide(load_table(table_path), GOOD))
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                async with session.post(f"{base}{RTJSON_PATH}", data=orjson.dumps(GOOD), headers=JSON_HEADERS) as response:
+                    if await response.read() == expected:
+                        break
+                assert asyncio.get_running_loop().time() < deadline, "the change never arrived: " + log_path.read_text()
+                await asyncio.sleep(0.1)
+            assert (await health())["table"]["version"] == load_table(table_path).version
+    finally:
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=30)
+    output = log_path.read_text()
+    assert returncode == 0, output
+    assert "event=feed_writer_exited" in output and "restarts=1" in output
+    assert not feed_dir.exists(), "the feed directory is removed with the service"
+    assert not Path(f"/proc/{restarted}").exists(), "the writer is stopped with the service"

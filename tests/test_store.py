@@ -37,5 +37,5 @@ def test_a_bad_document_is_refused_and_the_last_good_table_serves(tmp_path, text
     source.on_error = errors.append
     assert source.refresh() is False
     assert source.current() is good
-    assert source.failed_reloads == 1 and len(errors) == 1
+    assert source.counters.failed_reloads == 1 and len(errors) == 1
     assert errors[0].errors  # names what is wrong

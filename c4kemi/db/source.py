@@ -29,6 +29,7 @@ import orjson
 from ..document import DocumentError, load_raw, validate_document
 from ..feed import STORE_STATUS, FeedWriter
 from ..table import RoutingTable, compile_validated, load_table, update_table
+from ..table_source import ReloadCounters
 from .changes import ChangeFollower
 from .follow import UNAVAILABLE, Follower, document_bytes, write_atomically
 
@@ -56,9 +57,7 @@ class PostgresTableSource:
         self.follower = Follower(dsn, self._take, check_interval=check_interval)
         self.cache_file = cache_file
         self._table: RoutingTable | None = None
-        self.loaded_at: float | None = None
-        self.reloads = 0
-        self.failed_reloads = 0
+        self.counters = ReloadCounters(loaded_at=None)
 
     def current(self) -> RoutingTable:
         if self._table is None:
@@ -80,7 +79,7 @@ class PostgresTableSource:
             if self.cache_file is None or not self.cache_file.is_file():
                 raise StoreUnavailable(f"PostgreSQL unavailable ({exc}) and no saved table to start from") from None
             self._table = await asyncio.to_thread(load_table, self.cache_file)
-            self.loaded_at = time.time()
+            self.counters.loaded()
             self.follower.lost(exc)
             log.warning("starting with the last table saved in %s (version %s)", self.cache_file, self._table.version)
         if self._table is None:
@@ -101,15 +100,16 @@ class PostgresTableSource:
         try:
             table = await asyncio.to_thread(_checked_table, document, self._table)
         except DocumentError as exc:
-            self.failed_reloads += 1
+            self.counters.failed()
             log.error("routing version %s in PostgreSQL refused, still serving %s: %s", version,
                       self._table.version if self._table else "nothing", exc)
             return
         first = self._table is None
         self._table = table
-        self.loaded_at = time.time()
-        if not first:
-            self.reloads += 1
+        if first:
+            self.counters.loaded()
+        else:
+            self.counters.reloaded()
         log.info("routing version %s loaded from PostgreSQL: table %s", version, table.version)
         if self.cache_file is not None:
             try:
