@@ -729,10 +729,92 @@ def bench_cow(n_dids: int, n_routes: int, edits: int, bulk: int) -> None:
           "made itself. The loading process stays idle meanwhile, as Kamailio's main process does.")
 
 
+def bench_serve(n_dids: int, n_routes: int, edits: int, trees: dict[str, Path]) -> None:
+    """``c4 serve --table FILE`` on its own: a one-DID edit, how long until it shows, how long requests wait meanwhile.
+
+    For each checkout in TREES (its own c4 serve: ``python -m c4kemi.cli``
+    from that directory), side by side on the same table: the time to the
+    first answer, then one keep-alive connection asking for the same DID
+    every 5 ms (as http_async_client does, one query in flight) while the
+    file is rewritten EDITS times with that DID moved to another IPBX, 8 s
+    apart. Per edit: seconds from the rewrite to the first answer with the
+    new IPBX, and the slowest request from the rewrite until then; at the
+    end, the PSS of c4 serve and of what it started (c4 feed).
+    """
+    import http.client
+    import signal
+    import subprocess
+    import threading
+
+    print(f"\n## c4 serve --table, {n_dids:,} DIDs, {n_routes:,} routes: one-DID edits\n")
+    document = make_document(n_dids, n_routes)
+    did = next(d for d in document["dids"] if "match" not in d)
+    number = did["prefix"] + ("12" if len(did["prefix"]) < 11 else "")
+    query = orjson.dumps(routing_query("172.16.0.5", "+" + number, random.Random(1)))
+    print("| checkout | first answer (s) | edit | shows after (s) | slowest request meanwhile (ms) | p99 request, whole run (ms) | PSS c4 serve + c4 feed (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, tree in trees.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "table.json"
+            write_atomically(path, orjson.dumps(document))
+            port = free_port(socket.SOCK_STREAM, ROUTER)
+            started = time.monotonic()
+            serve = subprocess.Popen([sys.executable, "-m", "c4kemi.cli", "serve", "--table", str(path), "--host", ROUTER,
+                                      "--port", str(port)], cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+            samples: list[tuple[float, float, bytes]] = []  # (sent at, seconds, body)
+            stopping = threading.Event()
+
+            def ask(port: int = port, stopping: threading.Event = stopping, samples: list = samples) -> None:
+                connection = http.client.HTTPConnection(ROUTER, port, timeout=30)
+                while not stopping.is_set():
+                    sent = time.monotonic()
+                    connection.request("POST", "/kamailio/rtjson", body=query, headers={"Content-Type": "application/json"})
+                    body = connection.getresponse().read()
+                    samples.append((sent, time.monotonic() - sent, body))
+                    time.sleep(0.005)
+
+            try:
+                while True:
+                    try:
+                        http.client.HTTPConnection(ROUTER, port, timeout=1).request("GET", "/health")
+                        break
+                    except OSError:
+                        if serve.poll() is not None or time.monotonic() - started > 300:
+                            raise RuntimeError(f"{name}: c4 serve did not start") from None
+                        time.sleep(0.2)
+                ready = time.monotonic() - started
+                asker = threading.Thread(target=ask, daemon=True)
+                asker.start()
+                time.sleep(3)
+                rows = []
+                for _ in range(edits):
+                    flip_ipbx(did)
+                    before = samples[-1][2]
+                    edited = time.monotonic()
+                    write_atomically(path, orjson.dumps(document))
+                    time.sleep(8)
+                    after = [(sent, took, body) for sent, took, body in samples if sent >= edited]
+                    shown = next((sent + took for sent, took, body in after if body != before), None)
+                    waits = [took for sent, took, _ in after if shown is None or sent <= shown]
+                    rows.append(("-" if shown is None else f"{shown - edited:.2f}", f"{max(waits) * 1000:.0f}"))
+                stopping.set()
+                asker.join(timeout=30)
+                p99 = sorted(took for _, took, _ in samples)[int(len(samples) * 0.99)] * 1000
+                pss = sum(smaps_rollup(pid)["Pss"] for pid in [serve.pid, *descendants(serve.pid)]) / 1024
+                for edit, (shows, slowest) in enumerate(rows, 1):
+                    tail = f"{p99:.1f} | {pss:.0f}" if edit == len(rows) else " | "
+                    print(f"| {name} | {ready:.1f} | {edit} | {shows} | {slowest} | {tail} |", flush=True)
+            finally:
+                stopping.set()
+                serve.send_signal(signal.SIGTERM)
+                serve.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", default="all",
-                        choices=["decision", "change", "pgchange", "kamailio", "nopause", "cow", "all"])
+                        choices=["decision", "change", "pgchange", "kamailio", "nopause", "cow", "serve", "all"])
     parser.add_argument("--port", type=int, default=15080, help="kamailio: the UDP port to listen on")
     parser.add_argument("--c4", help="kamailio: the c4 command to start (default: this venv's), e.g. another checkout's")
     parser.add_argument("--sizes", default="1000,100000,1000000")
@@ -748,6 +830,8 @@ def main() -> None:
     parser.add_argument("--bulk", type=int, default=100_000, help="nopause: DIDs changed by the bulk edit")
     parser.add_argument("--store", default="file", choices=["file", "pg"],
                         help="nopause: changes as file edits, or through PostgreSQL (a throwaway server unless --dsn)")
+    parser.add_argument("--before", help="serve: another checkout whose c4 serve runs beside this one's, e.g. a worktree of an older commit")
+    parser.add_argument("--edits", type=int, default=3, help="serve: one-DID edits")
     parser.add_argument("--logs", help="nopause: keep each mode's router log (Kamailio, c4 feed, c4 serve) in this directory")
     args = parser.parse_args()
     print(f"# {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -763,6 +847,9 @@ def main() -> None:
         bench_kamailio(args.dids, args.routes, [int(c) for c in args.workers.split(",")], args.port, c4, args.modes.split(","))
     if args.what == "nopause":  # minutes of SIP load: only when asked for
         bench_nopause(args, args.modes.split(","))
+    if args.what == "serve":
+        trees = {"this": ROOT, **({"before": Path(args.before).resolve()} if args.before else {})}
+        bench_serve(args.dids, args.routes, args.edits, trees)
     if args.what in ("cow", "all"):
         bench_cow(args.dids, args.routes, args.changes, args.bulk)
 
