@@ -24,8 +24,8 @@ import tracemalloc
 from generate import routing_query  # benchmarks/, the script's own directory
 from timing import time_pass
 
-from c4kemi.decision import route_json
-from c4kemi.table import compile_table
+from c4kemi.core.decision import route_json
+from c4kemi.core.table import compile_table
 
 TENANTS = 10
 

@@ -35,8 +35,8 @@ import orjson
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
-from c4kemi.decision import RequestError, call_json, decide_call, encode
-from c4kemi.store import FileTableSource
+from c4kemi.core.decision import RequestError, call_json, decide_call, encode
+from c4kemi.sources.store import FileTableSource
 
 RTJSON_PATH = "/kamailio/rtjson"
 CALL_HEADER = "C4-Call"

@@ -40,8 +40,8 @@ sys.path.insert(0, str(HERE))
 from http_api import free_port, launch  # noqa: E402
 from http_reference import RTJSON_PATH, run_wrk, write_inputs, wrk_command  # noqa: E402
 
-from c4kemi.decision import RequestError, call_json, decide_call, encode  # noqa: E402
-from c4kemi.store import FileTableSource  # noqa: E402
+from c4kemi.core.decision import RequestError, call_json, decide_call, encode  # noqa: E402
+from c4kemi.sources.store import FileTableSource  # noqa: E402
 
 KINDS = ("aiohttp", "fastapi", "protocol", "protocol-decide")
 

@@ -18,7 +18,7 @@ side, and medians of repeated runs are reported.
   update for a DID added, changed and removed and a route changed: from a
   whole checked document (``update_table``, what the stores do) and from a
   known change set (``apply_changes``), against a full compile. Then the
-  same edit through the table feed (c4kemi/feed.py): the writer's check
+  same edit through the table feed (c4kemi/sources/feed.py): the writer's check
   and diff (``c4 feed``, once per node) and one reader's
   ``FeedTableSource.refresh`` (what each KEMI worker and c4 serve pay).
 - ``pgchange`` (goal 1 through the API): the generated table imported into
@@ -96,12 +96,12 @@ from sip import (  # noqa: E402
 )
 from timing import time_pass  # noqa: E402
 
-from c4kemi.decision import route_json  # noqa: E402
-from c4kemi.document import _refuse_duplicate_keys, validate_document  # noqa: E402
-from c4kemi.feed import FeedTableSource, FeedWriter, load_frozen  # noqa: E402
-from c4kemi.files import write_atomically  # noqa: E402
-from c4kemi.store import FileTableSource  # noqa: E402
-from c4kemi.table import apply_changes, compile_validated, update_table  # noqa: E402
+from c4kemi.core.decision import route_json  # noqa: E402
+from c4kemi.core.document import _refuse_duplicate_keys, validate_document  # noqa: E402
+from c4kemi.core.table import apply_changes, compile_validated, update_table  # noqa: E402
+from c4kemi.sources.feed import FeedTableSource, FeedWriter, load_frozen  # noqa: E402
+from c4kemi.sources.files import write_atomically  # noqa: E402
+from c4kemi.sources.store import FileTableSource  # noqa: E402
 
 KINDS = ["inbound"] * 5 + ["outbound"] * 4 + ["refused"]
 

@@ -80,8 +80,8 @@ from generate import make_document  # noqa: E402
 from native_table import write_tables  # noqa: E402
 from points import highest_clean_rate, ladder_done, rows  # noqa: E402
 
-from c4kemi.channels import KamailioRpc, RpcError  # noqa: E402
-from c4kemi.launch_plan import Launch, build_command, kamailio_binary, quoted  # noqa: E402
+from c4kemi.call.channels import KamailioRpc, RpcError  # noqa: E402
+from c4kemi.node.launch_plan import Launch, build_command, kamailio_binary, quoted  # noqa: E402
 
 SCENARIO = BENCH / "scenarios" / "uac_bench.xml"
 CALLEE_SCENARIO = ROOT / "tests" / "e2e" / "scenarios" / "uas_answer.xml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import time
 
-from c4kemi.decision import route_json
+from c4kemi.core.decision import route_json
 
 
 def time_pass(table, requests) -> list[int]:

@@ -33,7 +33,7 @@ import asyncpg
 from aiohttp import web
 
 from c4kemi.db.documents import setup_connection
-from c4kemi.table_source import TableSource
+from c4kemi.sources.table_source import TableSource
 
 from .auth import ADMIN_TOKEN, PUBLIC_PATHS, authenticate
 from .metrics import Metrics

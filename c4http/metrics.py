@@ -18,7 +18,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from c4kemi.table_source import TableSource
+from c4kemi.sources.table_source import TableSource
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST", "BAD_REQUEST_REASONS", "REFUSAL_CODES"]
 
@@ -77,10 +77,10 @@ class TableCollector:
 
 
 class ChannelCollector:
-    """The calls in progress per tenant and per trunk, and Kamailio's counters, asked of Kamailio at scrape time (c4kemi.channels)."""
+    """The calls in progress per tenant and per trunk, and Kamailio's counters, asked of Kamailio at scrape time (c4kemi.call.channels)."""
 
     def __init__(self, source: TableSource, path: str) -> None:
-        from c4kemi.channels import KamailioRpc
+        from c4kemi.call.channels import KamailioRpc
 
         self.source = source
         self.rpc = KamailioRpc(path)
@@ -89,7 +89,7 @@ class ChannelCollector:
         return []
 
     def collect(self):
-        from c4kemi.channels import RpcError, live_counts
+        from c4kemi.call.channels import RpcError, live_counts
 
         try:
             counts = live_counts(self.rpc, self.source.current())
@@ -110,7 +110,7 @@ class ChannelCollector:
 
     def _statistics(self):
         """Kamailio's own counters of the router (kamailio-base.cfg, statistics module), as they are now."""
-        from c4kemi.channels import RpcError
+        from c4kemi.call.channels import RpcError
 
         try:
             lines = self.rpc.call("stats.get_statistics", *KAMAILIO_STATISTICS)

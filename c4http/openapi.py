@@ -4,7 +4,7 @@ It describes every route of the service: the provisioning API and the
 routing endpoints beside it (``tests/test_api.py`` fails when a route of
 the application is missing here, or a path here has no route). The entity
 schemas follow docs/routing.md; the service itself checks with
-``c4kemi.document``, which is the authority where the two could differ
+``c4kemi.core.document``, which is the authority where the two could differ
 (a regular expression's safety, a replacement template, ...).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from c4kemi.entity_checks import (
+from c4kemi.core.entity_checks import (
     MAX_BRANCH_FLAGS,
     MAX_CHANNELS,
     MAX_CPS,

@@ -13,7 +13,7 @@
 
 An item's JSON is its entry in the routing document in checked form (as
 ``c4 db export`` prints it), except that a trunk's ``auth.password`` reads
-as ``***``. Every write is checked by ``c4kemi.document.validate_entity``,
+as ``***``. Every write is checked by ``c4kemi.core.document.validate_entity``,
 the checks of ``c4 check``, against the names the caller may see; what
 only the database can tell (a duplicate key, a source CIDR another entity
 has, something still in use) is a 409. Docs: docs/api.md.
@@ -37,8 +37,8 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from c4kemi.document import _refuse_duplicate_keys
-from c4kemi.entity_checks import entity_where
+from c4kemi.core.document import _refuse_duplicate_keys
+from c4kemi.core.entity_checks import entity_where
 
 from .access import may_read, may_write
 from .auth import PRINCIPAL, Principal

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from c4kemi.core.document import DocumentError
 from c4kemi.db.source import StoreUnavailable
-from c4kemi.document import DocumentError
-from c4kemi.feed import CHECK_INTERVAL as FEED_CHECK_INTERVAL
-from c4kemi.feed import FeedError
-from c4kemi.secret import ROUTING_ENV
+from c4kemi.node.secret import ROUTING_ENV
 from c4kemi.sources import open_source
+from c4kemi.sources.feed import CHECK_INTERVAL as FEED_CHECK_INTERVAL
+from c4kemi.sources.feed import FeedError
 
 from .app import api_listener, make_api_app, make_app
 from .logfmt import logfmt

@@ -1,11 +1,11 @@
 """The tenant space policy: what a write may hold of the numbers and addresses others hold.
 
 Every write is checked as ``c4 check`` checks a document
-(``c4kemi.document.validate_entity``), against the names the caller may
+(``c4kemi.core.document.validate_entity``), against the names the caller may
 see. Then the space: a source CIDR belongs to one IPBX or trunk; a tenant
 token's new sources and DID prefixes lie in its tenant's blocks when the
 admin assigned some, and overlap no other owner's (409); the admin is only
-warned of such an overlap (c4kemi.overlaps, the same rules as ``c4
+warned of such an overlap (c4kemi.core.overlaps, the same rules as ``c4
 check``). The SQL is c4http.queries'.
 """
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from c4kemi.document import DocumentError, validate_entity
-from c4kemi.entity_checks import entity_where
-from c4kemi.overlaps import owner_name
+from c4kemi.core.document import DocumentError, validate_entity
+from c4kemi.core.entity_checks import entity_where
+from c4kemi.core.overlaps import owner_name
 
 from .auth import Principal
 from .queries import Spec, assigned_blocks, carrier_tenant, number_overlaps, references, source_overlaps

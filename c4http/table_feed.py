@@ -3,7 +3,7 @@
 Reloading the whole document in the service cost, at 1M DIDs, about 5 s
 before a one-DID change showed and held requests up to about 330 ms (the
 compile holds the interpreter). So ``c4 serve --table`` takes the launcher's
-change path: it starts ``c4 feed`` (the same command, c4kemi.launch_plan's
+change path: it starts ``c4 feed`` (the same command, c4kemi.node.launch_plan's
 ``feed_writer``) on a private directory, reads that feed with
 ``FeedTableSource`` and takes in each change set, the size of what changed.
 The writer runs with the lowest CPU priority; if it dies it is started
@@ -24,8 +24,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from c4kemi.launch_plan import Helper, feed_writer
-from c4kemi.launch_supervision import idle_child, stop_helper
+from c4kemi.node.launch_plan import Helper, feed_writer
+from c4kemi.node.launch_supervision import idle_child, stop_helper
 
 from .logfmt import logfmt
 

@@ -37,11 +37,11 @@ from typing import Any, NamedTuple
 import orjson
 from aiohttp import web
 
-from c4kemi.channels import KamailioRpc, RpcError, live_channels
-from c4kemi.decision import RequestError, call_json, decide_call, encode
-from c4kemi.explain import explain as explain_query
-from c4kemi.explain import masked, render_text
-from c4kemi.table_source import TableSource
+from c4kemi.call.channels import KamailioRpc, RpcError, live_channels
+from c4kemi.core.decision import RequestError, call_json, decide_call, encode
+from c4kemi.core.explain import explain as explain_query
+from c4kemi.core.explain import masked, render_text
+from c4kemi.sources.table_source import TableSource
 
 from .logfmt import log_event
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -250,7 +250,7 @@ async def prometheus(request: web.Request) -> web.Response:
 
 
 async def channels(request: web.Request) -> web.Response:
-    """GET /channels: the calls in progress per tenant and per trunk, with their limits (c4kemi.channels)."""
+    """GET /channels: the calls in progress per tenant and per trunk, with their limits (c4kemi.call.channels)."""
     kamailio_rpc = request.app.get(KAMAILIO_RPC)
     if not kamailio_rpc:
         return error_response(503, "live channel counts need c4 serve --kamailio-rpc SOCKET (c4 kamailio --rpc-socket)")

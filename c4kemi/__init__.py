@@ -4,10 +4,10 @@ Importing this package stays light (no aiohttp, no asyncpg): Kamailio's
 embedded interpreter imports it in every worker.
 """
 
-from .compiled import RoutingTable
-from .decision import RequestError, decide, encode, route_json
-from .document import DocumentError, load_document
-from .table import compile_table, load_table
+from .core.compiled import RoutingTable
+from .core.decision import RequestError, decide, encode, route_json
+from .core.document import DocumentError, load_document
+from .core.table import compile_table, load_table
 
 __all__ = [
     "DocumentError",

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import orjson
 
-from .compiler import compile_validated
-from .decision import RequestError, decide, encode
-from .document import COLLECTIONS, DocumentError, load_document
-from .overlaps import overlap_warnings
-from .table import load_table
-from .targets import target_warnings
+from .core.compiler import compile_validated
+from .core.decision import RequestError, decide, encode
+from .core.document import COLLECTIONS, DocumentError, load_document
+from .core.overlaps import overlap_warnings
+from .core.table import load_table
+from .core.targets import target_warnings
 
 EXAMPLE_TABLE = Path(__file__).parent / "examples" / "example.json"
 # c4 serve's listen backlog. aiohttp's default, 128, overflowed when Kamailio's
@@ -76,7 +76,7 @@ def route_line(table, line: bytes | str) -> bytes:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    """``c4 route``: the reply Kamailio gets, or with ``--explain`` why (c4kemi.explain)."""
+    """``c4 route``: the reply Kamailio gets, or with ``--explain`` why (c4kemi.core.explain)."""
     try:
         table = load_table(args.table)
     except DocumentError as exc:
@@ -84,7 +84,7 @@ def cmd_route(args: argparse.Namespace) -> int:
         return 1
     separator = b""
     if args.explain:
-        from .explain import explain, render_text
+        from .core.explain import explain, render_text
 
         if args.json:
             def answer(query):
@@ -115,14 +115,14 @@ def cmd_route(args: argparse.Namespace) -> int:
 def cmd_feed(args: argparse.Namespace) -> int:
     import logging
 
-    from .feed import watch_file
+    from .sources.feed import watch_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     return watch_file(Path(args.table).resolve(), Path(args.out), args.interval)
 
 
 def cmd_kamailio(args: argparse.Namespace) -> int:
-    from .launcher import run_kamailio
+    from .node.launcher import run_kamailio
 
     return run_kamailio(args)
 
@@ -134,7 +134,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_cdr(args: argparse.Namespace) -> int:
-    from .cdr_collector import run
+    from .call.cdr_collector import run
 
     return run(args)
 
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--interval", type=float, default=0.2, help="seconds between looks at the document")
     feed.set_defaults(func=cmd_feed)
 
-    from .launch_options import add_arguments as add_kamailio_arguments
+    from .node.launch_options import add_arguments as add_kamailio_arguments
 
     kamailio = sub.add_parser("kamailio", help="run Kamailio with the router in the foreground")
     add_kamailio_arguments(kamailio)
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_db_arguments(db)
     db.set_defaults(func=cmd_db)
 
-    from .cdr_collector import add_arguments as add_cdr_arguments
+    from .call.cdr_collector import add_arguments as add_cdr_arguments
 
     cdr = sub.add_parser("cdr", help="collect Kamailio's call events into records (a file, or PostgreSQL)")
     add_cdr_arguments(cdr)

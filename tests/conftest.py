@@ -3,7 +3,7 @@
 - ``pg_cluster``: one real PostgreSQL server for the whole run (tests/postgres.py).
 - ``pg_dsn``: a fresh, migrated database of that server for one test.
 - ``pg_empty_dsn``: a fresh database without the schema.
-- ``ksr``, ``kemi``, ``handler``: the KEMI handler (c4kemi/kemi.py) against a
+- ``ksr``, ``kemi``, ``handler``: the KEMI handler (c4kemi/call/kemi.py) against a
   fake ``KSR`` (tests/fake_ksr.py), its workers loading ``table_document``
   (override that fixture in a test module for another table).
 """
@@ -71,7 +71,7 @@ def kemi(ksr, monkeypatch, tmp_path, table_document):
     monkeypatch.setenv("C4_TABLE", str(table))
     monkeypatch.delenv("C4_RTJSON_DUMP", raising=False)
     monkeypatch.delenv("C4_FEED", raising=False)
-    module = importlib.import_module("c4kemi.kemi")
+    module = importlib.import_module("c4kemi.call.kemi")
     monkeypatch.setattr(module, "KSR", ksr)
     return module
 

@@ -1,4 +1,4 @@
-"""A fake ``KSR`` module for unit tests of the KEMI handler (c4kemi/kemi.py).
+"""A fake ``KSR`` module for unit tests of the KEMI handler (c4kemi/call/kemi.py).
 
 Every ``KSR.x.y(...)`` call is recorded as ``("x.y", args)`` in ``calls``
 and returns what ``returns["x.y"]`` says: a value, a list of values (one per

@@ -15,10 +15,10 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from c4kemi.decision import RequestError, route_json
-from c4kemi.document import DocumentError, validate_document
-from c4kemi.numbers import MAX_NUMBER_LENGTH
-from c4kemi.table import compile_table, compile_validated
+from c4kemi.core.decision import RequestError, route_json
+from c4kemi.core.document import DocumentError, validate_document
+from c4kemi.core.numbers import MAX_NUMBER_LENGTH
+from c4kemi.core.table import compile_table, compile_validated
 from tables import document
 
 PATTERNS = ["^0([1-9][0-9]+)$", "^(00|\\+)?(\\d+)$", "^(3+)+4$", "^(?P<n>\\d+)$", "^$", "(", "^3\\d*\\d*\\d*\\d*$",

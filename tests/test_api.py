@@ -29,10 +29,10 @@ from c4http.app import make_app
 from c4http.openapi import description
 from c4http.provisioning import MASK
 from c4http.queries import COLLECTIONS
+from c4kemi.core.document import validate_document
 from c4kemi.db.documents import connect, export_document, import_document
 from c4kemi.db.tokens import create_token, revoke_token
-from c4kemi.document import validate_document
-from c4kemi.store import FileTableSource
+from c4kemi.sources.store import FileTableSource
 from tables import BASE_DOCUMENT, document
 
 ADMIN = "admin-token-for-tests"

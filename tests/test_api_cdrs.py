@@ -8,9 +8,9 @@ import pytest
 from test_api import ADMIN, Api, db, seeded, table_file  # noqa: F401  (fixtures)
 
 from c4http.app import make_app
-from c4kemi.cdr import make_record
+from c4kemi.call.cdr import make_record
 from c4kemi.db.cdrs import insert_records
-from c4kemi.store import FileTableSource
+from c4kemi.sources.store import FileTableSource
 
 START = datetime(2026, 11, 26, 17, 0, tzinfo=UTC).timestamp()
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from c4kemi.decision import decide
-from c4kemi.numbers import Profile
-from c4kemi.table import compile_table
+from c4kemi.core.decision import decide
+from c4kemi.core.numbers import Profile
+from c4kemi.core.table import compile_table
 from tables import request
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -1,4 +1,4 @@
-"""Call records: the record made from Kamailio's event (c4kemi/cdr.py) and c4 cdr's writing (c4kemi/cdr_collector.py)."""
+"""Call records: the record made from Kamailio's event (c4kemi/call/cdr.py) and c4 cdr's writing (c4kemi/call/cdr_collector.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 import orjson
 import pytest
 
-from c4kemi.cdr import EventError, make_record
-from c4kemi.cdr_collector import JsonLines, Shipper, collect, read_netstrings
+from c4kemi.call.cdr import EventError, make_record
+from c4kemi.call.cdr_collector import JsonLines, Shipper, collect, read_netstrings
 from c4kemi.db.cdrs import insert_records, select_records
 from c4kemi.db.documents import connect
 
@@ -158,7 +158,7 @@ def test_the_collector_writes_what_evapi_sends_and_reconnects(tmp_path):
 def test_the_collector_authenticates_then_acknowledges(tmp_path, monkeypatch):
     """With a key: "auth KEY" first, events only after Kamailio's "ok", "ack N" every 100 events;
     a Kamailio that says nothing to the key (a wrong one) is left and tried again."""
-    import c4kemi.cdr_collector as collector
+    import c4kemi.call.cdr_collector as collector
 
     monkeypatch.setattr(collector, "AUTH_TIMEOUT", 0.2)
     monkeypatch.setattr(collector, "REFUSED_DELAY", 0.05)
@@ -199,7 +199,7 @@ def test_the_collector_authenticates_then_acknowledges(tmp_path, monkeypatch):
 def test_the_collector_wants_its_key(tmp_path, monkeypatch, caplog):
     import argparse
 
-    from c4kemi.cdr_collector import _main
+    from c4kemi.call.cdr_collector import _main
 
     monkeypatch.delenv("C4_CDR_KEY", raising=False)
     args = argparse.Namespace(evapi=("127.0.0.1", 9), db=False, file=str(tmp_path / "cdr.jsonl"))
@@ -237,7 +237,7 @@ def test_shipping_stores_each_record_once_and_empties_the_spool(tmp_path, pg_dsn
 
 
 def test_a_record_that_cannot_be_written_is_logged_and_the_next_one_is(tmp_path, caplog, monkeypatch):
-    from c4kemi.cdr_collector import handle
+    from c4kemi.call.cdr_collector import handle
 
     sink = JsonLines(tmp_path / "cdr.jsonl")
     real = sink.append

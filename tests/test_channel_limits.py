@@ -9,11 +9,11 @@ from test_api import ADMIN, db
 from test_db import with_conn
 
 from c4http.app import make_app
+from c4kemi.core.decision import call_json, decide, decide_call, encode
+from c4kemi.core.document import DocumentError, validate_document
+from c4kemi.core.table import compile_table
 from c4kemi.db.documents import export_document, import_document
-from c4kemi.decision import call_json, decide, decide_call, encode
-from c4kemi.document import DocumentError, validate_document
-from c4kemi.store import FileTableSource
-from c4kemi.table import compile_table
+from c4kemi.sources.store import FileTableSource
 from tables import document, request
 
 
@@ -178,7 +178,7 @@ def test_live_counts_ask_kamailio_for_every_tenant_and_trunk_of_the_table():
     import tempfile
     from pathlib import Path
 
-    from c4kemi.channels import KamailioRpc, RpcError, channel_names, live_channels, live_counts
+    from c4kemi.call.channels import KamailioRpc, RpcError, channel_names, live_channels, live_counts
 
     table = compile_table(limited())
     assert channel_names(table) == (["acme", "globex"], ["carrier-a-1", "carrier-b-1", "carrier-b-2"])

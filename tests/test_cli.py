@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from c4kemi.cli import EXAMPLE_TABLE
-from c4kemi.decision import decide, encode
-from c4kemi.table import compile_table
+from c4kemi.core.decision import decide, encode
+from c4kemi.core.table import compile_table
 from tables import BASE_DOCUMENT, document, request
 
 

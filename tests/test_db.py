@@ -11,11 +11,11 @@ import asyncpg
 import orjson
 import pytest
 
+from c4kemi.core.document import validate_document
+from c4kemi.core.table import compile_validated
 from c4kemi.db.documents import connect, export_document, import_document, routing_version
 from c4kemi.db.migrate import migrate, migrations
 from c4kemi.db.tokens import create_token, revoke_token, token_tenant
-from c4kemi.document import validate_document
-from c4kemi.table import compile_validated
 from tables import BASE_DOCUMENT, document
 
 

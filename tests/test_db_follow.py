@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 from test_incremental import CHANGES, apply, table_view
 
 from c4http.app import make_app
+from c4kemi.core.document import DocumentError, validate_document
+from c4kemi.core.table import compile_table, compile_validated
 from c4kemi.db.changes import ChangeFollower
 from c4kemi.db.documents import connect, export_document, import_document
 from c4kemi.db.source import FeedPublisher, PostgresTableSource, StoreUnavailable, follow_to_file
-from c4kemi.document import DocumentError, validate_document
-from c4kemi.feed import LINE, FeedTableSource, FeedWriter
-from c4kemi.table import compile_table, compile_validated
+from c4kemi.sources.feed import LINE, FeedTableSource, FeedWriter
 from tables import document
 
 

@@ -7,8 +7,8 @@ import collections
 import orjson
 import pytest
 
-from c4kemi.decision import RequestError, decide, encode, route_json
-from c4kemi.table import compile_table
+from c4kemi.core.decision import RequestError, decide, encode, route_json
+from c4kemi.core.table import compile_table
 from tables import BASE_DOCUMENT, document, request
 
 TABLE = compile_table(BASE_DOCUMENT)

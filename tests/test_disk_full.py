@@ -24,16 +24,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from c4kemi import cdr_collector
-from c4kemi import feed as feed_module
-from c4kemi.cdr import make_record
-from c4kemi.cdr_collector import JsonLines, Shipper
+from c4kemi.call import cdr_collector
+from c4kemi.call.cdr import make_record
+from c4kemi.call.cdr_collector import JsonLines, Shipper
+from c4kemi.core.document import validate_document
+from c4kemi.core.table import compile_validated
 from c4kemi.db import source as source_module
 from c4kemi.db.documents import connect
 from c4kemi.db.source import FeedPublisher
-from c4kemi.document import validate_document
-from c4kemi.feed import FeedTableSource, FeedWriter
-from c4kemi.table import compile_validated
+from c4kemi.sources import feed as feed_module
+from c4kemi.sources.feed import FeedTableSource, FeedWriter
 from tables import document
 
 

@@ -28,7 +28,7 @@ import pytest
 from test_repo import anchors, broken_links  # tests/ is on sys.path, as for conftest's imports
 
 from c4kemi.cli import build_parser, main, route_line
-from c4kemi.table import load_table
+from c4kemi.core.table import load_table
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "routing.md"

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from c4kemi.decision import decide
-from c4kemi.document import DocumentError, load_document, validate_document
-from c4kemi.table import compile_table, load_table
+from c4kemi.core.decision import decide
+from c4kemi.core.document import DocumentError, load_document, validate_document
+from c4kemi.core.table import compile_table, load_table
 from tables import BASE_DOCUMENT, document, request
 
 

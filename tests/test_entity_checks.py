@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from c4kemi.document import (
+from c4kemi.core.document import (
     DocumentError,
     validate_document,
     validate_entity,
 )
-from c4kemi.entity_checks import entity_where
+from c4kemi.core.entity_checks import entity_where
 from tables import document
 
 

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from test_accepted_documents import NUMBERS as HOSTILE_NUMBERS
 from test_accepted_documents import hostile_documents
 
-from c4kemi import explain as explain_module
-from c4kemi.decision import RequestError, decide
-from c4kemi.document import DocumentError, validate_document
-from c4kemi.explain import MASK, explain, from_e164_step, masked, render_text, to_e164_step
-from c4kemi.numbers import Profile
-from c4kemi.table import compile_table, compile_validated
+from c4kemi.core import explain as explain_module
+from c4kemi.core.decision import RequestError, decide
+from c4kemi.core.document import DocumentError, validate_document
+from c4kemi.core.explain import MASK, explain, from_e164_step, masked, render_text, to_e164_step
+from c4kemi.core.numbers import Profile
+from c4kemi.core.table import compile_table, compile_validated
 from tables import BASE_DOCUMENT, IT_PROFILE, document, request
 
 TABLE = compile_table(BASE_DOCUMENT)

@@ -9,9 +9,9 @@ import sys
 import orjson
 import pytest
 
-from c4kemi.decision import decide
-from c4kemi.explain import explain
-from c4kemi.table import compile_table
+from c4kemi.core.decision import decide
+from c4kemi.core.explain import explain
+from c4kemi.core.table import compile_table
 from tables import document, request
 
 SECRET = "s3cret-Pa55"

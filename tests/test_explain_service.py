@@ -10,10 +10,10 @@ import pytest
 
 from c4http.app import make_app
 from c4http.web import EXPLAIN_PATH, RTJSON_PATH
-from c4kemi.decision import decide, encode
-from c4kemi.explain import MASK, explain
-from c4kemi.store import FileTableSource
-from c4kemi.table import load_table
+from c4kemi.core.decision import decide, encode
+from c4kemi.core.explain import MASK, explain
+from c4kemi.core.table import load_table
+from c4kemi.sources.store import FileTableSource
 from tables import document, request
 
 JSON_HEADERS = {"Content-Type": "application/json"}

@@ -16,11 +16,11 @@ import threading
 import orjson
 import pytest
 
-from c4kemi import feed as feed_module
-from c4kemi import steps
-from c4kemi.document import DocumentError, validate_document
-from c4kemi.feed import FeedTableSource, FeedWriter
-from c4kemi.table import compile_validated
+from c4kemi.core import steps
+from c4kemi.core.document import DocumentError, validate_document
+from c4kemi.core.table import compile_validated
+from c4kemi.sources import feed as feed_module
+from c4kemi.sources.feed import FeedTableSource, FeedWriter
 from tables import document
 
 

@@ -22,7 +22,7 @@ from yarl import URL
 
 from c4http.app import make_app
 from c4http.logfmt import logfmt
-from c4kemi.store import FileTableSource
+from c4kemi.sources.store import FileTableSource
 from tables import request
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}

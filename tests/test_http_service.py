@@ -24,9 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from c4http.app import make_app
 from c4http.logfmt import logfmt
 from c4http.web import RTJSON_PATH
-from c4kemi.decision import decide, encode
-from c4kemi.store import FileTableSource
-from c4kemi.table import load_table
+from c4kemi.core.decision import decide, encode
+from c4kemi.core.table import load_table
+from c4kemi.sources.store import FileTableSource
 from tables import document, request
 
 JSON_HEADERS = {"Content-Type": "application/json"}

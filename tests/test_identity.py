@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from c4kemi.decision import RequestError, decide
-from c4kemi.table import compile_table
+from c4kemi.core.decision import RequestError, decide
+from c4kemi.core.table import compile_table
 from tables import BASE_DOCUMENT, request
 
 TABLE = compile_table(BASE_DOCUMENT)

@@ -171,11 +171,11 @@ def test_the_graph_sees_the_packages_and_their_imports():
     """Guards the guard: an empty or blind graph would pass everything below."""
     graph, _ = import_graph()
     assert {"c4kemi", "c4kemi.cli", "c4kemi.db.source", "c4http.app", "c4http.server"} <= set(graph)
-    assert "c4kemi.decision" in graph["c4kemi"]  # from .decision import ... in a package __init__
-    assert "c4kemi.table" in graph["c4kemi.feed"]  # from . import table as table_module
-    assert "c4kemi.document" in graph["c4kemi.db.source"]  # from ..document import ...
+    assert "c4kemi.core.decision" in graph["c4kemi"]  # from .core.decision import ... in a package __init__
+    assert "c4kemi.core.table" in graph["c4kemi.sources.feed"]  # from ..core import table as table_module
+    assert "c4kemi.core.document" in graph["c4kemi.db.source"]  # from ..core.document import ...
     assert "c4http.server" in graph[CLI]  # a function-local import
-    assert "c4kemi.decision" in graph["c4http.views"]  # an absolute one
+    assert "c4kemi.core.decision" in graph["c4http.views"]  # an absolute one
 
 
 def test_the_checks_catch_a_cycle_and_c4kemi_importing_c4http(tmp_path):

@@ -19,14 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from c4kemi import feed as feed_module
-from c4kemi import indexes, steps
+from c4kemi.core import indexes, steps
+from c4kemi.core.decision import route_json
+from c4kemi.core.document import DocumentError, validate_document
+from c4kemi.core.table import RoutingTable, apply_changes, compile_validated, document_version, update_table
 from c4kemi.db.source import PostgresTableSource
-from c4kemi.decision import route_json
-from c4kemi.document import DocumentError, validate_document
-from c4kemi.feed import FeedTableSource, FeedWriter
-from c4kemi.store import FileTableSource
-from c4kemi.table import RoutingTable, apply_changes, compile_validated, document_version, update_table
+from c4kemi.sources import feed as feed_module
+from c4kemi.sources.feed import FeedTableSource, FeedWriter
+from c4kemi.sources.store import FileTableSource
 from tables import document, request
 
 

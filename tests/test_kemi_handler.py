@@ -1,4 +1,4 @@
-"""The KEMI handler (c4kemi/kemi.py) against a fake KSR, fast.
+"""The KEMI handler (c4kemi/call/kemi.py) against a fake KSR, fast.
 
 Python only decides: route[DECIDE] (kamailio-kemi.cfg) calls
 ``ksr_route_decide``, which reads the request, decides, and hands over
@@ -53,7 +53,7 @@ def test_a_routed_invite_hands_over_the_rtjson_and_the_call(handler, ksr):
 
 def test_the_hand_over_is_what_c4_serve_answers_http_mode(handler, ksr, kemi):
     """The same bytes: rtjson as c4 serve's reply holds it, the call as its C4-Call header."""
-    from c4kemi.decision import call_json, decide_call, encode
+    from c4kemi.core.decision import call_json, decide_call, encode
 
     invite(ksr)
     handler.ksr_route_decide(None)
@@ -109,7 +109,7 @@ def test_kemi_entry_imports_neither_aiohttp_nor_asyncpg():
     code = textwrap.dedent("""
         import sys, types
         sys.modules["KSR"] = types.ModuleType("KSR")
-        import c4kemi.kemi
+        import c4kemi.call.kemi
         heavy = sorted(name for name in sys.modules if name.split(".")[0] in ("aiohttp", "asyncpg", "c4http"))
         print(",".join(heavy))
     """)

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from c4kemi.cli import EXAMPLE_TABLE
-from c4kemi.launch_supervision import exit_status
+from c4kemi.node.launch_supervision import exit_status
 
 
 @pytest.mark.parametrize("returncode, status", [(0, 0), (1, 1), (-signal.SIGKILL, 137), (-signal.SIGSEGV, 139)])

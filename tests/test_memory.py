@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 FREED_THEN_TRIMMED = """
-from c4kemi.memory import trim_heap
+from c4kemi.node.memory import trim_heap
 
 def rss_mib():
     with open("/proc/self/status") as status:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from c4kemi.numbers import parse_uri
+from c4kemi.core.numbers import parse_uri
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,11 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from c4kemi.decision import RequestError, call_json, decide
-from c4kemi.document import DocumentError, validate_document
-from c4kemi.indexes import PrefixIndex, SourceIndex
-from c4kemi.numbers import Profile, strip_separators
-from c4kemi.table import compile_table
+from c4kemi.core.decision import RequestError, call_json, decide
+from c4kemi.core.document import DocumentError, validate_document
+from c4kemi.core.indexes import PrefixIndex, SourceIndex
+from c4kemi.core.numbers import Profile, strip_separators
+from c4kemi.core.table import compile_table
 from tables import document
 
 digits = st.text(alphabet="0123456789", max_size=12)

@@ -12,7 +12,7 @@ import pytest
 from c4http.app import make_app
 from c4http.views import ROUTING_KEY_HEADER
 from c4http.web import RTJSON_PATH
-from c4kemi.store import FileTableSource
+from c4kemi.sources.store import FileTableSource
 from tables import document, request
 
 KEY = "0123456789abcdef" * 4

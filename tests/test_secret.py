@@ -1,4 +1,4 @@
-"""The deployment secret (c4kemi/secret.py) and the configs that use it."""
+"""The deployment secret (c4kemi/node/secret.py) and the configs that use it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from c4kemi import secret
+from c4kemi.node import secret
 
 KAMAILIO_DIR = Path(__file__).resolve().parents[1] / "kamailio"
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from test_cli import c4
 
-from c4kemi.decision import decide
-from c4kemi.document import DocumentError, validate_document
-from c4kemi.overlaps import overlap_warnings
-from c4kemi.table import compile_table
+from c4kemi.core.decision import decide
+from c4kemi.core.document import DocumentError, validate_document
+from c4kemi.core.overlaps import overlap_warnings
+from c4kemi.core.table import compile_table
 from tables import document
 
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from c4kemi.store import FileTableSource
+from c4kemi.sources.store import FileTableSource
 from tables import document
 
 

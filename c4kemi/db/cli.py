@@ -70,7 +70,7 @@ async def _run(args: argparse.Namespace) -> int:
 
     if args.db_command == "import":
         # Checked before connecting: a refused document changes nothing.
-        from ..document import DocumentError, load_document
+        from ..core.document import DocumentError, load_document
 
         try:
             args.document = load_document(args.file)
@@ -102,7 +102,7 @@ async def _migrate(conn, args) -> int:
 
 
 async def _import(conn, args) -> int:
-    from ..overlaps import overlap_warnings
+    from ..core.overlaps import overlap_warnings
     from .documents import import_document
 
     document = args.document  # checked before connecting

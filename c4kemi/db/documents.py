@@ -4,7 +4,7 @@ The document is the unit the rest of c4 understands, so the database
 speaks it both ways: ``import_document`` writes a checked document in one
 transaction, ``export_document`` reads one back from a consistent snapshot,
 with the routing version it corresponds to. Import then export gives the
-document ``c4kemi.document`` normalises (defaults filled in, sources as
+document ``c4kemi.core.document`` normalises (defaults filled in, sources as
 CIDRs, route trunks as ``{trunk, priority, weight}``), order aside.
 """
 
@@ -131,7 +131,7 @@ async def read_document(conn: asyncpg.Connection) -> dict[str, Any]:
 
 
 async def import_document(conn: asyncpg.Connection, doc: dict[str, Any]) -> int:
-    """Replace all routing data with a document already checked by c4kemi.document.
+    """Replace all routing data with a document already checked by c4kemi.core.document.
 
     One transaction: readers see the old table or the new one, never a mix.
     Tenants that stay keep their API tokens. Returns the new routing version.

@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from ..files import write_atomically
+from ..sources.files import write_atomically
 from .documents import connect, export_document, routing_version
 
 __all__ = ["CHANNEL", "UNAVAILABLE", "Follower", "document_bytes", "write_atomically"]

@@ -11,7 +11,7 @@ is back.
 ``follow_to_file`` is ``c4 db follow``: each checked document written
 atomically to a file (the node's copy); with a feed directory it follows
 the change log (``ChangeFollower``) and publishes change sets to the
-node's table feed (c4kemi/feed.py), which KEMI workers and the launcher's
+node's table feed (c4kemi/sources/feed.py), which KEMI workers and the launcher's
 c4 serve read.
 """
 
@@ -26,10 +26,10 @@ from typing import Any
 
 import orjson
 
-from ..document import DocumentError, load_raw, validate_document
-from ..feed import STORE_STATUS, FeedWriter
-from ..table import RoutingTable, compile_validated, load_table, update_table
-from ..table_source import ReloadCounters
+from ..core.document import DocumentError, load_raw, validate_document
+from ..core.table import RoutingTable, compile_validated, load_table, update_table
+from ..sources.feed import STORE_STATUS, FeedWriter
+from ..sources.table_source import ReloadCounters
 from .changes import ChangeFollower
 from .follow import UNAVAILABLE, Follower, document_bytes, write_atomically
 

@@ -215,7 +215,7 @@ def stranger_call(r, tag: str = "stranger") -> int:
 
 def kamailio_stat(rpc_socket, name: str) -> int:
     """A Kamailio statistic (kamailio-base.cfg) over its JSON-RPC socket: ["script:NAME = N"]."""
-    from c4kemi.channels import KamailioRpc
+    from c4kemi.call.channels import KamailioRpc
 
     (line,) = KamailioRpc(str(rpc_socket)).call("stats.get_statistics", name)
     return int(line.rpartition("=")[2])
@@ -327,7 +327,7 @@ def evapi_port(r) -> int:
 
 def cdr_key() -> str:
     """The key c4 kamailio derived for c4 cdr (the test run's deployment secret, conftest.py)."""
-    from c4kemi.secret import CDR_KEY_ENV, default_path, kamailio_env, load_or_create
+    from c4kemi.node.secret import CDR_KEY_ENV, default_path, kamailio_env, load_or_create
 
     return kamailio_env(load_or_create(default_path()))[CDR_KEY_ENV]
 
@@ -476,7 +476,7 @@ def test_a_huge_call_id_makes_a_bounded_record(router, busy_pbx, tmp_path):
 
 def test_an_event_past_its_bound_is_dropped_and_counted(router, busy_pbx, tmp_path):
     """C4_CDR_MAX_EVENT (8000 bytes; 100 here, through a wrapper): a bigger event is dropped, counted, logged."""
-    from c4kemi.launch_plan import kamailio_binary
+    from c4kemi.node.launch_plan import kamailio_binary
 
     kamailio = tmp_path / "kamailio-small-events"
     kamailio.write_text(f'#!/bin/sh\nexec {kamailio_binary(None)} "$@" -A C4_CDR_MAX_EVENT=100\n')

@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from c4kemi.channels import KamailioRpc, live_counts
-from c4kemi.table import compile_table
+from c4kemi.call.channels import KamailioRpc, live_counts
+from c4kemi.core.table import compile_table
 
 from .documents import (
     CALLER_NATIONAL,

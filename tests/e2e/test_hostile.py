@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from c4kemi.launch_plan import kamailio_binary
-from c4kemi.secret import dialog_mac
+from c4kemi.node.launch_plan import kamailio_binary
+from c4kemi.node.secret import dialog_mac
 
 from .documents import (
     CALLER_E164,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from c4kemi.secret import ROUTING_ENV, default_path, kamailio_env, load_or_create
+from c4kemi.node.secret import ROUTING_ENV, default_path, kamailio_env, load_or_create
 
 from .documents import CALLER_E164, OUT_CALLED_E164, PBX, TRUNK_A, routing_document
 from .flood import group_pids, listening_ports

@@ -8,7 +8,7 @@ decided is captured where it is handed over:
 - HTTP mode: the body c4 serve answered, recorded by tests/e2e/api_stub.py
   sitting between Kamailio and c4 serve (along with the query Kamailio sent);
 - KEMI mode: the exact bytes the handler passes to ``rtjson`` (or answers a
-  refusal from), dumped with ``C4_RTJSON_DUMP`` (see c4kemi/kemi.py);
+  refusal from), dumped with ``C4_RTJSON_DUMP`` (see c4kemi/call/kemi.py);
 - ``c4 route`` on the query each mode built.
 
 All three must agree byte for byte for every call.

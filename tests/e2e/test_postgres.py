@@ -17,8 +17,8 @@ import uuid
 
 import pytest
 
+from c4kemi.core.document import validate_document
 from c4kemi.db.documents import connect, import_document
-from c4kemi.document import validate_document
 
 from .documents import CALLER_NATIONAL, DID_NATIONAL, PBX, PBX2, TRUNK_A, routing_document
 from .harness import BusyPeers, free_tcp_port, kill_group, sip_invite

@@ -3,7 +3,7 @@
 -- change (the API creates and deletes, it does not rename), so foreign keys
 -- need no ON UPDATE rule. ON DELETE RESTRICT everywhere something is in
 -- use: deleting a trunk a route uses, or a tenant that owns anything, fails.
--- The bounds repeat c4kemi/document.py's checks, so rows written with plain
+-- The bounds repeat c4kemi/core/document.py's checks, so rows written with plain
 -- SQL cannot hold what `c4 check` refuses either.
 
 CREATE DOMAIN c4_name AS text

@@ -1,6 +1,6 @@
 -- Channel limits (docs/routing.md, "Channel limits"): simultaneous calls of
 -- a tenant or a trunk, and new calls per second of a trunk. NULL: no limit.
--- The bounds repeat c4kemi/document.py's (MAX_CHANNELS, MAX_CPS).
+-- The bounds repeat c4kemi/core/document.py's (MAX_CHANNELS, MAX_CPS).
 
 ALTER TABLE tenants ADD COLUMN max_channels integer CHECK (max_channels BETWEEN 0 AND 1000000);
 ALTER TABLE trunks

@@ -9,7 +9,7 @@ ALTER TABLE tenants
 
 -- A source wider than /8
 -- (IPv4) or /32 (IPv6) needs allow_wide_sources on its IPBX or trunk, as
--- c4kemi/document.py checks; and the API looks for source CIDRs that
+-- c4kemi/core/document.py checks; and the API looks for source CIDRs that
 -- overlap another owner's (inet's && operator) through a GiST index, so the
 -- check stays an index probe however many sources there are.
 

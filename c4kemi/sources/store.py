@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .document import DocumentError, load_document
+from ..core.document import DocumentError, load_document
+from ..core.table import RoutingTable, load_table, update_table
 from .files import file_stamp
-from .table import RoutingTable, load_table, update_table
 from .table_source import ReloadCounters
 
 __all__ = ["CHECK_INTERVAL", "FileTableSource", "PolledSource"]
@@ -31,7 +31,7 @@ CHECK_INTERVAL = 1.0  # seconds between looks at the file
 
 
 class PolledSource:
-    """A TableSource (c4kemi/sources.py) whose ``current()`` looks for changes (``refresh()``) at most once per ``check_interval``."""
+    """A TableSource (c4kemi/sources/__init__.py) whose ``current()`` looks for changes (``refresh()``) at most once per ``check_interval``."""
 
     check_interval: float
     counters: ReloadCounters

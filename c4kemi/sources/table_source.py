@@ -1,4 +1,4 @@
-"""The interface every table source keeps (c4kemi/sources.py says which ones there are and chooses).
+"""The interface every table source keeps (c4kemi/sources/__init__.py says which ones there are and chooses).
 
 A leaf module: the sources import it, and it imports none of them.
 """
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .compiled import RoutingTable
+    from ..core.compiled import RoutingTable
 
 __all__ = ["ReloadCounters", "TableSource"]
 

@@ -6,7 +6,7 @@ careless pattern such as ``^(3+)+4$`` costs exponential time in the length
 of the number: one INVITE could stall a Kamailio worker for minutes. Two
 bounds keep the work per call small whatever a table holds:
 
-- numbers longer than ``c4kemi.numbers.MAX_NUMBER_LENGTH`` never reach a
+- numbers longer than ``c4kemi.core.numbers.MAX_NUMBER_LENGTH`` never reach a
   regex (the decision refuses or passes them untouched first);
 - a document pattern may not nest repetition (a quantifier over something
   that itself repeats or alternates, ``(3+)+``, ``(0|00)*``), and holds at

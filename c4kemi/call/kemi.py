@@ -27,7 +27,7 @@ and no running threads (``threads_mode=0``), so each worker keeps its own
 table source, inherited from ``mod_init``, which loads the table once
 before Kamailio forks (else loaded in ``child_init`` or on first use):
 ``FeedTableSource`` on the node's table feed (``C4_FEED``, set by
-``c4 kamailio``, which runs ``c4 feed``: see c4kemi/feed.py), else
+``c4 kamailio``, which runs ``c4 feed``: see c4kemi/sources/feed.py), else
 ``FileTableSource`` on the document itself (``C4_TABLE``). A call looks at
 it at most twice a second (the file: once) and swaps in a changed table; a broken document
 is logged and the last good table keeps serving.
@@ -51,12 +51,12 @@ import traceback
 import KSR  # provided by app_python3
 import orjson
 
-from c4kemi.decision import RequestError, call_json, decide_call
-from c4kemi.document import DocumentError
-from c4kemi.feed import FeedError
-from c4kemi.memory import trim_heap
+from c4kemi.core.decision import RequestError, call_json, decide_call
+from c4kemi.core.document import DocumentError
+from c4kemi.node.memory import trim_heap
 from c4kemi.sources import open_source
-from c4kemi.table_source import TableSource
+from c4kemi.sources.feed import FeedError
+from c4kemi.sources.table_source import TableSource
 
 __all__ = ["mod_init", "Router"]
 
@@ -70,7 +70,7 @@ STEP_BUDGET = 0.0005
 DUMP_ENV = "C4_RTJSON_DUMP"
 
 # The hand-over to route[DECIDED] (kamailio-call.cfg): the rtjson member of
-# the reply, and what the call counts against (c4kemi.decision.decide_call)
+# the reply, and what the call counts against (c4kemi.core.decision.decide_call)
 # as JSON. The AVP travels with the transaction to the branch and failure
 # routes, which may run in another worker.
 RTJSON_VAR = "$var(rtjson)"

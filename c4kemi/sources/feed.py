@@ -68,12 +68,12 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from . import table as table_module
-from .document import COLLECTIONS, DocumentError, load_raw, validate_document, validate_entity
+from ..core import table as table_module
+from ..core.document import COLLECTIONS, DocumentError, load_raw, validate_document, validate_entity
+from ..core.table import BASE_COLLECTIONS, RoutingTable, apply_changes_steps, compile_did, compile_steps, did_digest, finish, route_digest
+from ..node.memory import trim_heap
 from .files import append_whole, file_stamp, write_atomically
-from .memory import trim_heap
 from .store import PolledSource
-from .table import BASE_COLLECTIONS, RoutingTable, apply_changes_steps, compile_did, compile_steps, did_digest, finish, route_digest
 from .table_source import ReloadCounters
 
 __all__ = ["FeedError", "FeedTableSource", "FeedWriter", "call_budget", "load_frozen", "watch_file"]
@@ -84,7 +84,7 @@ POINTER = "current"
 # The state of the store behind the writer (c4 db follow: PostgreSQL reachable or not), for /health.
 STORE_STATUS = "store.json"
 # Entities per line of a snapshot or of a change set: a reader parses one line a step, as many as a step
-# compiles (c4kemi.steps.STEP). What a line's parse makes is garbage once it is compiled; in a KEMI worker it
+# compiles (c4kemi.core.steps.STEP). What a line's parse makes is garbage once it is compiled; in a KEMI worker it
 # lands on pages shared with the other workers (each one copied) or on new ones that stay with the
 # worker: at 10,000 a line, a 100,000-DID change set left 63 MiB private in each worker at 1M DIDs.
 LINE = 1_000
@@ -414,7 +414,7 @@ class FeedTableSource(PolledSource):
     ``check_interval`` stats two files and takes in what is new; synchronous
     (Kamailio workers have no running threads). With ``step_budget``
     (seconds; KEMI workers) the work is spread over calls: each call does
-    at most about that much of it (whole steps of ``c4kemi.steps.STEP``
+    at most about that much of it (whole steps of ``c4kemi.core.steps.STEP``
     entities) and routes with the previous table until the new one is
     complete; the share grows with the work's age, capped (``call_budget``),
     so a worker that gets few calls finishes too. Without it (c4 serve, in a

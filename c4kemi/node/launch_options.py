@@ -1,7 +1,7 @@
-"""``c4 kamailio``'s options: their names, defaults and help (c4kemi/launcher.py tells what they do).
+"""``c4 kamailio``'s options: their names, defaults and help (c4kemi/node/launcher.py tells what they do).
 
 Read by ``c4 kamailio --help`` (c4kemi/cli.py). What the values must be is
-checked where they are used, in the launch plan (c4kemi/launch_plan.py).
+checked where they are used, in the launch plan (c4kemi/node/launch_plan.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ __all__ = [
 DEFAULT_LISTEN = "udp:127.0.0.1:5060"
 HTTP_ASYNC_ENV = "C4_HTTP_ASYNC_CLIENT"
 # Where `make setup` builds it in a checkout (beside the directory holding the c4kemi package).
-HTTP_ASYNC_BUILT = Path(__file__).resolve().parent.parent / "build" / "modules" / "http_async_client.so"
+HTTP_ASYNC_BUILT = Path(__file__).resolve().parents[2] / "build" / "modules" / "http_async_client.so"
 DEFAULT_TABLE_CACHE = Path("/var/lib/c4/routing-table.json")
 DEFAULT_CDR_SPOOL = Path("/var/lib/c4/cdr-spool.jsonl")
 # Kamailio's memory managers (-x shared, -X private). TLSF by default: with

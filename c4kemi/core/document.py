@@ -5,12 +5,12 @@ module checks it completely and reports *every* problem, each naming the
 entity (collection and name, or index when the entity has no name) and the
 field, e.g. ``trunks[carrier-a-1].sources[2]: '10.0.0.300' is not an IP
 network``. It returns a normalised copy in which optional fields carry their
-defaults, ready for ``c4kemi.table.compile_validated``.
+defaults, ready for ``c4kemi.core.table.compile_validated``.
 
 Here: reading a document, the whole-document checks (the collections,
 unique names and keys, references resolved within the document, a source
 CIDR of one entity only) and ``DocumentError``; each entity's own checks
-are c4kemi/entity_checks.py's, a target's syntax c4kemi/targets.py's.
+are c4kemi/core/entity_checks.py's, a target's syntax c4kemi/core/targets.py's.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@
 ``c4 kamailio --cdr-file`` / ``--cdr-db`` starts it before Kamailio and stops it
 after. It connects to Kamailio's evapi socket (and reconnects, every 0.1 to
 1 s, while Kamailio is not there), authenticates with the key in
-``$C4_CDR_KEY`` (derived from the deployment secret: c4kemi/secret.py; the
+``$C4_CDR_KEY`` (derived from the deployment secret: c4kemi/node/secret.py; the
 environment, never the command line, which ``ps`` shows), reads one
-netstring per finished call, makes the record (c4kemi/cdr.py) and appends
+netstring per finished call, makes the record (c4kemi/call/cdr.py) and appends
 it as one JSON line:
 
 - to ``--file``: reopened when it is rotated (renamed or removed: checked
@@ -42,9 +42,9 @@ from pathlib import Path
 
 import orjson
 
+from ..node.secret import CDR_KEY_ENV
+from ..sources.files import append_whole, write_atomically
 from .cdr import EventError, make_record
-from .files import append_whole, write_atomically
-from .secret import CDR_KEY_ENV
 
 __all__ = ["add_arguments", "run"]
 
@@ -246,8 +246,8 @@ class Shipper:
         return records, offset
 
     async def run(self) -> None:
-        from .db.cdrs import insert_records
-        from .db.documents import connect
+        from ..db.cdrs import insert_records
+        from ..db.documents import connect
 
         delay = 0.0
         down_since = None

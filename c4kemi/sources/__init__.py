@@ -2,10 +2,10 @@
 
 Three kinds, one ``TableSource`` protocol:
 
-- ``FileTableSource`` (c4kemi/store.py): a .json/.toml routing document,
+- ``FileTableSource`` (c4kemi/sources/store.py): a .json/.toml routing document,
   looked at once per ``check_interval``; only for a worker that runs alone
   (a test, a KEMI worker without a node feed);
-- ``FeedTableSource`` (c4kemi/feed.py): the node's table feed, the change
+- ``FeedTableSource`` (c4kemi/sources/feed.py): the node's table feed, the change
   sets ``c4 feed`` or ``c4 db follow`` publish: what every KEMI worker and
   ``c4 serve`` read in a node;
 - ``PostgresTableSource`` (c4kemi/db/source.py): PostgreSQL itself, for a
@@ -13,8 +13,16 @@ Three kinds, one ``TableSource`` protocol:
 
 ``open_source`` is the one place that chooses among them. Every source
 keeps its ``ReloadCounters`` (health, metrics) the same way
-(c4kemi/table_source.py). Kept free of asyncpg and aiohttp: the KEMI
+(c4kemi/sources/table_source.py). Kept free of asyncpg and aiohttp: the KEMI
 workers import this.
+
+The modules:
+
+- table_source.py: the ``TableSource`` protocol and ``ReloadCounters``;
+- store.py: the file source (``FileTableSource``);
+- feed.py: the table feed, its writer (``FeedWriter``, ``c4 feed``) and reader (``FeedTableSource``);
+- files.py: atomic file helpers (replace whole, append whole);
+- this package's ``__init__``: ``open_source``, the factory.
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ def open_source(
         return FeedTableSource(feed, check_interval=CHECK_INTERVAL if check_interval is None else check_interval,
                                step_budget=step_budget)
     if dsn:
-        from .db.source import PostgresTableSource  # asyncpg: never in a KEMI worker, which has no dsn
+        from ..db.source import PostgresTableSource  # asyncpg: never in a KEMI worker, which has no dsn
 
         return PostgresTableSource(dsn, cache_file=cache_file)
     from .store import CHECK_INTERVAL as FILE_CHECK_INTERVAL

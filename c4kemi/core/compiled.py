@@ -2,13 +2,13 @@
 
 A table holds its endpoints (trunks and IPBXs, with their targets), the
 interned DID destinations and the outbound route choices, behind the
-indexes of c4kemi/indexes.py: sources by CIDR, DIDs by prefix, routes per
+indexes of c4kemi/core/indexes.py: sources by CIDR, DIDs by prefix, routes per
 tenant by prefix. Every lookup a decision makes costs a handful of dict
 probes, one per distinct prefix length present, so the cost does not grow
 with the number of DIDs, routes or sources.
 
-c4kemi/compiler.py makes a table from a document, c4kemi/incremental.py a
-new one from a table and what changed; c4kemi/table.py is where callers
+c4kemi/core/compiler.py makes a table from a document, c4kemi/core/incremental.py a
+new one from a table and what changed; c4kemi/core/table.py is where callers
 get them. Reloading builds a new table and swaps it whole. A table is
 immutable: frozen dataclasses, tuples and read-only mapping proxies all
 the way down (the hot path keeps the dicts' own bound ``get``, which
@@ -72,7 +72,7 @@ class Did:
     """Where the DIDs of one tenant, IPBX and ``match`` go: one object for all of them.
 
     The DID index maps each prefix to the ``Did`` of its tenant, IPBX and
-    match, interned (``c4kemi.compiler.compile_did``): a million DIDs share a few hundred of these.
+    match, interned (``c4kemi.core.compiler.compile_did``): a million DIDs share a few hundred of these.
     A lookup writes the reference count of the object it returns; in a
     Kamailio worker forked from the process that loaded the table, one
     object per DID meant a page copied per call (48 MiB per 10,000

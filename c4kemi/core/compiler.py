@@ -1,8 +1,8 @@
-"""Compiling a checked routing document into a ``RoutingTable`` (c4kemi/compiled.py).
+"""Compiling a checked routing document into a ``RoutingTable`` (c4kemi/core/compiled.py).
 
-The document must come from ``c4kemi.document`` (checked, defaults filled
+The document must come from ``c4kemi.core.document`` (checked, defaults filled
 in): compiling checks nothing. ``compile_steps`` does it in steps, so a
-Kamailio worker can spread a large compile over calls (c4kemi/feed.py).
+Kamailio worker can spread a large compile over calls (c4kemi/sources/feed.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ __all__ = ["compile_did", "compile_route", "compile_steps", "compile_validated"]
 
 
 def compile_validated(document: Mapping[str, Any]) -> RoutingTable:
-    """Compile a document already returned by ``c4kemi.document`` (validated, defaults filled in)."""
+    """Compile a document already returned by ``c4kemi.core.document`` (validated, defaults filled in)."""
     return finish(compile_steps({name: document[name] for name in BASE_COLLECTIONS}, document["dids"], document["routes"]))
 
 
@@ -34,7 +34,7 @@ def compile_steps(
     """``compile_validated`` in steps: yields after every ``steps.STEP`` DIDs or routes, returns the table.
 
     ``base`` holds the checked ``BASE_COLLECTIONS``; ``dids`` and ``routes``
-    may be lazy (c4kemi/feed.py reads a snapshot a chunk at a time).
+    may be lazy (c4kemi/sources/feed.py reads a snapshot a chunk at a time).
     """
     ipbxs, trunks = _endpoints(base)
 

@@ -94,7 +94,7 @@ Rtjson = RtjsonRoutes | RtjsonRefusal
 
 
 class RoutingReply(TypedDict):
-    """The reply to a routing query, the same bytes in every mode (``c4kemi.decision.encode``)."""
+    """The reply to a routing query, the same bytes in every mode (``c4kemi.core.decision.encode``)."""
 
     rtjson: Rtjson
 

@@ -1,12 +1,12 @@
 """Call records: what Kamailio reports about a finished call, made into one record.
 
 Pure: no I/O. Both Kamailio configs report a finished call the same way, one
-JSON *event* through ``evapi`` (docs/cdr.md); ``c4 cdr`` (c4kemi/cdr_collector.py)
+JSON *event* through ``evapi`` (docs/cdr.md); ``c4 cdr`` (c4kemi/call/cdr_collector.py)
 turns each event into a record with ``make_record`` and writes it. The event
 carries facts only, so the record's format lives in this one place::
 
     {"call_id": "...",
-     "call": {...},                 # the decision's call (c4kemi.decision.decide_call), absent for a 403
+     "call": {...},                 # the decision's call (c4kemi.core.decision.decide_call), absent for a 403
      "invite": "1764178801.123456", # seconds since the epoch, as Kamailio's $TV(Sn)
      "answer": "...",               # absent: never answered
      "end": "...",

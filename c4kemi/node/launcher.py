@@ -11,7 +11,7 @@ the environment (``C4_TABLE``, ``PYTHONPATH``), so the config files are never
 edited by hand. SIGINT/SIGTERM are forwarded to Kamailio, which stops its
 workers and exits; if this launcher dies, Kamailio gets SIGTERM too.
 
-Reload: the launcher runs ``c4 feed`` (c4kemi/feed.py), the node's one
+Reload: the launcher runs ``c4 feed`` (c4kemi/sources/feed.py), the node's one
 checker of the table file: on a change it checks the document once and
 publishes what changed to a private feed directory in Kamailio's runtime
 directory (``C4_FEED``). Each Kamailio worker (and ``--serve-api``'s c4
@@ -53,9 +53,9 @@ each SIP worker reads those counts at most every ``--admit-interval`` ms.
 ``--memory-manager`` picks Kamailio's allocator (``-x``/``-X``), TLSF by
 default.
 
-The options are c4kemi/launch_options.py's; c4kemi/launch_plan.py makes
+The options are c4kemi/node/launch_options.py's; c4kemi/node/launch_plan.py makes
 the command line, environment and helpers from them (modes plug in there
-through ``MODES``), and c4kemi/launch_supervision.py runs them.
+through ``MODES``), and c4kemi/node/launch_supervision.py runs them.
 """
 
 from __future__ import annotations

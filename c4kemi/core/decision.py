@@ -58,7 +58,7 @@ def decide(table: RoutingTable, query: RoutingQuery) -> RoutingReply:
 
 
 def decide_call(table: RoutingTable, query: RoutingQuery) -> tuple[RoutingReply, Call | None]:
-    """The reply and what Kamailio needs to count and limit the call's channels: the ``Call`` (c4kemi/shapes.py).
+    """The reply and what Kamailio needs to count and limit the call's channels: the ``Call`` (c4kemi/core/shapes.py).
 
     The call is carried beside the rtjson, never in it, so that the reply
     stays the same bytes with or without limits (docs/routing.md, "Channel

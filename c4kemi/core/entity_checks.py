@@ -7,7 +7,7 @@ IPBX, a trunk, a DID or a route against what it may refer to, and records
 entity check returns the entity in checked form (defaults filled in), or
 None when it recorded an error. What only a whole document can tell (the
 collections, unique names, a source CIDR of two entities) is
-c4kemi/document.py's, which also turns the errors into a DocumentError.
+c4kemi/core/document.py's, which also turns the errors into a DocumentError.
 
 The bounds below keep every value usable by Kamailio and the JSON
 encoders; the provisioning API's schema (c4http/openapi.py) states them too.

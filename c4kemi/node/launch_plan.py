@@ -6,7 +6,7 @@ run beside Kamailio (``c4 feed`` or ``c4 db follow``, ``c4 serve``, ``c4
 cdr``); then Kamailio's command line. Modes plug in through ``MODES``: a
 mode names its config file and prepares its defines, environment, banner
 and helpers. Options that cannot make a launch are refused here
-(``LaunchError``). Nothing is started: c4kemi/launch_supervision.py runs
+(``LaunchError``). Nothing is started: c4kemi/node/launch_supervision.py runs
 the plan.
 """
 
@@ -33,12 +33,13 @@ __all__ = [
     "rpc_socket",
 ]
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+# The c4kemi package directory (this module is in its node/ subpackage).
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # The directory holding the c4kemi package: the checkout, or site-packages.
 PACKAGE_ROOT = PACKAGE_DIR.parent
 # kamailio/ ships inside the package (c4kemi/kamailio links to it in a checkout).
 CONFIG_DIR = (PACKAGE_DIR / "kamailio").resolve()
-KEMI_SCRIPT = CONFIG_DIR / "c4_kemi.py"  # a shim importing c4kemi.kemi, see there
+KEMI_SCRIPT = CONFIG_DIR / "c4_kemi.py"  # a shim importing c4kemi.call.kemi, see there
 SIPP_SCENARIOS = PACKAGE_ROOT / "tests" / "e2e" / "scenarios"  # in a checkout only
 RTJSON_PATH = "/kamailio/rtjson"  # c4http.web.RTJSON_PATH (not imported: no aiohttp here)
 # tm's fr_timer (kamailio-base.cfg): the API must answer (or time out) before it.
@@ -137,7 +138,7 @@ def table_file(path: str | None) -> tuple[Path, dict | None]:
         raise LaunchError(f"{path}: no such file")
     document = None
     if table_path.stat().st_size <= HINT_MAX_BYTES:
-        from .document import DocumentError, parse_document
+        from ..core.document import DocumentError, parse_document
 
         try:
             document = parse_document(table_path.read_bytes(), table_path.suffix.lower().lstrip(".") or "json")
@@ -405,7 +406,7 @@ def plan(args: argparse.Namespace, rundir: Path) -> tuple[Launch, list[str]]:
 
 
 def _add_secret_keys(args: argparse.Namespace, launch: Launch) -> None:
-    """The keys derived from the deployment secret, in Kamailio's environment (see c4kemi/secret.py)."""
+    """The keys derived from the deployment secret, in Kamailio's environment (see c4kemi/node/secret.py)."""
     from .secret import CDR_KEY_ENV, ROUTING_ENV, SecretError, default_path, kamailio_env, load_or_create
 
     path = getattr(args, "secret_file", None) or default_path()

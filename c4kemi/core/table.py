@@ -6,16 +6,16 @@ number of DIDs, routes or sources. A change makes a new table from the old
 one at the cost of what changed; reloading swaps the table whole. This
 module is where callers get a table; each concern has its own module:
 
-- c4kemi/compiled.py: the table and what it holds (endpoints, DIDs, routes);
-- c4kemi/indexes.py: its lookup indexes (``PrefixIndex``, ``SourceIndex``);
-- c4kemi/compiler.py: compiling a checked document (``compile_validated``);
-- c4kemi/incremental.py: a table from a table and a change (``update_table``, ``apply_changes``);
-- c4kemi/digests.py: the table's version (``document_version``, per-entity digests);
-- c4kemi/steps.py: the stepped forms' step size and ``finish``.
+- c4kemi/core/compiled.py: the table and what it holds (endpoints, DIDs, routes);
+- c4kemi/core/indexes.py: its lookup indexes (``PrefixIndex``, ``SourceIndex``);
+- c4kemi/core/compiler.py: compiling a checked document (``compile_validated``);
+- c4kemi/core/incremental.py: a table from a table and a change (``update_table``, ``apply_changes``);
+- c4kemi/core/digests.py: the table's version (``document_version``, per-entity digests);
+- c4kemi/core/steps.py: the stepped forms' step size and ``finish``.
 
 ``compile_table`` and ``load_table`` take a document that is not checked
 yet. The other names below are the table's interface as the table sources
-(c4kemi/store.py, c4kemi/feed.py, c4kemi/db/source.py) use it, defined in
+(c4kemi/sources/store.py, c4kemi/sources/feed.py, c4kemi/db/source.py) use it, defined in
 the modules above.
 """
 

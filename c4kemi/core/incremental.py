@@ -4,7 +4,7 @@
 checked) and makes new indexes from the old ones: the route indexes of
 untouched tenants, the source index and every endpoint are the old table's
 own objects, and a ``PrefixIndex`` version shares its big dict with the one
-before (c4kemi/indexes.py). ``update_table`` finds those changes itself by
+before (c4kemi/core/indexes.py). ``update_table`` finds those changes itself by
 comparing a whole new document with the table. The old table is never
 modified: a call being decided with it finishes with it. docs/scale.md
 tells what each piece costs.
@@ -82,7 +82,7 @@ def apply_changes(
     ((tenant, prefix) -> checked route, None: removed) replaced.
 
     The entities must be checked against the table's other collections
-    (``c4kemi.document.validate_entity``); the caller keeps the keys
+    (``c4kemi.core.document.validate_entity``); the caller keeps the keys
     unique. Costs the changes plus, per index they touch, a copy of its layer.
     """
     return finish(apply_changes_steps(table, dids, routes))
