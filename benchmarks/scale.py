@@ -99,7 +99,8 @@ from timing import time_pass  # noqa: E402
 from c4kemi.core.decision import route_json  # noqa: E402
 from c4kemi.core.document import _refuse_duplicate_keys, validate_document  # noqa: E402
 from c4kemi.core.table import apply_changes, compile_validated, update_table  # noqa: E402
-from c4kemi.sources.feed import FeedTableSource, FeedWriter, load_frozen  # noqa: E402
+from c4kemi.sources.feed_reader import FeedTableSource  # noqa: E402
+from c4kemi.sources.feed_writer import FeedWriter, load_frozen  # noqa: E402
 from c4kemi.sources.files import write_atomically  # noqa: E402
 from c4kemi.sources.store import FileTableSource  # noqa: E402
 

@@ -115,7 +115,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 def cmd_feed(args: argparse.Namespace) -> int:
     import logging
 
-    from .sources.feed import watch_file
+    from .sources.feed_writer import watch_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     return watch_file(Path(args.table).resolve(), Path(args.out), args.interval)

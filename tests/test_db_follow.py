@@ -25,7 +25,8 @@ from c4kemi.core.table import compile_table, compile_validated
 from c4kemi.db.changes import ChangeFollower
 from c4kemi.db.documents import connect, export_document, import_document
 from c4kemi.db.source import FeedPublisher, PostgresTableSource, StoreUnavailable, follow_to_file
-from c4kemi.sources.feed import LINE, FeedTableSource, FeedWriter
+from c4kemi.sources.feed_reader import FeedTableSource
+from c4kemi.sources.feed_writer import LINE, FeedWriter
 from tables import document
 
 

@@ -32,8 +32,9 @@ from c4kemi.core.table import compile_validated
 from c4kemi.db import source as source_module
 from c4kemi.db.documents import connect
 from c4kemi.db.source import FeedPublisher
-from c4kemi.sources import feed as feed_module
-from c4kemi.sources.feed import FeedTableSource, FeedWriter
+from c4kemi.sources import feed_writer as feed_module
+from c4kemi.sources.feed_reader import FeedTableSource
+from c4kemi.sources.feed_writer import FeedWriter
 from tables import document
 
 

@@ -19,8 +19,9 @@ import pytest
 from c4kemi.core import steps
 from c4kemi.core.document import DocumentError, validate_document
 from c4kemi.core.table import compile_validated
-from c4kemi.sources import feed as feed_module
-from c4kemi.sources.feed import FeedTableSource, FeedWriter
+from c4kemi.sources import feed_reader, feed_writer
+from c4kemi.sources.feed_reader import FeedTableSource
+from c4kemi.sources.feed_writer import FeedWriter
 from tables import document
 
 
@@ -120,9 +121,9 @@ def test_a_worker_spreads_a_new_snapshot_over_calls_and_routes_meanwhile(tmp_pat
 
 
 def test_a_call_s_share_of_pending_work_doubles_with_its_age_up_to_a_cap():
-    budget = feed_module.call_budget
+    budget = feed_reader.call_budget
     assert [budget(0.002, age) for age in (0, 4.9, 5, 10, 15)] == [0.002, 0.002, 0.004, 0.008, 0.016]
-    assert budget(0.002, 20) == budget(0.002, 3600) == budget(0.002, math.inf) == feed_module.MAX_CALL_BUDGET
+    assert budget(0.002, 20) == budget(0.002, 3600) == budget(0.002, math.inf) == feed_reader.MAX_CALL_BUDGET
     assert budget(0.05, 0) == budget(0.05, 60) == 0.05  # a budget above the cap is never cut
     assert budget(0, 3600) == 0  # 0: one step per call, for ever
 
@@ -142,7 +143,7 @@ class SteppingClock:
 
 def test_a_worker_that_gets_few_calls_does_more_per_call_as_work_ages_but_never_all_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(steps, "STEP", 1)  # steps of one entity: a 2,000-DID change is thousands of steps
-    monkeypatch.setattr(feed_module, "LINE", 1)
+    monkeypatch.setattr(feed_writer, "LINE", 1)
     feed, writer, _ = started(tmp_path)
     clock = SteppingClock()
     reader = FeedTableSource(feed, check_interval=0, step_budget=0.002, clock=clock)
@@ -157,7 +158,7 @@ def test_a_worker_that_gets_few_calls_does_more_per_call_as_work_ages_but_never_
         clock.now += 1.0  # one call a second
     # Call i comes about i seconds after the change: its share is call_budget's for that age, in 1 ms steps
     # (plus the two or three readings around them), and never more than the cap: no call did all the rest at once.
-    expected = [round(feed_module.call_budget(0.002, float(i)) * 1000) for i in range(len(shares) - 1)]
+    expected = [round(feed_reader.call_budget(0.002, float(i)) * 1000) for i in range(len(shares) - 1)]
     assert all(e <= share <= e + 3 for e, share in zip(expected, shares))
     assert expected[:25:5] == [2, 4, 8, 16, 25] and len(shares) > 100
     assert routed_prefix(reader.current(), "398000011") == "39800001" and gc.isenabled()
@@ -175,7 +176,7 @@ def test_a_change_that_breaks_unexpectedly_keeps_the_table_and_the_collector(tmp
         raise AttributeError("a bug in a step")
 
     with monkeypatch.context() as patch:
-        patch.setattr(feed_module, "apply_changes_steps", broken)
+        patch.setattr(feed_reader, "apply_changes_steps", broken)
         writer.publish(with_did("3977"))
         while reader.refresh() or reader.pending:
             pass
@@ -256,7 +257,7 @@ def test_a_moved_entity_is_no_change_and_an_edit_after_a_refusal_is_whole(tmp_pa
 def test_a_worker_spreads_a_bulk_change_set_over_calls_reading_included(tmp_path, monkeypatch):
     """Reading and compiling the change set (a line a step), then updating the DID index (STEP entities a step)."""
     monkeypatch.setattr(steps, "STEP", 1)
-    monkeypatch.setattr(feed_module, "LINE", 1)
+    monkeypatch.setattr(feed_writer, "LINE", 1)
     feed, writer, _ = started(tmp_path)
     reader = FeedTableSource(feed, check_interval=0, step_budget=0)  # one step per call
     doc = document()
@@ -271,7 +272,7 @@ def test_a_worker_spreads_a_bulk_change_set_over_calls_reading_included(tmp_path
 
 
 def test_a_large_change_set_spans_lines_and_is_taken_only_whole(tmp_path, monkeypatch):
-    monkeypatch.setattr(feed_module, "LINE", 2)
+    monkeypatch.setattr(feed_writer, "LINE", 2)
     feed, writer, reader = started(tmp_path)
     good = reader.current()
     doc = document()
@@ -295,14 +296,14 @@ def test_a_request_never_steps_the_work_of_c4_serve_s_refresh_thread(tmp_path, m
     feed, writer, _ = started(tmp_path)
     reader = FeedTableSource(feed, check_interval=math.inf)  # as c4 serve makes it: only its refresh thread reloads
     inside, go_on = threading.Event(), threading.Event()
-    real = feed_module.apply_changes_steps
+    real = feed_reader.apply_changes_steps
 
     def held(*args, **kwargs):
         inside.set()
         go_on.wait(10)
         return (yield from real(*args, **kwargs))
 
-    monkeypatch.setattr(feed_module, "apply_changes_steps", held)
+    monkeypatch.setattr(feed_reader, "apply_changes_steps", held)
     writer.publish(with_did("3977"))
     old = reader.current()
     thread = threading.Thread(target=reader.refresh)

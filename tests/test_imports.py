@@ -172,7 +172,8 @@ def test_the_graph_sees_the_packages_and_their_imports():
     graph, _ = import_graph()
     assert {"c4kemi", "c4kemi.cli", "c4kemi.db.source", "c4http.app", "c4http.server"} <= set(graph)
     assert "c4kemi.core.decision" in graph["c4kemi"]  # from .core.decision import ... in a package __init__
-    assert "c4kemi.core.table" in graph["c4kemi.sources.feed"]  # from ..core import table as table_module
+    assert "c4kemi.core.table" in graph["c4kemi.sources.feed_writer"]  # from ..core.table import ...
+    assert "c4kemi.sources.feed" in graph["c4kemi.sources.feed_reader"]  # from .feed import ...
     assert "c4kemi.core.document" in graph["c4kemi.db.source"]  # from ..core.document import ...
     assert "c4http.server" in graph[CLI]  # a function-local import
     assert "c4kemi.core.decision" in graph["c4http.views"]  # an absolute one

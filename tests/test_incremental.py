@@ -24,8 +24,9 @@ from c4kemi.core.decision import route_json
 from c4kemi.core.document import DocumentError, validate_document
 from c4kemi.core.table import RoutingTable, apply_changes, compile_validated, document_version, update_table
 from c4kemi.db.source import PostgresTableSource
-from c4kemi.sources import feed as feed_module
-from c4kemi.sources.feed import FeedTableSource, FeedWriter
+from c4kemi.sources import feed_writer as feed_module
+from c4kemi.sources.feed_reader import FeedTableSource
+from c4kemi.sources.feed_writer import FeedWriter
 from c4kemi.sources.store import FileTableSource
 from tables import document, request
 

@@ -2,7 +2,7 @@
 
 The document must come from ``c4kemi.core.document`` (checked, defaults filled
 in): compiling checks nothing. ``compile_steps`` does it in steps, so a
-Kamailio worker can spread a large compile over calls (c4kemi/sources/feed.py).
+Kamailio worker can spread a large compile over calls (c4kemi/sources/feed_reader.py).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def compile_steps(
     """``compile_validated`` in steps: yields after every ``steps.STEP`` DIDs or routes, returns the table.
 
     ``base`` holds the checked ``BASE_COLLECTIONS``; ``dids`` and ``routes``
-    may be lazy (c4kemi/sources/feed.py reads a snapshot a chunk at a time).
+    may be lazy (c4kemi/sources/feed_reader.py reads a snapshot a chunk at a time).
     """
     ipbxs, trunks = _endpoints(base)
 

@@ -3,7 +3,7 @@
 Compiling a table, applying a change and merging an index are written as
 generators (``compile_steps``, ``apply_changes_steps``,
 ``PrefixIndex.updated_steps``) so a Kamailio worker can spread a large
-change over calls (c4kemi/sources/feed.py); ``finish`` runs one to the end at once.
+change over calls (c4kemi/sources/feed_reader.py); ``finish`` runs one to the end at once.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from typing import Any
 
 import asyncpg
 
-from ..sources.feed import MAX_CHANGES
+from ..sources.feed_writer import MAX_CHANGES
 from .documents import did_entity, read_document, read_routes, routing_version
 from .follow import Follower
 

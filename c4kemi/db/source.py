@@ -28,7 +28,8 @@ import orjson
 
 from ..core.document import DocumentError, load_raw, validate_document
 from ..core.table import RoutingTable, compile_validated, load_table, update_table
-from ..sources.feed import STORE_STATUS, FeedWriter
+from ..sources.feed import STORE_STATUS
+from ..sources.feed_writer import FeedWriter
 from ..sources.table_source import ReloadCounters
 from .changes import ChangeFollower
 from .follow import UNAVAILABLE, Follower, document_bytes, write_atomically

@@ -11,7 +11,7 @@ the environment (``C4_TABLE``, ``PYTHONPATH``), so the config files are never
 edited by hand. SIGINT/SIGTERM are forwarded to Kamailio, which stops its
 workers and exits; if this launcher dies, Kamailio gets SIGTERM too.
 
-Reload: the launcher runs ``c4 feed`` (c4kemi/sources/feed.py), the node's one
+Reload: the launcher runs ``c4 feed`` (c4kemi/sources/feed_writer.py), the node's one
 checker of the table file: on a change it checks the document once and
 publishes what changed to a private feed directory in Kamailio's runtime
 directory (``C4_FEED``). Each Kamailio worker (and ``--serve-api``'s c4

@@ -5,7 +5,7 @@ Three kinds, one ``TableSource`` protocol:
 - ``FileTableSource`` (c4kemi/sources/store.py): a .json/.toml routing document,
   looked at once per ``check_interval``; only for a worker that runs alone
   (a test, a KEMI worker without a node feed);
-- ``FeedTableSource`` (c4kemi/sources/feed.py): the node's table feed, the change
+- ``FeedTableSource`` (c4kemi/sources/feed_reader.py): the node's table feed, the change
   sets ``c4 feed`` or ``c4 db follow`` publish: what every KEMI worker and
   ``c4 serve`` read in a node;
 - ``PostgresTableSource`` (c4kemi/db/source.py): PostgreSQL itself, for a
@@ -20,7 +20,7 @@ The modules:
 
 - table_source.py: the ``TableSource`` protocol and ``ReloadCounters``;
 - store.py: the file source (``FileTableSource``);
-- feed.py: the table feed, its writer (``FeedWriter``, ``c4 feed``) and reader (``FeedTableSource``);
+- feed.py: the table feed's format; feed_writer.py: its writer (``FeedWriter``, ``c4 feed``); feed_reader.py: its reader (``FeedTableSource``);
 - files.py: atomic file helpers (replace whole, append whole);
 - this package's ``__init__``: ``open_source``, the factory.
 """
@@ -57,7 +57,8 @@ def open_source(
     if sum(map(bool, (table, feed, dsn))) != 1:
         raise ValueError("give one of table, feed, dsn")
     if feed:
-        from .feed import CHECK_INTERVAL, FeedTableSource
+        from .feed import CHECK_INTERVAL
+        from .feed_reader import FeedTableSource
 
         return FeedTableSource(feed, check_interval=CHECK_INTERVAL if check_interval is None else check_interval,
                                step_budget=step_budget)
