@@ -53,6 +53,7 @@ import orjson
 
 from c4kemi.core.decision import RequestError, call_json, decide_call
 from c4kemi.core.document import DocumentError
+from c4kemi.core.shapes import RoutingQuery
 from c4kemi.node.memory import trim_heap
 from c4kemi.sources import open_source
 from c4kemi.sources.feed import FeedError
@@ -133,9 +134,9 @@ def _pv(name: str) -> str | None:
     return None if value is None else str(value)
 
 
-def routing_query() -> dict:
+def routing_query() -> RoutingQuery:
     """The routing query of the current INVITE, member for member as kamailio-http.cfg's route[QUERY] builds it."""
-    query = {
+    query: RoutingQuery = {
         "event": "sip-routing",
         "source_ip": _pv("$si"),
         "source_port": KSR.pv.get("$sp"),
@@ -234,7 +235,7 @@ class Router:
             return -1
         return 1
 
-    def decide(self, query: dict) -> tuple[bytes, str | None]:
+    def decide(self, query: RoutingQuery) -> tuple[bytes, str | None]:
         """The rtjson member (bytes) and the call (C4-Call's JSON, None for none) for QUERY."""
         try:
             table = self.source().current()
@@ -251,7 +252,7 @@ class Router:
             self._dump_decision(query, data)
         return data, (call_json(call) if call else None)
 
-    def _dump_decision(self, query: dict, data: bytes) -> None:
+    def _dump_decision(self, query: RoutingQuery, data: bytes) -> None:
         """One line to this worker's dump file: query JSON, tab, rtjson bytes."""
         try:
             if self._dump is None or self._dump_pid != os.getpid():
