@@ -737,10 +737,10 @@ def bench_serve(n_dids: int, n_routes: int, edits: int, trees: dict[str, Path]) 
     from that directory), side by side on the same table: the time to the
     first answer, then one keep-alive connection asking for the same DID
     every 5 ms (as http_async_client does, one query in flight) while the
-    file is rewritten EDITS times with that DID moved to another IPBX, 8 s
-    apart. Per edit: seconds from the rewrite to the first answer naming
-    the new IPBX's target ("-": not within the 8 s), and the slowest
-    request from the rewrite until then (or the 8 s); at the
+    file is rewritten EDITS times with that DID moved to another IPBX, each
+    once the previous one shows. Per edit: seconds from the rewrite to the
+    first answer naming the new IPBX's target ("-": not within 30 s), and
+    the slowest request from the rewrite until then; at the
     end, the PSS of c4 serve and of what it started (c4 feed).
     """
     import http.client
@@ -797,7 +797,10 @@ def bench_serve(n_dids: int, n_routes: int, edits: int, trees: dict[str, Path]) 
                     target = f'"sip:10.{int(tenant[1:])}.{index}.1:5060"'.encode()
                     edited = time.monotonic()
                     write_atomically(path, orjson.dumps(document))
-                    time.sleep(8)
+                    # Until the reply names it (at most 30 s), then a second more: the next edit starts from it.
+                    while time.monotonic() - edited < 30 and target not in samples[-1][2]:
+                        time.sleep(0.05)
+                    time.sleep(1)
                     after = [(sent, took, body) for sent, took, body in samples if sent >= edited]
                     shown = next((sent + took for sent, took, body in after if target in body), None)
                     waits = [took for sent, took, _ in after if shown is None or sent <= shown]
