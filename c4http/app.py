@@ -24,7 +24,6 @@ that carry it in ``X-C4-Routing-Key`` (others get a 401).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
@@ -40,7 +39,7 @@ from .metrics import Metrics
 from .middlewares import api_errors, json_errors
 from .routes import setup_api_routes, setup_routes
 from .views import DEFAULT_ROUTING_FROM, KAMAILIO_RPC, METRICS, ROUTING, SOURCE, RoutingEndpoint
-from .web import API_PREFIX, DEFAULT_MAX_BODY, MAX_BODY, OPENAPI_PATH, POOL
+from .web import API_PREFIX, DEFAULT_MAX_BODY, MAX_BODY, OPENAPI_PATH, POOL, background
 
 __all__ = ["add_api", "api_listener", "make_api_app", "make_app"]
 
@@ -165,11 +164,8 @@ async def pool_context(app: web.Application) -> AsyncIterator[None]:
 
 async def refresh_task(app: web.Application) -> AsyncIterator[None]:
     """The routing application's cleanup context when it refreshes its source: the task that does."""
-    task = asyncio.create_task(_refresh_loop(app[SOURCE], app[REFRESH_INTERVAL]), name="c4-table-refresh")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with background(_refresh_loop(app[SOURCE], app[REFRESH_INTERVAL]), "c4-table-refresh"):
+        yield
 
 
 async def _refresh_loop(source: TableSource, interval: float) -> None:

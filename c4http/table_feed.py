@@ -28,6 +28,7 @@ from c4kemi.node.launch_plan import Helper, feed_writer
 from c4kemi.node.launch_supervision import idle_child, stop_helper
 
 from .logfmt import logfmt
+from .web import background
 
 __all__ = ["FeedWriterProcess"]
 
@@ -67,13 +68,8 @@ class FeedWriterProcess:
 
     async def supervise(self, app: web.Application) -> AsyncIterator[None]:
         """An aiohttp cleanup context: restart the writer if it dies; stop it and remove the feed at shutdown."""
-        task = asyncio.create_task(self._watch(), name="c4-feed-writer")
-        yield
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        async with background(self._watch(), "c4-feed-writer"):
+            yield
         self.stop()
 
     async def _watch(self) -> None:

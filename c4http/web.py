@@ -7,6 +7,9 @@ it without importing one another.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import asyncpg
@@ -16,7 +19,7 @@ from aiohttp import web
 __all__ = [
     "API_PREFIX", "DEFAULT_LIMIT", "DEFAULT_MAX_BODY", "EXPLAIN_PATH", "JSON", "MAX_BODY", "MAX_LIMIT", "OPENAPI_PATH", "POOL",
     "RTJSON_PATH", "UTF8",
-    "ApiError", "error_response", "page_limit", "reply", "unavailable",
+    "ApiError", "background", "error_response", "page_limit", "reply", "unavailable",
 ]
 
 JSON = "application/json"
@@ -70,3 +73,15 @@ def page_limit(query, parameters: tuple[str, ...]) -> int:
     if not 1 <= limit <= MAX_LIMIT:
         raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}, got {query.get('limit')!r}")
     return limit
+
+
+@contextlib.asynccontextmanager
+async def background(coroutine: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """COROUTINE as a task for the body of the ``async with`` (an app's cleanup context: its lifetime), then cancelled."""
+    task = asyncio.create_task(coroutine, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -43,9 +43,10 @@ def open_source(
     check_interval: float | None = None,
     step_budget: float | None = None,
 ) -> TableSource:
-    """The source a router reads: the feed when the node has one, else PostgreSQL, else the file.
+    """The source for what the caller names: a table feed, PostgreSQL or a document file, exactly one of them.
 
-    Exactly one of ``table``, ``feed``, ``dsn`` is given. ``check_interval``
+    A node's readers name its feed; ``c4 serve --dsn`` without a feed names
+    PostgreSQL; a KEMI worker outside ``c4 kamailio`` names the file. ``check_interval``
     (seconds between looks at the file or feed, by default the source's
     own; ``math.inf``: only an explicit ``refresh()``, c4 serve's refresh
     task) and ``step_budget``
