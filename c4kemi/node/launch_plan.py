@@ -189,17 +189,26 @@ def call_hint(document: dict, listen: str) -> list[str]:
     return lines
 
 
-def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
+def node_feed(args: argparse.Namespace, launch: Launch) -> tuple[Path, Path, dict | None]:
+    """The node's table feed and its writer, for either mode: c4 db follow with --dsn, else c4 feed on --table.
+
+    Returns the feed, the table file (the document, or the node's copy of
+    PostgreSQL's) and the document when it was read here (else None).
+    """
     feed = launch.rundir / "feed"
     if args.dsn:
         if args.table:
             raise LaunchError("--table or --dsn, not both: with --dsn the table comes from PostgreSQL")
         table_path = table_cache(args)
         launch.helpers.append(follower(args, table_path, feed))
-        document = None
-    else:
-        table_path, document = table_file(args.table)
-        launch.helpers.append(feed_writer(table_path, feed))
+        return feed, table_path, None
+    table_path, document = table_file(args.table)
+    launch.helpers.append(feed_writer(table_path, feed))
+    return feed, table_path, document
+
+
+def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
+    feed, table_path, document = node_feed(args, launch)
     if sys.version_info[:2] != (3, 11):
         launch.banner.append(
             f"warning: this is Python {sys.version_info[0]}.{sys.version_info[1]}; app_python3 embeds 3.11, "
@@ -268,19 +277,13 @@ def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
             raise LaunchError(f"--serve-api runs c4 serve at the root of a plain http URL, not {args.api!r}")
         argv = [sys.executable, "-m", "c4kemi.cli", "serve", "--host", host, "--port", str(port)]
         health = http_answers(f"http://{urlsplit(args.api).netloc}/health")
-        feed = launch.rundir / "feed"
+        feed, table_path, document = node_feed(args, launch)
         if args.dsn:
-            if args.table:
-                raise LaunchError("--table or --dsn, not both: with --dsn the table comes from PostgreSQL")
             # c4 db follow writes the feed from the change log; c4 serve reads it and serves the API on the database.
-            cache = table_cache(args)
-            launch.helpers.append(follower(args, cache, feed))
             launch.helpers.append(Helper(argv + ["--feed", str(feed)], f"c4 serve on {host}:{port}", health, {"C4_DSN": args.dsn}))
             launch.banner.append(f"c4 serve on {host}:{port}, routing table from PostgreSQL through c4 db follow and the feed {feed} "
-                                 f"(saved in {cache})")
+                                 f"(saved in {table_path})")
             return
-        table_path, document = table_file(args.table)
-        launch.helpers.append(feed_writer(table_path, feed))
         launch.helpers.append(Helper(argv + ["--feed", str(feed)], f"c4 serve on {host}:{port}", health))
         launch.banner.append(f"c4 serve on {host}:{port}, routing table {table_path} through the feed {feed} (changes taken in within a second)")
         hint(launch, document, args)
