@@ -70,7 +70,7 @@ def test_outbound_shows_route_and_trunk_order_with_priorities_and_weights():
         query = request("10.0.0.10", "0044201234", call_id=call_id)
         ex = explain(TABLE, query)
         assert ex["kind"] == "outbound"
-        assert ex["route"] == {"tenant": "acme", "prefix": "44", "matching_prefixes": ["44", ""]}
+        assert ex["route"] == {"tenant": "acme", "prefix": "44", "matching_prefixes": ["44", ""], "when_all_down": "try"}
         settings_by_trunk = {t["trunk"]: (t["priority"], t["weight"]) for t in ex["trunk_order"]}
         assert settings_by_trunk == {"carrier-a-1": (0, 3), "carrier-b-1": (0, 1), "carrier-b-2": (5, 1)}
         assert ex["trunk_order"][-1]["trunk"] == "carrier-b-2"  # priority 5 after both of priority 0

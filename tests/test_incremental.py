@@ -44,7 +44,7 @@ def endpoint_view(endpoint) -> tuple:
 
 def route_view(route) -> tuple:
     return (route.tenant, route.prefix, route.priorities,
-            [[(endpoint_view(e), w, type(w).__name__) for e, w in group] for group in route.groups])
+            [[(endpoint_view(e), w, type(w).__name__) for e, w in group] for group in route.groups], route.when_all_down)
 
 
 def index_view(index, view) -> tuple:
@@ -108,8 +108,9 @@ def did_values():
 
 def route_values():
     return st.sampled_from(["acme", "globex"]).flatmap(
-        lambda tenant: st.builds(lambda prefix, trunks: {"tenant": tenant, "prefix": prefix, "trunks": trunks},
-                                 st.one_of(st.just(""), PREFIXES), route_trunks(tenant))
+        lambda tenant: st.builds(lambda prefix, trunks, when_all_down: {"tenant": tenant, "prefix": prefix, "trunks": trunks,
+                                                                        **({"when_all_down": when_all_down} if when_all_down else {})},
+                                 st.one_of(st.just(""), PREFIXES), route_trunks(tenant), st.sampled_from([None, None, "try", "refuse"]))
     )
 
 
@@ -149,6 +150,7 @@ MISTAKES = st.one_of(
         {"tenant": "nobody", "prefix": "47", "trunks": ["carrier-a-1"]},
         {"tenant": "acme", "prefix": "48", "trunks": []},
         {"tenant": ["acme"], "prefix": "49", "trunks": ["carrier-a-1"]},
+        {"tenant": "acme", "prefix": "50", "trunks": ["carrier-a-1"], "when_all_down": "never"},
     ])),
 )
 

@@ -93,6 +93,7 @@ class RouteChoice:
     prefix: str
     groups: tuple[tuple[tuple[Endpoint, float], ...], ...]
     priorities: tuple[int, ...] = ()  # each group's priority, for explanations
+    when_all_down: str = "try"  # "refuse": a call whose targets are all down gets 503 (Kamailio's to apply)
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,10 +125,13 @@ def compile_did(d: Mapping[str, Any], ipbxs: Mapping[str, Endpoint], interned: d
 
 
 def compile_route(r: Mapping[str, Any], trunks: Mapping[str, Endpoint]) -> RouteChoice:
-    """The RouteChoice of a checked route: its trunks (from ``trunks``, by name) grouped by priority."""
+    """The RouteChoice of a checked route: its trunks (from ``trunks``, by name) grouped by priority.
+
+    A route without ``when_all_down`` and one that says "try" compile to the same RouteChoice.
+    """
     by_priority: dict[int, list[tuple[Endpoint, float]]] = {}
     for choice in r["trunks"]:
         by_priority.setdefault(choice["priority"], []).append((trunks[choice["trunk"]], choice["weight"]))
     priorities = tuple(sorted(by_priority))
     groups = tuple(tuple(by_priority[p]) for p in priorities)
-    return RouteChoice(r["tenant"], r["prefix"], groups, priorities)
+    return RouteChoice(r["tenant"], r["prefix"], groups, priorities, r.get("when_all_down") or "try")

@@ -156,6 +156,7 @@ def _decide(table: RoutingTable, query: RoutingQuery, call: Call | None) -> Rout
     # Rules 3 and 4: a DID in the sender's scope (on-net for an IPBX), else
     # for an IPBX the tenant's route.
     did = table.find_did(called, sender.tenant, sender.kind == "ipbx")
+    route = None
     if did is not None:
         destinations = [did.ipbx]
     elif sender.kind == "ipbx" and (route := table.find_route(sender.tenant, called)) is not None:
@@ -179,6 +180,10 @@ def _decide(table: RoutingTable, query: RoutingQuery, call: Call | None) -> Rout
                 for e in destinations for t in e.targets
             ],
         })
+        if route is not None and route.when_all_down == "refuse":
+            # Only when the route says so: without it the call is what it was. Kamailio reads it
+            # when every target is down (docs/routing.md, "Trunk health"); the rtjson never carries it.
+            call["when_all_down"] = "refuse"
 
     # Rule 5: one rtjson route per target.
     if calling_is_number:

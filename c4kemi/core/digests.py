@@ -45,11 +45,14 @@ def compiled_route_digest(route: RouteChoice) -> int:
     """A route's share of the entity digest, from its compiled form."""
     return _route_values_digest(route.tenant, route.prefix, [
         [priority, [[endpoint.name, weight] for endpoint, weight in group]] for priority, group in zip(route.priorities, route.groups)
-    ])
+    ], route.when_all_down)
 
 
-def _route_values_digest(tenant: str, prefix: str, groups: list) -> int:
-    return _digest(orjson.dumps(["r", tenant, prefix, groups]))
+def _route_values_digest(tenant: str, prefix: str, groups: list, when_all_down: str | None) -> int:
+    # "try" is the default: such a route (when_all_down absent or "try") has the digest routes had before the field.
+    if when_all_down is None or when_all_down == "try":
+        return _digest(orjson.dumps(["r", tenant, prefix, groups]))
+    return _digest(orjson.dumps(["r", tenant, prefix, groups, when_all_down]))
 
 
 def document_version(document: Mapping[str, Any]) -> str:
@@ -73,7 +76,7 @@ def route_digest(r: Mapping[str, Any]) -> int:
     by_priority: dict[int, list] = {}
     for choice in r["trunks"]:
         by_priority.setdefault(choice["priority"], []).append([choice["trunk"], choice["weight"]])
-    return _route_values_digest(r["tenant"], r["prefix"], [[p, by_priority[p]] for p in sorted(by_priority)])
+    return _route_values_digest(r["tenant"], r["prefix"], [[p, by_priority[p]] for p in sorted(by_priority)], r.get("when_all_down"))
 
 
 def base_collections_digest(base: Mapping[str, Any]) -> bytes:

@@ -19,6 +19,8 @@ import ipaddress
 import re
 from typing import Any
 
+from .health import DEFAULTS as HEALTH_DEFAULTS
+from .health import WHEN_ALL_DOWN, health_errors
 from .numbers import MAX_NUMBER_LENGTH
 from .patterns import PatternError, check_template, compile_pattern
 from .targets import target_problem
@@ -202,7 +204,7 @@ class EntityChecker:
     def ipbx(self, where: str, entity: dict, tenants: set[str], profiles: set[str]) -> dict | None:
         ok = self.fields(
             where, entity, {"name", "tenant", "targets"},
-            {"sources", "allow_wide_sources", "normalization", "fr_timer", "fr_inv_timer", "branch_flags"},
+            {"sources", "allow_wide_sources", "normalization", "fr_timer", "fr_inv_timer", "branch_flags", "health"},
         )
         if "tenant" in entity:
             ok &= self.reference(f"{where}.tenant", entity["tenant"], tenants, "tenant")
@@ -216,13 +218,14 @@ class EntityChecker:
                     ok &= self.sip_uri(f"{where}.targets[{index}]", target)
         out = {"name": entity["name"], "tenant": entity.get("tenant"), "targets": targets}
         ok &= self.common_endpoint(where, entity, profiles, out)
+        ok &= self.health(where, entity, out)
         return out if ok else None
 
     def trunk(self, where: str, entity: dict, carriers: dict, profiles: set[str]) -> dict | None:
         ok = self.fields(
             where, entity, {"name", "carrier", "target"},
             {"sources", "allow_wide_sources", "normalization", "fr_timer", "fr_inv_timer", "branch_flags", "auth",
-             "max_channels", "max_cps"},
+             "max_channels", "max_cps", "health"},
         )
         if "carrier" in entity:
             ok &= self.reference(f"{where}.carrier", entity["carrier"], carriers, "carrier")
@@ -249,7 +252,27 @@ class EntityChecker:
                 ok = False
         out["auth"] = auth
         ok &= self.limits(where, entity, out, ("max_channels", "max_cps"))
+        ok &= self.health(where, entity, out)
         return out if ok else None
+
+    def health(self, where: str, entity: dict, out: dict) -> bool:
+        """A trunk's or an IPBX's optional ``health`` settings (c4kemi/core/health.py).
+
+        Absent (or null) stays absent, so documents without it are
+        unchanged; present, it is kept as given (no defaults filled in),
+        its members in the order of ``health.DEFAULTS``.
+        """
+        value = entity.get("health")
+        if value is None:
+            return True
+        errors = health_errors(f"{where}.health", value)
+        if errors:
+            self.errors.extend(errors)
+            return False
+        out["health"] = {
+            key: list(value[key]) if key == "alive_codes" else value[key] for key in HEALTH_DEFAULTS if key in value
+        }
+        return True
 
     def common_endpoint(self, where: str, entity: dict, profiles: set[str], out: dict) -> bool:
         """Fields shared by trunks and IPBXs: sources, profile, timers, flags."""
@@ -336,7 +359,7 @@ class EntityChecker:
         if not isinstance(entity, dict):
             self.error(where, "must be an object")
             return None
-        ok = self.fields(where, entity, {"tenant", "prefix", "trunks"}, set())
+        ok = self.fields(where, entity, {"tenant", "prefix", "trunks"}, {"when_all_down"})
         tenant, prefix = entity.get("tenant"), entity.get("prefix")
         if "tenant" in entity:
             ok &= self.reference(f"{where}.tenant", tenant, tenants, "tenant")
@@ -366,7 +389,20 @@ class EntityChecker:
                 else:
                     names.add(choice["trunk"])
                     choices.append(choice)
-        return {"tenant": tenant, "prefix": prefix, "trunks": choices} if ok else None
+        out = {"tenant": tenant, "prefix": prefix, "trunks": choices}
+        # What a call does when every target of the route is down (docs/routing.md). Absent (or null)
+        # stays absent and means "try"; a value is kept as given, so documents read back unchanged.
+        when_all_down = entity.get("when_all_down")
+        if when_all_down is not None:
+            if when_all_down.__class__ is not str or when_all_down not in WHEN_ALL_DOWN:
+                value = when_all_down
+                short = (isinstance(value, str) and len(value) <= 40) or isinstance(value, (bool, float)) or (
+                    isinstance(value, int) and abs(value) < 10**30)
+                got = f", got {value!r}" if short else ""
+                self.error(f"{where}.when_all_down", f"must be \"try\" (the default) or \"refuse\"{got}")
+                ok = False
+            out["when_all_down"] = when_all_down
+        return out if ok else None
 
     def route_trunk(self, where: str, entry: Any, position: int, tenant: Any, trunks: dict, carriers: dict) -> dict | None:
         if isinstance(entry, str):

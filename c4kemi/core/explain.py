@@ -16,6 +16,11 @@ primitives the decision uses and then checks its own conclusion against the
 decision's reply (``consistent``); if they ever disagree, the reply is what
 Kamailio got, and the explanation says it cannot be trusted.
 
+Trunk health is not the decision's: Kamailio skips a target marked down
+at relay time. The explanation says so (and what the route's
+``when_all_down`` makes of a call whose targets are all down); it cannot
+tell which targets are down now.
+
 ``render_text`` writes the explanation for a person. Trunk ``auth``
 passwords never appear there (nor in ``destinations``); ``masked`` gives an
 explanation whose ``reply`` has them masked too, for the HTTP endpoint.
@@ -188,6 +193,7 @@ def explain(table: RoutingTable, query: RoutingQuery) -> dict:
         if route is None:
             what = f"no route prefix of tenant {scope} starts {called}" if index is not None else f"tenant {scope} has no routes"
             return _finish(out, reply, NO_ROUTE, f"no DID of tenant {scope} applies and {what}")
+        out["route"]["when_all_down"] = route.when_all_down
         settings = {
             endpoint.name: (priority, weight)
             for priority, group in zip(route.priorities, route.groups)
@@ -363,6 +369,10 @@ def render_text(explanation: dict) -> str:
         add(f"            {timers}")
     outcome = ex["outcome"]
     if outcome["success"]:
+        add("health    applied by Kamailio at relay time: a target marked down is skipped like a trunk at its channel limit;"
+            " this decision does not depend on health")
+        if (route or {}).get("when_all_down") == "refuse":
+            add("          when_all_down refuse: a call whose targets are all down gets 503 at once")
         count = len(ex["reply"]["rtjson"]["routes"])
         add(f"result    {ex['kind']}: {count} branch(es), tried in this order")
     else:

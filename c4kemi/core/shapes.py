@@ -1,4 +1,4 @@
-"""The shapes the decision takes and gives: the routing query, the rtjson reply, the call.
+"""The shapes the decision takes and gives: the routing query, the rtjson reply, the call; and a health object.
 
 docs/routing.md describes each member ("The routing request", "The reply",
 "Channel limits"); these ``TypedDict`` s name them for the code. At run
@@ -13,7 +13,7 @@ says what a well-formed query holds.
 from typing import Literal, NotRequired, Required, TypedDict
 
 __all__ = [
-    "Call", "CallRoute", "RoutingQuery", "RoutingReply", "Rtjson", "RtjsonAuth", "RtjsonHeaders", "RtjsonNameAddr",
+    "Call", "CallRoute", "Health", "RoutingQuery", "RoutingReply", "Rtjson", "RtjsonAuth", "RtjsonHeaders", "RtjsonNameAddr",
     "RtjsonRefusal", "RtjsonRoute", "RtjsonRoutes",
 ]
 
@@ -109,11 +109,28 @@ class CallRoute(TypedDict):
     uri: str  # the route's dst_uri (for the call record)
 
 
+class Health(TypedDict, total=False):
+    """A trunk's or an IPBX's optional ``health`` object in the routing document (c4kemi/core/health.py).
+
+    Every member is optional; absent ones take health.DEFAULTS. Kamailio
+    applies them at relay time; the decision never reads them.
+    """
+
+    probe_interval: int  # 0..3600 s between OPTIONS while up (0: none while up); default 10
+    alive_codes: list[str]  # 1..20 codes "NNN" or classes "Nxx" that count as alive; default: any reply
+    down_after: int  # 0..100 failures in a row that mark the target down (0: never); default 3
+    up_after: int  # 1..100 answered probes in a row that bring it back; default 2
+    failure_percent: int  # 0..100 % of INVITEs failing in the window that marks it down (0: off); default 0
+    failure_window: int  # 10..3600 s; default 60
+    failure_min_calls: int  # 1..100000 INVITEs in the window before the share counts; default 10
+
+
 class Call(TypedDict, total=False):
     """What Kamailio counts and limits a call against, and what its record keeps (``decide_call``).
 
     Carried beside the rtjson, never in it (docs/routing.md, "Channel
-    limits"). A routed call has every member; a 404 only the sender and
+    limits"). A routed call has every member but ``when_all_down``, which
+    only a call on a route that says "refuse" has; a 404 only the sender and
     the numbers (the required ones), as far as the decision got with them
     (refused for a called number that is none: what normalizing made of
     it); a 403 has no call at all.
@@ -129,3 +146,4 @@ class Call(TypedDict, total=False):
     source_max: int  # a sending trunk's max_channels, -1: none (always for an IPBX)
     source_cps: int  # a sending trunk's max_cps, -1: none (always for an IPBX)
     routes: list[CallRoute]
+    when_all_down: Literal["refuse"]  # only when the chosen route says so: every target down, answer 503 at once
