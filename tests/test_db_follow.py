@@ -250,8 +250,11 @@ async def write_through_sql(conn, before, after, bulk=False) -> int:
           [k[1] for k in routes_gone] + [r["prefix"] for r in routes_changed]]),
         ("DELETE FROM routes WHERE (tenant, prefix) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
          [[k[0] for k in routes_gone], [k[1] for k in routes_gone]]),
-        ("INSERT INTO routes (tenant, prefix) SELECT * FROM unnest($1::text[], $2::text[])",
-         [[r["tenant"] for r in routes_new], [r["prefix"] for r in routes_new]]),
+        ("INSERT INTO routes (tenant, prefix, when_all_down) SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
+         [[r["tenant"] for r in routes_new], [r["prefix"] for r in routes_new], [r.get("when_all_down") for r in routes_new]]),
+        ("UPDATE routes SET when_all_down = n.when_all_down FROM unnest($1::text[], $2::text[], $3::text[]) AS n(tenant, prefix, when_all_down)"
+         " WHERE routes.tenant = n.tenant AND routes.prefix = n.prefix",
+         [[r["tenant"] for r in routes_changed], [r["prefix"] for r in routes_changed], [r.get("when_all_down") for r in routes_changed]]),
         ("INSERT INTO route_trunks SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::int[], $6::float8[])",
          [list(column) for column in zip(*trunks, strict=True)] or [[]] * 6),
     ]

@@ -16,7 +16,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-__all__ = ["connect", "did_entity", "tenant_blocks", "export_document", "read_document", "read_routes", "import_document", "routing_version", "setup_connection"]
+from ..core.health import DEFAULTS as HEALTH_DEFAULTS
+
+__all__ = ["connect", "did_entity", "endpoint_health", "route_extras", "tenant_blocks", "export_document", "read_document", "read_routes", "import_document", "routing_version", "setup_connection"]
 
 # Routing tables, the ones referring to others first (TRUNCATE takes them together).
 ROUTING_TABLES = ("route_trunks", "routes", "dids", "sources", "trunks", "ipbxs", "carriers", "normalization_profiles")
@@ -51,7 +53,27 @@ def _endpoint(row: asyncpg.Record, sources: dict[str, list[str]]) -> dict[str, A
         "branch_flags": row["branch_flags"],
         "sources": sources.get(row["name"], []),
         **({"allow_wide_sources": True} if row["allow_wide_sources"] else {}),
+        **endpoint_health(row),
     }
+
+
+def endpoint_health(row: asyncpg.Record) -> dict[str, Any]:
+    """A trunk's or an IPBX's health as the document has it: only when set (NULL: absent).
+
+    jsonb keeps an object's members in its own order; they read back in the
+    document's (``health.DEFAULTS``), anything else after them (for the checks to name).
+    """
+    health = row["health"]
+    if health is None:
+        return {}
+    if isinstance(health, dict):
+        health = {**{key: health[key] for key in HEALTH_DEFAULTS if key in health}, **health}
+    return {"health": health}
+
+
+def route_extras(row: asyncpg.Record) -> dict[str, Any]:
+    """A route's optional fields as the document has them: when_all_down only when set (NULL: absent)."""
+    return {"when_all_down": row["when_all_down"]} if row["when_all_down"] is not None else {}
 
 
 def _limits(row: asyncpg.Record, *columns: str) -> dict[str, int]:
@@ -87,8 +109,8 @@ async def read_routes(conn: asyncpg.Connection, where: str = "", *args: Any) -> 
             {"trunk": row["trunk"], "priority": row["priority"], "weight": _number(row["weight"])}
         )
     return [
-        {"tenant": tenant, "prefix": prefix, "trunks": choices.get((tenant, prefix), [])}
-        for tenant, prefix in await conn.fetch(f"SELECT tenant, prefix FROM routes {where} ORDER BY tenant, prefix", *args)
+        {"tenant": row["tenant"], "prefix": row["prefix"], "trunks": choices.get((row["tenant"], row["prefix"]), []), **route_extras(row)}
+        for row in await conn.fetch(f"SELECT tenant, prefix, when_all_down FROM routes {where} ORDER BY tenant, prefix", *args)
     ]
 
 
@@ -153,22 +175,25 @@ async def import_document(conn: asyncpg.Connection, doc: dict[str, Any]) -> int:
         await _copy(conn, "carriers", [(c["name"], c["tenant"]) for c in doc["carriers"]], ["name", "tenant"])
         endpoint_columns = ["normalization", "fr_timer", "fr_inv_timer", "branch_flags"]
         await _copy(conn, "ipbxs", [
-            (i["name"], i["tenant"], i["targets"], *(i[c] for c in endpoint_columns), i.get("allow_wide_sources", False))
+            (i["name"], i["tenant"], i["targets"], *(i[c] for c in endpoint_columns), i.get("allow_wide_sources", False),
+             i.get("health"))
             for i in doc["ipbxs"]
-        ], ["name", "tenant", "targets", *endpoint_columns, "allow_wide_sources"])
+        ], ["name", "tenant", "targets", *endpoint_columns, "allow_wide_sources", "health"])
         await _copy(conn, "trunks", [
             (t["name"], t["carrier"], t["target"], *(t[c] for c in endpoint_columns), t.get("allow_wide_sources", False),
              *((t["auth"]["username"], t["auth"]["password"], t["auth"]["realm"]) if t.get("auth") else (None, None, None)),
-             t.get("max_channels"), t.get("max_cps"))
+             t.get("max_channels"), t.get("max_cps"), t.get("health"))
             for t in doc["trunks"]
-        ], ["name", "carrier", "target", *endpoint_columns, "allow_wide_sources", "auth_username", "auth_password", "auth_realm", "max_channels", "max_cps"])
+        ], ["name", "carrier", "target", *endpoint_columns, "allow_wide_sources", "auth_username", "auth_password", "auth_realm",
+            "max_channels", "max_cps", "health"])
         await _copy(conn, "sources", [
             (ipaddress.ip_network(cidr), entity["name"] if kind == "ipbxs" else None, entity["name"] if kind == "trunks" else None, position)
             for kind in ("ipbxs", "trunks") for entity in doc[kind] for position, cidr in enumerate(entity["sources"])
         ], ["cidr", "ipbx", "trunk", "position"])
         await _copy(conn, "dids", [(d["tenant"], d["prefix"], d["ipbx"], d.get("match")) for d in doc["dids"]],
                     ["tenant", "prefix", "ipbx", "match"])
-        await _copy(conn, "routes", [(r["tenant"], r["prefix"]) for r in doc["routes"]], ["tenant", "prefix"])
+        await _copy(conn, "routes", [(r["tenant"], r["prefix"], r.get("when_all_down")) for r in doc["routes"]],
+                    ["tenant", "prefix", "when_all_down"])
         await _copy(conn, "route_trunks", [
             (r["tenant"], r["prefix"], position, c["trunk"], c["priority"], float(c["weight"]))
             for r in doc["routes"] for position, c in enumerate(r["trunks"])
