@@ -24,6 +24,9 @@ from c4kemi.core.entity_checks import (
     MAX_WEIGHT,
     PRIORITY_RANGE,
 )
+from c4kemi.core.health import DEFAULTS as HEALTH_DEFAULTS
+from c4kemi.core.health import DOWN_PROBE_INTERVAL, MAX_ALIVE_CODES, WHEN_ALL_DOWN
+from c4kemi.core.health import LIMITS as HEALTH_LIMITS
 
 from .provisioning import MASK
 from .queries import COLLECTIONS
@@ -40,6 +43,30 @@ TIMER = {"type": "integer", "minimum": 1, "maximum": MAX_TIMER_MS}
 SIP_URI = {"type": "string", "description": "sip: or sips: URI, host[:port][;params], no user part", "pattern": "^sips?:"}
 CIDR = {"type": "string", "description": "IPv4/IPv6 address or CIDR without host bits; read back as a CIDR"}
 REGEX = {"type": "string", "description": "Python re syntax, no nested repetition, at most 4 variable quantifiers"}
+HEALTH_MEANINGS = {
+    "probe_interval": "seconds between SIP OPTIONS while the target is up; 0: none while up"
+                      f" (a down target is probed every {DOWN_PROBE_INTERVAL} s anyway)",
+    "down_after": "failures in a row (an OPTIONS or INVITE timing out, an INVITE not sent) that mark the target down; 0: never",
+    "up_after": "answered probes in a row that bring a down target back",
+    "failure_percent": "share of INVITEs failing (503, timeout, not sent) within failure_window that marks the target down; 0: off",
+    "failure_window": "seconds of the failure_percent window",
+    "failure_min_calls": "INVITEs within the window before failure_percent counts",
+}
+HEALTH = {
+    "type": ["object", "null"], "additionalProperties": False,
+    "description": "how Kamailio watches the targets (docs/routing.md); every member optional, absent: its default; "
+                   "absent or null: every default; read back as given",
+    "properties": {
+        key: {
+            "type": "array", "minItems": 1, "maxItems": MAX_ALIVE_CODES, "items": {"type": "string", "pattern": "^[1-6]([0-9][0-9]|xx)$"},
+            "description": "OPTIONS replies that count as alive, codes (\"200\") or classes (\"2xx\"); absent: any reply",
+        } if key == "alive_codes" else {
+            "type": "integer", "minimum": HEALTH_LIMITS[key][0], "maximum": HEALTH_LIMITS[key][1], "default": HEALTH_DEFAULTS[key],
+            "description": HEALTH_MEANINGS[key],
+        }
+        for key in HEALTH_DEFAULTS
+    },
+}  # fmt: skip
 ENDPOINT = {
     "sources": {"type": "array", "items": CIDR, "default": []},
     "allow_wide_sources": {
@@ -50,6 +77,7 @@ ENDPOINT = {
     "fr_timer": {**TIMER, "default": 5000},
     "fr_inv_timer": {**TIMER, "default": 30000},
     "branch_flags": {"type": "integer", "minimum": 0, "maximum": MAX_BRANCH_FLAGS, "default": 0},
+    "health": HEALTH,
 }
 MAX_CHANNELS_FIELD = {
     "type": ["integer", "null"], "minimum": 0, "maximum": MAX_CHANNELS,
@@ -123,6 +151,11 @@ ENTITIES: dict[str, tuple[str, dict[str, Any], list[str]]] = {
                 "weight": {"type": "number", "minimum": 0, "maximum": MAX_WEIGHT, "default": 1},
             }},
         ]}},
+        "when_all_down": {
+            "enum": [*WHEN_ALL_DOWN, None], "default": "try",
+            "description": "when every target of the route is down: try them in their usual order anyway (try), or answer "
+                           "503 at once (refuse); absent or null: try; read back as given",
+        },
     }, ["tenant", "prefix", "trunks"]),
 }  # fmt: skip
 

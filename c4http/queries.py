@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from c4kemi.db.documents import tenant_blocks
+from c4kemi.db.documents import endpoint_health, route_extras, tenant_blocks
 
 from .access import ACCESS
 from .auth import Principal
@@ -59,19 +59,19 @@ SPECS = {
         Spec(
             "ipbxs", "ipbxs", ("name",),
             "SELECT x.name, x.tenant, x.targets, x.normalization, x.fr_timer, x.fr_inv_timer, x.branch_flags,"
-            " x.allow_wide_sources FROM ipbxs x",
+            " x.allow_wide_sources, x.health FROM ipbxs x",
             ("x.name",), "x.tenant", "x",
         ),
         Spec(
             "trunks", "trunks", ("name",),
             "SELECT x.name, x.carrier, x.target, x.normalization, x.fr_timer, x.fr_inv_timer, x.branch_flags,"
-            " x.allow_wide_sources, x.auth_username, x.auth_password, x.auth_realm, x.max_channels, x.max_cps"
+            " x.allow_wide_sources, x.auth_username, x.auth_password, x.auth_realm, x.max_channels, x.max_cps, x.health"
             " FROM trunks x JOIN carriers c ON c.name = x.carrier",
             ("x.name",), "c.tenant", "x",
         ),
         Spec("dids", "dids", ("prefix",), "SELECT x.tenant, x.prefix, x.ipbx, x.match FROM dids x", ("x.prefix",), "x.tenant", "x"),
         Spec(
-            "routes", "routes", ("tenant", "prefix"), "SELECT x.tenant, x.prefix FROM routes x",
+            "routes", "routes", ("tenant", "prefix"), "SELECT x.tenant, x.prefix, x.when_all_down FROM routes x",
             ("x.tenant", "x.prefix"), "x.tenant", "x",
         ),
     )
@@ -155,7 +155,7 @@ async def _items(conn, spec: Spec, rows: list) -> list[dict[str, Any]]:
         if spec.name == "ipbxs":
             return [
                 {"name": r["name"], "tenant": r["tenant"], "targets": list(r["targets"]),
-                 **{k: r[k] for k in endpoint}, "sources": sources.get(r["name"], []), **_wide(r)}
+                 **{k: r[k] for k in endpoint}, "sources": sources.get(r["name"], []), **_wide(r), **endpoint_health(r)}
                 for r in rows
             ]  # fmt: skip
         return [
@@ -163,7 +163,7 @@ async def _items(conn, spec: Spec, rows: list) -> list[dict[str, Any]]:
              "sources": sources.get(r["name"], []), **_wide(r),
              "auth": {"username": r["auth_username"], "password": r["auth_password"], "realm": r["auth_realm"]}
              if r["auth_username"] is not None else None,
-             **{k: r[k] for k in LIMITS if r[k] is not None}}
+             **{k: r[k] for k in LIMITS if r[k] is not None}, **endpoint_health(r)}
             for r in rows
         ]  # fmt: skip
     if spec.name == "routes":
@@ -178,7 +178,10 @@ async def _items(conn, spec: Spec, rows: list) -> list[dict[str, Any]]:
             choices.setdefault((row["tenant"], row["prefix"]), []).append(
                 {"trunk": row["trunk"], "priority": row["priority"], "weight": int(weight) if weight.is_integer() else weight}
             )
-        return [{"tenant": r["tenant"], "prefix": r["prefix"], "trunks": choices.get((r["tenant"], r["prefix"]), [])} for r in rows]
+        return [
+            {"tenant": r["tenant"], "prefix": r["prefix"], "trunks": choices.get((r["tenant"], r["prefix"]), []), **route_extras(r)}
+            for r in rows
+        ]
     if spec.name == "tenants":  # a limit not set, or no block, is absent, as in the document
         return [{"name": row["name"], **{k: row[k] for k in LIMITS if row.get(k) is not None}, **tenant_blocks(row)} for row in rows]
     return [dict(row) for row in rows]
@@ -293,8 +296,9 @@ async def write(conn, spec: Spec, item: dict[str, Any], new: bool) -> None:
         await _upsert(conn, "carriers", "name", item, ("tenant",), new)
     elif name in ("ipbxs", "trunks"):
         columns = ("targets", "tenant") if name == "ipbxs" else ("carrier", "target")
-        columns += ("normalization", "fr_timer", "fr_inv_timer", "branch_flags", "allow_wide_sources")
-        row = {key: item.get(key, False) if key == "allow_wide_sources" else item[key] for key in ("name", *columns)}
+        columns += ("normalization", "fr_timer", "fr_inv_timer", "branch_flags", "allow_wide_sources", "health")
+        row = {key: item.get(key, False) if key == "allow_wide_sources" else item.get(key) if key == "health" else item[key]
+               for key in ("name", *columns)}
         if name == "trunks":
             auth = item["auth"] or {}
             row.update(auth_username=auth.get("username"), auth_password=auth.get("password"), auth_realm=auth.get("realm"))
@@ -312,9 +316,11 @@ async def write(conn, spec: Spec, item: dict[str, Any], new: bool) -> None:
         await _upsert(conn, "dids", "prefix", item, ("tenant", "ipbx", "match"), new)
     else:
         key = (item["tenant"], item["prefix"])
+        when_all_down = item.get("when_all_down")  # None: absent
         if new:
-            await conn.execute("INSERT INTO routes (tenant, prefix) VALUES ($1, $2)", *key)
+            await conn.execute("INSERT INTO routes (tenant, prefix, when_all_down) VALUES ($1, $2, $3)", *key, when_all_down)
         else:
+            await conn.execute("UPDATE routes SET when_all_down = $3 WHERE tenant = $1 AND prefix = $2", *key, when_all_down)
             await conn.execute("DELETE FROM route_trunks WHERE tenant = $1 AND prefix = $2", *key)
         await conn.executemany(
             "INSERT INTO route_trunks (tenant, prefix, position, trunk, priority, weight) VALUES ($1, $2, $3, $4, $5, $6)",
