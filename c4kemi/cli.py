@@ -5,6 +5,7 @@
     c4 kamailio --mode kemi|http ...       run Kamailio with the router
     c4 serve --table FILE | --feed DIR | --dsn DSN ...  run the c4http service
     c4 feed --table FILE --out DIR         publish a document's changes to a table feed
+    c4 health-sync --feed DIR|--api URL --kamailio-rpc SOCK   hand the table's trunk targets to Kamailio's health probes
     c4 db migrate|import|export|token|follow   the PostgreSQL store
     c4 cdr --evapi HOST:PORT --file FILE | --db   collect the call records (c4 kamailio starts it)
 
@@ -121,6 +122,17 @@ def cmd_feed(args: argparse.Namespace) -> int:
     return watch_file(Path(args.table).resolve(), Path(args.out), args.interval)
 
 
+def cmd_health_sync(args: argparse.Namespace) -> int:
+    import logging
+
+    from .node.health_sync import api_targets, feed_targets, run
+    from .node.secret import ROUTING_ENV
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    source = feed_targets(Path(args.feed)) if args.feed else api_targets(args.api, os.environ.get(ROUTING_ENV))
+    return run(source, args.kamailio_rpc, args.interval)
+
+
 def cmd_kamailio(args: argparse.Namespace) -> int:
     from .node.launcher import run_kamailio
 
@@ -166,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("--out", required=True, help="the feed directory (node-local; made private) that Kamailio workers and c4 serve read")
     feed.add_argument("--interval", type=float, default=0.2, help="seconds between looks at the document")
     feed.set_defaults(func=cmd_feed)
+
+    sync = sub.add_parser("health-sync", help="keep Kamailio's trunk health targets equal to the table feed's (c4 kamailio runs it)")
+    where = sync.add_mutually_exclusive_group(required=True)
+    where.add_argument("--feed", help="the node's table feed directory")
+    where.add_argument("--api", help="or the routing API's base URL (GET /kamailio/health-targets, with $C4_ROUTING_KEY)")
+    sync.add_argument("--kamailio-rpc", required=True, help="Kamailio's JSON-RPC datagram socket")
+    sync.add_argument("--interval", type=float, default=1.0, help="seconds between looks at the feed and at Kamailio")
+    sync.set_defaults(func=cmd_health_sync)
 
     from .node.launch_options import add_arguments as add_kamailio_arguments
 

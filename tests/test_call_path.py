@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 KAMAILIO = Path(__file__).resolve().parents[1] / "kamailio"
-SHARED = ("kamailio-base.cfg", "kamailio-call.cfg", "kamailio-cdr.cfg")
+SHARED = ("kamailio-base.cfg", "kamailio-call.cfg", "kamailio-cdr.cfg", "kamailio-health.cfg")
 BLOCK = re.compile(r"^(request_route|(?:route|branch_route|failure_route|onreply_route|event_route)\[([^\]]+)\])\s*\{", re.M)
 # What each mode may define: how it gets the decision, nothing of the call itself.
 MODE_BLOCKS = {

@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-timeout", type=int, default=1000, help="HTTP mode: ms to wait for the API before answering 503 (< 5000)")
     parser.add_argument("--max-inflight", type=int, default=100, help="HTTP mode: API queries in flight before new INVITEs get 503 (default 100)")
     parser.add_argument("--api-workers", type=int, default=4, help="HTTP mode: http_async_client workers (they also run the resume route)")
-    parser.add_argument("--serve-api", action="store_true", help="HTTP mode: also run `c4 serve --table FILE` on the --api host and port")
+    parser.add_argument("--serve-api", action="store_true", help="also run c4 serve on the --api host and port, on the node's table: HTTP mode asks it for routes; "
+                        "in either mode it serves /health, /metrics, /trunks/health (and the API with --dsn)")
     parser.add_argument(
         "--http-async-client", default=os.environ.get(HTTP_ASYNC_ENV) or str(HTTP_ASYNC_BUILT),
         help=f"HTTP mode: path of http_async_client.so (default: ${HTTP_ASYNC_ENV}, else the checkout's build/modules)",

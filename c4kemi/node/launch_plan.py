@@ -112,6 +112,13 @@ class Mode:
     prepare: Callable[[argparse.Namespace, Launch], None]
 
 
+def health_sync(rpc: str, feed: Path | None = None, api: str | None = None) -> Helper:
+    """c4 health-sync: hands the table's trunk and IPBX targets (from the feed, or the API) to Kamailio's health probes."""
+    where = ["--feed", str(feed)] if feed is not None else ["--api", str(api)]
+    argv = [sys.executable, "-m", "c4kemi.cli", "health-sync", *where, "--kamailio-rpc", rpc]
+    return Helper(argv, "c4 health-sync", lambda: True, idle=True)
+
+
 def quoted(value: str | Path) -> str:
     """A string define for the cfg preprocessor: -A 'NAME="value"'."""
     text = str(value)
@@ -199,11 +206,12 @@ def node_feed(args: argparse.Namespace, launch: Launch) -> tuple[Path, Path, dic
     if args.dsn:
         if args.table:
             raise LaunchError("--table or --dsn, not both: with --dsn the table comes from PostgreSQL")
-        table_path = table_cache(args)
+        table_path, document = table_cache(args), None
         launch.helpers.append(follower(args, table_path, feed))
-        return feed, table_path, None
-    table_path, document = table_file(args.table)
-    launch.helpers.append(feed_writer(table_path, feed))
+    else:
+        table_path, document = table_file(args.table)
+        launch.helpers.append(feed_writer(table_path, feed))
+    launch.helpers.append(health_sync(rpc_socket(args, launch.rundir), feed=feed))
     return feed, table_path, document
 
 
@@ -219,6 +227,8 @@ def prepare_kemi(args: argparse.Namespace, launch: Launch) -> None:
     launch.env["C4_FEED"] = str(feed)
     launch.env["PYTHONPATH"] = python_path()
     launch.env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if args.serve_api:  # not asked for routes: the node's /health, /metrics, /trunks/health (and API with --dsn)
+        serve_api(args, launch, feed, table_path, None)
     if args.dsn:
         launch.banner.append(f"routing table from PostgreSQL, kept in {table_path} and published to {feed} by c4 db follow")
         return
@@ -247,6 +257,30 @@ def api_endpoint(api: str) -> tuple[str, str, int]:
     return url, parts.hostname, port
 
 
+def serve_api(args: argparse.Namespace, launch: Launch, feed: Path, table_path: Path, document: dict | None) -> None:
+    """--serve-api: c4 serve on the host and port of --api, reading the node's feed (and PostgreSQL with --dsn).
+
+    HTTP mode asks it for routes; in KEMI mode it is the node's API all the
+    same: /health, /metrics, /trunks/health, /channels, and with --dsn the
+    provisioning API.
+    """
+    if urlsplit(args.api).scheme != "http" or urlsplit(args.api).path.strip("/"):
+        raise LaunchError(f"--serve-api runs c4 serve at the root of a plain http URL, not {args.api!r}")
+    _, host, port = api_endpoint(args.api)
+    argv = [sys.executable, "-m", "c4kemi.cli", "serve", "--host", host, "--port", str(port), "--feed", str(feed)]
+    health = http_answers(f"http://{urlsplit(args.api).netloc}/health")
+    if args.dsn:
+        # c4 db follow writes the feed from the change log; c4 serve reads it and serves the API on the database.
+        launch.helpers.append(Helper(argv, f"c4 serve on {host}:{port}", health, {"C4_DSN": args.dsn}))
+        launch.banner.append(f"c4 serve on {host}:{port}, routing table from PostgreSQL through c4 db follow and the feed {feed} "
+                             f"(saved in {table_path})")
+        return
+    launch.helpers.append(Helper(argv, f"c4 serve on {host}:{port}", health))
+    launch.banner.append(f"c4 serve on {host}:{port}, routing table {table_path} through the feed {feed} (changes taken in within a second)")
+    if args.mode == "http":
+        hint(launch, document, args)
+
+
 def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
     url, host, port = api_endpoint(args.api)
     if not 1 <= args.api_timeout < CFG_FR_TIMER_MS:
@@ -273,22 +307,11 @@ def prepare_http(args: argparse.Namespace, launch: Launch) -> None:
         f"{args.api_workers} http_async_client workers"
     )
     if args.serve_api:
-        if urlsplit(args.api).scheme != "http" or urlsplit(args.api).path.strip("/"):
-            raise LaunchError(f"--serve-api runs c4 serve at the root of a plain http URL, not {args.api!r}")
-        argv = [sys.executable, "-m", "c4kemi.cli", "serve", "--host", host, "--port", str(port)]
-        health = http_answers(f"http://{urlsplit(args.api).netloc}/health")
-        feed, table_path, document = node_feed(args, launch)
-        if args.dsn:
-            # c4 db follow writes the feed from the change log; c4 serve reads it and serves the API on the database.
-            launch.helpers.append(Helper(argv + ["--feed", str(feed)], f"c4 serve on {host}:{port}", health, {"C4_DSN": args.dsn}))
-            launch.banner.append(f"c4 serve on {host}:{port}, routing table from PostgreSQL through c4 db follow and the feed {feed} "
-                                 f"(saved in {table_path})")
-            return
-        launch.helpers.append(Helper(argv + ["--feed", str(feed)], f"c4 serve on {host}:{port}", health))
-        launch.banner.append(f"c4 serve on {host}:{port}, routing table {table_path} through the feed {feed} (changes taken in within a second)")
-        hint(launch, document, args)
+        serve_api(args, launch, *node_feed(args, launch))
     elif args.table or (args.dsn and not args.cdr_db):
         raise LaunchError("--table and --dsn are read by c4 serve in HTTP mode: add --serve-api, or run c4 serve yourself")
+    else:  # the table is the API's: the targets to watch come from there
+        launch.helpers.append(health_sync(rpc_socket(args, launch.rundir), api=args.api))
 
 
 def free_loopback_port() -> int:
@@ -368,11 +391,18 @@ def build_command(args: argparse.Namespace, launch: Launch, rundir: Path) -> lis
         "C4_SHM_RESERVE": shm_reserve(args),
         "C4_RETRY_AFTER": args.retry_after,
         "C4_ADMIT_INTERVAL": args.admit_interval,
+        "C4_HEALTH_FROM_HOST": quoted(probe_from_host(args.listen[0])),
     }
     defines.update(launch.defines)
     for name, value in defines.items():
         command += ["-A", name if value is None else f"{name}={value}"]
     return command
+
+
+def probe_from_host(listen: str) -> str:
+    """The host[:port] of a --listen socket (udp:127.0.0.1:5060 -> 127.0.0.1:5060): the From of the health probes."""
+    proto, _, rest = listen.partition(":")
+    return rest if proto.lower() in ("udp", "tcp", "tls", "sctp") and rest else listen
 
 
 def rpc_socket(args: argparse.Namespace, rundir: Path) -> str:
@@ -423,7 +453,7 @@ def _add_secret_keys(args: argparse.Namespace, launch: Launch) -> None:
     if "C4_CDR_EVAPI" not in launch.defines:  # records off: nobody needs the call record key
         launch.env.pop(CDR_KEY_ENV, None)
     for helper in launch.helpers:  # --serve-api: c4 serve answers only queries with the routing key
-        if "serve" in helper.argv:
+        if "serve" in helper.argv or "--api" in helper.argv:  # c4 health-sync --api asks with it
             helper.env[ROUTING_ENV] = launch.env[ROUTING_ENV]
         if "cdr" in helper.argv:  # c4 cdr authenticates on evapi with it
             helper.env[CDR_KEY_ENV] = launch.env[CDR_KEY_ENV]
