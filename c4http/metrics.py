@@ -42,6 +42,8 @@ BAD_REQUEST_REASONS = (
 KAMAILIO_STATISTICS = {
     "c4_cdr_dropped": "Call records Kamailio dropped: the queue to c4 cdr was full, or the event too big (docs/cdr.md)",
     "c4_refused_unknown_source": "New INVITEs refused 403 because their source is in no trunk or IPBX, from Kamailio",
+    "c4_targets_down": "Trunk health: times a trunk or IPBX target was marked down, node-wide, from Kamailio (docs/health.md)",
+    "c4_targets_up": "Trunk health: times a down trunk or IPBX target came back, node-wide, from Kamailio",
 }
 
 
@@ -107,6 +109,32 @@ class ChannelCollector:
                 family.add_metric([name], calls)
             yield family
         yield from self._statistics()
+        yield from self._health()
+
+    def _health(self):
+        """Trunk health from Kamailio (c4kemi.call.health): up or down, and changes of state, per trunk and IPBX target."""
+        from c4kemi.call.channels import RpcError
+        from c4kemi.call.health import health_report
+
+        try:
+            report = health_report(self.rpc)
+        except RpcError:
+            return
+        up = GaugeMetricFamily("c4_trunk_up", "Trunk health: 1 while the trunk's target is up, 0 while down (docs/health.md)", labels=["trunk"])
+        changes = CounterMetricFamily("c4_trunk_state_changes", "Trunk health: changes of state of the trunk's target, by new state",
+                                      labels=["trunk", "state"])
+        ipbx_up = GaugeMetricFamily("c4_ipbx_target_up", "Trunk health: 1 while the IPBX target is up, 0 while down", labels=["ipbx", "target"])
+        for entry in report:
+            value = 1 if entry["state"] == "up" else 0
+            for trunk in entry["trunks"]:
+                up.add_metric([trunk], value)
+                changes.add_metric([trunk, "down"], entry["went_down"])
+                changes.add_metric([trunk, "up"], entry["came_up"])
+            for ipbx in entry["ipbxs"]:
+                ipbx_up.add_metric([ipbx, entry["target"]], value)
+        yield up
+        yield changes
+        yield ipbx_up
 
     def _statistics(self):
         """Kamailio's own counters of the router (kamailio-base.cfg, statistics module), as they are now."""

@@ -13,8 +13,8 @@ from .cdrs import list_cdrs
 from .openapi import openapi_description
 from .provisioning import create_item, delete_item, get_item, list_items, patch_item
 from .queries import COLLECTIONS
-from .views import ROUTING, channels, explain, health, prometheus
-from .web import EXPLAIN_PATH, OPENAPI_PATH, RTJSON_PATH
+from .views import ROUTING, channels, explain, health, prometheus, trunk_health
+from .web import EXPLAIN_PATH, HEALTH_TARGETS_PATH, OPENAPI_PATH, RTJSON_PATH
 
 __all__ = ["setup_api_routes", "setup_routes"]
 
@@ -22,10 +22,12 @@ __all__ = ["setup_api_routes", "setup_routes"]
 def setup_routes(app: web.Application) -> None:
     """The routing service's paths; ``app[ROUTING]`` answers the routing queries."""
     app.router.add_post(RTJSON_PATH, app[ROUTING].rtjson)
+    app.router.add_get(HEALTH_TARGETS_PATH, app[ROUTING].health_targets)
     app.router.add_post(EXPLAIN_PATH, explain)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/channels", channels)
+    app.router.add_get("/trunks/health", trunk_health)
 
 
 def setup_api_routes(api: web.Application) -> None:

@@ -8,6 +8,9 @@
     GET  /health            table version, entity counts, uptime, reloads
     GET  /metrics           Prometheus text format
     GET  /channels          the calls in progress, from Kamailio (c4 serve --kamailio-rpc)
+    GET  /trunks/health     trunk health, from Kamailio (c4 serve --kamailio-rpc; docs/health.md)
+    GET  /kamailio/health-targets  the targets a node's Kamailio watches, for its
+                            c4 health-sync (same access rules as the routing endpoint)
 
 The routing endpoint's replies carry trunk credentials, so it answers only
 the addresses of ``routing_from`` (loopback by default; others get a 403)
@@ -38,9 +41,11 @@ import orjson
 from aiohttp import web
 
 from c4kemi.call.channels import KamailioRpc, RpcError, live_channels
+from c4kemi.call.health import health_report
 from c4kemi.core.decision import RequestError, call_json, decide_call, encode
 from c4kemi.core.explain import explain as explain_query
 from c4kemi.core.explain import masked, render_text
+from c4kemi.core.health import probe_targets
 from c4kemi.sources.table_source import TableSource
 
 from .logfmt import log_event
@@ -49,7 +54,7 @@ from .web import JSON, MAX_BODY, UTF8, error_response
 
 __all__ = [
     "CALL_HEADER", "DEFAULT_ROUTING_FROM", "KAMAILIO_RPC", "METRICS", "ROUTING", "ROUTING_KEY_HEADER", "SOURCE",
-    "RoutingEndpoint", "channels", "explain", "health", "prometheus", "read_json_body", "source_filter",
+    "RoutingEndpoint", "channels", "explain", "health", "prometheus", "read_json_body", "source_filter", "trunk_health",
 ]
 
 log = logging.getLogger("c4.http")
@@ -143,8 +148,8 @@ class RoutingEndpoint:
         log_event(log, logging.WARNING, "bad_request", status=status, reason=reason, remote=request.remote, error=message)
         return error_response(status, message)
 
-    async def rtjson(self, request: web.Request) -> web.Response:
-        self.count_request()
+    def refused(self, request: web.Request) -> web.Response | None:
+        """403 for a peer outside routing_from, 401 without the routing key; None for the node's own Kamailio."""
         if not self.allowed_source(request.remote):
             return self.bad_request(request, 403, "forbidden_source", f"{request.remote} may not ask for routes (see --routing-from)")
         expected_key = self.expected_key
@@ -152,6 +157,13 @@ class RoutingEndpoint:
             request.headers.get(ROUTING_KEY_HEADER, "").encode("utf-8", "surrogateescape"), expected_key
         ):
             return self.bad_request(request, 401, "bad_routing_key", f"missing or wrong {ROUTING_KEY_HEADER}: only this node's Kamailio may ask for routes")
+        return None
+
+    async def rtjson(self, request: web.Request) -> web.Response:
+        self.count_request()
+        refused = self.refused(request)
+        if refused is not None:
+            return refused
         query = await read_json_body(request, self.max_body)
         if query.__class__ is BadBody:
             return self.bad_request(request, *query)
@@ -190,6 +202,23 @@ class RoutingEndpoint:
         # What Kamailio counts and limits the call by, beside the rtjson (which
         # stays the same bytes): docs/routing.md, "Channel limits".
         return web.Response(body=data, content_type=JSON, headers={CALL_HEADER: call_json(call)})
+
+
+    async def health_targets(self, request: web.Request) -> web.Response:
+        """GET /kamailio/health-targets: what a node's c4 health-sync hands its Kamailio to watch.
+
+        The table's version is the ETag: a node that has it gets a 304.
+        """
+        refused = self.refused(request)
+        if refused is not None:
+            return refused
+        table = self.current()
+        etag = f'"{table.version}"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        targets = probe_targets(table.base.get("trunks", []), table.base.get("ipbxs", []))
+        body = {"version": table.version, "targets": [[t.uri, t.line, list(t.users)] for t in targets.values()]}
+        return web.Response(body=orjson.dumps(body), content_type=JSON, headers={"ETag": etag})
 
 
 # The routing endpoint of the application.
@@ -247,6 +276,19 @@ async def prometheus(request: web.Request) -> web.Response:
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
+
+
+async def trunk_health(request: web.Request) -> web.Response:
+    """GET /trunks/health: each watched target, who uses it, up or down since when, the last probe and failure (c4kemi.call.health)."""
+    kamailio_rpc = request.app.get(KAMAILIO_RPC)
+    if not kamailio_rpc:
+        return error_response(503, "trunk health is read from Kamailio: run c4 serve --kamailio-rpc SOCKET (c4 kamailio --rpc-socket)")
+    try:
+        targets = await asyncio.to_thread(health_report, KamailioRpc(kamailio_rpc))
+    except RpcError as exc:
+        return error_response(503, f"Kamailio did not give the trunk health: {exc}")
+    body = {"down": sum(t["state"] == "down" for t in targets), "targets": targets}
+    return web.Response(body=orjson.dumps(body), content_type=JSON)
 
 
 async def channels(request: web.Request) -> web.Response:

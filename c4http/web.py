@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 __all__ = [
-    "API_PREFIX", "DEFAULT_LIMIT", "DEFAULT_MAX_BODY", "EXPLAIN_PATH", "JSON", "MAX_BODY", "MAX_LIMIT", "OPENAPI_PATH", "POOL",
+    "API_PREFIX", "DEFAULT_LIMIT", "DEFAULT_MAX_BODY", "EXPLAIN_PATH", "HEALTH_TARGETS_PATH", "JSON", "MAX_BODY", "MAX_LIMIT", "OPENAPI_PATH", "POOL",
     "RTJSON_PATH", "UTF8",
     "ApiError", "background", "error_response", "page_limit", "reply", "unavailable",
 ]
@@ -29,6 +29,7 @@ DEFAULT_MAX_BODY = 64 * 1024
 # Where the service answers what (c4http.routes wires them).
 RTJSON_PATH = "/kamailio/rtjson"
 EXPLAIN_PATH = "/kamailio/explain"
+HEALTH_TARGETS_PATH = "/kamailio/health-targets"
 API_PREFIX = "/api/v1"  # the provisioning API
 OPENAPI_PATH = "/openapi.json"  # under API_PREFIX
 # The page sizes of its lists.
