@@ -48,9 +48,18 @@ def test_a_refusal_without_a_call_and_an_unanswered_call():
     assert busy["attempts"] == [{"destination": "carrier-a-1", "kind": "trunk", "uri": "sip:192.0.2.10:5060", "code": 486}]
 
 
+def test_a_route_skipped_because_its_target_was_down_is_an_attempt_without_a_code():
+    record = make_record({**ANSWERED, "tries": "0:down,1:200"}, "3")
+    first, second = record["attempts"]
+    assert first["code"] is None and first["skipped"] == "down" and first["destination"] == "carrier-a-1"
+    assert second["code"] == 200 and "skipped" not in second
+    assert record["answered_by"] == second["destination"]
+
+
 @pytest.mark.parametrize(
     "change, error",
     [
+        ({"tries": "0:up"}, "bad 'tries' entry"),
         ({"code": "200"}, "bad 'code'"),
         ({"code": 99}, "bad 'code'"),
         ({"invite": None}, "missing 'invite'"),

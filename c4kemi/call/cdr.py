@@ -10,7 +10,7 @@ carries facts only, so the record's format lives in this one place::
      "invite": "1764178801.123456", # seconds since the epoch, as Kamailio's $TV(Sn)
      "answer": "...",               # absent: never answered
      "end": "...",
-     "tries": "0:503,1:200",        # rtjson route index : SIP code, in order
+     "tries": "0:503,1:200",        # rtjson route index : SIP code ("down": skipped, its target down), in order
      "code": 200, "reason": "OK",   # the final answer to the caller (200 for an answered call)
      "by": "caller"}                # who ended it: caller, callee, timeout, router
 
@@ -75,21 +75,28 @@ def _text(value: Any, kind: str) -> str | None:
 
 
 def _attempts(tries: Any, routes: list) -> list[dict]:
-    """'0:503,1:200' -> one entry per destination tried, named from the call's routes."""
+    """'0:503,1:200' -> one entry per destination tried, named from the call's routes.
+
+    A route skipped because its target was down ('0:down', kamailio-health.cfg)
+    is an entry too, with no code and ``"skipped": "down"``.
+    """
     if not isinstance(tries, str) or not tries:
         return []
     attempts = []
     for item in tries.split(",")[:MAX_TRIES]:
         index, _, code = item.partition(":")
-        if not (index.isdigit() and code.isdigit()) or len(index) > 4 or len(code) > 3:
+        if not (index.isdigit() and (code.isdigit() or code == "down")) or len(index) > 4 or len(code) > 4:
             raise EventError(f"bad 'tries' entry {item!r}")
         route = routes[int(index)] if int(index) < len(routes) and isinstance(routes[int(index)], dict) else {}
-        attempts.append({
+        attempt = {
             "destination": _text(route.get("name"), "name"),
             "kind": ("trunk" if route.get("trunk") else "ipbx") if route else None,
             "uri": _text(route.get("uri"), "uri"),
-            "code": int(code),
-        })
+            "code": int(code) if code != "down" else None,
+        }
+        if code == "down":
+            attempt["skipped"] = "down"
+        attempts.append(attempt)
     return attempts
 
 
