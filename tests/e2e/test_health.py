@@ -246,3 +246,21 @@ def test_the_node_api_shows_trunk_health_and_its_metrics(router, peers, rpc_path
     assert 'c4_trunk_up{trunk="carrier-b-1"} 1.0' in metrics
     assert 'c4_trunk_state_changes_total{state="down",trunk="carrier-a-1"} 1.0' in metrics
     assert "c4_targets_down_total 1.0" in metrics
+
+
+def test_a_call_record_says_which_route_was_skipped_as_down(router, peers, rpc_path, tmp_path):
+    from .test_cdr import read_records
+
+    a = peers(TRUNK_A)
+    b = peers(TRUNK_B, options=200, invite=486)
+    records = tmp_path / "cdr.jsonl"
+    r = router.start(document(a, b, health_a={"probe_interval": 1}),
+                     extra_args=["--rpc-socket", str(rpc_path), "--cdr-file", str(records)])
+    wait_for(lambda: state(rpc_path, a)["state"] == "down", 20, "carrier-a-1 marked down")
+
+    assert call(r).code == 486
+    (record,) = read_records(records, 1)
+    assert record["attempts"] == [
+        {"destination": "carrier-a-1", "kind": "trunk", "uri": a.uri, "code": None, "skipped": "down"},
+        {"destination": "carrier-b-1", "kind": "trunk", "uri": b.uri, "code": 486},
+    ]
