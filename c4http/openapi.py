@@ -329,6 +329,34 @@ SERVICE_PATHS = {
                 "name": NAME, "calls": {"type": "integer"}, "max_channels": {"type": "integer"}, "max_cps": {"type": "integer"}}}},
         }}, "the counts"), "503": _error("Kamailio did not answer, or c4 serve runs without --kamailio-rpc")},
     }},
+    "/trunks/health": {"get": {
+        "summary": "trunk health: every target Kamailio watches, up or down since when, last probe and failure (docs/health.md)",
+        "operationId": "trunkHealth", "security": [],
+        "responses": {"200": _json({"type": "object", "properties": {
+            "down": {"type": "integer", "description": "targets down now"},
+            "targets": {"type": "array", "items": {"type": "object", "properties": {
+                "target": {"type": "string"}, "trunks": {"type": "array", "items": NAME},
+                "ipbxs": {"type": "array", "items": NAME}, "state": {"enum": ["up", "down"]},
+                "since": {"type": ["string", "null"], "format": "date-time"},
+                "invite_failures_in_a_row": {"type": "integer"}, "probe_failures_in_a_row": {"type": "integer"},
+                "last_probe": {"type": ["string", "null"], "format": "date-time"},
+                "last_probe_rtt_ms": {"type": ["integer", "null"]},
+                "last_failure": {"type": ["string", "null"], "format": "date-time"},
+                "last_failure_reason": {"type": ["string", "null"]},
+                "went_down": {"type": "integer"}, "came_up": {"type": "integer"},
+                "probe_interval": {"type": ["integer", "null"]}}}},
+        }}, "the health of each target"), "503": _error("Kamailio did not answer, or c4 serve runs without --kamailio-rpc")},
+    }},
+    "/kamailio/health-targets": {"get": {
+        "summary": "the targets a node's c4 health-sync hands its Kamailio to watch (ETag: the table version)",
+        "description": "Only for source addresses in --routing-from, with the node's routing key.",
+        "operationId": "healthTargets", "security": [],
+        "responses": {"200": _json({"type": "object", "properties": {
+            "version": {"type": "string"},
+            "targets": {"type": "array", "items": {"type": "array", "description": "[uri, settings line, users]"}},
+        }}, "the targets"), "304": {"description": "unchanged since If-None-Match"},
+            "401": _error("missing or wrong routing key"), "403": _error("source address not allowed")},
+    }},
     API_PREFIX + OPENAPI_PATH: {"get": {"summary": "this description", "operationId": "openapi", "security": [],
                                         "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}}},
 }  # fmt: skip

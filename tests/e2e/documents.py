@@ -34,6 +34,21 @@ OUT_CALLED_NATIONAL = "0298765432"  # what the carrier should receive
 UNUSED = 9  # discard port: a target no test calls
 
 
+def without_probes(document: dict) -> dict:
+    """Trunks and IPBXs with no health setting get ``probe_interval: 0``: no OPTIONS while up.
+
+    sipp's UAS scenarios take an OPTIONS for a call that went wrong (the
+    scenario fails), and the recording peers of test_hostile.py count it as
+    something the router should not have sent. Only tests/e2e/test_health.py
+    is about probes, and it says what it wants. Calls still count (down_after).
+    """
+    for collection in ("trunks", "ipbxs"):
+        for entity in document.get(collection, []):
+            if isinstance(entity, dict) and "health" not in entity:
+                entity["health"] = {"probe_interval": 0}
+    return document
+
+
 def routing_document(
     pbx_port: int = UNUSED,
     pbx2_port: int = UNUSED,

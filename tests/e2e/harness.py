@@ -9,6 +9,7 @@ group) and killed by group when the test ends, whatever happened.
 
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import re
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import orjson
 from ports import free_tcp_port, free_udp_port
+
+from .documents import without_probes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
@@ -380,6 +383,8 @@ class Router:
         return int(self.api_url.rsplit(":", 1)[1]) if self.api_url else None
 
     def update_table(self, document) -> None:
+        if isinstance(document, dict):
+            document = without_probes(copy.deepcopy(document))
         write_json_atomically(self.table_path, document)
 
     def log_text(self) -> str:
@@ -453,6 +458,8 @@ class RouterFactory:
     ) -> Router:
         """With ``dsn``, the table comes from PostgreSQL (the document is not written there: import it first)."""
         table_path = self.workdir / "table.json"
+        if isinstance(document, dict):
+            document = without_probes(copy.deepcopy(document))
         write_json_atomically(table_path, document)
         address = "127.0.0.1"
         port = port or free_udp_port(address)
