@@ -21,6 +21,8 @@ def add_api_arguments(parser: argparse.ArgumentParser) -> None:
         pass  # c4 serve already takes --dsn (the table from PostgreSQL): the API uses that database
     parser.add_argument("--api-token", default=os.environ.get("C4_API_TOKEN"),
                         help="the API's admin token (default: $C4_API_TOKEN, which keeps it out of ps)")
+    parser.add_argument("--api-token-file", default=None, help="or read the admin token from this file (mode 600, first line)")
+    parser.add_argument("--dsn-file", default=None, help="read the DSN from this file (mode 600, first line) instead of --dsn or $C4_DSN")
     parser.add_argument("--api-listen", metavar="HOST:PORT", type=host_port,
                         help="serve /api/v1 on this address instead of beside the routing endpoint")
     parser.add_argument("--routing-from", metavar="CIDR", action="append", type=network,

@@ -15,6 +15,7 @@ from aiohttp import web
 from c4kemi.core.document import DocumentError
 from c4kemi.db.source import StoreUnavailable
 from c4kemi.node.secret import ROUTING_ENV
+from c4kemi.node.state import SecretFileError, read_secret_file
 from c4kemi.sources import open_source
 from c4kemi.sources.feed import CHECK_INTERVAL as FEED_CHECK_INTERVAL
 from c4kemi.sources.feed import FeedError
@@ -42,6 +43,14 @@ def run_server(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; 0 on a clean stop, 1 if it cannot start."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     feed = getattr(args, "feed", None)
+    try:
+        if getattr(args, "dsn_file", None):
+            args.dsn = read_secret_file(args.dsn_file, "--dsn-file")
+        if getattr(args, "api_token_file", None):
+            args.api_token = read_secret_file(args.api_token_file, "--api-token-file")
+    except SecretFileError as exc:
+        print(f"c4 serve: {exc}", file=sys.stderr)
+        return 2
     # With --feed, --dsn (or $C4_DSN) is only the provisioning API's database: c4 db follow writes the feed.
     if sum(map(bool, (args.table, feed, args.dsn and not feed))) != 1:
         print("c4 serve: give --table FILE, --feed DIR or --dsn DSN (or $C4_DSN), one of them", file=sys.stderr)
@@ -75,6 +84,9 @@ def run_server(args: argparse.Namespace) -> int:
             writer.stop()
         print(f"c4 serve: refusing to start: {exc}", file=sys.stderr)
         return 1
+    if args.dsn and not api_token:
+        log.warning(logfmt(event="no_admin_token", detail="the provisioning API runs without an admin token ($C4_API_TOKEN or "
+                           "--api-token-file): every admin call gets 401; tenant tokens still work"))
     access_log = logging.getLogger("aiohttp.access") if args.access_log else None
     routing_key = os.environ.get(ROUTING_ENV) or None  # the environment only: argv shows in ps
     if routing_key is None:

@@ -20,8 +20,9 @@ DEFAULT_LISTEN = "udp:127.0.0.1:5060"
 HTTP_ASYNC_ENV = "C4_HTTP_ASYNC_CLIENT"
 # Where `make setup` builds it in a checkout (beside the directory holding the c4kemi package).
 HTTP_ASYNC_BUILT = Path(__file__).resolve().parents[2] / "build" / "modules" / "http_async_client.so"
-DEFAULT_TABLE_CACHE = Path("/var/lib/c4/routing-table.json")
-DEFAULT_CDR_SPOOL = Path("/var/lib/c4/cdr-spool.jsonl")
+# In the instance's state directory (c4kemi/node/state.py) unless given.
+DEFAULT_TABLE_CACHE = "routing-table.json"
+DEFAULT_CDR_SPOOL = "cdr-spool.jsonl"
 # Kamailio's memory managers (-x shared, -X private). TLSF by default: with
 # qm (Debian's default) a third of the CPU under load went to qm_malloc
 # (README, "Capacity and overload").
@@ -73,10 +74,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--http-async-client", default=os.environ.get(HTTP_ASYNC_ENV) or str(HTTP_ASYNC_BUILT),
         help=f"HTTP mode: path of http_async_client.so (default: ${HTTP_ASYNC_ENV}, else the checkout's build/modules)",
     )
-    parser.add_argument("--dsn", help="PostgreSQL DSN: the table comes from the database instead of --table (KEMI mode, or with --serve-api)")
+    parser.add_argument("--dsn", help="PostgreSQL DSN: the table comes from the database instead of --table (KEMI mode, or with "
+                        "--serve-api). On the command line every local user sees it in ps: prefer $C4_DSN or --dsn-file "
+                        "(either one is used when no --table is given)")
+    parser.add_argument("--dsn-file", default=None, help="read the DSN from this file (mode 600, first line)")
+    parser.add_argument("--api-token-file", default=None,
+                        help="--serve-api with a database: the provisioning API's admin token, from this file (mode 600); "
+                             "or $C4_API_TOKEN")
+    parser.add_argument("--instance", default=None,
+                        help="this instance's name, for its state directory (default: from the first --listen, e.g. udp-127.0.0.1-5060)")
+    parser.add_argument("--state-dir", default=None,
+                        help="the instance's state: deployment secret, table cache, call-record spool (default: $C4_STATE_DIR, "
+                             "else /var/lib/c4/INSTANCE as root, $XDG_STATE_HOME/c4/INSTANCE otherwise)")
     parser.add_argument(
-        "--table-cache", default=str(DEFAULT_TABLE_CACHE),
-        help="with --dsn: the node's copy of the table, kept by a follower and used when PostgreSQL is down at start",
+        "--table-cache", default=None,
+        help="with a database: the node's copy of the table, kept by a follower and used when PostgreSQL is down at start "
+             f"(default: STATE_DIR/{DEFAULT_TABLE_CACHE})",
     )
     parser.add_argument(
         "--rpc-socket", default=None,
@@ -86,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cdr-file", default=None, help="call records on: append them to this JSON-lines file (docs/cdr.md)")
     parser.add_argument("--cdr-db", action="store_true",
                         help="call records on: ship them to the cdrs table of --dsn (or $C4_DSN), spooled in --cdr-spool")
-    parser.add_argument("--cdr-spool", default=str(DEFAULT_CDR_SPOOL), help="with --cdr-db: where records wait for PostgreSQL")
+    parser.add_argument("--cdr-spool", default=None, help=f"with --cdr-db: where records wait for PostgreSQL (default: STATE_DIR/{DEFAULT_CDR_SPOOL})")
     parser.add_argument("--cdr-spool-max-mb", type=int, default=1024,
                         help="with --cdr-db: the spool's bound in MiB; when full, new records are dropped (and logged)")
     parser.add_argument("--cdr-unknown-sources", action="store_true",
@@ -96,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the Kamailio command and environment, do not start")
     parser.add_argument("--secret-file", default=None,
                         help="deployment secret (uac restore and dialog keys), created 0600 if missing "
-                             "(default: $C4_SECRET_FILE, $C4_STATE_DIR/secret, /var/lib/c4/secret as root)")
+                             "(default: $C4_SECRET_FILE, else STATE_DIR/secret; as root, /var/lib/c4/secret if an earlier "
+                             "version made it and STATE_DIR has none)")
 
 
 def shm_reserve(args: argparse.Namespace) -> int:

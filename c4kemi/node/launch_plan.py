@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .launch_options import DEFAULT_LISTEN, HTTP_ASYNC_ENV, shm_reserve
+from .launch_options import DEFAULT_CDR_SPOOL, DEFAULT_LISTEN, DEFAULT_TABLE_CACHE, HTTP_ASYNC_ENV, shm_reserve
 from .secret import SECRET_ENV
 
 __all__ = [
@@ -271,7 +271,11 @@ def serve_api(args: argparse.Namespace, launch: Launch, feed: Path, table_path: 
     health = http_answers(f"http://{urlsplit(args.api).netloc}/health")
     if args.dsn:
         # c4 db follow writes the feed from the change log; c4 serve reads it and serves the API on the database.
-        launch.helpers.append(Helper(argv, f"c4 serve on {host}:{port}", health, {"C4_DSN": args.dsn}))
+        env = {"C4_DSN": args.dsn, **({"C4_API_TOKEN": args.api_token} if getattr(args, "api_token", None) else {})}
+        launch.helpers.append(Helper(argv, f"c4 serve on {host}:{port}", health, env))
+        if not getattr(args, "api_token", None):
+            launch.banner.append("warning: no admin token ($C4_API_TOKEN or --api-token-file): the provisioning API "
+                                 "answers 401 to every admin call; tenant tokens still work")
         launch.banner.append(f"c4 serve on {host}:{port}, routing table from PostgreSQL through c4 db follow and the feed {feed} "
                              f"(saved in {table_path})")
         return
@@ -411,15 +415,66 @@ def rpc_socket(args: argparse.Namespace, rundir: Path) -> str:
 
 
 def check_options(args: argparse.Namespace) -> None:
-    """Refuse the values no launch can use; the first ``--listen`` defaults to DEFAULT_LISTEN."""
+    """Refuse the values no launch can use; fill in the defaults that depend on others.
+
+    The first ``--listen`` defaults to DEFAULT_LISTEN; the state directory
+    and the files in it, the DSN and the admin token are resolved here
+    (c4kemi/node/state.py).
+    """
     if not args.listen:
         args.listen = [DEFAULT_LISTEN]
+    resolve_state(args)
+    resolve_secrets(args)
     if args.workers < 1 or args.shm < 16 or args.pkg < 4:
         raise LaunchError("--workers must be >= 1, --shm >= 16 MiB, --pkg >= 4 MiB")
     if args.max_transactions < 1 or args.retry_after < 0 or args.admit_interval < 0:
         raise LaunchError("--max-transactions must be >= 1, --retry-after and --admit-interval >= 0")
     if args.shm_reserve is not None and not 0 <= args.shm_reserve <= args.shm:
         raise LaunchError(f"--shm-reserve must be between 0 and --shm ({args.shm} MiB)")
+
+
+def resolve_state(args: argparse.Namespace) -> None:
+    """The instance's state directory, and the table cache, spool and secret in it unless given."""
+    from .secret import default_path
+    from .state import LEGACY_STATE_DIR, default_state_dir, instance_name
+
+    instance = instance_name(getattr(args, "instance", None) or args.listen[0])
+    explicit = getattr(args, "state_dir", None)
+    state = Path(explicit).resolve() if explicit else default_state_dir(instance)
+    args.state_dir = str(state)
+    if getattr(args, "table_cache", None) is None:
+        args.table_cache = str(state / DEFAULT_TABLE_CACHE)
+    if getattr(args, "cdr_spool", None) is None:
+        args.cdr_spool = str(state / DEFAULT_CDR_SPOOL)
+    if getattr(args, "secret_file", None) is None:
+        if os.environ.get("C4_SECRET_FILE"):
+            args.secret_file = str(default_path())
+        else:
+            legacy = LEGACY_STATE_DIR / "secret"  # one per host, before per-instance state: keep the dialogs it signed
+            mine = state / "secret"
+            chosen = explicit or os.environ.get("C4_STATE_DIR")
+            args.secret_file = str(legacy if not chosen and not mine.exists() and os.geteuid() == 0 and legacy.is_file() else mine)
+
+
+def resolve_secrets(args: argparse.Namespace) -> None:
+    """The DSN (--dsn, --dsn-file, $C4_DSN) and the API's admin token (--api-token-file, $C4_API_TOKEN).
+
+    $C4_DSN or --dsn-file routes from PostgreSQL only where --dsn would
+    (no --table; HTTP mode: with --serve-api); --cdr-db reads it either way.
+    """
+    from .state import SecretFileError, read_secret_file
+
+    try:
+        if getattr(args, "dsn_file", None):
+            if args.dsn:
+                raise LaunchError("--dsn or --dsn-file, not both")
+            args.dsn = read_secret_file(args.dsn_file, "--dsn-file")
+        elif not args.dsn and os.environ.get("C4_DSN") and not args.table and (args.mode == "kemi" or args.serve_api):
+            args.dsn = os.environ["C4_DSN"]
+        args.api_token = read_secret_file(args.api_token_file, "--api-token-file") if getattr(args, "api_token_file", None) \
+            else os.environ.get("C4_API_TOKEN")
+    except SecretFileError as exc:
+        raise LaunchError(str(exc)) from None
 
 
 def plan(args: argparse.Namespace, rundir: Path) -> tuple[Launch, list[str]]:
