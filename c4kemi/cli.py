@@ -211,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--feed", help="the node's table feed written by `c4 feed` (what c4 kamailio --serve-api gives it)")
     serve.add_argument("--dsn", default=os.environ.get("C4_DSN"), help="PostgreSQL DSN: the table from the database (default: $C4_DSN)")
     serve.add_argument(
-        "--table-cache", default="/var/lib/c4/routing-table.json",
-        help="with --dsn: where the last good table is saved, and read when PostgreSQL is down at start",
+        "--table-cache", default=os.path.join(os.environ.get("C4_STATE_DIR", "/var/lib/c4"), "serve-table.json"),
+        help="with --dsn: where the last good table is saved, and read when PostgreSQL is down at start "
+             "(default: $C4_STATE_DIR/serve-table.json, else /var/lib/c4/serve-table.json)",
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
