@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -45,6 +46,14 @@ KAMAILIO_STATISTICS = {
     "c4_targets_down": "Trunk health: times a trunk or IPBX target was marked down, node-wide, from Kamailio (docs/health.md)",
     "c4_targets_up": "Trunk health: times a down trunk or IPBX target came back, node-wide, from Kamailio",
 }
+
+
+# The node's decisions, counted by Kamailio in both modes (kamailio-base.cfg: route[COUNT_DECISION]).
+NODE_REFUSALS = {"403": "c4_refusals_403", "404": "c4_refusals_404", "other": "c4_refusals_other"}
+# Buckets of the wait for a decision, in ms (upper bounds), and Kamailio's counter of each (not cumulative).
+NODE_DECISION_BUCKETS = (("0.5", "0_5"), ("1", "1"), ("2", "2"), ("5", "5"), ("10", "10"), ("20", "20"), ("50", "50"),
+                         ("100", "100"), ("500", "500"), ("+Inf", "inf"))
+NODE_STATISTICS = ("c4_decisions", *NODE_REFUSALS.values(), *(f"c4_decision_ms_le_{name}" for _, name in NODE_DECISION_BUCKETS))
 
 
 class TableCollector:
@@ -141,7 +150,7 @@ class ChannelCollector:
         from c4kemi.call.channels import RpcError
 
         try:
-            lines = self.rpc.call("stats.get_statistics", *KAMAILIO_STATISTICS)
+            lines = self.rpc.call("stats.get_statistics", *KAMAILIO_STATISTICS, *NODE_STATISTICS)
         except RpcError:
             return
         values = {}
@@ -154,6 +163,25 @@ class ChannelCollector:
         for name, text in KAMAILIO_STATISTICS.items():
             if name in values:
                 yield CounterMetricFamily(name, text, value=values[name])
+        yield from node_decisions(values)
+
+
+def node_decisions(values: dict[str, int]):
+    """The node's decisions as Kamailio counted them (both modes): counters, refusals by code, the wait histogram."""
+    if "c4_decisions" not in values:
+        return
+    yield CounterMetricFamily("c4_node_decisions", "Routing decisions the node's Kamailio acted on (both modes)", value=values["c4_decisions"])
+    refusals = CounterMetricFamily("c4_node_refusals", "Decisions that refused the call, by SIP code, from Kamailio", labels=["code"])
+    for code, name in NODE_REFUSALS.items():
+        refusals.add_metric([code], values.get(name, 0))
+    yield refusals
+    cumulative, buckets = 0, []
+    for bound, name in NODE_DECISION_BUCKETS:
+        cumulative += values.get(f"c4_decision_ms_le_{name}", 0)
+        buckets.append((bound if bound == "+Inf" else str(float(bound) / 1000), cumulative))
+    # No _sum: Kamailio's 32-bit counters cannot keep one; histogram_quantile() needs only the buckets.
+    yield HistogramMetricFamily("c4_node_decision_seconds", "How long a new INVITE waited for its routing decision, from its "
+                                "arrival (KEMI: the decision; HTTP: the API round trip), from Kamailio", buckets=buckets)
 
 
 class Metrics:

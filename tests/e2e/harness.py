@@ -455,8 +455,12 @@ class RouterFactory:
         env: dict[str, str] | None = None,
         dsn: str | None = None,
         port: int | None = None,
+        node_api: bool = False,
     ) -> Router:
-        """With ``dsn``, the table comes from PostgreSQL (the document is not written there: import it first)."""
+        """With ``dsn``, the table comes from PostgreSQL (the document is not written there: import it first).
+
+        ``node_api``: the node runs its own c4 serve (``c4 kamailio --serve-api``, either mode), at ``router.api_url``.
+        """
         table_path = self.workdir / "table.json"
         if isinstance(document, dict):
             document = without_probes(copy.deepcopy(document))
@@ -468,6 +472,13 @@ class RouterFactory:
         api_logs = []
         if self.mode == "kemi":
             mode_args = ["--dsn", dsn, "--table-cache", str(self.workdir / "kemi-cache.json")] if dsn else ["--table", str(table_path)]
+            if node_api:
+                api_url = f"http://127.0.0.1:{free_tcp_port()}"
+                mode_args += ["--serve-api", "--api", api_url]
+        elif self.mode == "http" and node_api:
+            api_url = f"http://127.0.0.1:{free_tcp_port()}"
+            source = ["--dsn", dsn, "--table-cache", str(self.workdir / "http-cache.json")] if dsn else ["--table", str(table_path)]
+            mode_args = ["--api", api_url, "--serve-api", *source]
         elif self.mode == "http":
             if api is None or api == "serve":
                 api_url = f"http://127.0.0.1:{free_tcp_port()}"

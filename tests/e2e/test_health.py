@@ -222,16 +222,10 @@ def test_replies_the_router_did_not_ask_for_change_nothing(router, peers, rpc_pa
 
 def test_the_node_api_shows_trunk_health_and_its_metrics(router, peers, rpc_path):
     """GET /trunks/health and /metrics of the node's own c4 serve (--serve-api), in either mode."""
-    from .harness import free_tcp_port, http_ok
-
     a = peers(TRUNK_A)
     b = peers(TRUNK_B, options=200, invite=486)
-    api = f"http://127.0.0.1:{free_tcp_port()}"
-    serve = ["--serve-api", "--api", api] if router.mode == "kemi" else ["--serve-api", "--table", str(router.workdir / "table.json")]
-    r = router.start(document(a, b, health_a={"probe_interval": 1}), api=None if router.mode == "http" else "serve",
-                     extra_args=["--rpc-socket", str(rpc_path), *serve])
-    assert http_ok(f"{api}/health") if router.mode == "kemi" else http_ok(f"{r.api_url}/health")
-    base = api if router.mode == "kemi" else r.api_url
+    r = router.start(document(a, b, health_a={"probe_interval": 1}), node_api=True, extra_args=["--rpc-socket", str(rpc_path)])
+    base = r.api_url
     wait_for(lambda: state(rpc_path, a)["state"] == "down", 20, "carrier-a-1 marked down")
 
     with urllib.request.urlopen(f"{base}/trunks/health", timeout=5) as response:
