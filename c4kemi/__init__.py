@@ -9,7 +9,11 @@ from .core.decision import RequestError, decide, encode, route_json
 from .core.document import DocumentError, load_document
 from .core.table import compile_table, load_table
 
+# The release, as pyproject.toml says it (tests/test_deploy.py checks they agree); `c4 --version`.
+__version__ = "0.1.0"
+
 __all__ = [
+    "__version__",
     "DocumentError",
     "RequestError",
     "RoutingTable",

@@ -158,7 +158,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="c4", description="c4 class-4 SIP router for Kamailio")
+    parser.add_argument("--version", action="version", version=f"c4 {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check", help="validate a routing document (.json or .toml)")
@@ -176,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     feed = sub.add_parser("feed", help="check a routing document once per change and publish what changed to a table feed")
     feed.add_argument("--table", required=True, help="routing document (.json or .toml) to watch")
     feed.add_argument("--out", required=True, help="the feed directory (node-local; made private) that Kamailio workers and c4 serve read")
-    feed.add_argument("--interval", type=float, default=0.2, help="seconds between looks at the document")
+    feed.add_argument("--interval", type=float, default=0.2, help="seconds between looks at the document (default 0.2)")
     feed.set_defaults(func=cmd_feed)
 
     sync = sub.add_parser("health-sync", help="keep Kamailio's trunk health targets equal to the table feed's (c4 kamailio runs it)")
@@ -184,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--feed", help="the node's table feed directory")
     where.add_argument("--api", help="or the routing API's base URL (GET /kamailio/health-targets, with $C4_ROUTING_KEY)")
     sync.add_argument("--kamailio-rpc", required=True, help="Kamailio's JSON-RPC datagram socket")
-    sync.add_argument("--interval", type=float, default=1.0, help="seconds between looks at the feed and at Kamailio")
+    sync.add_argument("--interval", type=float, default=1.0, help="seconds between looks at the feed and at Kamailio (default 1)")
     sync.set_defaults(func=cmd_health_sync)
 
     from .node.launch_options import add_arguments as add_kamailio_arguments
@@ -215,19 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --dsn: where the last good table is saved, and read when PostgreSQL is down at start "
              "(default: $C4_STATE_DIR/serve-table.json, else /var/lib/c4/serve-table.json)",
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1", help="address of the routing endpoint, /health and /metrics (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="its port (default 8080)")
     serve.add_argument("--access-log", action="store_true", help="log every request (off by default)")
     serve.add_argument(
         "--backlog", type=int, default=SERVE_BACKLOG,
         help=f"listen backlog: connections the kernel queues before c4 serve accepts them (default {SERVE_BACKLOG}; "
              "capped by net.core.somaxconn)",
     )
-    serve.add_argument("--max-body", type=int, default=64 * 1024, help="largest accepted request body in bytes")
+    serve.add_argument("--max-body", type=int, default=64 * 1024, help="largest accepted request body in bytes (default 65536)")
     serve.add_argument(
         "--kamailio-rpc", metavar="SOCKET", default=None,
         help="Kamailio's JSON-RPC socket (c4 kamailio --rpc-socket): live calls per tenant and trunk "
-             "in /metrics and GET /api/v1/channels",
+             "in /metrics and GET /channels",
     )
     from c4http.options import add_api_arguments
 

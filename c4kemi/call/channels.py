@@ -7,7 +7,7 @@ reads them over Kamailio's JSON-RPC datagram socket (``jsonrpcs``, the
 ``dlg.profile_get_size``, one request per name: the names come from the
 routing table, so the cost grows with the table (about 30 us a name here),
 not with the traffic. Used by ``c4 serve --kamailio-rpc`` for ``/metrics``
-and ``GET /api/v1/channels``. Standard library only.
+and ``GET /channels``. Standard library only.
 """
 
 from __future__ import annotations
