@@ -7,6 +7,7 @@
     c4 db token revoke ID             revoke a token
     c4 db token list                  list tokens (never the tokens themselves)
     c4 db follow --out FILE [--feed DIR]   keep FILE equal to the routing data; publish its changes to DIR (c4 kamailio --dsn runs it)
+    c4 db cdr-prune --older-than-days N    delete call records older than N days, in batches (retention.py)
 
 Every command takes ``--dsn`` (default: ``$C4_DSN``).
 """
@@ -40,9 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     revoke = token_sub.add_parser("revoke", parents=[dsn], help="revoke a token by id")
     revoke.add_argument("id", type=int)
     token_sub.add_parser("list", parents=[dsn], help="list tokens: id, tenant, created, revoked")
+    prune = sub.add_parser("cdr-prune", parents=[dsn], help="delete the call records (cdrs table) older than N days, in batches")
+    prune.add_argument("--older-than-days", type=int, required=True, metavar="N",
+                       help="delete records whose INVITE came more than N days ago (N >= 1)")
+    prune.add_argument("--batch", type=int, default=5000, help="rows deleted per transaction (default 5000)")
+    prune.add_argument("--pause", type=float, default=0.1, help="seconds between batches (default 0.1)")
+    prune.add_argument("--dry-run", action="store_true", help="count the records it would delete, delete nothing")
     follow = sub.add_parser("follow", parents=[dsn], help="keep a routing document file equal to the database (LISTEN/NOTIFY)")
     follow.add_argument("--out", required=True, help="the file to write, atomically (the KEMI workers' table)")
-    follow.add_argument("--check-interval", type=float, default=5.0, help="seconds between version checks besides NOTIFY")
+    follow.add_argument("--check-interval", type=float, default=5.0, help="seconds between version checks besides NOTIFY (default 5)")
     follow.add_argument("--feed", help="publish to this table feed directory what the change log says changed (what c4 kamailio --dsn reads)")
 
 
@@ -146,4 +153,21 @@ async def _token(conn, args) -> int:
     return 0
 
 
-COMMANDS = {"migrate": _migrate, "import": _import, "export": _export, "token": _token}
+async def _cdr_prune(conn, args) -> int:
+    from .retention import count_older, cutoff_for, prune_cdrs
+
+    if args.older_than_days < 1 or args.batch < 1 or args.pause < 0:
+        print("c4 db cdr-prune: --older-than-days and --batch must be >= 1, --pause >= 0", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        cutoff = await cutoff_for(conn, args.older_than_days)
+        count = await count_older(conn, cutoff)
+        print(f"would delete {count} call records with an INVITE before {cutoff:%Y-%m-%d %H:%M:%S%z}")
+        return 0
+    result = await prune_cdrs(conn, args.older_than_days, args.batch, args.pause)
+    print(f"deleted {result.deleted} call records with an INVITE before {result.cutoff:%Y-%m-%d %H:%M:%S%z} "
+          f"({result.batches} batches of at most {args.batch})")
+    return 0
+
+
+COMMANDS = {"migrate": _migrate, "import": _import, "export": _export, "token": _token, "cdr-prune": _cdr_prune}
