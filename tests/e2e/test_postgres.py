@@ -69,10 +69,10 @@ def peers():
     busy.close()
 
 
-def start(router, pg_dsn, peers):
+def start(router, pg_dsn, peers, node_api: bool = False):
     document = routing_document(pbx_port=peers.ports[PBX], pbx2_port=peers.ports[PBX2])
     import_into(pg_dsn, document)
-    return router.start(document, dsn=pg_dsn)
+    return router.start(document, dsn=pg_dsn, node_api=node_api)
 
 
 def last_target(peers) -> str:
@@ -87,14 +87,10 @@ def api_patch(base: str, path: str, body: bytes) -> int:
 
 
 def test_an_api_write_routes_the_next_calls_within_a_second(router, pg_dsn, peers, monkeypatch):
-    monkeypatch.setenv("C4_API_TOKEN", ADMIN_TOKEN)  # for every c4 serve started below
-    r = start(router, pg_dsn, peers)
-    if router.mode == "http":
-        api = r.api_url  # the c4 serve Kamailio asks also serves the API
-    else:  # KEMI mode runs no c4 serve: the API of a management c4 serve writes to the same database
-        port = free_tcp_port()
-        router.serve(r.table_path, port, dsn=pg_dsn)
-        api = f"http://127.0.0.1:{port}"
+    """The node's own API (c4 kamailio --serve-api), in either mode: KEMI mode is a PostgreSQL node like HTTP mode."""
+    monkeypatch.setenv("C4_API_TOKEN", ADMIN_TOKEN)  # c4 kamailio hands it to its c4 serve
+    r = start(router, pg_dsn, peers, node_api=True)
+    api = r.api_url
     assert call_did(r) == 486 and last_target(peers) == PBX
 
     assert api_patch(api, "dids/39612345", b'{"ipbx": "acme-pbx-2"}') == 200
