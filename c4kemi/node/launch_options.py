@@ -111,6 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="deployment secret (uac restore and dialog keys), created 0600 if missing "
                              "(default: $C4_SECRET_FILE, else STATE_DIR/secret; as root, /var/lib/c4/secret if an earlier "
                              "version made it and STATE_DIR has none)")
+    parser.add_argument("--require-db", action="store_true",
+                        help="with a database: exit at once (code 2) when PostgreSQL cannot be reached at start, instead of "
+                             "routing from the table cache or waiting for the database")
 
 
 def shm_reserve(args: argparse.Namespace) -> int:

@@ -64,13 +64,26 @@ class Launch:
 
 @dataclass
 class Helper:
-    """A process started (and ready) before Kamailio, stopped after it: c4 serve, c4 db follow."""
+    """A process started (and ready) before Kamailio, stopped after it, restarted if it exits meanwhile: c4 serve, c4 db follow."""
 
     argv: list[str]
     what: str  # for messages, e.g. "c4 serve on 127.0.0.1:8080"
     ready: Callable[[], bool]
     env: dict[str, str] = field(default_factory=dict)  # the DSN travels here, never on a command line
     idle: bool = False  # the table's writer: the lowest CPU priority, so it never takes CPU from SIP workers
+    restart: bool = True  # exits while Kamailio runs: started again, with a backoff (launch_supervision.py)
+    ready_timeout: float | None = None  # seconds to be ready at start (None: API_START_TIMEOUT; inf: no bound)
+
+    @property
+    def name(self) -> str:
+        """Its name in the launcher's log and the node's status file: cdr, feed, db-follow, serve, health-sync."""
+        words = self.argv[self.argv.index("c4kemi.cli") + 1:] if "c4kemi.cli" in self.argv else []
+        command = []
+        for word in words:
+            if word.startswith("-"):
+                break
+            command.append(word)
+        return "-".join(command) or self.what
 
 
 def http_answers(url: str) -> Callable[[], bool]:
@@ -97,7 +110,9 @@ def table_cache(args: argparse.Namespace) -> Path:
 def follower(args: argparse.Namespace, path: Path, feed: Path) -> Helper:
     """c4 db follow: keeps PATH, the node's copy of the table, equal to PostgreSQL, and publishes it to FEED."""
     argv = [sys.executable, "-m", "c4kemi.cli", "db", "follow", "--out", str(path), "--feed", str(feed)]
-    return Helper(argv, f"c4 db follow ({path})", (feed / "current").is_file, {"C4_DSN": args.dsn}, idle=True)
+    # No bound on its start: without a table cache it waits for PostgreSQL, however long (the launcher says so).
+    return Helper(argv, f"c4 db follow ({path})", (feed / "current").is_file, {"C4_DSN": args.dsn}, idle=True,
+                  ready_timeout=float("inf"))
 
 
 def feed_writer(table_path: Path, feed: Path) -> Helper:
