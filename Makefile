@@ -18,7 +18,7 @@ API_PORT ?= 8080
 DEBIAN_PACKAGES := kamailio kamailio-python3-modules kamailio-json-modules \
 	kamailio-extra-modules kamailio-utils-modules sip-tester python3-venv \
 	libcurl4-openssl-dev libevent-dev dpkg-dev build-essential bison flex \
-	postgresql
+	postgresql systemd
 
 .PHONY: help setup debian-packages module venv run test test-e2e bench bench-http bench-packages clean
 

@@ -45,6 +45,7 @@ KAMAILIO_STATISTICS = {
     "c4_refused_unknown_source": "New INVITEs refused 403 because their source is in no trunk or IPBX, from Kamailio",
     "c4_targets_down": "Trunk health: times a trunk or IPBX target was marked down, node-wide, from Kamailio (docs/health.md)",
     "c4_targets_up": "Trunk health: times a down trunk or IPBX target came back, node-wide, from Kamailio",
+    "c4_overload_refusals": "New INVITEs refused 503 by admission control (the node at its bounds), from Kamailio",
 }
 
 
@@ -85,6 +86,9 @@ class TableCollector:
         if counters.loaded_at is not None:
             yield GaugeMetricFamily("c4_table_loaded_timestamp_seconds", "When the table in use was loaded", value=counters.loaded_at)
         yield GaugeMetricFamily("c4_uptime_seconds", "Seconds since the service started", value=time.monotonic() - self.started)
+        # 0 while /health says "degraded" (PostgreSQL away: routing goes on with the last good table).
+        yield GaugeMetricFamily("c4_store_up", "The table's store answers (1) or not (0): PostgreSQL reachable, the feed's writer following",
+                                value=1 if self.source.status().get("state") == "ok" else 0)
 
 
 class ChannelCollector:

@@ -41,8 +41,6 @@ EXAMPLE_TABLE = ROOT / "c4kemi" / "examples" / "example.json"
 # expose yet, each with what should count it. Empty this as they land.
 PENDING_METRICS = {
     "c4_helper_restarts_total": "c4 kamailio's helper restarts, by helper (issue 21, item 1)",
-    "c4_store_up": "1 while the node reaches PostgreSQL, 0 while /health says degraded",
-    "c4_overload_refusals_total": "new INVITEs refused 503 by route[REFUSE_OVERLOAD] (a Kamailio statistic)",
 }
 PROMETHEUS_OWN = {"up"}  # the scrape's own series
 

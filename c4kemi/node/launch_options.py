@@ -39,12 +39,12 @@ SHM_RESERVE_FRACTION = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=("kemi", "http"), default="kemi")
+    parser.add_argument("--mode", choices=("kemi", "http"), default="kemi", help="where the decision runs (default: %(default)s)")
     parser.add_argument("--table", help="routing document (KEMI mode, or with --serve-api)")
     parser.add_argument("--listen", action="append", help="Kamailio listen socket, e.g. udp:127.0.0.1:5060 (repeatable)")
-    parser.add_argument("--workers", type=int, default=4, help="SIP worker processes")
-    parser.add_argument("--shm", type=int, default=512, help="shared memory in MiB")
-    parser.add_argument("--pkg", type=int, default=32, help="private memory per process in MiB")
+    parser.add_argument("--workers", type=int, default=4, help="SIP worker processes (default: %(default)s)")
+    parser.add_argument("--shm", type=int, default=512, help="shared memory in MiB (default: %(default)s)")
+    parser.add_argument("--pkg", type=int, default=32, help="private memory per process in MiB (default: %(default)s)")
     parser.add_argument(
         "--memory-manager", choices=MEMORY_MANAGERS, default=DEFAULT_MEMORY_MANAGER,
         help=f"Kamailio's memory manager for shared and private memory (-x/-X; default {DEFAULT_MEMORY_MANAGER}, "
@@ -63,11 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admit-interval", type=int, default=DEFAULT_ADMIT_INTERVAL,
                         help="overload protection: ms a SIP worker keeps its reading of the node's counts "
                              f"(default {DEFAULT_ADMIT_INTERVAL}; 0: read on every INVITE)")
-    parser.add_argument("--api", default="http://127.0.0.1:8080", help="c4http base URL (HTTP mode)")
-    parser.add_argument("--log-level", type=int, default=2, help="Kamailio debug level (2: info)")
-    parser.add_argument("--api-timeout", type=int, default=1000, help="HTTP mode: ms to wait for the API before answering 503 (< 5000)")
+    parser.add_argument("--api", default="http://127.0.0.1:8080", help="c4http base URL: HTTP mode asks it for routes; --serve-api runs c4 serve there (default: %(default)s)")
+    parser.add_argument("--log-level", type=int, default=2, help="Kamailio debug level (default: %(default)s, info)")
+    parser.add_argument("--api-timeout", type=int, default=1000, help="HTTP mode: ms to wait for the API before answering 503, below 5000 (default: %(default)s)")
     parser.add_argument("--max-inflight", type=int, default=100, help="HTTP mode: API queries in flight before new INVITEs get 503 (default 100)")
-    parser.add_argument("--api-workers", type=int, default=4, help="HTTP mode: http_async_client workers (they also run the resume route)")
+    parser.add_argument("--api-workers", type=int, default=4, help="HTTP mode: http_async_client workers, which also run the resume route (default: %(default)s)")
     parser.add_argument("--serve-api", action="store_true", help="also run c4 serve on the --api host and port, on the node's table: HTTP mode asks it for routes; "
                         "in either mode it serves /health, /metrics, /trunks/health (and the API with --dsn)")
     parser.add_argument(
@@ -101,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="call records on: ship them to the cdrs table of --dsn (or $C4_DSN), spooled in --cdr-spool")
     parser.add_argument("--cdr-spool", default=None, help=f"with --cdr-db: where records wait for PostgreSQL (default: STATE_DIR/{DEFAULT_CDR_SPOOL})")
     parser.add_argument("--cdr-spool-max-mb", type=int, default=1024,
-                        help="with --cdr-db: the spool's bound in MiB; when full, new records are dropped (and logged)")
+                        help="with --cdr-db: the spool's bound in MiB; when full, new records are dropped and logged (default: %(default)s)")
     parser.add_argument("--cdr-unknown-sources", action="store_true",
                         help="with --cdr-file or --cdr-db: also record the calls refused 403 because their source is in no "
                              "trunk or IPBX (by default they are only counted: Kamailio statistic c4_refused_unknown_source)")
