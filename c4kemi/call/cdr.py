@@ -5,7 +5,9 @@ JSON *event* through ``evapi`` (docs/cdr.md); ``c4 cdr`` (c4kemi/call/cdr_collec
 turns each event into a record with ``make_record`` and writes it. The event
 carries facts only, so the record's format lives in this one place::
 
-    {"call_id": "...",
+    {"run": "5f0c3a9e1b2d4c6a",     # this Kamailio's run (16 hex digits), and the event's sequence
+     "seq": 1234,                   # number in it: the record's id (``event_id``), so an event sent twice is one record
+     "call_id": "...",
      "call": {...},                 # the decision's call (c4kemi.core.decision.decide_call), absent for a 403
      "invite": "1764178801.123456", # seconds since the epoch, as Kamailio's $TV(Sn)
      "answer": "...",               # absent: never answered
@@ -27,7 +29,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-__all__ = ["ENDED_BY", "MAX_TEXT", "EventError", "make_record"]
+__all__ = ["ENDED_BY", "MAX_TEXT", "EventError", "event_id", "event_seq", "id_seq", "make_record"]
 
 ENDED_BY = ("caller", "callee", "timeout", "router")
 MAX_TRIES = 64  # more than any routing document gives one call
@@ -98,6 +100,34 @@ def _attempts(tries: Any, routes: list) -> list[dict]:
             attempt["skipped"] = "down"
         attempts.append(attempt)
     return attempts
+
+
+def event_seq(event: Any) -> tuple[str, int] | None:
+    """The event's (run, seq) as Kamailio numbers what it hands to c4 cdr, or None (an event without them)."""
+    if not isinstance(event, dict):
+        return None
+    run, seq = event.get("run"), event.get("seq")
+    if not isinstance(run, str) or len(run) != 16 or any(c not in "0123456789abcdef" for c in run):
+        return None
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 < seq < 1 << 64:
+        return None
+    return run, seq
+
+
+def event_id(run: str, seq: int) -> str:
+    """The record id of event SEQ of Kamailio's RUN: 32 hex digits, the same each time that event comes."""
+    return f"{run}{seq:016x}"
+
+
+def id_seq(record_id: Any) -> tuple[str, int] | None:
+    """``event_id`` backwards: (run, seq) of a record id made by it, else None (a random id)."""
+    if not isinstance(record_id, str) or len(record_id) != 32:
+        return None
+    try:
+        seq = int(record_id[16:], 16)
+    except ValueError:
+        return None
+    return event_seq({"run": record_id[:16], "seq": seq})
 
 
 def make_record(event: Any, record_id: str) -> dict:

@@ -9,7 +9,7 @@ after. It connects to Kamailio's evapi socket (and reconnects, every 0.1 to
 ``$C4_CDR_KEY`` (derived from the deployment secret: c4kemi/node/secret.py; the
 environment, never the command line, which ``ps`` shows), reads one
 netstring per finished call, makes the record (c4kemi/call/cdr.py) and appends
-it as one JSON line:
+it as one JSON line, then acknowledges it (``ack SEQ``):
 
 - to ``--file``: reopened when it is rotated (renamed or removed: checked
   before every write) or on SIGHUP, so logrotate's plain ``create`` works;
@@ -21,6 +21,15 @@ it as one JSON line:
   a backoff up to 5 s. The spool is bounded (``--spool-max-mb``): when full,
   new records are dropped, counted and logged as errors; calls are never
   affected. The spool is emptied whenever everything in it is shipped.
+
+Nothing is lost while it restarts: Kamailio numbers each event it hands
+over (``run``, ``seq``), keeps it until acknowledged, and sends a newly
+authenticated collector everything after the last acknowledgement again
+(kamailio-cdr.cfg, route[CDR_SEND]). So an event can come twice: the record
+id is made of run and seq (c4kemi/call/cdr.py, ``event_id``), and an event
+whose seq is not past the last one written for its run is dropped
+(``Written``; at start, the last line of the file or the spool says where
+the previous c4 cdr stopped; PostgreSQL skips an id it has anyway).
 
 Everything runs in one asyncio loop in one process: evapi reading and file
 writes never wait on the database.
@@ -44,7 +53,7 @@ import orjson
 
 from ..node.secret import CDR_KEY_ENV
 from ..sources.files import append_whole, write_atomically
-from .cdr import EventError, make_record
+from .cdr import EventError, event_id, event_seq, id_seq, make_record
 
 __all__ = ["add_arguments", "run"]
 
@@ -55,6 +64,7 @@ BATCH_LINES = 500
 RETRY_MAX = 5.0  # seconds between attempts to ship while PostgreSQL is down
 BACKLOG_MAX = 10_000  # records waiting in memory while the disk refuses them (some 6 MB); past it new ones are dropped
 RETRY_INTERVAL = 1.0  # seconds between attempts to write the records waiting, when no new one comes meanwhile
+TAIL_BYTES = 1 << 16  # read from the end of the file for the last record written (records are a few KiB at most)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -97,6 +107,26 @@ class JsonLines:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "ab", buffering=0)
         os.chmod(self.path, 0o640)
+
+    def last_id(self) -> str | None:
+        """The id of the last whole record in the file (what a c4 cdr before this one wrote last), or None."""
+        if self.backlog:
+            return orjson.loads(self.backlog[-1]).get("id")
+        try:
+            with open(self.path, "rb") as file:
+                size = file.seek(0, os.SEEK_END)
+                file.seek(max(0, size - TAIL_BYTES))
+                tail = file.read()
+        except OSError:
+            return None
+        for line in reversed(tail.split(b"\n")):
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # empty, cut by the tail's start, or half written
+            if isinstance(record, dict):
+                return record.get("id")
+        return None
 
     def _rotated(self) -> bool:
         if self._file is None:
@@ -313,10 +343,46 @@ async def read_netstrings(reader: asyncio.StreamReader):
         yield data[:-1]
 
 
-def handle(data: bytes, sink: JsonLines) -> dict | None:
-    """One event: the record written, or None (logged) for a malformed event."""
+class Written:
+    """Where the records written stand: Kamailio's run and the seq of the last event written for it.
+
+    Kamailio sends events in seq order, and again from the last
+    acknowledged one to a new collector: an event of the same run whose
+    seq is not past the last one written is a duplicate.
+    """
+
+    def __init__(self, last_id: str | None = None) -> None:
+        self.run, self.seq = id_seq(last_id) or (None, 0)
+        self.duplicates = 0
+        self.numbered = False  # whether the last event had a seq (those of an older config have none)
+
+    def seen(self, run: str, seq: int) -> bool:
+        return run == self.run and seq <= self.seq
+
+    def mark(self, run: str, seq: int) -> None:
+        self.run, self.seq = run, seq
+
+
+def handle(data: bytes, sink: JsonLines, written: Written | None = None) -> dict | None:
+    """One event: the record written, or None for a malformed event (logged) or one written already.
+
+    Of a numbered event (``run``, ``seq``) the record id is ``event_id``;
+    with WRITTEN, one not past the last written is dropped as a duplicate.
+    """
     try:
-        record = make_record(orjson.loads(data), uuid.uuid4().hex)
+        event = orjson.loads(data)
+        numbered = event_seq(event)
+        if written is not None:
+            written.numbered = numbered is not None
+        if numbered is not None and written is not None:
+            if written.seen(*numbered):
+                written.duplicates += 1
+                if written.duplicates == 1 or written.duplicates % 1000 == 0:
+                    log.info("c4 cdr: event %d of Kamailio run %s sent again, written already (up to %d): dropped "
+                             "(%d so far)", numbered[1], numbered[0], written.seq, written.duplicates)
+                return None
+            written.mark(*numbered)  # written or refused, it is done with
+        record = make_record(event, event_id(*numbered) if numbered else uuid.uuid4().hex)
     except (orjson.JSONDecodeError, EventError) as exc:
         log.error("c4 cdr: event refused (%s): %r", exc, data[:300])
         return None
@@ -334,10 +400,43 @@ def netstring(data: bytes) -> bytes:
 
 AUTH_OK = b"ok"
 # Kamailio hands evapi at most 1000 events the collector has not acknowledged
-# (C4_CDR_WINDOW, kamailio-base.cfg): "ack N" goes back every ACK_EVERY events.
+# (C4_CDR_WINDOW, kamailio-base.cfg): "ack SEQ" goes back every ACK_EVERY
+# events, and ACK_IDLE seconds after the last one when no more came.
 ACK_EVERY = 100
+ACK_IDLE = 0.2
 AUTH_TIMEOUT = 5.0  # seconds for Kamailio's "ok": it says nothing to a wrong key
 REFUSED_DELAY = 5.0  # seconds before trying again after Kamailio refused the key
+
+
+class Acker:
+    """``ack SEQ`` on one connection: every ACK_EVERY events written, and ACK_IDLE s after the last one."""
+
+    def __init__(self, writer: asyncio.StreamWriter, written: Written) -> None:
+        self.writer = writer
+        self.written = written
+        self.acked = 0  # what this connection said; Kamailio may know less (a duplicate is acknowledged too)
+        self._idle: asyncio.TimerHandle | None = None
+
+    def wrote(self) -> None:
+        if self.written.seq - self.acked >= ACK_EVERY:
+            self.send()
+        elif self._idle is None:
+            self._idle = asyncio.get_running_loop().call_later(ACK_IDLE, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self._idle = None
+        if self.written.seq != self.acked:
+            self.send()
+
+    def send(self) -> None:
+        self.acked = self.written.seq
+        if not self.writer.is_closing():
+            self.writer.write(netstring(b"ack %d" % self.acked))
+
+    def cancel(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
 
 
 async def collect(host: str, port: int, sink: JsonLines, on_record=None, key: str | None = None) -> None:
@@ -346,9 +445,14 @@ async def collect(host: str, port: int, sink: JsonLines, on_record=None, key: st
     With KEY, the first message is ``auth KEY``: Kamailio answers ``ok`` and
     sends call events to this connection only then (kamailio-cdr.cfg,
     event_route[evapi:message-received]); to a wrong key it says nothing.
-    Then ``ack N`` (N: the events received on this connection) every
-    ACK_EVERY events: Kamailio holds back what goes past its window.
+    Then ``ack SEQ`` (the seq of the last event written) every ACK_EVERY
+    events and when idle: Kamailio keeps each event until then, and holds
+    back what goes past its window. (Events without a seq, from an older
+    config: ``ack N``, N events received on this connection, every ACK_EVERY.)
     """
+    written = Written(sink.last_id())
+    if written.run is not None:
+        log.info("c4 cdr: the last record in %s is event %d of Kamailio run %s", sink.path, written.seq, written.run)
     delay = 0.1
     while True:
         try:
@@ -372,12 +476,21 @@ async def collect(host: str, port: int, sink: JsonLines, on_record=None, key: st
                 authenticated = True
                 log.warning("c4 cdr: connected to Kamailio's evapi at %s:%d (authenticated)", host, port)
             count = 0
-            async for data in events:
-                if handle(data, sink) is not None and on_record is not None:
-                    on_record()
-                count += 1
-                if key is not None and count % ACK_EVERY == 0:
-                    writer.write(netstring(b"ack %d" % count))
+            acker = Acker(writer, written)
+            try:
+                async for data in events:
+                    if handle(data, sink, written) is not None and on_record is not None:
+                        on_record()
+                    count += 1
+                    if key is None:
+                        continue
+                    if not written.numbered:  # events without a seq (an older config): it counts them
+                        if count % ACK_EVERY == 0:
+                            writer.write(netstring(b"ack %d" % count))
+                        continue
+                    acker.wrote()
+            finally:
+                acker.cancel()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, asyncio.LimitOverrunError, TimeoutError) as exc:
             if authenticated:
                 log.warning("c4 cdr: evapi connection closed (%s); reconnecting", type(exc).__name__)
