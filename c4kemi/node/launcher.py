@@ -61,17 +61,23 @@ through ``MODES``), and c4kemi/node/launch_supervision.py runs them.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
+import signal
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from .launch_options import shm_reserve
-from .launch_plan import LaunchError, check_options, plan
-from .launch_supervision import start_helper, stop_helper, supervise
+from .launch_plan import Helper, Launch, LaunchError, check_options, plan, rpc_socket
+from .launch_supervision import Node, Stopped, say
 
-__all__ = ["run_kamailio"]
+__all__ = ["dsn_where", "run_kamailio"]
+
+DB_PROBE_TIMEOUT = 5.0  # seconds for PostgreSQL to answer the launcher's one connection at start
 
 
 def run_kamailio(args: argparse.Namespace) -> int:
@@ -87,8 +93,6 @@ def _run(args: argparse.Namespace) -> int:
     rundir = Path(tempfile.mkdtemp(prefix="c4-kamailio-"))  # 0700
     try:
         launch, command = plan(args, rundir)
-        env = dict(os.environ)
-        env.update(launch.env)
         if args.dry_run:
             for name, value in launch.env.items():
                 print(f"{name}={value}")
@@ -96,19 +100,130 @@ def _run(args: argparse.Namespace) -> int:
                 print(" ".join([*(f"{name}=***" for name in helper.env), *helper.argv]) + " &")
             print(" ".join(command))
             return 0
-        for line in launch.banner:
-            print(f"c4 kamailio: {line}")
-        print(f"c4 kamailio: {args.mode} mode, listening on {', '.join(args.listen)}, {args.workers} workers, "
-              f"{args.shm} MiB shm ({args.memory_manager}), new calls refused past {args.max_transactions} transactions in progress or under {shm_reserve(args)} MiB free")
-        print("c4 kamailio: Ctrl-C or SIGTERM stops Kamailio", flush=True)
-        helpers = []
-        try:
-            for helper in launch.helpers:
-                helpers.append(start_helper(helper))
-            return supervise(command, env)
-        finally:
-            for helper in reversed(helpers):
-                stop_helper(helper)
+        return _launch(args, launch, command, rundir)
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
 
+
+def _launch(args: argparse.Namespace, launch: Launch, command: list[str], rundir: Path) -> int:
+    """Helpers, then Kamailio, supervised; whatever ends it, everything is stopped and the last line says so."""
+    env = {**os.environ, **launch.env}
+    node = Node(rundir)
+    with node:  # from here a signal stops the node, at any step
+        try:
+            said, waiting = _database_at_start(args, launch)
+            for line in [*launch.banner, *said, "Ctrl-C or SIGTERM stops the node"]:
+                print(f"c4 kamailio: {line}", flush=True)
+            for helper in launch.helpers:
+                node.start(helper, waiting.get(id(helper)))
+            from ..call.channels import KamailioRpc, RpcError
+
+            rpc = KamailioRpc(rpc_socket(args, rundir), timeout=0.2)
+
+            def routing() -> bool:
+                try:
+                    rpc.call("core.uptime")
+                except RpcError:
+                    return False
+                return True
+
+            code, reason = node.run(command, env, routing, lambda: _listening(args))
+        except LaunchError as exc:
+            say(str(exc))
+            code, reason = 2, ": Kamailio not started"
+        except Stopped as stop:
+            code, reason = 0, f" (signal {signal.Signals(stop.args[0]).name}) before Kamailio started"
+        finally:
+            node.stop_helpers()
+    say(f"stopped{reason}")
+    return code
+
+
+def _listening(args: argparse.Namespace) -> None:
+    """Said once Kamailio answers: it routes now."""
+    print(f"c4 kamailio: {args.mode} mode, listening on {', '.join(args.listen)}, {args.workers} workers, "
+          f"{args.shm} MiB shm ({args.memory_manager}), new calls refused past {args.max_transactions} transactions in "
+          f"progress or under {shm_reserve(args)} MiB free", flush=True)
+
+
+# ---------------------------------------------------------------- PostgreSQL at start
+
+
+def _database_at_start(args: argparse.Namespace, launch: Launch) -> tuple[list[str], dict[int, str]]:
+    """With the table from PostgreSQL: can it be reached now? What the node does if not.
+
+    Reached: nothing to add. Not reached: with --require-db, LaunchError
+    (exit 2); with a table cache, the node routes from it (c4 db follow
+    publishes it at once); without one, the node waits for the database,
+    as long as it takes, and Kamailio does not start (nor listen) before.
+    Returns the lines for the banner, and what to say, by helper, while the
+    launcher waits for it.
+    """
+    follower = next((helper for helper in launch.helpers if helper.name == "db-follow"), None)
+    if follower is None:
+        return [], {}
+    dsn = follower.env.get("C4_DSN") or args.dsn or os.environ.get("C4_DSN")
+    if not dsn:
+        return [], {}
+    where = dsn_where(dsn)
+    problem = database_problem(dsn)
+    if problem is None:
+        return [f"PostgreSQL at {where} answers"], {}
+    if getattr(args, "require_db", False):
+        raise LaunchError(f"PostgreSQL at {where} cannot be reached ({problem}), and --require-db says not to start without it")
+    cache = _argument(follower, "--out")
+    if cache is not None and cache.is_file():
+        saved = datetime.fromtimestamp(cache.stat().st_mtime).astimezone().isoformat(timespec="seconds")
+        return [f"PostgreSQL at {where} cannot be reached ({problem}): routing from the table cache {cache} "
+                f"(saved {saved}) until it is back; c4 db follow takes its changes in then"], {}
+    return ([f"waiting for PostgreSQL at {where}: no table cache yet ({cache}); Kamailio starts, and listens, "
+             f"once the table is read (PostgreSQL: {problem})"],
+            {id(follower): f"still waiting for PostgreSQL at {where}: no table cache yet"})
+
+
+def _argument(helper: Helper, option: str) -> Path | None:
+    try:
+        return Path(helper.argv[helper.argv.index(option) + 1])
+    except (ValueError, IndexError):
+        return None
+
+
+def database_problem(dsn: str, timeout: float = DB_PROBE_TIMEOUT) -> str | None:
+    """Why PostgreSQL cannot be reached with DSN now (one connection, at most TIMEOUT seconds), or None."""
+    from ..db.documents import connect
+
+    async def probe() -> None:
+        conn = await connect(dsn, timeout=timeout)
+        await conn.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(probe(), timeout + 1))
+    except (OSError, TimeoutError) as exc:
+        return getattr(exc, "strerror", None) or type(exc).__name__
+    except Exception as exc:  # refused: authentication, no such database, a bad DSN ...
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    return None
+
+
+def dsn_where(dsn: str) -> str:
+    """Where a DSN points, without its user or password: host:port (URL or key=value form)."""
+    host = port = None
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        host = parts.hostname
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        query = parse_qs(parts.query)
+        host = host or (query.get("host") or [None])[0]
+        port = port or (query.get("port") or [None])[0]
+    else:
+        for item in dsn.split():
+            key, _, value = item.partition("=")
+            if key in ("host", "hostaddr") and value:
+                host = value.strip("'")
+            elif key == "port" and value:
+                port = value.strip("'")
+    host = host or "the local socket"
+    return f"{host}:{port}" if port else host
