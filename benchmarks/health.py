@@ -17,7 +17,8 @@ of its probe timer process), c4 serve and the helpers; the OPTIONS answered.
 answers; fr_timer 2,000 ms), then the bench trunk. ``before``: A with
 ``{"probe_interval": 0, "down_after": 0}``; ``after``: the defaults. --duration
 s (30) at --rate (500/s), A silent from the start: post-dial delay (INVITE to
-the 200; the callee sends 180 and 200 together), the INVITEs A got.
+the 200; the callee sends 180 and 200 together), the INVITEs A got. With
+--fillers N, N trunks more in the table (never called, never probed).
 
 Results: benchmarks/results/health.json, one key per measurement. sipp runs
 on the same machine: compare the variants of one run, not runs.
@@ -26,6 +27,7 @@ on the same machine: compare the variants of one run, not runs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -176,14 +178,16 @@ def probing_table(callee_port: int, ports: list[int], health: dict | None) -> di
     return document
 
 
-def outage_table(callee_port: int, silent_port: int, health_a: dict | None) -> dict:
-    """Trunk A (silent) then the bench trunk, for the bench route; no other trunk."""
+def outage_table(callee_port: int, silent_port: int, health_a: dict | None, fillers: int) -> dict:
+    """Trunk A (silent) then the bench trunk, for the bench route; FILLERS trunks more, never called nor probed."""
     document = base_table(callee_port)
     trunk_a = {"name": "trunk-a", "carrier": "carrier-t000", "target": f"sip:{SILENT}:{silent_port}",
                "sources": [f"{SILENT}/32"], "normalization": "it", "fr_timer": FR_TIMER_A}
     if health_a is not None:
         trunk_a["health"] = health_a
-    document["trunks"] = [trunk_a, document["trunks"][-1]]
+    document["trunks"] = [trunk_a, document["trunks"][-1]] + [
+        {"name": f"filler-{k}", "carrier": "carrier-t000", "target": f"sip:127.0.1.3:{20000 + k}",
+         "sources": [f"127.2.{k // 250}.{k % 250 + 1}/32"], "health": {"probe_interval": 0}} for k in range(fillers)]
     document["routes"] = [{"tenant": "t000", "prefix": sip.BENCH_ROUTE, "trunks": ["trunk-a", "bench-trunk"]}]
     return document
 
@@ -353,12 +357,12 @@ def measure_probing(opts: argparse.Namespace, record) -> None:
 
 # ----- outage -----
 
-def outage_point(mode: str, variant: str, opts: argparse.Namespace) -> dict:
+def outage_point(mode: str, variant: str, repetition: int, opts: argparse.Namespace) -> dict:
     silent = SilentTrunk(SILENT)
     with tempfile.TemporaryDirectory(prefix="c4-health-") as tmp:
         workdir = Path(tmp)
         callee_port = sip.free_port(socket.SOCK_DGRAM, sip.CALLEE)
-        with running_router(mode, outage_table(callee_port, silent.port, OUTAGE[variant]), workdir) as router:
+        with running_router(mode, outage_table(callee_port, silent.port, OUTAGE[variant], opts.fillers), workdir) as router:
             callee = sip.start_callee(workdir, callee_port)
             try:
                 caller = sip.start_caller(workdir, router.port, opts.rate, round(opts.rate * opts.duration),
@@ -366,29 +370,36 @@ def outage_point(mode: str, variant: str, opts: argparse.Namespace) -> dict:
                 hung = not sip.finished(caller, opts.duration + 60)
             finally:
                 sip.stop(callee)
-            state_a = next((e for e in health_report(router.rpc) if e["target"].startswith(f"sip:{SILENT}:")), {})
+            a_down = htable_value(router.rpc, "c4down", f"sip:{SILENT}:{silent.port}")
+            targets_down = router.rpc.call("pv.shvGet", "c4_down")["value"]  # what the call path looks at
         stats, log = sip.read_stat(workdir), sip.read_log(workdir)
     silent.close()
     first = min((sent for sent, _ in log.answered), default=0.0)
     slow = [sent - first for sent, ms in log.answered if ms > FR_TIMER_A / 2]  # calls that waited for trunk A
-    return {"mode": mode, "variant": variant, "answered": len(log.answered),
+    return {"mode": mode, "variant": variant, "repetition": repetition, "fillers": opts.fillers, "answered": len(log.answered),
             "pdd_p50_ms": sip.percentile(log.setup_ms, 0.5), "pdd_p99_ms": sip.percentile(log.setup_ms, 0.99),
             "pdd_max_ms": max(log.setup_ms, default=None), "slow_calls": len(slow), "last_slow_call_s": max(slow, default=None),
             "invites_to_a": silent.invites, "calls_to_a": len(silent.call_ids), "options_to_a": silent.options,
             "attempted": stats.get("TotalCallCreated", 0), "failed": stats.get("FailedCall(C)", 0), "refused": log.refused,
-            "sipp_hung": hung, "a_state": state_a.get("state"), "a_went_down": state_a.get("went_down"),
-            "a_last_failure_reason": state_a.get("last_failure_reason")}
+            "sipp_hung": hung, "a_state": "down" if a_down == 1 else "up", "c4_down_at_end": targets_down}
+
+
+def htable_value(rpc: KamailioRpc, table: str, key: str) -> object:
+    try:
+        return rpc.call("htable.get", table, key)["item"]["value"]
+    except RpcError:  # no such key
+        return None
 
 
 def measure_outage(opts: argparse.Namespace, record) -> None:
-    for mode in opts.modes:
-        for variant in OUTAGE:
-            point = outage_point(mode, variant, opts)
-            record(point)
-            print(f"{mode} {variant:6}: PDD p50 {point['pdd_p50_ms'] or 0:.1f} ms, p99 {point['pdd_p99_ms'] or 0:.1f} ms; "
-                  f"{point['slow_calls']} calls waited for A (the last {point['last_slow_call_s'] or 0:.1f} s in); "
-                  f"A got {point['invites_to_a']} INVITEs ({point['calls_to_a']} calls), {point['options_to_a']} OPTIONS, "
-                  f"state {point['a_state']}; {point['failed']} failed, {point['refused']} refused of {point['attempted']}", flush=True)
+    for repetition, mode, variant in itertools.product(range(1, opts.repeat + 1), opts.modes, OUTAGE):
+        point = outage_point(mode, variant, repetition, opts)
+        record(point)
+        print(f"{mode} {variant:6} #{repetition}: PDD p50 {point['pdd_p50_ms'] or 0:.1f} ms, p99 {point['pdd_p99_ms'] or 0:.1f} ms; "
+              f"{point['slow_calls']} calls waited for A (the last {point['last_slow_call_s'] or 0:.1f} s in); "
+              f"A got {point['invites_to_a']} INVITEs ({point['calls_to_a']} calls), {point['options_to_a']} OPTIONS, state "
+              f"{point['a_state']} (c4_down {point['c4_down_at_end']}); {point['failed']} failed, {point['refused']} refused "
+              f"of {point['attempted']}", flush=True)
 
 
 # ----- main -----
@@ -397,7 +408,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("measurement", choices=("probing", "outage"))
     parser.add_argument("--modes", default="kemi,http", help="comma-separated: kemi, http")
-    parser.add_argument("--repeat", type=int, default=3, help="probing: repetitions of off/on/on+loops per mode")
+    parser.add_argument("--repeat", type=int, help="repetitions of the variants per mode (probing: 3; outage: 1)")
+    parser.add_argument("--fillers", type=int, default=0, help="outage: this many trunks more in the table, never called")
     parser.add_argument("--duration", type=float, help="seconds of calls per point (probing: 20, also idle; outage: 30)")
     parser.add_argument("--rate", type=int, help="calls/s (probing: 1000; outage: 500)")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -408,6 +420,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     probing = opts.measurement == "probing"
     opts.duration = opts.duration or (20.0 if probing else 30.0)
     opts.rate = opts.rate or (1000 if probing else 500)
+    opts.repeat = opts.repeat or (3 if probing else 1)
     return opts
 
 
@@ -415,7 +428,8 @@ def main(argv: list[str] | None = None) -> None:
     opts = parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = json.loads(opts.out.read_text()) if opts.out.exists() else {}
-    run = results[opts.measurement] = {
+    key = opts.measurement + (f"+{opts.fillers}-fillers" if opts.fillers else "")
+    run = results[key] = {
         "date": started, "command": shlex.join([sip.python_name(), "benchmarks/health.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": sip.machine(), "tree": sip.tree_state(sip.ROOT), "load_average_start": os.getloadavg(),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(opts).items()}, "points": []}
