@@ -35,7 +35,18 @@ workers do.
 
 With ``--dsn`` (either mode), ``c4 db follow`` is the feed's writer
 instead of ``c4 feed``: it follows PostgreSQL's change log and publishes
-the DIDs and routes that changed (c4kemi/db/changes.py).
+the DIDs and routes that changed (c4kemi/db/changes.py). The launcher
+first tries one connection: PostgreSQL unreachable, ``--require-db`` exits
+at once (2); else with a table cache (``--table-cache``) the node routes
+from it, and without one it waits for the database as long as it takes,
+saying so every 30 s, Kamailio not started (nothing listens) until then.
+
+Helpers that exit are started again, with a backoff, counted in the
+node's status file (``helpers.json`` in the runtime directory,
+``$C4_NODE_STATUS`` in every helper's environment): see
+c4kemi/node/launch_supervision.py. "listening on ..." is said once
+Kamailio answers on its RPC socket; whatever ends the node, its last line
+is "c4 kamailio: stopped ..." and the runtime directory is removed.
 
 Call records (docs/cdr.md): ``--cdr-file FILE`` or ``--cdr-db`` turns them on
 in either mode: the launcher starts ``c4 cdr`` before Kamailio, on a free
