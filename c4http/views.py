@@ -284,7 +284,9 @@ async def trunk_health(request: web.Request) -> web.Response:
     if not kamailio_rpc:
         return error_response(503, "trunk health is read from Kamailio: run c4 serve --kamailio-rpc SOCKET (c4 kamailio --rpc-socket)")
     try:
-        targets = await asyncio.to_thread(health_report, KamailioRpc(kamailio_rpc))
+        table = request.app[SOURCE].current()
+        watched = probe_targets(table.base.get("trunks", []), table.base.get("ipbxs", []))
+        targets = await asyncio.to_thread(health_report, KamailioRpc(kamailio_rpc), watched)
     except RpcError as exc:
         return error_response(503, f"Kamailio did not give the trunk health: {exc}")
     body = {"down": sum(t["state"] == "down" for t in targets), "targets": targets}

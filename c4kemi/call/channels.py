@@ -64,8 +64,8 @@ class KamailioRpc:
             raise RpcError(f"Kamailio RPC {method}: {reply['error']}")
         return reply.get("result")
 
-    def calls(self, method: str, params: list[tuple]) -> list[Any]:
-        """The same method for each parameter tuple, over one socket."""
+    def calls(self, method: str, params: list[tuple], missing_ok: bool = False) -> list[Any]:
+        """The same method for each parameter tuple, over one socket; with ``missing_ok``, None for each error reply."""
         out = []
         with self._lock, tempfile.TemporaryDirectory(prefix="c4-rpc-") as tmp:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -85,6 +85,9 @@ class KamailioRpc:
                     except ValueError:
                         raise RpcError(f"Kamailio RPC {method}: a reply that is not JSON") from None
                     if "error" in reply:
+                        if missing_ok:  # htable.get of a key that is not there
+                            out.append(None)
+                            continue
                         raise RpcError(f"Kamailio RPC {method}: {reply['error']}")
                     out.append(reply.get("result"))
         return out

@@ -4,8 +4,9 @@ Kamailio keeps the health of every target in shared-memory htables
 (kamailio/kamailio-health.cfg). Two of them say what to watch, and only
 the node's ``c4 health-sync`` writes them, over the JSON-RPC datagram
 socket: ``c4probe`` (target URI -> settings line, c4kemi/core/health.py)
-and ``c4pname`` (target URI -> who uses it). The config writes the state;
-``health_report`` reads it back for ``GET /trunks/health`` and ``/metrics``.
+and ``c4pname`` (target URI -> who uses it, for Kamailio's log lines). The
+config writes the state; ``health_report`` reads it back for the table's
+targets, for ``GET /trunks/health`` and ``/metrics``.
 Standard library only (runs beside Kamailio, and in c4 serve).
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 from ..core.health import ProbeTarget
 from .channels import KamailioRpc
 
-__all__ = ["ProbeSync", "health_report", "htable"]
+__all__ = ["ProbeSync", "health_report", "htable_values"]
 
 PROBES, NAMES = "c4probe", "c4pname"
 # The state tables the config keeps, cleared for a target that leaves the table.
@@ -28,14 +29,14 @@ INFO_FIELDS = ("since", "probe", "rtt", "failure", "reason", "ups", "downs")
 EPOCH = "c4_probe_epoch"
 
 
-def htable(rpc: KamailioRpc, name: str) -> dict[str, Any]:
-    """Every item of one htable (``htable.dump``: a list of slots, each with its items)."""
-    items: dict[str, Any] = {}
-    for slot in rpc.call("htable.dump", name) or []:
-        for item in slot.get("slot", []) if isinstance(slot, dict) else []:
-            if isinstance(item, dict) and "name" in item:
-                items[item["name"]] = item.get("value")
-    return items
+def htable_values(rpc: KamailioRpc, name: str, keys: list[str]) -> dict[str, Any]:
+    """The items of KEYS present in one htable (``htable.get`` each, over one socket).
+
+    Not ``htable.dump``: with a thousand targets its reply outgrows a datagram.
+    """
+    results = rpc.calls("htable.get", [(name, key) for key in keys], missing_ok=True)
+    return {key: r["item"].get("value") for key, r in zip(keys, results)
+            if isinstance(r, dict) and isinstance(r.get("item"), dict)}
 
 
 class ProbeSync:
@@ -74,10 +75,16 @@ class ProbeSync:
             return 0
 
     def _full(self, targets: Mapping[str, ProbeTarget]) -> None:
-        """Everything, as if Kamailio knew nothing (targets it has and the table has not are removed)."""
-        known = set(htable(self.rpc, PROBES))
+        """Everything, as if Kamailio knew nothing: emptied first, so no target the table dropped stays watched.
+
+        Only at start or after Kamailio restarted; for the few milliseconds of
+        the refill the probe timer may see part of the list (a down target
+        missed by its count of down targets, for a second at most).
+        """
+        self.rpc.call("htable.flush", PROBES)
+        self.rpc.call("htable.flush", NAMES)
         self.sent = {}
-        self._send(list(targets.values()), sorted(known - set(targets)))
+        self._send(list(targets.values()), [])
         epoch = int(time.time() * 1000) % 2_000_000_000 or 1
         self.rpc.call("pv.shvSet", EPOCH, "int", epoch)
         self.epoch = epoch
@@ -111,35 +118,44 @@ def _iso(seconds: int | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def health_report(rpc: KamailioRpc) -> list[dict[str, Any]]:
-    """One entry per watched target, sorted by URI: who uses it, its state and what the probes saw."""
-    names = htable(rpc, NAMES)
-    settings = htable(rpc, PROBES)
-    down = htable(rpc, "c4down")
-    failures = htable(rpc, "c4hfail")
-    probe_failures = htable(rpc, "c4hpfail")
-    info = htable(rpc, "c4hinfo")
-    out = []
-    for uri in sorted(settings):
-        def field(key: str, uri: str = uri) -> Any:
-            return info.get(f"{uri};{key}")
+def health_report(rpc: KamailioRpc, targets: Mapping[str, ProbeTarget], detail: bool = True) -> list[dict[str, Any]]:
+    """One entry per target of TARGETS (the table's) that Kamailio watches, sorted by URI.
 
-        reason = field("reason")
-        users = str(names.get(uri) or "").split(", ")
-        out.append({
+    Who uses it comes from the table; the rest from Kamailio: its state,
+    how often it changed, and with ``detail`` since when, the last probe
+    and failure, failures in a row (GET /trunks/health; /metrics needs
+    only the state and the changes).
+    """
+    uris = sorted(targets)
+    watched = htable_values(rpc, PROBES, uris)
+    uris = [uri for uri in uris if uri in watched]
+    down = htable_values(rpc, "c4down", uris)
+    info_keys = [f"{uri};{key}" for uri in uris for key in (INFO_FIELDS if detail else ("ups", "downs"))]
+    info = htable_values(rpc, "c4hinfo", info_keys)
+    failures = htable_values(rpc, "c4hfail", uris) if detail else {}
+    probe_failures = htable_values(rpc, "c4hpfail", uris) if detail else {}
+    out = []
+    for uri in uris:
+        users = targets[uri].users
+        entry = {
             "target": uri,
             "trunks": [u[6:] for u in users if u.startswith("trunk ")],
             "ipbxs": [u[5:] for u in users if u.startswith("ipbx ")],
             "state": "down" if _number(down.get(uri)) == 1 else "up",
-            "since": _iso(_number(field("since"))),
-            "invite_failures_in_a_row": _number(failures.get(uri)) or 0,
-            "probe_failures_in_a_row": _number(probe_failures.get(uri)) or 0,
-            "last_probe": _iso(_number(field("probe"))),
-            "last_probe_rtt_ms": _number(field("rtt")),
-            "last_failure": _iso(_number(field("failure"))),
-            "last_failure_reason": reason if isinstance(reason, str) and reason != "0" else None,
-            "went_down": _number(field("downs")) or 0,
-            "came_up": _number(field("ups")) or 0,
-            "probe_interval": _number(str(settings[uri]).split(";", 1)[0]),
-        })
+            "went_down": _number(info.get(f"{uri};downs")) or 0,
+            "came_up": _number(info.get(f"{uri};ups")) or 0,
+        }
+        if detail:
+            reason = info.get(f"{uri};reason")
+            entry.update({
+                "since": _iso(_number(info.get(f"{uri};since"))),
+                "invite_failures_in_a_row": _number(failures.get(uri)) or 0,
+                "probe_failures_in_a_row": _number(probe_failures.get(uri)) or 0,
+                "last_probe": _iso(_number(info.get(f"{uri};probe"))),
+                "last_probe_rtt_ms": _number(info.get(f"{uri};rtt")),
+                "last_failure": _iso(_number(info.get(f"{uri};failure"))),
+                "last_failure_reason": reason if isinstance(reason, str) and reason != "0" else None,
+                "probe_interval": _number(str(watched[uri]).split(";", 1)[0]),
+            })
+        out.append(entry)
     return out
