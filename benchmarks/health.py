@@ -6,9 +6,7 @@
 process answering OPTIONS with 200), calls at --rate (1,000/s) from the
 bench IPBX (sipp) through the router to the bench trunk (sipp). Variants,
 interleaved per repetition and mode: ``off`` (every trunk ``{"probe_interval":
-0}``), ``on`` (defaults: OPTIONS every 10 s) and ``on+loops``: ``on`` run from
-a temporary copy of kamailio/ that sets ``max_while_loops`` (Kamailio's
-default, 100, stops route[HEALTH_PROBE]'s walk over the targets after 100).
+0}``) and ``on`` (defaults: OPTIONS every 10 s).
 After a warm-up in which every target gets its first probe, --duration s
 idle, then --duration s under calls: CPU seconds per second of Kamailio (and
 of its probe timer process), c4 serve and the helpers; the OPTIONS answered.
@@ -33,7 +31,6 @@ import multiprocessing
 import os
 import selectors
 import shlex
-import shutil
 import socket
 import statistics
 import subprocess
@@ -52,16 +49,15 @@ import sip  # noqa: E402  (benchmarks/sip.py: the router command, the sipp calle
 
 from c4kemi.call.channels import KamailioRpc, RpcError  # noqa: E402
 from c4kemi.call.health import health_report  # noqa: E402
-from c4kemi.node.launch_plan import kamailio_binary  # noqa: E402
+from c4kemi.core.health import probe_targets  # noqa: E402
 
 OUT = sip.ROOT / "benchmarks" / "results" / "health.json"
 RESPONDER, SILENT = "127.0.1.1", "127.0.1.2"  # the probed trunks' address; trunk A's
 TRUNKS = 1000
 PROBE_INTERVAL = 10  # c4kemi/core/health.py's default
-VARIANTS = {"off": {"probe_interval": 0}, "on": None, "on+loops": None}  # a trunk's health object (None: defaults)
+VARIANTS = {"off": {"probe_interval": 0}, "on": None}  # a trunk's health object (None: defaults)
 OUTAGE = {"before": {"probe_interval": 0, "down_after": 0}, "after": None}  # trunk A's
 FR_TIMER_A = 2000
-MAX_WHILE_LOOPS = 100_000
 # Like sip.py's defaults; admission control high enough never to refuse here.
 ROUTER_OPTS = argparse.Namespace(memory_manager="tlsf", shm=512, pkg=32, workers=4, dids=1000, routes=100)
 ROUTER_ARGS = ("--max-transactions", "10000")
@@ -202,27 +198,11 @@ class Router(NamedTuple):
     timer_pid: int | None  # the rtimer process running route[HEALTH_PROBE]
 
 
-def loops_kamailio(workdir: Path) -> Path:
-    """A kamailio wrapper running a copy of kamailio/ whose mode configs set max_while_loops (variant on+loops)."""
-    copy = workdir / "kamailio-loops"
-    shutil.copytree(sip.ROOT / "kamailio", copy)
-    for name in ("kamailio-kemi.cfg", "kamailio-http.cfg"):
-        first, rest = (copy / name).read_text().split("\n", 1)
-        (copy / name).write_text(f"{first}\nmax_while_loops={MAX_WHILE_LOOPS}\n{rest}")
-    wrapper = workdir / "kamailio-loops.sh"
-    wrapper.write_text(f"#!/bin/sh\n# -f CONFIG becomes the copy's CONFIG\nn=$#; prev=\nfor a in \"$@\"; do\n"
-                       f"  [ \"$prev\" = -f ] && a=\"{copy}/${{a##*/}}\"\n  set -- \"$@\" \"$a\"; prev=$a\ndone\n"
-                       f"shift $n\nexec {kamailio_binary(None)} \"$@\"\n")
-    wrapper.chmod(0o755)
-    return wrapper
-
-
 @contextmanager
-def running_router(mode: str, document: dict, workdir: Path, kamailio: Path | None = None):
+def running_router(mode: str, document: dict, workdir: Path):
     """c4 kamailio (sip.py's command) on DOCUMENT, up and holding its health targets."""
     port, rpc_path, log_path = sip.free_port(socket.SOCK_DGRAM, sip.ROUTER), workdir / "rpc.sock", workdir / "router.log"
-    args = ROUTER_ARGS + (("--kamailio", str(kamailio)) if kamailio else ())
-    command = sip.router_command(sip.Setup(mode, mode, args=args), ROUTER_OPTS, workdir, port, 0, rpc_path)
+    command = sip.router_command(sip.Setup(mode, mode, args=ROUTER_ARGS), ROUTER_OPTS, workdir, port, 0, rpc_path)
     (workdir / "table.json").write_bytes(orjson.dumps(document))  # router_command wrote sip.py's table: ours instead
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -268,8 +248,7 @@ def probing_point(mode: str, variant: str, repetition: int, responder: Responder
         workdir = Path(tmp)
         callee_port = sip.free_port(socket.SOCK_DGRAM, sip.CALLEE)
         document = probing_table(callee_port, responder.ports, VARIANTS[variant])
-        kamailio = loops_kamailio(workdir) if variant == "on+loops" else None
-        with running_router(mode, document, workdir, kamailio) as router:
+        with running_router(mode, document, workdir) as router:
             time.sleep(PROBE_INTERVAL + 2)  # warm-up: every target's first probe is due within one interval
 
             def window(seconds: float) -> dict:
@@ -297,7 +276,7 @@ def probing_point(mode: str, variant: str, repetition: int, responder: Responder
             finally:
                 sip.stop(callee)
             try:
-                report = health_report(router.rpc)
+                report = health_report(router.rpc, probe_targets(document["trunks"], document["ipbxs"]), detail=False)
                 health = {"targets": len(report), "down": sum(e["state"] == "down" for e in report)}
             except RpcError as exc:
                 health = {"error": str(exc)[:90]}
