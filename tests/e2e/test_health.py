@@ -112,7 +112,7 @@ def test_a_silent_trunk_is_probed_down_and_calls_go_straight_to_the_next(router,
     assert entry["trunks"] == ["carrier-a-1"]
     assert entry["last_failure_reason"] == "OPTIONS timed out"
     assert entry["went_down"] == 1
-    # Carrier B, at the defaults: its first probe comes at a random second within 10 s.
+    # Carrier B, at the defaults: its first probe comes within 10 s (a second from a hash of its URI).
     wait_for(lambda: state(rpc_path, b)["last_probe_rtt_ms"] is not None, 15, "carrier-b-1 probed")
     assert state(rpc_path, b)["state"] == "up"
 
