@@ -50,6 +50,11 @@ def wait_for(predicate, timeout: float, what: str, log=lambda: ""):
         time.sleep(0.1)
 
 
+def node_lines(r) -> str:
+    """The launcher's and c4 cdr's own lines of the router's log (Kamailio's may drown them)."""
+    return "\n".join(line for line in r.log_text().splitlines() if line.startswith(("c4 kamailio:", "c4 cdr:")))
+
+
 def pid_of(r, needle: str) -> int | None:
     try:
         return find_process(r.proc.pid, needle)
@@ -137,12 +142,18 @@ def test_every_call_has_one_record_when_c4_cdr_is_killed_mid_traffic(router, sip
             r.target]
     uac = processes.start(argv, tmp_path / "uac.log", cwd=tmp_path)
     time.sleep(3)
+    assert pid_of(r, "c4kemi.cli cdr") == collector, node_lines(r)
     os.kill(collector, signal.SIGSTOP)  # events go on being handed over, unread
     time.sleep(1)
     os.kill(collector, signal.SIGKILL)
     back = wait_for(lambda: (pid := pid_of(r, "c4kemi.cli cdr")) not in (None, collector) and pid, 10,
-                    "c4 cdr is not back", r.log_text)
-    assert uac.wait(timeout=90) == 0, (tmp_path / "uac.log").read_text(errors="replace")[-3000:]
+                    "c4 cdr is not back", lambda: node_lines(r))
+    try:
+        code = uac.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        code = None
+    assert code == 0, (f"sipp: {code}\n" + (tmp_path / "uac.log").read_text(errors="replace")[-3000:]
+                       + (tmp_path / "uac-errors.log").read_text(errors="replace")[-2000:] + "\n" + node_lines(r))
 
     expected = {f"{n}-{uac.pid}@{TRUNK_A}" for n in range(1, CALLS + 1)}  # sipp's Call-IDs: [call_id] is N-PID@IP
     records = read_records(path, CALLS, timeout=30)
@@ -150,8 +161,9 @@ def test_every_call_has_one_record_when_c4_cdr_is_killed_mid_traffic(router, sip
     records = read_records(path, CALLS + 1, timeout=0)
     call_ids = [record["call_id"] for record in records]
     print(f"{r.mode}: {len(records)} records for {CALLS} calls; c4 cdr {collector} killed, back as {back}")
-    assert len(call_ids) == len(set(call_ids)), f"{len(call_ids) - len(set(call_ids))} duplicate records"
-    assert set(call_ids) == expected, f"missing {len(expected - set(call_ids))}, unexpected {sorted(set(call_ids) - expected)[:5]}"
+    assert len(call_ids) == len(set(call_ids)), f"{len(call_ids) - len(set(call_ids))} duplicate records\n{node_lines(r)}"
+    assert set(call_ids) == expected, \
+        f"missing {len(expected - set(call_ids))}, unexpected {sorted(set(call_ids) - expected)[:5]}\n{node_lines(r)}"
     assert len({record["id"] for record in records}) == CALLS
     assert {record["code"] for record in records} == {200}
     state = orjson.loads(status.read_bytes())["cdr"]
