@@ -308,3 +308,11 @@ def test_the_collector_acknowledges_seqs_and_drops_what_comes_again(tmp_path, mo
     assert heard[1] == [b"7:ack 150,", b"7:ack 160,"]
     records = [orjson.loads(line) for line in path.read_bytes().splitlines()]
     assert [r["id"] for r in records] == [event_id(RUN, n) for n in range(1, 161)]
+
+
+def test_a_kamailio_that_cannot_be_started_is_a_launch_error(tmp_path):
+    node = Node(tmp_path)
+    with pytest.raises(LaunchError, match=r"cannot start Kamailio \(/nonexistent/kamailio\)"):
+        node.run(["/nonexistent/kamailio"], dict(os.environ))
+    with pytest.raises(LaunchError, match=r"cannot start ghost: .*; Kamailio not started"):
+        node.start(Helper(["/nonexistent/helper"], "ghost", lambda: True))

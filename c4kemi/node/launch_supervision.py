@@ -198,7 +198,10 @@ class Node:
         names = [s.name for s in self.helpers]
         name = helper.name if helper.name not in names else f"{helper.name}-{len(names)}"
         entry = Supervised(helper, name, delay=RESTART_FIRST)
-        entry.proc = _spawn(helper, self._env())
+        try:
+            entry.proc = _spawn(helper, self._env())
+        except OSError as exc:
+            raise LaunchError(f"cannot start {helper.what}: {exc}; Kamailio not started") from None
         entry.started, entry.since = time.monotonic(), time.time()
         self.helpers.append(entry)
         self.write_status()
@@ -287,7 +290,10 @@ class Node:
         time it is, ON_ROUTING is called (the launcher says where it listens).
         """
         self._check_stop()
-        self.kamailio = proc = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+        try:
+            self.kamailio = proc = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+        except OSError as exc:
+            raise LaunchError(f"cannot start Kamailio ({command[0]}): {exc}") from None
         try:
             pidfd = os.pidfd_open(proc.pid)
         except (AttributeError, OSError):
