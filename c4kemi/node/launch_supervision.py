@@ -177,7 +177,8 @@ class Node:
             except OSError:
                 pass
 
-    def _check_stop(self) -> None:
+    def check_stop(self) -> None:
+        """Stopped, if a signal asked the node to stop."""
         if self.signum is not None:
             raise Stopped(self.signum)
 
@@ -194,7 +195,7 @@ class Node:
         WAITING_LOG_INTERVAL seconds while it gets ready (default: that the
         launcher still waits for it).
         """
-        self._check_stop()
+        self.check_stop()
         names = [s.name for s in self.helpers]
         name = helper.name if helper.name not in names else f"{helper.name}-{len(names)}"
         entry = Supervised(helper, name, delay=RESTART_FIRST)
@@ -211,7 +212,7 @@ class Node:
         while not helper.ready():
             code = entry.proc.poll()
             if code is not None:
-                self._check_stop()  # the signal that stops the node may have reached it too (its process group)
+                self.check_stop()  # the signal that stops the node may have reached it too (its process group)
                 raise LaunchError(f"{helper.what} {describe_exit(code)} before it was ready; Kamailio not started")
             now = time.monotonic()
             if now - begun > bound:
@@ -219,7 +220,7 @@ class Node:
             if now >= next_word:
                 next_word += WAITING_LOG_INTERVAL
                 say(f"{waiting or f'still waiting for {helper.what} to be ready'} ({now - begun:.0f} s)")
-            self._check_stop()
+            self.check_stop()
             self.supervise(skip=entry)
             time.sleep(0.1)
         if entry.proc.poll() is not None:  # something else answered in its place
@@ -289,7 +290,7 @@ class Node:
         ROUTING tells (every POLL_INTERVAL) whether Kamailio is up; the first
         time it is, ON_ROUTING is called (the launcher says where it listens).
         """
-        self._check_stop()
+        self.check_stop()
         try:
             self.kamailio = proc = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
         except OSError as exc:

@@ -84,7 +84,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .launch_options import shm_reserve
 from .launch_plan import Helper, Launch, LaunchError, check_options, plan, rpc_socket
-from .launch_supervision import Node, Stopped, say
+from .launch_supervision import STATUS_FILE, Node, Stopped, say
 
 __all__ = ["dsn_where", "run_kamailio"]
 
@@ -101,51 +101,53 @@ def run_kamailio(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     check_options(args)
-    rundir = Path(tempfile.mkdtemp(prefix="c4-kamailio-"))  # 0700
-    try:
-        launch, command = plan(args, rundir)
-        if args.dry_run:
-            for name, value in launch.env.items():
-                print(f"{name}={value}")
-            for helper in launch.helpers:
-                print(" ".join([*(f"{name}=***" for name in helper.env), *helper.argv]) + " &")
-            print(" ".join(command))
-            return 0
-        return _launch(args, launch, command, rundir)
-    finally:
-        shutil.rmtree(rundir, ignore_errors=True)
+    node = Node(None)
+    with node:  # from here a signal stops the node, at any step (and the runtime directory is removed)
+        rundir = Path(tempfile.mkdtemp(prefix="c4-kamailio-"))  # 0700
+        try:
+            launch, command = plan(args, rundir)
+            if args.dry_run:
+                for name, value in launch.env.items():
+                    print(f"{name}={value}")
+                for helper in launch.helpers:
+                    print(" ".join([*(f"{name}=***" for name in helper.env), *helper.argv]) + " &")
+                print(" ".join(command))
+                return 0
+            node.status_path = rundir / STATUS_FILE
+            return _launch(args, launch, command, rundir, node)
+        finally:
+            shutil.rmtree(rundir, ignore_errors=True)
 
 
-def _launch(args: argparse.Namespace, launch: Launch, command: list[str], rundir: Path) -> int:
+def _launch(args: argparse.Namespace, launch: Launch, command: list[str], rundir: Path, node: Node) -> int:
     """Helpers, then Kamailio, supervised; whatever ends it, everything is stopped and the last line says so."""
     env = {**os.environ, **launch.env}
-    node = Node(rundir)
-    with node:  # from here a signal stops the node, at any step
-        try:
-            said, waiting = _database_at_start(args, launch)
-            for line in [*launch.banner, *said, "Ctrl-C or SIGTERM stops the node"]:
-                print(f"c4 kamailio: {line}", flush=True)
-            for helper in launch.helpers:
-                node.start(helper, waiting.get(id(helper)))
-            from ..call.channels import KamailioRpc, RpcError
+    try:
+        node.check_stop()
+        said, waiting = _database_at_start(args, launch)
+        for line in [*launch.banner, *said, "Ctrl-C or SIGTERM stops the node"]:
+            print(f"c4 kamailio: {line}", flush=True)
+        for helper in launch.helpers:
+            node.start(helper, waiting.get(id(helper)))
+        from ..call.channels import KamailioRpc, RpcError
 
-            rpc = KamailioRpc(rpc_socket(args, rundir), timeout=0.2)
+        rpc = KamailioRpc(rpc_socket(args, rundir), timeout=0.2)
 
-            def routing() -> bool:
-                try:
-                    rpc.call("core.uptime")
-                except RpcError:
-                    return False
-                return True
+        def routing() -> bool:
+            try:
+                rpc.call("core.uptime")
+            except RpcError:
+                return False
+            return True
 
-            code, reason = node.run(command, env, routing, lambda: _listening(args))
-        except LaunchError as exc:
-            say(str(exc))
-            code, reason = 2, ": Kamailio not started"
-        except Stopped as stop:
-            code, reason = 0, f" (signal {signal.Signals(stop.args[0]).name}) before Kamailio started"
-        finally:
-            node.stop_helpers()
+        code, reason = node.run(command, env, routing, lambda: _listening(args))
+    except LaunchError as exc:
+        say(str(exc))
+        code, reason = 2, ": Kamailio not started"
+    except Stopped as stop:
+        code, reason = 0, f" (signal {signal.Signals(stop.args[0]).name}) before Kamailio started"
+    finally:
+        node.stop_helpers()
     say(f"stopped{reason}")
     return code
 
