@@ -268,3 +268,21 @@ def test_a_call_record_says_which_route_was_skipped_as_down(router, peers, rpc_p
         {"destination": "carrier-a-1", "kind": "trunk", "uri": a.uri, "code": None, "skipped": "down"},
         {"destination": "carrier-b-1", "kind": "trunk", "uri": b.uri, "code": 486},
     ]
+
+
+def test_a_share_of_503s_marks_a_trunk_down_when_failure_percent_is_set(router, peers, rpc_path):
+    """Optional (off by default): carrier A answers OPTIONS but refuses every INVITE with 503."""
+    a = peers(TRUNK_A, options=200, invite=503)
+    b = peers(TRUNK_B, options=200, invite=486)
+    health_a = {"failure_percent": 50, "failure_window": 60, "failure_min_calls": 4}
+    r = start(router, rpc_path, document(a, b, health_a=health_a))
+
+    for _ in range(4):  # A's 503 fails over to B
+        assert call(r).code == 486
+    entry = wait_for(lambda: (e := state(rpc_path, a))["state"] == "down" and e, 5, "carrier-a-1 down on its 503s")
+    assert entry["invite_failures_in_a_row"] == 0  # 503s are answers: not failures in a row
+    since = time.monotonic()
+    assert call(r).code == 486 and a.count("INVITE", since) == 0
+    log = r.log_text()
+    assert "4 of 4 INVITEs failed within 60 s" in log
+    assert "div by 0" not in log  # the branches of targets without failure_percent parse nothing
