@@ -8,6 +8,7 @@ source when scraped, so it is never stale and costs nothing per request.
 
 from __future__ import annotations
 
+import os
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -49,6 +50,8 @@ KAMAILIO_STATISTICS = {
 }
 
 
+# The node's status file, which c4 kamailio names in its helpers' environment (c4kemi/node/launch_supervision.py).
+NODE_STATUS_ENV = "C4_NODE_STATUS"
 # The node's decisions, counted by Kamailio in both modes (kamailio-base.cfg: route[COUNT_DECISION]).
 NODE_REFUSALS = {"403": "c4_refusals_403", "404": "c4_refusals_404", "other": "c4_refusals_other"}
 # Buckets of the wait for a decision, in ms (upper bounds), and Kamailio's counter of each (not cumulative).
@@ -190,6 +193,30 @@ def node_decisions(values: dict[str, int]):
                                 "arrival (KEMI: the decision; HTTP: the API round trip), from Kamailio", buckets=buckets)
 
 
+class HelperCollector:
+    """c4 kamailio's helpers restarted so far, from the node's status file ($C4_NODE_STATUS: c4 serve is one of them)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        import orjson
+
+        try:
+            status = orjson.loads(open(self.path, "rb").read())  # noqa: SIM115 - a small file, read whole
+        except (OSError, ValueError):
+            return  # not written yet, or being replaced: the next scrape has it
+        restarts = CounterMetricFamily("c4_helper_restarts", "Helpers of the node (c4 feed, c4 db follow, c4 serve, c4 cdr, "
+                                       "c4 health-sync) started again after they exited, by helper", labels=["helper"])
+        for name, entry in sorted(status.items()) if isinstance(status, dict) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("restarts"), int):
+                restarts.add_metric([str(name)], entry["restarts"])
+        yield restarts
+
+
 class Metrics:
     def __init__(self, source: TableSource, kamailio_rpc: str | None = None) -> None:
         self.started = time.monotonic()
@@ -208,6 +235,8 @@ class Metrics:
             registry=registry,
         )
         registry.register(TableCollector(source, self.started))
+        if os.environ.get(NODE_STATUS_ENV):  # run by c4 kamailio
+            registry.register(HelperCollector(os.environ[NODE_STATUS_ENV]))
         if kamailio_rpc:
             registry.register(ChannelCollector(source, kamailio_rpc))
 

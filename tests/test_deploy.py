@@ -40,7 +40,6 @@ EXAMPLE_TABLE = ROOT / "c4kemi" / "examples" / "example.json"
 # Metrics the dashboard and the alerts use that c4http/metrics.py does not
 # expose yet, each with what should count it. Empty this as they land.
 PENDING_METRICS = {
-    "c4_helper_restarts_total": "c4 kamailio's helper restarts, by helper (issue 21, item 1)",
 }
 PROMETHEUS_OWN = {"up"}  # the scrape's own series
 

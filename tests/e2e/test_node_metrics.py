@@ -37,3 +37,24 @@ def test_decisions_refusals_and_their_wait_are_counted_by_the_node(router, sipp,
     assert metric(text, 'c4_node_refusals_total{code="other"}') == 0
     assert metric(text, 'c4_node_decision_seconds_bucket{le="+Inf"}') == 4
     assert metric(text, 'c4_node_decision_seconds_bucket{le="0.5"}') == 4  # not one waited half a second
+
+
+def test_a_helper_started_again_is_counted_in_the_node_metrics(router, tmp_path):
+    """c4 health-sync killed: c4 kamailio starts it again, and the node's c4 serve counts it (c4_helper_restarts_total)."""
+    import os
+    import signal
+    import time
+
+    from .flood import find_process
+
+    r = router.start(routing_document(), node_api=True, extra_args=["--rpc-socket", str(tmp_path / "rpc.sock")])
+    os.kill(find_process(r.proc.pid, "c4kemi.cli health-sync"), signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while True:
+        with urllib.request.urlopen(f"{r.api_url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        if 'c4_helper_restarts_total{helper="health-sync"} 1.0' in text:
+            break
+        assert time.monotonic() < deadline, [line for line in text.splitlines() if "helper" in line]
+        time.sleep(0.3)
+    assert 'c4_helper_restarts_total{helper="feed"} 0.0' in text
