@@ -224,19 +224,9 @@ def running_router(mode: str, document: dict, workdir: Path):
 def node_cpu(router: Router) -> dict[str, float]:
     """utime + stime (s) of the router's process group: Kamailio (all; the probe timer), c4 serve, the helpers."""
     cpu = {"kamailio": 0.0, "probe_timer": 0.0, "serve": 0.0, "helpers": 0.0}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) != router.process.pid:
-            continue
-        seconds = (int(fields[11]) + int(fields[12])) / sip.CLOCK_TICKS
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+    for pid, comm, cmdline, seconds in sip.group_processes(router.process.pid):
         cpu["kamailio" if comm == "kamailio" else "serve" if b"serve" in cmdline else "helpers"] += seconds
-        if int(entry) == router.timer_pid:
+        if pid == router.timer_pid:
             cpu["probe_timer"] += seconds
     return cpu
 

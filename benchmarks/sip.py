@@ -182,12 +182,9 @@ def wait_options(port: int, router: subprocess.Popen, timeout: float = START_TIM
     raise RuntimeError(f"router on port {port} did not answer OPTIONS (exit code {router.poll()})")
 
 
-def cpu_seconds(pgid: int) -> dict[str, float]:
-    """utime + stime of the live processes of a process group: Kamailio's, and c4 serve's."""
-    total = {"kamailio": 0.0, "serve": 0.0}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def group_processes(pgid: int):
+    """(pid, comm, cmdline parts, utime + stime in s) of each live process of a process group."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
@@ -197,9 +194,16 @@ def cpu_seconds(pgid: int) -> dict[str, float]:
         if int(fields[2]) != pgid:  # field 5: pgrp
             continue
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        yield int(entry), comm, cmdline, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14, 15: utime, stime
+
+
+def cpu_seconds(pgid: int) -> dict[str, float]:
+    """utime + stime of the live processes of a process group: Kamailio's, and c4 serve's."""
+    total = {"kamailio": 0.0, "serve": 0.0}
+    for _, comm, cmdline, seconds in group_processes(pgid):
         who = "kamailio" if comm == "kamailio" else "serve" if b"serve" in cmdline else None
         if who:
-            total[who] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14, 15: utime, stime
+            total[who] += seconds
     return total
 
 
