@@ -49,7 +49,7 @@ import sip  # noqa: E402  (benchmarks/sip.py: the router command, the sipp calle
 
 from c4kemi.call.channels import KamailioRpc, RpcError  # noqa: E402
 from c4kemi.call.health import health_report  # noqa: E402
-from c4kemi.core.health import probe_targets  # noqa: E402
+from c4kemi.core.health import base_targets  # noqa: E402
 
 OUT = sip.ROOT / "benchmarks" / "results" / "health.json"
 RESPONDER, SILENT = "127.0.1.1", "127.0.1.2"  # the probed trunks' address; trunk A's
@@ -266,7 +266,7 @@ def probing_point(mode: str, variant: str, repetition: int, responder: Responder
             finally:
                 sip.stop(callee)
             try:
-                report = health_report(router.rpc, probe_targets(document["trunks"], document["ipbxs"]), detail=False)
+                report = health_report(router.rpc, base_targets(document), detail=False)
                 health = {"targets": len(report), "down": sum(e["state"] == "down" for e in report)}
             except RpcError as exc:
                 health = {"error": str(exc)[:90]}

@@ -131,11 +131,11 @@ class ChannelCollector:
         """Trunk health from Kamailio (c4kemi.call.health): up or down, and changes of state, per trunk and IPBX target."""
         from c4kemi.call.channels import RpcError
         from c4kemi.call.health import health_report
-        from c4kemi.core.health import probe_targets
+        from c4kemi.core.health import base_targets
 
         base = self.source.current().base
         try:
-            report = health_report(self.rpc, probe_targets(base.get("trunks", []), base.get("ipbxs", [])), detail=False)
+            report = health_report(self.rpc, base_targets(base), detail=False)
         except RpcError:
             return
         up = GaugeMetricFamily("c4_trunk_up", "Trunk health: 1 while the trunk's target is up, 0 while down (docs/health.md)", labels=["trunk"])

@@ -45,7 +45,7 @@ from c4kemi.call.health import health_report
 from c4kemi.core.decision import RequestError, call_json, decide_call, encode
 from c4kemi.core.explain import explain as explain_query
 from c4kemi.core.explain import masked, render_text
-from c4kemi.core.health import probe_targets
+from c4kemi.core.health import base_targets
 from c4kemi.sources.table_source import TableSource
 
 from .logfmt import log_event
@@ -216,7 +216,7 @@ class RoutingEndpoint:
         etag = f'"{table.version}"'
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers={"ETag": etag})
-        targets = probe_targets(table.base.get("trunks", []), table.base.get("ipbxs", []))
+        targets = base_targets(table.base)
         body = {"version": table.version, "targets": [[t.uri, t.line, list(t.users)] for t in targets.values()]}
         return web.Response(body=orjson.dumps(body), content_type=JSON, headers={"ETag": etag})
 
@@ -285,7 +285,7 @@ async def trunk_health(request: web.Request) -> web.Response:
         return error_response(503, "trunk health is read from Kamailio: run c4 serve --kamailio-rpc SOCKET (c4 kamailio --rpc-socket)")
     try:
         table = request.app[SOURCE].current()
-        watched = probe_targets(table.base.get("trunks", []), table.base.get("ipbxs", []))
+        watched = base_targets(table.base)
         targets = await asyncio.to_thread(health_report, KamailioRpc(kamailio_rpc), watched)
     except RpcError as exc:
         return error_response(503, f"Kamailio did not give the trunk health: {exc}")

@@ -21,6 +21,7 @@ __all__ = [
     "LIMITS",
     "WHEN_ALL_DOWN",
     "ProbeTarget",
+    "base_targets",
     "health_errors",
     "probe_targets",
     "settings_line",
@@ -123,3 +124,8 @@ def probe_targets(trunks: Iterable[Mapping[str, Any]], ipbxs: Iterable[Mapping[s
                 elif user not in known.users:
                     found[uri] = ProbeTarget(uri, known.line, (*known.users, user))
     return found
+
+
+def base_targets(base: Mapping[str, Any]) -> dict[str, ProbeTarget]:
+    """``probe_targets`` of a document's (or a compiled table's ``base``) trunks and IPBXs."""
+    return probe_targets(base.get("trunks", []), base.get("ipbxs", []))

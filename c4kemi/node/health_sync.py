@@ -30,7 +30,7 @@ import orjson
 
 from ..call.channels import KamailioRpc, RpcError
 from ..call.health import ProbeSync
-from ..core.health import ProbeTarget, probe_targets
+from ..core.health import ProbeTarget, base_targets
 from ..sources.feed import POINTER, snapshot_path
 
 __all__ = ["api_targets", "feed_targets", "run"]
@@ -54,7 +54,7 @@ def feed_targets(feed: Path) -> Reader:
             return None
         with snapshot_path(feed, generation).open("rb") as snapshot:
             base = orjson.loads(snapshot.readline())["base"]
-        return generation, probe_targets(base.get("trunks", []), base.get("ipbxs", []))
+        return generation, base_targets(base)
 
     return read
 
