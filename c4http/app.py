@@ -32,6 +32,7 @@ import asyncpg
 from aiohttp import web
 
 from c4kemi.db.documents import setup_connection
+from c4kemi.db.dsn import connect_raw
 from c4kemi.sources.table_source import TableSource
 
 from .auth import ADMIN_TOKEN, PUBLIC_PATHS, authenticate
@@ -155,8 +156,12 @@ async def pool_context(app: web.Application) -> AsyncIterator[None]:
     """The API application's cleanup context: its connection pool."""
     # min_size=0: nothing connects at startup, so routing starts and
     # serves even while PostgreSQL is down; the API then answers 503.
+    # connect_raw: any DSN form c4 takes; with several hosts, the read-write one,
+    # each host tried in turn (a failover: the new primary; none yet: a 503).
+    # A connection the old primary closed is replaced at its next acquire.
     app[POOL] = await asyncpg.create_pool(
-        app[DSN], init=setup_connection, min_size=0, max_size=app[POOL_SIZE], timeout=5, command_timeout=60
+        app[DSN], connect=connect_raw, init=setup_connection, min_size=0, max_size=app[POOL_SIZE], timeout=5,
+        command_timeout=60,
     )
     yield
     await app[POOL].close()

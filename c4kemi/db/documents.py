@@ -17,6 +17,7 @@ import asyncpg
 import orjson
 
 from ..core.health import DEFAULTS as HEALTH_DEFAULTS
+from .dsn import connect_raw
 
 __all__ = ["connect", "did_entity", "endpoint_health", "route_extras", "tenant_blocks", "export_document", "read_document", "read_routes", "import_document", "routing_version", "setup_connection"]
 
@@ -36,7 +37,8 @@ async def setup_connection(conn: asyncpg.Connection) -> None:
 
 
 async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn, **kwargs)
+    """A connection with c4's codecs, through any DSN form c4 takes (several hosts: the one that is read-write; dsn.py)."""
+    conn = await connect_raw(dsn, **kwargs)
     await setup_connection(conn)
     return conn
 
