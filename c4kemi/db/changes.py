@@ -35,7 +35,7 @@ from ..sources.feed_writer import MAX_CHANGES
 from .documents import did_entity, read_document, read_routes, routing_version
 from .follow import Follower
 
-__all__ = ["ChangeFollower", "read_changes"]
+__all__ = ["ChangeFollower", "log_end", "read_changes"]
 
 log = logging.getLogger("c4.db")
 
@@ -73,6 +73,12 @@ async def read_changes(conn: asyncpg.Connection, after: int, max_keys: int = MAX
                                        list(tenants), list(prefixes)):
             routes[route["tenant"], route["prefix"]] = route
     return rows[-1]["seq"], (dids, routes)
+
+
+async def log_end(conn: asyncpg.Connection) -> int:
+    """The last row the change log has had: its highest seq, or the highest pruned if it was emptied."""
+    return await conn.fetchval(
+        "SELECT greatest((SELECT coalesce(max(seq), 0) FROM routing_changes), (SELECT up_to FROM routing_changes_pruned))")
 
 
 class ChangeFollower(Follower):
@@ -120,6 +126,12 @@ class ChangeFollower(Follower):
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             seq, changes = await read_changes(conn, self.seq, self.max_keys)
             version = await routing_version(conn)
+            if changes == ({}, {}) and await log_end(conn) < self.seq:
+                # The log ends before the row last read: another server than the one read (a failover
+                # that lost what was not replicated yet, a restore). What it holds is read whole.
+                log.warning("the routing change log ends before row %s, the last one read (a failover or a restore):"
+                            " reading the whole document", self.seq)
+                changes = None
         if changes == ({}, {}):
             pass
         elif changes is None or self.refused:

@@ -56,6 +56,7 @@ class Follower:
         self.retry_max = retry_max
         self.version: int | None = None  # routing version of the last document handed over
         self.stale_since: float | None = None  # wall clock time PostgreSQL was lost, None when connected
+        self.connections = 0  # connections opened by run(): 1, plus one per reconnect (a restart, a failover)
         self._changed = asyncio.Event()
 
     async def load_once(self, timeout: float = 10.0) -> None:
@@ -78,6 +79,7 @@ class Follower:
                 delay = min(delay * 2, self.retry_max)
                 continue
             delay = 0.2
+            self.connections += 1
             try:
                 await self._follow(conn)
             except Exception as exc:  # a cut connection surfaces as many exception types; all mean: reconnect
