@@ -160,11 +160,24 @@ async def pool_context(app: web.Application) -> AsyncIterator[None]:
     # each host tried in turn (a failover: the new primary; none yet: a 503).
     # A connection the old primary closed is replaced at its next acquire.
     app[POOL] = await asyncpg.create_pool(
-        app[DSN], connect=connect_raw, init=setup_connection, min_size=0, max_size=app[POOL_SIZE], timeout=5,
-        command_timeout=60,
+        app[DSN], connect=connect_raw, init=setup_connection, reset=_reset_or_drop, min_size=0, max_size=app[POOL_SIZE],
+        timeout=5, command_timeout=60,
     )
     yield
     await app[POOL].close()
+
+
+async def _reset_or_drop(conn: asyncpg.Connection) -> None:
+    """A connection back in the pool is reset; one the server cut mid-statement (a failover) cannot be: it is dropped.
+
+    asyncpg's own reset raises then (InternalClientError, "another operation
+    is in progress"), and that, not the request's own error (a 503
+    "database unavailable"), reached the client as a 500.
+    """
+    try:
+        await conn.reset()
+    except Exception:  # noqa: BLE001 -- any failure: the connection is not reused; the next acquire connects anew
+        conn.terminate()
 
 
 async def refresh_task(app: web.Application) -> AsyncIterator[None]:
