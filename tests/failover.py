@@ -13,6 +13,7 @@ and how it got it (change set or whole document).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,8 +46,10 @@ class Write:
 class Outcome:
     writes: list[Write] = field(default_factory=list)
     promoted_at: float = 0.0  # seconds after the stop began, when pg_ctl promote returned
-    writes_resumed_at: float | None = None  # the first write started after the stop that succeeded, when it ended
-    follower_has_it_at: float | None = None  # the follower held that DID
+    follower_resumed_at: float | None = None  # the follower connected again (to the new primary)
+    after_promotion: Write | None = None  # the first write started after the promotion that succeeded
+    follower_has_it_at: float | None = None  # the follower held that write's DID
+    errors: list[str] = field(default_factory=list)  # what the API logged as errors meanwhile
     documents: tuple[int, int] = (0, 0)  # whole documents the follower read: (before the stop, at the end)
     change_sets: tuple[int, int] = (0, 0)
     connections: int = 0  # the follower's connections (1 + reconnects)
@@ -60,6 +63,20 @@ class Outcome:
     @property
     def refused(self) -> list[Write]:
         return [w for w in self.writes if w.status != 201]
+
+    @property
+    def writes_stopped(self) -> tuple[float, float]:
+        """The longest time between two acknowledged writes from the last one before the stop: (its length, its end).
+
+        Writes on connections the old primary still serves succeed for a
+        moment after the stop began; what follows is refused until the
+        replica takes writes.
+        """
+        ended = sorted(w.ended for w in self.writes if w.status == 201)
+        before = [t for t in ended if t < 0]
+        times = ([before[-1]] if before else []) + [t for t in ended if t >= 0]
+        gap, end = max((b - a, b) for a, b in zip(times, times[1:], strict=False))
+        return gap, end
 
 
 class Pair:
@@ -119,6 +136,8 @@ class Followed:
 async def failover(pair: Pair, timeout: float = 20.0) -> Outcome:
     """Writes before, during and after the failover; returns once the follower has a post-promotion write."""
     outcome = Outcome()
+    errors = _Errors(outcome.errors)
+    logging.getLogger("c4.http").addHandler(errors)
     followed = Followed()
     follower = ChangeFollower(pair.dsn, followed.document, followed.changes)  # the 5 s check of production
     await follower.load_once()
@@ -132,8 +151,8 @@ async def failover(pair: Pair, timeout: float = 20.0) -> Outcome:
     def since() -> float:
         return clock() - stop_began if stop_began is not None else -1.0
 
-    async def write(prefix: str) -> Write:
-        started = since()
+    async def write(prefix: str) -> Write:  # times on the monotonic clock here, since the stop began at the end
+        started = clock()
         try:
             async with session.post(server.make_url("/api/v1/dids"),
                                     json={"tenant": "acme", "prefix": prefix, "ipbx": "acme-pbx"}) as response:
@@ -141,7 +160,7 @@ async def failover(pair: Pair, timeout: float = 20.0) -> Outcome:
                 status = response.status
         except aiohttp.ClientError as exc:  # the API itself never goes away here: counted as a failure if it did
             status, body = 0, repr(exc)
-        done = Write(prefix, started, since(), status, body)
+        done = Write(prefix, started, clock(), status, body)
         outcome.writes.append(done)
         return done
 
@@ -158,24 +177,32 @@ async def failover(pair: Pair, timeout: float = 20.0) -> Outcome:
             await asyncio.to_thread(pair.replica.promote)
             outcome.promoted_at = since()
 
+        async def watch_follower() -> None:
+            while follower.connections < 2:
+                await asyncio.sleep(0.002)
+            outcome.follower_resumed_at = since()
+
         switching = asyncio.create_task(switch())
+        watching = asyncio.create_task(watch_follower())
         n = 0
-        resumed: Write | None = None
-        while resumed is None:
+        after: Write | None = None
+        while after is None:
             assert since() < timeout, f"API writes did not resume in {timeout} s: {outcome.writes[-3:]}"
             done = await write(f"6{n:05d}")
             n += 1
-            if done.status == 201 and done.started >= 0:
-                resumed = done
+            if done.status == 201 and switching.done() and done.started - stop_began > outcome.promoted_at:
+                after = done
             await asyncio.sleep(WRITE_EVERY)
         await switching
-        outcome.writes_resumed_at = resumed.ended
-        await until(lambda: resumed.prefix in followed.dids, timeout)
+        outcome.after_promotion = after
+        await until(lambda: after.prefix in followed.dids, timeout)
         outcome.follower_has_it_at = since()
+        await asyncio.wait_for(watching, timeout)
         for extra in range(3):  # and it goes on: a few more after the promotion
             assert (await write(f"7000{extra}")).status == 201
         await until(lambda: all(f"7000{extra}" in followed.dids for extra in range(3)), timeout)
     finally:
+        logging.getLogger("c4.http").removeHandler(errors)
         await session.close()
         await server.close()
         following.cancel()
@@ -183,6 +210,9 @@ async def failover(pair: Pair, timeout: float = 20.0) -> Outcome:
             await following
         except asyncio.CancelledError:
             pass
+    for done in outcome.writes:
+        done.started -= stop_began
+        done.ended -= stop_began
     outcome.documents = (outcome.documents[0], follower.documents)
     outcome.change_sets = (outcome.change_sets[0], follower.change_sets)
     outcome.connections = follower.connections
@@ -193,6 +223,15 @@ async def failover(pair: Pair, timeout: float = 20.0) -> Outcome:
     finally:
         await conn.close()
     return outcome
+
+
+class _Errors(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.ERROR)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage()[:2000])
 
 
 async def until(predicate, timeout: float) -> None:
