@@ -6,6 +6,7 @@
     c4 serve --table FILE | --feed DIR | --dsn DSN ...  run the c4http service
     c4 feed --table FILE --out DIR         publish a document's changes to a table feed
     c4 health-sync --feed DIR|--api URL --kamailio-rpc SOCK   hand the table's trunk targets to Kamailio's health probes
+    c4 cluster-watch --kamailio-rpc SOCK [--grace S]   end the calls of a lost cluster node
     c4 db migrate|import|export|token|follow   the PostgreSQL store
     c4 cdr --evapi HOST:PORT --file FILE | --db   collect the call records (c4 kamailio starts it)
 
@@ -133,6 +134,15 @@ def cmd_health_sync(args: argparse.Namespace) -> int:
     return run(source, args.kamailio_rpc, args.interval)
 
 
+def cmd_cluster_watch(args: argparse.Namespace) -> int:
+    import logging
+
+    from .node.cluster_watch import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    return run(args.kamailio_rpc, args.grace, args.interval)
+
+
 def cmd_kamailio(args: argparse.Namespace) -> int:
     from .node.launcher import run_kamailio
 
@@ -189,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--kamailio-rpc", required=True, help="Kamailio's JSON-RPC datagram socket")
     sync.add_argument("--interval", type=float, default=1.0, help="seconds between looks at the feed and at Kamailio (default 1)")
     sync.set_defaults(func=cmd_health_sync)
+
+    watch = sub.add_parser("cluster-watch", help="end the calls of a cluster node that is gone, so its channels come back "
+                                                 "(c4 kamailio --cluster-node runs it)")
+    watch.add_argument("--kamailio-rpc", required=True, help="Kamailio's JSON-RPC datagram socket")
+    watch.add_argument("--grace", type=float, default=30.0,
+                       help="seconds a node may stay out of DMQ (a restart) before its calls are ended (default 30)")
+    watch.add_argument("--interval", type=float, default=1.0, help="seconds between looks at the cluster (default 1)")
+    watch.set_defaults(func=cmd_cluster_watch)
 
     from .node.launch_options import add_arguments as add_kamailio_arguments
 

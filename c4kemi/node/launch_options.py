@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "DEFAULT_ADMIT_INTERVAL", "DEFAULT_CDR_SPOOL", "DEFAULT_LISTEN", "DEFAULT_MAX_TRANSACTIONS", "DEFAULT_MEMORY_MANAGER",
+    "DEFAULT_ADMIT_INTERVAL", "DEFAULT_CDR_SPOOL", "DEFAULT_CLUSTER_PORT", "DEFAULT_LISTEN", "DEFAULT_MAX_TRANSACTIONS", "DEFAULT_MEMORY_MANAGER",
     "DEFAULT_RETRY_AFTER", "DEFAULT_TABLE_CACHE", "HTTP_ASYNC_BUILT", "HTTP_ASYNC_ENV", "MEMORY_MANAGERS", "SHM_RESERVE_FRACTION",
     "add_arguments", "shm_reserve",
 ]
@@ -36,6 +36,8 @@ DEFAULT_ADMIT_INTERVAL = 10
 # ... and while less than 1/8 of --shm is free: room for the calls already
 # admitted (1000 in setup and the answered calls' lingering transactions).
 SHM_RESERVE_FRACTION = 8
+# A cluster's node-to-node bus (DMQ): a UDP socket of its own on each node.
+DEFAULT_CLUSTER_PORT = 5090
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +113,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="deployment secret (uac restore and dialog keys), created 0600 if missing "
                              "(default: $C4_SECRET_FILE, else STATE_DIR/secret; as root, /var/lib/c4/secret if an earlier "
                              "version made it and STATE_DIR has none)")
+    cluster = parser.add_argument_group("cluster (docs/cluster.md)")
+    cluster.add_argument("--node-name", default=None,
+                         help="this node's name in its call records (default: the host name)")
+    cluster.add_argument("--cluster-node", type=int, default=None, metavar="N",
+                         help="join a cluster as node N (1 to 16, unique in the cluster): calls, and so channel and "
+                              "call-rate limits, are shared with the --cluster-peer nodes over Kamailio's DMQ")
+    cluster.add_argument("--cluster-peer", action="append", default=[], metavar="HOST",
+                         help="another node of the cluster, by address (repeatable, at most 3; the rest are learned "
+                              "from them): it listens for SIP on the same port as this node, and for DMQ on --cluster-port")
+    cluster.add_argument("--cluster-grace", type=float, default=30.0,
+                         help="seconds a node may be out of the cluster (a restart) before the others end its calls "
+                              "and take its channels back (default: %(default)s)")
+    cluster.add_argument("--cluster-port", type=int, default=DEFAULT_CLUSTER_PORT,
+                         help="UDP port of every node's DMQ socket, on the address of its first --listen "
+                              "(default: %(default)s)")
     parser.add_argument("--require-db", action="store_true",
                         help="with a database: exit at once (code 2) when PostgreSQL cannot be reached at start, instead of "
                              "routing from the table cache or waiting for the database")

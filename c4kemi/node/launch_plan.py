@@ -13,7 +13,9 @@ the plan.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import re
 import shutil
 import socket
 import sys
@@ -60,6 +62,7 @@ class Launch:
     banner: list[str] = field(default_factory=list)
     helpers: list[Helper] = field(default_factory=list)
     rundir: Path = Path(".")  # Kamailio's runtime directory (private, removed on exit)
+    listen: list[str] = field(default_factory=list)  # sockets after the --listen ones (the cluster's DMQ socket)
 
 
 @dataclass
@@ -372,6 +375,73 @@ def add_cdr(args: argparse.Namespace, launch: Launch) -> None:
     launch.banner.append(f"call records to {where}")
 
 
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+MAX_CLUSTER_NODES = 16  # kamailio-base.cfg numbers each node's dialogs in steps of 16
+MAX_CLUSTER_PEERS = 3  # C4_DMQ_PEER1..3 in kamailio-base.cfg
+
+
+def add_node_name(args: argparse.Namespace, launch: Launch) -> None:
+    """The node's name in its call records (C4_NODE_NAME): --node-name, else the host name."""
+    name = getattr(args, "node_name", None) or socket.gethostname().split(".")[0]
+    if not NODE_NAME.fullmatch(name):
+        raise LaunchError(f"--node-name {name!r}: letters, digits, '.', '_' and '-' only, at most 63")
+    launch.defines["C4_NODE_NAME"] = quoted(name)
+
+
+def add_cluster(args: argparse.Namespace, launch: Launch) -> None:
+    """--cluster-node: DMQ on its own socket, dialogs (so channels) and call rates shared with the peers."""
+    if getattr(args, "cluster_node", None) is None:
+        if getattr(args, "cluster_peer", None):
+            raise LaunchError("--cluster-peer needs --cluster-node")
+        return
+    if not 1 <= args.cluster_node <= MAX_CLUSTER_NODES:
+        raise LaunchError(f"--cluster-node must be between 1 and {MAX_CLUSTER_NODES}")
+    if not 1 <= len(args.cluster_peer) <= MAX_CLUSTER_PEERS:
+        raise LaunchError(f"--cluster-node needs one to {MAX_CLUSTER_PEERS} --cluster-peer")
+    proto, host, sip_port = _listen_parts(args.listen[0])
+    if proto != "udp" or host in ("0.0.0.0", "::", "[::]") or not sip_port:
+        raise LaunchError(f"--cluster-node needs a first --listen of the form udp:ADDRESS:PORT, not {args.listen[0]!r}: "
+                          "the nodes reach each other at that address")
+    port = args.cluster_port
+    if not 1 <= port <= 65535 or str(port) == sip_port:
+        raise LaunchError("--cluster-port must be a UDP port other than the SIP one")
+    peers = []
+    for peer in args.cluster_peer:
+        try:
+            address = ipaddress.ip_address(peer.strip("[]"))
+        except ValueError:
+            raise LaunchError(f"--cluster-peer {peer!r}: an IP address (the nodes route by IP, no DNS)") from None
+        if str(address) == host.strip("[]"):
+            raise LaunchError(f"--cluster-peer {peer}: that is this node's own address")
+        peers.append(f"[{address}]" if address.version == 6 else str(address))
+    launch.listen.append(f"udp:{host}:{port}")
+    launch.defines.update({
+        "C4_CLUSTER_NODE": args.cluster_node,
+        "C4_DMQ_SERVER": quoted(f"sip:{host}:{port}"),
+        "C4_DMQ_PORT": port,
+        "C4_CLUSTER_HOSTS": quoted(",".join(peer.strip("[]") for peer in peers)),
+    })
+    for number, peer in enumerate(peers, 1):
+        launch.defines[f"C4_DMQ_PEER{number}"] = quoted(f"sip:{peer}:{port}")
+        launch.defines[f"C4_PEER{number}_SIP"] = f"{peer}:{sip_port}"
+    if args.cluster_grace < 0:
+        raise LaunchError("--cluster-grace must be >= 0")
+    argv = [sys.executable, "-m", "c4kemi.cli", "cluster-watch", "--kamailio-rpc", rpc_socket(args, launch.rundir),
+            "--grace", str(args.cluster_grace)]
+    launch.helpers.append(Helper(argv, "c4 cluster-watch", lambda: True, idle=True))
+    launch.banner.append(f"cluster node {args.cluster_node}: DMQ on udp:{host}:{port}, peers {', '.join(peers)}; "
+                         f"a node gone for {args.cluster_grace:.0f} s has its calls ended")
+
+
+def _listen_parts(listen: str) -> tuple[str, str, str]:
+    """udp:127.0.0.1:5060 -> ("udp", "127.0.0.1", "5060"); the port is "" when absent."""
+    proto, _, rest = listen.partition(":")
+    host, _, port = rest.rpartition(":")
+    if not host or port.startswith("["):  # no port (an IPv6 address's colons, or a bare host)
+        return proto.lower(), rest, ""
+    return proto.lower(), host, port
+
+
 MODES: dict[str, Mode] = {
     "kemi": Mode("kamailio-kemi.cfg", prepare_kemi),
     "http": Mode("kamailio-http.cfg", prepare_http),
@@ -400,7 +470,7 @@ def build_command(args: argparse.Namespace, launch: Launch, rundir: Path) -> lis
         "-Y", str(rundir),
         "-w", str(rundir),
     ]
-    for listen in args.listen:
+    for listen in [*args.listen, *launch.listen]:  # the first is the SIP socket: what timers send from
         command += ["-l", listen]
     defines = {
         "C4_LOG_LEVEL": args.log_level,
@@ -498,6 +568,8 @@ def plan(args: argparse.Namespace, rundir: Path) -> tuple[Launch, list[str]]:
     launch = Launch(config=CONFIG_DIR / mode.config_name, rundir=rundir)
     mode.prepare(args, launch)
     add_cdr(args, launch)
+    add_node_name(args, launch)
+    add_cluster(args, launch)
     _add_secret_keys(args, launch)
     if not launch.config.is_file():
         raise LaunchError(f"{launch.config}: config file missing")
