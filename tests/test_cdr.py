@@ -21,7 +21,7 @@ CALL = {
 }  # fmt: skip
 ANSWERED = {
     "call_id": "a1@pbx", "call": CALL, "invite": "1764178801.100000", "answer": "1764178803.250400",
-    "end": "1764178863.750000", "tries": "0:503,1:200", "code": 200, "reason": "OK", "by": "caller",
+    "end": "1764178863.750000", "tries": "0:503,1:200", "code": 200, "reason": "OK", "by": "caller", "node": "c4-a",
 }
 
 
@@ -35,7 +35,7 @@ def test_an_answered_call_after_failover():
         ],
         "answered_by": "carrier-b-1",
         "invite_at": "2025-11-26T17:40:01.100Z", "answer_at": "2025-11-26T17:40:03.250Z", "end_at": "2025-11-26T17:41:03.750Z",
-        "duration_ms": 60500, "code": 200, "reason": "OK", "ended_by": "caller",
+        "duration_ms": 60500, "code": 200, "reason": "OK", "ended_by": "caller", "node": "c4-a",
     }  # fmt: skip
 
 

@@ -164,4 +164,5 @@ def make_record(event: Any, record_id: str) -> dict:
         "code": code,
         "reason": _text(event.get("reason"), "reason") or "",
         "ended_by": by if by in ENDED_BY else None,
+        "node": _text(event.get("node"), "name"),
     }

@@ -12,7 +12,7 @@ __all__ = ["COLUMNS", "insert_records", "select_records"]
 # The record's members (c4kemi/call/cdr.py), in the table's column order.
 COLUMNS = (
     "id", "call_id", "tenant", "direction", "source", "source_kind", "calling", "called", "attempts",
-    "answered_by", "invite_at", "answer_at", "end_at", "duration_ms", "code", "reason", "ended_by",
+    "answered_by", "invite_at", "answer_at", "end_at", "duration_ms", "code", "reason", "ended_by", "node",
 )
 TIMES = ("invite_at", "answer_at", "end_at")
 

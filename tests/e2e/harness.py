@@ -456,28 +456,30 @@ class RouterFactory:
         dsn: str | None = None,
         port: int | None = None,
         node_api: bool = False,
+        address: str = "127.0.0.1",
     ) -> Router:
         """With ``dsn``, the table comes from PostgreSQL (the document is not written there: import it first).
 
         ``node_api``: the node runs its own c4 serve (``c4 kamailio --serve-api``, either mode), at ``router.api_url``.
+        ``address``: the loopback address it listens on (several nodes of a cluster: one each).
         """
         table_path = self.workdir / "table.json"
         if isinstance(document, dict):
             document = without_probes(copy.deepcopy(document))
         write_json_atomically(table_path, document)
-        address = "127.0.0.1"
         port = port or free_udp_port(address)
-        log = self.workdir / f"router-{self.mode}-{port}.log"
+        log = self.workdir / f"router-{self.mode}-{address}-{port}.log"
+        cache = "cache.json" if address == "127.0.0.1" else f"cache-{address}.json"  # a cluster's nodes share the workdir
         api_url = api_proc = None
         api_logs = []
         if self.mode == "kemi":
-            mode_args = ["--dsn", dsn, "--table-cache", str(self.workdir / "kemi-cache.json")] if dsn else ["--table", str(table_path)]
+            mode_args = ["--dsn", dsn, "--table-cache", str(self.workdir / f"kemi-{cache}")] if dsn else ["--table", str(table_path)]
             if node_api:
                 api_url = f"http://127.0.0.1:{free_tcp_port()}"
                 mode_args += ["--serve-api", "--api", api_url]
         elif self.mode == "http" and node_api:
             api_url = f"http://127.0.0.1:{free_tcp_port()}"
-            source = ["--dsn", dsn, "--table-cache", str(self.workdir / "http-cache.json")] if dsn else ["--table", str(table_path)]
+            source = ["--dsn", dsn, "--table-cache", str(self.workdir / f"http-{cache}")] if dsn else ["--table", str(table_path)]
             mode_args = ["--api", api_url, "--serve-api", *source]
         elif self.mode == "http":
             if api is None or api == "serve":

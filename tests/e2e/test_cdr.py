@@ -101,7 +101,7 @@ def tried(name: str, port: int, code: int) -> dict:
     return {"destination": name, "kind": "trunk", "uri": f"sip:{TRUNKS[name]}:{port}", "code": code}
 
 
-VARIABLE = ("id", "call_id", "invite_at", "answer_at", "end_at", "duration_ms")
+VARIABLE = ("id", "call_id", "invite_at", "answer_at", "end_at", "duration_ms", "node")
 
 
 def test_a_record_for_every_kind_of_call(router, sipp, tmp_path):
@@ -139,6 +139,8 @@ def test_a_record_for_every_kind_of_call(router, sipp, tmp_path):
 
     records = read_records(path, 8)
     assert len(records) == 8, records
+    # Each names the node that routed the call: by default, the host's name.
+    assert {record["node"] for record in records} == {socket.gethostname().split(".")[0]}
     by_called = {(rec["called"], rec["code"]): rec for rec in records}
     expected = [
         outbound("3910000001", [tried("t-answer", ports["t-answer"], 200)], 200, "OK", "caller"),
