@@ -3,8 +3,11 @@
 sipp plays one scenario from start to end; a health test needs a carrier
 whose behaviour changes while the router runs (silent, then answering
 OPTIONS, then INVITEs too) and that counts what it got and when. This
-is that, on one UDP socket, in a thread: ``options`` and ``invite`` are
-the codes it answers with (None: silence), changed at any time.
+is that, on one UDP socket, in a thread: ``options``, ``invite`` and
+``bye`` are the codes it answers with (None: silence), changed at any
+time. It answers where a request came from, as a UA answers the Via
+(sipp answers the first peer of the call: a cluster test's BYE through
+another node needs this).
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ class Received:
 class SipPeer:
     """A UDP peer on ADDRESS:free port; ``uri`` is its SIP URI, ``received`` what came in."""
 
-    def __init__(self, address: str, options: int | None = None, invite: int | None = None) -> None:
+    def __init__(self, address: str, options: int | None = None, invite: int | None = None, bye: int | None = None) -> None:
         self.options = options
         self.invite = invite
+        self.bye = bye
         self.received: list[Received] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((address, 0))
@@ -64,14 +68,14 @@ class SipPeer:
                 continue
             method = first.split(" ", 1)[0]
             self.received.append(Received(method, time.monotonic(), source))
-            code = {"OPTIONS": self.options, "INVITE": self.invite}.get(method)
-            if code is not None:
+            code = {"OPTIONS": self.options, "INVITE": self.invite, "BYE": self.bye}.get(method)
+            if code is not None:  # to where the request came from, as a UA answers its Via (sipp answers its first peer)
                 self.sock.sendto(self._reply(text, code), source)
 
-    @staticmethod
-    def _reply(request: str, code: int) -> bytes:
+    def _reply(self, request: str, code: int) -> bytes:
         lines = [m.group(0).rstrip("\r") for m in _HEADERS.finditer(request)]
         lines = [line + f";tag={uuid.uuid4().hex[:8]}" if re.match(r"(?i)(to|t):", line) and ";tag=" not in line else line
                  for line in lines]
         reason = {200: "OK", 404: "Not Found", 486: "Busy Here", 503: "Service Unavailable"}.get(code, "Reply")
+        lines.append(f"Contact: <{self.uri}>")
         return (f"SIP/2.0 {code} {reason}\r\n" + "\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()

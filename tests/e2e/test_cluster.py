@@ -8,11 +8,14 @@ raw SIP), the counts are read from each node's Kamailio.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +23,12 @@ import pytest
 
 from c4kemi.call.channels import KamailioRpc, live_counts
 from c4kemi.core.table import compile_table
+from c4kemi.db.documents import connect
 
-from .documents import OUT_CALLED_E164, PBX, TRUNK_A, TRUNK_B, routing_document
-from .harness import Router, RouterFactory, free_udp_port
+from .documents import CALLER_NATIONAL, DID_NATIONAL, OUT_CALLED_E164, PBX, PBX2, TRUNK_A, TRUNK_B, routing_document
+from .harness import BusyPeers, Router, RouterFactory, SipMessage, free_udp_port
+from .sip_peer import SipPeer
+from .test_postgres import ADMIN_TOKEN, CHANGE_BOUND, api_patch, call_did, import_into
 
 NODE_A = "127.0.2.1"
 NODE_B = "127.0.2.2"
@@ -47,8 +53,6 @@ def free_port_on_both() -> int:
     while True:
         port = free_udp_port(NODE_A)
         try:
-            import socket
-
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.bind((NODE_B, port))
             return port
@@ -64,7 +68,8 @@ def short_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def start_cluster(router: RouterFactory, short_dir: Path, document: dict, extra: tuple = ()) -> Cluster:
+def start_cluster(router: RouterFactory, short_dir: Path, document: dict, extra: tuple = (), **start) -> Cluster:
+    """Nodes 1 and 2 on NODE_A and NODE_B; ``start``: more for RouterFactory.start (dsn, node_api)."""
     sip_port, dmq_port = free_port_on_both(), free_port_on_both()
     secret = short_dir / "secret"
 
@@ -76,7 +81,7 @@ def start_cluster(router: RouterFactory, short_dir: Path, document: dict, extra:
             "--state-dir", str(short_dir / f"state-{number}"), "--rpc-socket", str(short_dir / f"rpc-{number}.sock"),
             *extra,
         ]
-        return router.start(document, address=address, port=sip_port, extra_args=args)
+        return router.start(document, address=address, port=sip_port, extra_args=args, **start)
 
     a = node(1, NODE_A, NODE_B)
     b = node(2, NODE_B, NODE_A)
@@ -170,3 +175,132 @@ def test_a_node_started_again_learns_the_calls_in_progress(router, sipp, short_d
     assert wait_for(lambda: trunk_count(cluster.rpc_b, table) == 1, 15), "node B did not learn the call in progress"
     assert held.wait(60) == 0, sipp.describe_all()
     assert wait_for(lambda: trunk_count(cluster.rpc_b, table) == 0 and trunk_count(cluster.rpc_a, table) == 0)
+
+
+class RawCaller:
+    """A carrier's side of one call, by hand: INVITE through one node, then in-dialog requests to any node."""
+
+    def __init__(self, source: str) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((source, 0))
+        self.local = f"{source}:{self.sock.getsockname()[1]}"
+        self.call_id = f"{uuid.uuid4().hex}@cluster"
+        self.from_header = f"<sip:{CALLER_NATIONAL}@{source}>;tag={uuid.uuid4().hex[:8]}"
+        self.cseq = 1
+
+    def request(self, node: Router, method: str, ruri: str, headers: str = "") -> bytes:
+        branch = f"z9hG4bK{uuid.uuid4().hex[:16]}"
+        message = (
+            f"{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {self.local};branch={branch};rport\r\n"
+            f"From: {self.from_header}\r\nCall-ID: {self.call_id}\r\nCSeq: {self.cseq} {method}\r\n"
+            f"Max-Forwards: 70\r\nContact: <sip:carrier@{self.local}>\r\n{headers}Content-Length: 0\r\n\r\n"
+        ).encode()
+        self.sock.sendto(message, (node.address, node.port))
+        return message
+
+    def final(self, timeout: float = 10.0) -> SipMessage:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            text = self.sock.recv(65535).decode(errors="replace")
+            if text.startswith("SIP/2.0 ") and not text.startswith("SIP/2.0 1"):
+                return SipMessage("received", text.replace("\r\n", "\n"))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_call_set_up_through_one_node_is_hung_up_through_the_other(router, sipp, short_dir):
+    """The deployment secret is shared: node B relays the BYE of node A's call (its Record-Route, signed) and ends it."""
+    pbx = SipPeer(PBX, invite=200, bye=200)
+    document = routing_document(pbx_port=pbx.port)
+    cluster = start_cluster(router, short_dir, document)
+    table = compile_table(document)
+    caller = RawCaller(TRUNK_A)
+    try:
+        ruri = f"sip:{DID_NATIONAL}@{cluster.a.target}"
+        caller.request(cluster.a, "INVITE", ruri, f"To: <{ruri}>\r\n")
+        answer = caller.final()
+        assert answer.status == 200, answer.text
+        route = ", ".join(answer.headers("Record-Route"))
+        assert route and cluster.a.address in route, answer.text
+        callee = answer.header("Contact").strip("<>").split(">")[0]
+        dialog = f"To: {answer.header('To')}\r\nRoute: {route}\r\n"
+        caller.request(cluster.a, "ACK", callee, dialog)
+        assert wait_for(lambda: trunk_count(cluster.rpc_b, table, "carrier-a-1") == 1)
+
+        caller.cseq += 1
+        caller.request(cluster.b, "BYE", callee, dialog)  # node A is out of reach for this carrier: B gets it
+        bye = caller.final()
+
+        assert bye.status == 200, bye.text
+        assert [r.source[0] for r in pbx.received if r.method == "BYE"] == [NODE_B]
+        assert wait_for(lambda: trunk_count(cluster.rpc_a, table, "carrier-a-1") == 0
+                        and trunk_count(cluster.rpc_b, table, "carrier-a-1") == 0)
+        # A forged one is still refused by B: a Route of A's without the call's signature.
+        caller.cseq += 1
+        caller.request(cluster.b, "BYE", callee, f"To: {answer.header('To')}\r\nRoute: <sip:{cluster.a.target};lr>\r\n")
+        assert caller.final().status == 403
+    finally:
+        caller.close()
+        pbx.close()
+
+
+def test_two_nodes_on_one_database(router, pg_dsn, short_dir, monkeypatch):
+    """A write through either node's API routes on both; a node started again catches up; one cdrs table, each record naming its node."""
+    monkeypatch.setenv("C4_API_TOKEN", ADMIN_TOKEN)  # each node's own c4 serve (--serve-api) takes it
+    peers = BusyPeers([PBX, PBX2])
+    try:
+        document = routing_document(pbx_port=peers.ports[PBX], pbx2_port=peers.ports[PBX2])
+        import_into(pg_dsn, document)
+        cluster = start_cluster(router, short_dir, document, ("--cdr-db",), dsn=pg_dsn, node_api=True)
+        calls = {"node-1": 0, "node-2": 0}
+
+        def routes_to(node: Router, name: str, target: str) -> bool:
+            assert call_did(node) == 486
+            calls[name] += 1
+            return peers.invites[-1].split("@", 1)[1].split(":", 1)[0] == target
+
+        def both_route_to(target: str) -> float:
+            """Seconds until a call through either node reaches TARGET."""
+            changed = time.monotonic()
+            while not (routes_to(cluster.a, "node-1", target) and routes_to(cluster.b, "node-2", target)):
+                assert time.monotonic() - changed < 10, "the change never reached routing on both nodes"
+                time.sleep(0.02)
+            return time.monotonic() - changed
+
+        assert both_route_to(PBX) < 1
+        assert api_patch(cluster.a.api_url, "dids/39612345", b'{"ipbx": "acme-pbx-2"}') == 200
+        through_a = both_route_to(PBX2)
+        assert api_patch(cluster.b.api_url, "dids/39612345", b'{"ipbx": "acme-pbx"}') == 200
+        through_b = both_route_to(PBX)
+        print(f"{router.mode} mode: a write through node A routes on both in {through_a * 1000:.0f} ms, "
+              f"through node B in {through_b * 1000:.0f} ms")
+        assert through_a < CHANGE_BOUND and through_b < CHANGE_BOUND
+
+        # Every call's record, once, each naming the node it went through (before B stops: a Kamailio
+        # stopped with events it has not handed over yet loses them, docs/cdr.md).
+        assert records_per_node(pg_dsn, calls) == calls
+
+        cluster.b.stop()  # B misses a change, then catches up when it starts again
+        assert api_patch(cluster.a.api_url, "dids/39612345", b'{"ipbx": "acme-pbx-2"}') == 200
+        cluster.b = cluster.start_b()
+        assert both_route_to(PBX2) < CHANGE_BOUND
+        assert records_per_node(pg_dsn, calls) == calls
+    finally:
+        peers.close()
+
+
+def records_per_node(dsn: str, expected: dict, timeout: float = 20) -> dict:
+    """The cdrs table's count of records per node, once it equals EXPECTED or TIMEOUT passed."""
+    async def count() -> dict:
+        conn = await connect(dsn)
+        try:
+            return dict(await conn.fetch("SELECT node, count(*) FROM cdrs GROUP BY node"))
+        finally:
+            await conn.close()
+
+    deadline = time.monotonic() + timeout
+    while (found := asyncio.run(count())) != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
