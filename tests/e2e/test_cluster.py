@@ -26,7 +26,7 @@ from c4kemi.core.table import compile_table
 from c4kemi.db.documents import connect
 
 from .documents import CALLER_NATIONAL, DID_NATIONAL, OUT_CALLED_E164, PBX, PBX2, TRUNK_A, TRUNK_B, routing_document
-from .harness import BusyPeers, Router, RouterFactory, SipMessage, free_udp_port
+from .harness import BusyPeers, Router, RouterFactory, SipMessage, free_udp_port, sip_invite
 from .sip_peer import SipPeer
 from .test_postgres import ADMIN_TOKEN, CHANGE_BOUND, api_patch, call_did, import_into
 
@@ -304,3 +304,25 @@ def records_per_node(dsn: str, expected: dict, timeout: float = 20) -> dict:
     while (found := asyncio.run(count())) != expected and time.monotonic() < deadline:
         time.sleep(0.2)
     return found
+
+
+def test_a_trunk_call_rate_holds_across_both_nodes(router, sipp, short_dir):
+    """max_cps 2: four calls in the same second, two through each node, take the trunk twice; the rest go to the next."""
+    document = routing_document()
+    document["trunks"][0]["max_cps"] = 2
+    peers = BusyPeers([TRUNK_A, TRUNK_B])
+    try:
+        document["trunks"][0]["target"] = f"sip:{TRUNK_A}:{peers.ports[TRUNK_A]}"
+        document["trunks"][1]["target"] = f"sip:{TRUNK_B}:{peers.ports[TRUNK_B]}"
+        cluster = start_cluster(router, short_dir, document)
+        while time.time() % 1 > 0.3:  # the four calls well inside one second of the clock
+            time.sleep(0.01)
+        for node in (cluster.a, cluster.b, cluster.a, cluster.b):
+            final = sip_invite(node.address, node.port, PBX, f"sip:{OUT_CALLED_E164}@{node.target}",
+                               f"<sip:39611111111@{PBX}>;tag={uuid.uuid4().hex[:6]}", f"<sip:{OUT_CALLED_E164}@{node.target}>")
+            assert final.code == 486
+            time.sleep(0.05)  # replication takes a few ms: this is the cluster's tolerance (docs/cluster.md)
+        tried = [invite.split("@", 1)[1].split(":", 1)[0] for invite in peers.invites]
+        assert tried.count(TRUNK_A) == 2, tried
+    finally:
+        peers.close()
