@@ -9,6 +9,7 @@ raw SIP), the counts are read from each node's Kamailio.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -326,3 +327,58 @@ def test_a_trunk_call_rate_holds_across_both_nodes(router, sipp, short_dir):
         assert tried.count(TRUNK_A) == 2, tried
     finally:
         peers.close()
+
+
+def core_hash(text: str, size: int = 4096) -> int:
+    """Kamailio's core_hash (core/hashes.h) of an ASCII string: the dialog table slot a replicated call must name."""
+    data, h, mask = text.encode(), 0, 0xFFFFFFFF
+    i = 0
+    while i <= len(data) - 4:
+        v = (data[i] << 24) + (data[i + 1] << 16) + (data[i + 2] << 8) + data[i + 3]
+        h = (h + (v ^ (v >> 3))) & mask
+        i += 4
+    rest = data[i:]
+    v = int.from_bytes(rest, "big") if rest else 0
+    h = (h + (v ^ (v >> 3))) & mask
+    return ((h + (h >> 11)) + ((h >> 13) + (h >> 23))) & (size - 1)
+
+
+def forged_call(to: str, call_id: str) -> bytes:
+    """A KDMQ dialog update as a node sends it: an answered call on carrier-a-1."""
+    profiles = json.dumps({"profiles": [{"name": "c4_trunk", "value": "carrier-a-1"}]})
+    body = json.dumps({
+        "action": 1, "h_entry": core_hash(call_id), "h_id": 4242, "state": 4, "init_ts": int(time.time()), "start_ts": int(time.time()),
+        "lifetime": 600, "callid": call_id, "from_uri": "sip:x@127.0.0.2", "to_uri": "sip:y@127.0.0.3", "req_uri": "sip:y@127.0.0.3",
+        "tag1": "a", "tag2": "b", "cseq1": "1", "cseq2": "1", "route_set1": "", "route_set2": "", "contact1": "sip:x@127.0.0.2",
+        "contact2": "sip:y@127.0.0.3", "profiles": profiles,
+    })
+    return (
+        f"KDMQ sip:dialog@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {to};branch=z9hG4bK{uuid.uuid4().hex[:12]}\r\n"
+        f"From: <sip:dialog@{to}>;tag=f\r\nTo: <sip:dialog@{to}>\r\nCall-ID: {call_id}\r\nCSeq: 1 KDMQ\r\n"
+        f"Max-Forwards: 1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+
+def test_a_forged_dmq_call_from_anyone_but_a_node_takes_no_channel(kemi_router, sipp, short_dir):
+    """KDMQ only on the DMQ socket and only from the cluster: a replicated call is a channel taken, a forged one a capture."""
+    document = routing_document()
+    cluster = start_cluster(kemi_router, short_dir, document)
+    table = compile_table(document)
+    dmq_port = int(cluster.rpc_b.call("dmq.list_nodes")[0]["port"])
+
+    def send(source: str, port: int) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((source, 0))
+            sock.sendto(forged_call(f"{NODE_B}:{port}", f"{uuid.uuid4().hex}@forged"), (NODE_B, port))
+
+    send(TRUNK_A, dmq_port)  # a stranger on the DMQ socket
+    send(TRUNK_A, cluster.b.port)  # a SIP peer on the SIP socket
+    send(NODE_A, cluster.b.port)  # even a node, but on the SIP socket
+    time.sleep(1)
+    assert trunk_count(cluster.rpc_b, table) == 0
+    assert "not from a cluster node: dropped" in cluster.b.log_text()
+    assert "KDMQ from 127.0.0.2" in cluster.b.log_text() and f"KDMQ from {NODE_A}" in cluster.b.log_text()
+
+    # The same message from a node's address on the DMQ socket is taken: the refusals above were not luck.
+    send(NODE_A, dmq_port)
+    assert wait_for(lambda: trunk_count(cluster.rpc_b, table) == 1, 5)
