@@ -214,6 +214,7 @@ def test_the_launcher_says_stopped_and_removes_its_runtime_directory_when_kamail
     ("postgresql:///c4?host=/run/postgresql", "/run/postgresql"),
     ("postgresql:///c4", "the local socket"),
     ("host=db port=5432 user=c4 password=secret", "db:5432"),
+    ("postgresql://c4:secret@db1:5432,db2:5433/c4", "db1:5432,db2:5433 (read-write)"),
 ])
 def test_the_database_is_named_by_host_and_port_never_user_or_password(dsn, where):
     assert dsn_where(dsn) == where

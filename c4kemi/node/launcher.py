@@ -80,7 +80,6 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 from .launch_options import shm_reserve
 from .launch_plan import Helper, Launch, LaunchError, check_options, plan, rpc_socket
@@ -219,24 +218,7 @@ def database_problem(dsn: str, timeout: float = DB_PROBE_TIMEOUT) -> str | None:
 
 
 def dsn_where(dsn: str) -> str:
-    """Where a DSN points, without its user or password: host:port (URL or key=value form)."""
-    host = port = None
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        host = parts.hostname
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
-        query = parse_qs(parts.query)
-        host = host or (query.get("host") or [None])[0]
-        port = port or (query.get("port") or [None])[0]
-    else:
-        for item in dsn.split():
-            key, _, value = item.partition("=")
-            if key in ("host", "hostaddr") and value:
-                host = value.strip("'")
-            elif key == "port" and value:
-                port = value.strip("'")
-    host = host or "the local socket"
-    return f"{host}:{port}" if port else host
+    """Where a DSN points, without its user or password: host:port, every host of a multi-host DSN."""
+    from ..db.dsn import describe
+
+    return describe(dsn)
