@@ -70,7 +70,7 @@ def short_dir():
 
 
 def start_cluster(router: RouterFactory, short_dir: Path, document: dict, extra: tuple = (), **start) -> Cluster:
-    """Nodes 1 and 2 on NODE_A and NODE_B; ``start``: more for RouterFactory.start (dsn, node_api)."""
+    """Nodes 1 and 2 on NODE_A and NODE_B; "{n}" in ``extra`` is the node's number; ``start``: more for RouterFactory.start."""
     sip_port, dmq_port = free_port_on_both(), free_port_on_both()
     secret = short_dir / "secret"
 
@@ -80,7 +80,7 @@ def start_cluster(router: RouterFactory, short_dir: Path, document: dict, extra:
             "--cluster-node", str(number), "--cluster-peer", peer, "--cluster-port", str(dmq_port),
             "--node-name", f"node-{number}", "--secret-file", str(secret),
             "--state-dir", str(short_dir / f"state-{number}"), "--rpc-socket", str(short_dir / f"rpc-{number}.sock"),
-            *extra,
+            *(arg.replace("{n}", str(number)) for arg in extra),
         ]
         return router.start(document, address=address, port=sip_port, extra_args=args, **start)
 
@@ -215,7 +215,7 @@ def test_a_call_set_up_through_one_node_is_hung_up_through_the_other(router, sip
     """The deployment secret is shared: node B relays the BYE of node A's call (its Record-Route, signed) and ends it."""
     pbx = SipPeer(PBX, invite=200, bye=200)
     document = routing_document(pbx_port=pbx.port)
-    cluster = start_cluster(router, short_dir, document)
+    cluster = start_cluster(router, short_dir, document, ("--cdr-file", str(short_dir / "cdr-{n}.jsonl")))
     table = compile_table(document)
     caller = RawCaller(TRUNK_A)
     try:
@@ -238,6 +238,14 @@ def test_a_call_set_up_through_one_node_is_hung_up_through_the_other(router, sip
         assert [r.source[0] for r in pbx.received if r.method == "BYE"] == [NODE_B]
         assert wait_for(lambda: trunk_count(cluster.rpc_a, table, "carrier-a-1") == 0
                         and trunk_count(cluster.rpc_b, table, "carrier-a-1") == 0)
+        # One record, written by the node that saw the end, naming the node that routed the call.
+        assert wait_for(lambda: (short_dir / "cdr-2.jsonl").exists() and (short_dir / "cdr-2.jsonl").read_text())
+        time.sleep(0.5)
+        records = [json.loads(line) for n in (1, 2) if (short_dir / f"cdr-{n}.jsonl").exists()
+                   for line in (short_dir / f"cdr-{n}.jsonl").read_text().splitlines()]
+        assert len(records) == 1, records
+        assert (records[0]["node"], records[0]["code"], records[0]["ended_by"]) == ("node-1", 200, "caller"), records
+        assert records[0]["answer_at"] is not None, records
         # A forged one is still refused by B: a Route of A's without the call's signature.
         caller.cseq += 1
         caller.request(cluster.b, "BYE", callee, f"To: {answer.header('To')}\r\nRoute: <sip:{cluster.a.target};lr>\r\n")
