@@ -126,6 +126,22 @@ class ChannelCollector:
             yield family
         yield from self._statistics()
         yield from self._health()
+        yield from self._cluster()
+
+    def _cluster(self):
+        """A cluster node (docs/cluster.md): the other nodes as DMQ sees them; nothing on a node alone (no dmq loaded)."""
+        from c4kemi.call.channels import RpcError
+
+        try:
+            nodes = self.rpc.call("dmq.list_nodes")
+        except RpcError:
+            return
+        up = GaugeMetricFamily("c4_cluster_node_up", "Cluster: 1 while DMQ sees the other node active, 0 otherwise (docs/cluster.md)",
+                               labels=["node"])
+        for node in nodes if isinstance(nodes, list) else []:
+            if isinstance(node, dict) and not node.get("local"):
+                up.add_metric([f"sip:{node.get('host')}:{node.get('port')}"], 1 if node.get("status") == "active" else 0)
+        yield up
 
     def _health(self):
         """Trunk health from Kamailio (c4kemi.call.health): up or down, and changes of state, per trunk and IPBX target."""

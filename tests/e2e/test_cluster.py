@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import tempfile
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,6 +281,9 @@ def test_two_nodes_on_one_database(router, pg_dsn, short_dir, monkeypatch):
             return time.monotonic() - changed
 
         assert both_route_to(PBX) < 1
+        with urllib.request.urlopen(f"{cluster.a.api_url}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert re.search(rf'c4_cluster_node_up{{node="sip:{NODE_B}:\d+"}} 1', metrics), metrics
         assert api_patch(cluster.a.api_url, "dids/39612345", b'{"ipbx": "acme-pbx-2"}') == 200
         through_a = both_route_to(PBX2)
         assert api_patch(cluster.b.api_url, "dids/39612345", b'{"ipbx": "acme-pbx"}') == 200
