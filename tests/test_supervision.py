@@ -191,6 +191,27 @@ def test_a_signal_stops_kamailio_and_says_how_it_ended(tmp_path, fast):
     assert (code, reason) == (0, " (signal SIGTERM), Kamailio exit code -15")
 
 
+def test_helpers_that_stop_with_the_node_are_not_started_again(tmp_path, fast, capsys):
+    """systemd and a terminal signal the whole process group: the helpers exit with Kamailio, and stay down."""
+    node = Node(tmp_path)
+    node.start(sleeper("helper"))
+    helper = node.helpers[0].proc
+
+    def group_signal():
+        helper.terminate()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    timer = threading.Timer(0.3, group_signal)
+    with node:
+        timer.start()
+        code, _ = node.run(["sh", "-c", "trap 'sleep 0.5; exit 0' TERM; sleep 60 & wait"], dict(os.environ))
+    node.stop_helpers()
+    assert code == 0
+    said = capsys.readouterr().err
+    assert "the node is stopping" in said and "started again" not in said, said
+    assert status(tmp_path)["helper"]["restarts"] == 0
+
+
 def test_the_launcher_says_stopped_and_removes_its_runtime_directory_when_kamailio_exits(tmp_path):
     fake = tmp_path / "kamailio"
     fake.write_text("#!/bin/sh\nsleep 1\nexit 3\n")

@@ -246,6 +246,9 @@ class Node:
                 if not entry.helper.restart:
                     say(f"{entry.helper.what} (pid {pid}) {describe_exit(code)}; not started again (its restart policy)")
                     continue
+                if self.signum is not None:  # the node is stopping (the signal may have reached its whole group)
+                    say(f"{entry.helper.what} (pid {pid}) {describe_exit(code)}; the node is stopping")
+                    continue
                 entry.due = now + entry.delay
                 say(f"{entry.helper.what} (pid {pid}) {describe_exit(code)}; starting it again in {entry.delay:g} s")
             elif entry.due is not None and now >= entry.due:
