@@ -66,6 +66,13 @@ def test_a_dsn_c4_cannot_read_is_said(dsn, message):
         parse(dsn)
 
 
+def test_a_dsn_c4_cannot_read_is_not_echoed():
+    """The error says where, not what: the rest of the text may be a password."""
+    with pytest.raises(ValueError, match="unreadable at character") as refused:
+        parse("host=a password=s3cr3t-passw0rd-here ? more")
+    assert "s3cr3t" not in str(refused.value) and "more" not in str(refused.value)
+
+
 @pytest.fixture
 def pair():
     pair = Pair()

@@ -67,7 +67,7 @@ def _keywords(text: str) -> dict[str, str]:
             break
         match = _KEYWORD.match(text, at)
         if match is None:
-            raise ValueError(f"not a PostgreSQL DSN (URI or key=value): cannot read {text[at:at + 20]!r}")
+            raise ValueError(f"not a PostgreSQL DSN (URI or key=value): unreadable at character {at + 1} (not shown: it may hold a password)")
         key, at = match.group(1), match.end()
         if text[at:at + 1] == "'":
             value, at = [], at + 1
