@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class Cluster:
     b: Router
     rpc_a: KamailioRpc
     rpc_b: KamailioRpc
-    start_b: object  # starts node B again (after a stop)
+    start_b: Callable[[], Router]  # starts node B again (after a stop)
 
 
 def free_port_on_both() -> int:
