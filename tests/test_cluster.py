@@ -27,9 +27,9 @@ def test_a_cluster_node_gets_its_dmq_socket_peers_and_watch(tmp_path):
                    "--cluster-peer", "127.0.2.3", "--cluster-port", "5070", "--node-name", "edge-1")
     assert done.returncode == 0, done.stderr
     command = done.stdout.splitlines()[-1]
-    # The SIP socket first (timers send from it), then DMQ's own.
-    assert "-l udp:127.0.2.1:5060 -l udp:127.0.2.1:5070 " in command
-    for define in ('C4_CLUSTER_NODE=3', 'C4_DMQ_SERVER="sip:127.0.2.1:5070"', "C4_DMQ_PORT=5070",
+    # The SIP socket first (timers send from it), then DMQ's own: both in the config, not on the command line.
+    assert " -l " not in command
+    for define in ("C4_SIP_LISTEN=udp:127.0.2.1:5060", "C4_DMQ_LISTEN=udp:127.0.2.1:5070", 'C4_CLUSTER_NODE=3', 'C4_DMQ_SERVER="sip:127.0.2.1:5070"', "C4_DMQ_PORT=5070",
                    'C4_CLUSTER_HOSTS="127.0.2.2,127.0.2.3"', 'C4_DMQ_PEER1="sip:127.0.2.2:5070"',
                    'C4_DMQ_PEER2="sip:127.0.2.3:5070"', "C4_PEER1_SIP=127.0.2.2:5060", "C4_PEER2_SIP=127.0.2.3:5060",
                    'C4_NODE_NAME="edge-1"'):

@@ -62,7 +62,6 @@ class Launch:
     banner: list[str] = field(default_factory=list)
     helpers: list[Helper] = field(default_factory=list)
     rundir: Path = Path(".")  # Kamailio's runtime directory (private, removed on exit)
-    listen: list[str] = field(default_factory=list)  # sockets after the --listen ones (the cluster's DMQ socket)
 
 
 @dataclass
@@ -414,8 +413,10 @@ def add_cluster(args: argparse.Namespace, launch: Launch) -> None:
         if str(address) == host.strip("[]"):
             raise LaunchError(f"--cluster-peer {peer}: that is this node's own address")
         peers.append(f"[{address}]" if address.version == 6 else str(address))
-    launch.listen.append(f"udp:{host}:{port}")
     launch.defines.update({
+        # The first SIP socket, then DMQ's, in the config (with one receiving process for DMQ's); the command line has the rest.
+        "C4_SIP_LISTEN": args.listen[0],
+        "C4_DMQ_LISTEN": f"udp:{host}:{port}",
         "C4_CLUSTER_NODE": args.cluster_node,
         "C4_DMQ_SERVER": quoted(f"sip:{host}:{port}"),
         "C4_DMQ_PORT": port,
@@ -470,7 +471,8 @@ def build_command(args: argparse.Namespace, launch: Launch, rundir: Path) -> lis
         "-Y", str(rundir),
         "-w", str(rundir),
     ]
-    for listen in [*args.listen, *launch.listen]:  # the first is the SIP socket: what timers send from
+    in_config = 1 if "C4_SIP_LISTEN" in launch.defines else 0  # a cluster node's first socket is in the config
+    for listen in args.listen[in_config:]:
         command += ["-l", listen]
     defines = {
         "C4_LOG_LEVEL": args.log_level,
