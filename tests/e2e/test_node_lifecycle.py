@@ -237,6 +237,10 @@ def test_without_the_database_the_node_routes_from_its_table_cache(kemi_router, 
         text = r.log_text()
         assert "PostgreSQL at 127.0.0.1:1 cannot be reached" in text and f"routing from the table cache {tmp_path / 'kemi-cache.json'}" in text
         assert busy_call(r, "from-the-cache") == 486
+        # The launcher says so once it sees Kamailio answer (it looks every POLL_INTERVAL): maybe after our call.
+        deadline = time.monotonic() + 10
+        while "listening on" not in r.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert "listening on" in r.log_text()
     finally:
         peers.close()
