@@ -93,7 +93,10 @@ async def api_errors(request: web.Request, handler) -> web.StreamResponse:
             body["errors"] = exc.errors
         return reply(body, exc.status)
     except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-            asyncpg.exceptions.OperatorInterventionError) as exc:  # fmt: skip
+            asyncpg.exceptions.OperatorInterventionError,
+            # A connection the server cut mid-statement (a failover), used again before the pool dropped it:
+            # "cannot switch to state N; another operation is in progress". The database, not the request.
+            asyncpg.exceptions.InternalClientError) as exc:  # fmt: skip
         return unavailable(exc)
     except asyncpg.exceptions.TransactionRollbackError:  # a deadlock or serialization failure
         return error_response(409, "conflicting concurrent change; try again")
